@@ -1,0 +1,91 @@
+//! A plain file as a source, with holes from `SEEK_DATA`/`SEEK_HOLE`.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use super::ReadAt;
+
+/// A regular file read with `pread`. Its length is fixed when opened: a view over it must not
+/// silently serve a mix of old and new content, so growth is ignored and shrinkage shows up as
+/// an `UnexpectedEof` error from `read_at`.
+pub struct RawFile {
+    file: File,
+    len: u64,
+}
+
+impl RawFile {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Self { file, len })
+    }
+
+    pub fn from_file(file: File) -> io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(Self { file, len })
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn lseek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return Ok(None);
+        };
+        // SAFETY: plain syscall on an fd we own; lseek has no memory effects.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // ENXIO: no data (or hole) at or after offset.
+            return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+        }
+        Ok(Some(r as u64))
+    }
+}
+
+impl ReadAt for RawFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if offset >= self.len {
+            return Ok(0);
+        }
+        let want = buf.len().min((self.len - offset) as usize);
+        let buf = &mut buf[..want];
+        let mut done = 0;
+        while done < want {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("source shrank below its opened size of {} bytes", self.len),
+                    ))
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        if offset >= self.len {
+            return Ok(None);
+        }
+        Ok(self.lseek(offset, libc::SEEK_DATA)?.filter(|&o| o < self.len))
+    }
+
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        if offset >= self.len {
+            return Ok(offset);
+        }
+        Ok(self.lseek(offset, libc::SEEK_HOLE)?.unwrap_or(self.len).min(self.len))
+    }
+}

@@ -1,0 +1,7 @@
+//! bifs: clone disk images as-is, into LUKS2, or out of LUKS2, by reading through views.
+//!
+//! Data flows one way: a Secret manifest becomes [`k8s::CryptoParams`]; an image file becomes an
+//! [`image::ReadAt`] source; a [`view`] transforms a source into another `ReadAt` (LUKS2 of it,
+//! plaintext of it); the CLI and the FUSE adapter only route reads to views.
+
+pub mod image;
