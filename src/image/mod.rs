@@ -1,12 +1,15 @@
 //! Image sources: byte ranges readable at any offset, with hole information where known.
 
 use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub mod detect;
-
+pub mod qcow2;
 pub mod raw;
 
 pub use detect::{detect, Format};
+use raw::RawFile;
 
 /// A read-only random-access byte source: a stored file, a qcow2 virtual disk, or a transform
 /// view. Shared across threads (FUSE workers read concurrently), hence `&self` and `Send + Sync`.
@@ -74,4 +77,27 @@ pub fn read_full_at(src: &dyn ReadAt, offset: u64, buf: &mut [u8]) -> io::Result
         done += n;
     }
     Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{}: {error}", .path.display())]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{}: {error}", .path.display())]
+    Qcow2 { path: PathBuf, error: qcow2::Qcow2Error },
+}
+
+/// Opens an image file as the disk it holds: a qcow2 image as its virtual disk, anything else
+/// (raw, LUKS) as its bytes.
+pub fn open_virtual_disk(path: &Path) -> Result<Arc<dyn ReadAt>, OpenError> {
+    let io_err = |error| OpenError::Io { path: path.to_owned(), error };
+    match detect(path).map_err(io_err)? {
+        Format::Qcow2 => match qcow2::Qcow2Image::open(path) {
+            Ok(image) => Ok(Arc::new(image)),
+            Err(error) => Err(OpenError::Qcow2 { path: path.to_owned(), error }),
+        },
+        Format::Raw | Format::Luks1 | Format::Luks2 => {
+            Ok(Arc::new(RawFile::open(path).map_err(io_err)?))
+        }
+    }
 }
