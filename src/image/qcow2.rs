@@ -34,6 +34,10 @@ const L2_COMPRESSED: u64 = 1 << 62;
 /// Standard L2 entries only; extended entries carry zero flags per subcluster.
 const L2_ZERO: u64 = 1;
 const SUBCLUSTERS: u32 = 32;
+/// Work allowed for one `next_data`/`next_hole`, in L2 entries examined across the chain. A
+/// 32 MiB hostile image can map 2^40 of them; 2^24 covers 1 TiB of 64 KiB clusters and takes
+/// ~0.15 s. Past it the answers are conservative, never wrong.
+const SEEK_BUDGET: u64 = 1 << 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Qcow2Error {
@@ -105,7 +109,7 @@ pub struct Qcow2Image {
     /// The last partly read compressed cluster, keyed by its host offset: small sequential
     /// reads would otherwise decompress the same cluster again and again.
     last_compressed: Mutex<Option<(u64, Arc<[u8]>)>>,
-    backing: Option<Arc<dyn ReadAt>>,
+    backing: Option<Backing>,
 }
 
 impl std::fmt::Debug for Qcow2Image {
@@ -451,7 +455,7 @@ impl ReadAt for Qcow2Image {
                 Mapping::Zero => chunk.fill(0),
                 Mapping::Unallocated => match &self.backing {
                     // A backing file shorter than this disk reads as zeros past its end.
-                    Some(backing) => read_full_at(&**backing, voff, chunk)?,
+                    Some(backing) => read_full_at(backing.source(), voff, chunk)?,
                     None => chunk.fill(0),
                 },
             }
@@ -461,47 +465,106 @@ impl ReadAt for Qcow2Image {
     }
 
     fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        let mut budget = SEEK_BUDGET;
+        self.seek_data(offset, self.virtual_size, &mut budget)
+    }
+
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        let mut budget = SEEK_BUDGET;
+        self.seek_hole(offset, self.virtual_size, &mut budget)
+    }
+}
+
+impl Qcow2Image {
+    /// The first offset in `offset..limit` that may hold data, spending `budget` (L2 entries
+    /// examined, shared down the chain). When the budget runs out the answer is "data here":
+    /// always safe, as data is simply read.
+    fn seek_data(&self, offset: u64, limit: u64, budget: &mut u64) -> io::Result<Option<u64>> {
+        let end = limit.min(self.virtual_size);
         let mut pos = offset;
-        while pos < self.virtual_size {
-            let extent = self.map(pos, self.virtual_size - pos)?;
+        while pos < end {
+            if *budget == 0 {
+                return Ok(Some(pos));
+            }
+            let extent = self.map(pos, end - pos)?;
+            self.spend(budget, &extent);
             let run_end = pos + extent.len;
-            match extent.mapping {
-                Mapping::Data { .. } | Mapping::Compressed { .. } => return Ok(Some(pos)),
-                Mapping::Zero => {}
-                Mapping::Unallocated => {
-                    if let Some(backing) = &self.backing {
-                        if let Some(data) = backing.next_data(pos)?.filter(|&d| d < run_end) {
-                            return Ok(Some(data.max(pos)));
-                        }
+            match (extent.mapping, &self.backing) {
+                (Mapping::Data { .. } | Mapping::Compressed { .. }, _) => return Ok(Some(pos)),
+                (Mapping::Unallocated, Some(backing)) => {
+                    if let Some(data) = backing.seek_data(pos, run_end, budget)? {
+                        return Ok(Some(data));
                     }
                 }
+                (Mapping::Zero | Mapping::Unallocated, _) => {}
             }
             pos = run_end;
         }
         Ok(None)
     }
 
-    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+    /// The first offset in `offset..limit` that starts a hole (past the virtual size counts),
+    /// or `limit` when there is none before it. When the budget runs out the answer is "no
+    /// hole": always safe, as the zeros are simply read.
+    fn seek_hole(&self, offset: u64, limit: u64, budget: &mut u64) -> io::Result<u64> {
+        let end = limit.min(self.virtual_size);
         let mut pos = offset;
-        while pos < self.virtual_size {
-            let extent = self.map(pos, self.virtual_size - pos)?;
+        while pos < end {
+            if *budget == 0 {
+                return Ok(limit);
+            }
+            let extent = self.map(pos, end - pos)?;
+            self.spend(budget, &extent);
             let run_end = pos + extent.len;
-            match extent.mapping {
-                Mapping::Data { .. } | Mapping::Compressed { .. } => {}
-                Mapping::Zero => return Ok(pos),
-                Mapping::Unallocated => match &self.backing {
-                    None => return Ok(pos),
-                    Some(backing) => {
-                        let hole = backing.next_hole(pos)?.max(pos);
-                        if hole < run_end {
-                            return Ok(hole);
-                        }
+            match (extent.mapping, &self.backing) {
+                (Mapping::Data { .. } | Mapping::Compressed { .. }, _) => {}
+                (Mapping::Unallocated, Some(backing)) => {
+                    let hole = backing.seek_hole(pos, run_end, budget)?;
+                    if hole < run_end {
+                        return Ok(hole);
                     }
-                },
+                }
+                (Mapping::Zero | Mapping::Unallocated, _) => return Ok(pos),
             }
             pos = run_end;
         }
-        Ok(self.virtual_size.max(offset))
+        Ok(pos)
+    }
+
+    /// Charges the L2 entries `map` examined for `extent` (at most one table's worth).
+    fn spend(&self, budget: &mut u64, extent: &Extent) {
+        let examined = extent.len.min(1 << self.l2_coverage_bits()) >> self.unit_bits();
+        *budget = budget.saturating_sub(1 + examined);
+    }
+}
+
+/// A backing file, by format: seeks within a qcow2 backing share the caller's budget and
+/// stop at the caller's extent instead of scanning the rest of the backing disk.
+enum Backing {
+    Raw(RawFile),
+    Qcow2(Box<Qcow2Image>),
+}
+
+impl Backing {
+    fn source(&self) -> &dyn ReadAt {
+        match self {
+            Backing::Raw(raw) => raw,
+            Backing::Qcow2(image) => &**image,
+        }
+    }
+
+    fn seek_data(&self, offset: u64, limit: u64, budget: &mut u64) -> io::Result<Option<u64>> {
+        match self {
+            Backing::Raw(raw) => Ok(raw.next_data(offset)?.filter(|&data| data < limit)),
+            Backing::Qcow2(image) => image.seek_data(offset, limit, budget),
+        }
+    }
+
+    fn seek_hole(&self, offset: u64, limit: u64, budget: &mut u64) -> io::Result<u64> {
+        match self {
+            Backing::Raw(raw) => Ok(raw.next_hole(offset)?.clamp(offset, limit)),
+            Backing::Qcow2(image) => image.seek_hole(offset, limit, budget),
+        }
     }
 }
 
@@ -511,7 +574,7 @@ fn open_backing(
     image: &Path,
     backing: BackingRef,
     chain: &mut Vec<(u64, u64)>,
-) -> Result<Arc<dyn ReadAt>, Qcow2Error> {
+) -> Result<Backing, Qcow2Error> {
     let name = PathBuf::from(OsString::from_vec(backing.name));
     let path = image.parent().unwrap_or(Path::new("")).join(name);
     let wrap = |error| Qcow2Error::Backing { path: path.clone(), error: Box::new(error) };
@@ -523,8 +586,10 @@ fn open_backing(
         None => super::detect(&path).map_err(io_err)?,
     };
     match format {
-        Format::Qcow2 => Ok(Arc::new(Qcow2Image::open_in_chain(&path, chain).map_err(wrap)?)),
-        Format::Raw => Ok(Arc::new(RawFile::open(&path).map_err(io_err)?)),
+        Format::Qcow2 => {
+            Ok(Backing::Qcow2(Box::new(Qcow2Image::open_in_chain(&path, chain).map_err(wrap)?)))
+        }
+        Format::Raw => Ok(Backing::Raw(RawFile::open(&path).map_err(io_err)?)),
         other => Err(Qcow2Error::BackingFormat(other.to_string())),
     }
 }
