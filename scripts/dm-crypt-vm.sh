@@ -20,8 +20,9 @@
 #
 # Env: ENCRYPTOR=cryptsetup|bifs (default bifs if BIFS_BIN is set), DECRYPTOR
 # (default: ENCRYPTOR), BIFS_BIN, BIFS_ENCRYPT_ARGS / BIFS_DECRYPT_ARGS (extra
-# words for the bifs command lines), PAYLOAD_MIB (default 4), plus lib.sh's
-# VM_* variables.
+# words for the bifs command lines), PAYLOAD_MIB (default 4), VM_KEEP_WORK=1
+# (keep the images in build/vm/work/matrix after a green run; they are always
+# kept after a failure), plus lib.sh's VM_* variables.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=scripts/vm/lib.sh
@@ -248,7 +249,10 @@ main() {
   nfail=$(grep -c '^RESULT [^ ]* FAIL' "$results" || true)
   vm_log "total $(($(date +%s) - t0))s"
   echo "$npass passed, $nfail failed"
+  [ "$rc" = 0 ] || exit 2
   [ "$nfail" = 0 ] || exit 1
+  # all green: drop the ~400 MB of images unless asked to keep them
+  [ "${VM_KEEP_WORK:-0}" = 1 ] || rm -f "$W"/*.img "$W"/*.plain "$W"/*.yaml
 }
 
 main "$@"

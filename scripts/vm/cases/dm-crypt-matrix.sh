@@ -12,7 +12,7 @@
 #       SRCDISK at byte N; close; reopen ro: first N == WANT, [N, N+len) == WANT2
 # Prints "RESULT NAME PASS|FAIL details" per step.
 
-result() { echo "RESULT $1 $2 $3"; }
+result() { echo "RESULT $1 $2 $3 uptime=$(cut -d' ' -f1 /proc/uptime)"; }
 sha() { sha512sum | cut -d' ' -f1; }
 keyfile() { printf '%s' "$1" >/tmp/key; }
 kdf_args() {
