@@ -252,7 +252,7 @@ main() {
   [ "$rc" = 0 ] || exit 2
   [ "$nfail" = 0 ] || exit 1
   # all green: drop the ~400 MB of images unless asked to keep them
-  [ "${VM_KEEP_WORK:-0}" = 1 ] || rm -f "$W"/*.img "$W"/*.plain "$W"/*.yaml
+  [ "${VM_KEEP_WORK:-0}" = 1 ] || rm -f "$W"/*.img "$W"/*.plain "$W"/*.yaml "$W"/*.err
 }
 
 main "$@"
