@@ -67,6 +67,7 @@ data:
   CRYPTO_PBKDF: $(b64 "$4")
 $(secret_cost "$4")
 EOF
+  chmod 600 "$1"
 }
 # The same cheap KDF costs as kdf_args, as Secret keys (the guest has 512 MiB, TCG is slow).
 secret_cost() {
