@@ -267,7 +267,7 @@ fn longhorn_layout_source_change_and_umount() {
     let secrets = root.join("secrets.yaml");
     fs::write(&secrets, SECRETS).unwrap();
     let state = root.join("state");
-    let m = Mounted::start(&root.join("disk"), &secrets, Some(&state), &root.join("mnt"), &["--cache", "direct-io"]);
+    let m = Mounted::start(&root.join("disk"), &secrets, Some(&state), &root.join("mnt"), &[]);
     assert!(walk(&m.mnt).contains(&"raw/ubuntu".to_string()), "{:?}", walk(&m.mnt));
     same_file(&m.path("raw/ubuntu"), &bi.join("backing"));
     let enc1 = sha512(&m.path("encrypt/ns/s1/ubuntu"));

@@ -30,7 +30,7 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 4)]
     threads: usize,
     /// Page-cache use of open files.
-    #[arg(long, value_enum, default_value = "keep-cache")]
+    #[arg(long, value_enum, default_value = "direct-io")]
     cache: CacheMode,
     mountpoint: PathBuf,
 }

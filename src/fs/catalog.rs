@@ -201,13 +201,13 @@ impl Catalog {
     }
 
     /// The view `mode` makes of `img` (with `secret` for encrypt/decrypt), guarded so that
-    /// its reads fail with EIO once the stored file changes.
+    /// its reads fail with EIO once the stored file changes, and the identity it is pinned to.
     pub fn open(
         &self,
         mode: Mode,
         secret: Option<&SecretRef>,
         img: &StoredImage,
-    ) -> Result<Arc<dyn ReadAt>, CatalogError> {
+    ) -> Result<(Arc<dyn ReadAt>, SourceIdentity), CatalogError> {
         let io_err = |error| CatalogError::Io { image: img.name.clone(), error };
         let (file, identity) = Watched::open(&img.path).map_err(io_err)?;
         let stored = || -> Result<Arc<dyn ReadAt>, CatalogError> {
@@ -220,7 +220,7 @@ impl Catalog {
             (Mode::Decrypt, Some(secret)) => self.open_decrypt(img, secret, identity, stored()?)?,
             (_, None) => return Err(CatalogError::NoImage(img.name.clone())),
         };
-        Ok(Arc::new(Watched::new(view, file, img.path.clone(), identity)))
+        Ok((Arc::new(Watched::new(view, file, img.path.clone(), identity)), identity))
     }
 
     fn slot(&self, mode: Mode, img: &StoredImage, secret: &SecretRef) -> Slot {
