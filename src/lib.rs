@@ -12,3 +12,4 @@ pub mod keys;
 pub mod luks;
 pub mod k8s;
 pub mod view;
+pub mod verify;

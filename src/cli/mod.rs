@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod copy;
 mod crypt;
 mod inspect;
+mod verify;
 
 pub use copy::{materialize, CopyOptions, Interrupted};
 
@@ -68,6 +69,8 @@ enum Command {
         json: bool,
         image: PathBuf,
     },
+    /// Check a LUKS image with libcryptsetup (and dm-crypt where available) against SOURCE.
+    Verify(verify::VerifyArgs),
 }
 
 fn init_logging(filter: &str, json: bool) {
@@ -92,6 +95,7 @@ pub fn main() -> ExitCode {
         }
         Command::Decrypt { secret, force, src, dst } => crypt::decrypt(&secret, force, &src, &dst),
         Command::Inspect { json, image } => inspect::run(&image, json),
+        Command::Verify(args) => verify::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
