@@ -38,7 +38,8 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     // removed by its guard on the way out.
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&cancel)).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&cancel))
+            .context("installing signal handlers")?;
     }
     let opts = VerifyOptions {
         image: &args.image,
@@ -55,7 +56,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     let report = match verify::verify(&opts, &cancel, &mut stdout) {
         Err(VerifyError::Interrupted) => return Err(super::Interrupted.into()),
         other => other.with_context(|| {
-            format!("verifying {} with Secret {}", args.image.display(), params.secret)
+            format!(
+                "verifying {} with Secret {}",
+                args.image.display(),
+                params.secret
+            )
         })?,
     };
     match &report.outcome.mismatch {

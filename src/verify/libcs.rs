@@ -36,7 +36,7 @@ unsafe extern "C" fn log_to_tracing(level: c_int, msg: *const c_char, _usrptr: *
             *last = Some(text.to_owned());
         }
     }
-    tracing::debug!(target: "libcryptsetup", level, "{text}");
+    tracing::debug!(target: "libcryptsetup", level, "libcryptsetup: {text}");
 }
 
 /// Routes libcryptsetup's logging to tracing; turns on its debug output when tracing would
@@ -58,7 +58,11 @@ fn clear_last_error() {
 
 /// A libcryptsetup failure, with libcryptsetup's own message when it logged one.
 fn lib_err(op: &'static str, e: LibcryptErr) -> VerifyError {
-    VerifyError::Libcryptsetup { op, message: take_last_error(), source: e }
+    VerifyError::Libcryptsetup {
+        op,
+        message: take_last_error(),
+        source: e,
+    }
 }
 
 fn errno_of(e: &LibcryptErr) -> Option<i32> {
@@ -129,10 +133,15 @@ impl LibImage {
             .context_handle()
             .load::<()>(None, None)
             .map_err(|e| match errno_of(&e) {
-                Some(libc::EINVAL) => VerifyError::NotLuks { message: take_last_error() },
+                Some(libc::EINVAL) => VerifyError::NotLuks {
+                    message: take_last_error(),
+                },
                 _ => lib_err("crypt_load", e),
             })?;
-        Ok(Self { device, path: path.to_owned() })
+        Ok(Self {
+            device,
+            path: path.to_owned(),
+        })
     }
 
     pub fn geometry(&mut self) -> Result<Geometry, VerifyError> {
@@ -142,27 +151,54 @@ impl LibImage {
             Ok(other) => return Err(VerifyError::Unsupported(format!("{other:?} devices"))),
             Err(e) => return Err(lib_err("crypt_get_type", e)),
         };
-        let cipher = self.device.status_handle().get_cipher().map_err(|e| lib_err("crypt_get_cipher", e))?;
-        let cipher_mode =
-            self.device.status_handle().get_cipher_mode().map_err(|e| lib_err("crypt_get_cipher_mode", e))?;
+        let cipher = self
+            .device
+            .status_handle()
+            .get_cipher()
+            .map_err(|e| lib_err("crypt_get_cipher", e))?;
+        let cipher_mode = self
+            .device
+            .status_handle()
+            .get_cipher_mode()
+            .map_err(|e| lib_err("crypt_get_cipher_mode", e))?;
         let key_bytes = usize::try_from(self.device.status_handle().get_volume_key_size())
             .map_err(|_| VerifyError::Geometry("negative volume key size".into()))?;
-        let sector_size = usize::try_from(libcryptsetup_rs::get_sector_size(Some(&mut self.device)))
-            .ok()
-            .filter(|s| s.is_power_of_two() && (512..=4096).contains(s))
-            .ok_or_else(|| VerifyError::Geometry("libcryptsetup reports no valid sector size".into()))?;
+        let sector_size =
+            usize::try_from(libcryptsetup_rs::get_sector_size(Some(&mut self.device)))
+                .ok()
+                .filter(|s| s.is_power_of_two() && (512..=4096).contains(s))
+                .ok_or_else(|| {
+                    VerifyError::Geometry("libcryptsetup reports no valid sector size".into())
+                })?;
         // Both are in 512-byte sectors whatever the encryption sector size.
         let data_offset = self.device.status_handle().get_data_offset() * 512;
         let iv_offset = self.device.status_handle().get_iv_offset();
-        let segment_size = if luks_type == "LUKS2" { self.luks2_segment_size()? } else { None };
-        Ok(Geometry { luks_type, cipher, cipher_mode, key_bytes, sector_size, data_offset, iv_offset, segment_size })
+        let segment_size = if luks_type == "LUKS2" {
+            self.luks2_segment_size()?
+        } else {
+            None
+        };
+        Ok(Geometry {
+            luks_type,
+            cipher,
+            cipher_mode,
+            key_bytes,
+            sector_size,
+            data_offset,
+            iv_offset,
+            segment_size,
+        })
     }
 
     /// The size of LUKS2 segment 0 from libcryptsetup's own JSON (`crypt_dump_json`): the C API
     /// has no getter for it. Refuses images with more than one segment (a reencryption stopped
     /// half-way), whose plaintext is not one XTS stream.
     fn luks2_segment_size(&mut self) -> Result<Option<u64>, VerifyError> {
-        let json = self.device.status_handle().dump_json().map_err(|e| lib_err("crypt_dump_json", e))?;
+        let json = self
+            .device
+            .status_handle()
+            .dump_json()
+            .map_err(|e| lib_err("crypt_dump_json", e))?;
         let segments = json
             .get("segments")
             .and_then(|s| s.as_object())
@@ -188,7 +224,11 @@ impl LibImage {
 
     /// `crypt_volume_key_get` with the passphrase: checks it against every keyslot (the KDF
     /// runs inside libcryptsetup) and returns the opened keyslot and the volume key.
-    pub fn volume_key(&mut self, passphrase: &[u8], key_bytes: usize) -> Result<(u32, Zeroizing<Vec<u8>>), VerifyError> {
+    pub fn volume_key(
+        &mut self,
+        passphrase: &[u8],
+        key_bytes: usize,
+    ) -> Result<(u32, Zeroizing<Vec<u8>>), VerifyError> {
         clear_last_error();
         let mut key = Zeroizing::new(vec![0u8; key_bytes]);
         let (slot, len) = self
@@ -204,9 +244,13 @@ impl LibImage {
                 _ => lib_err("crypt_volume_key_get", e),
             })?;
         key.truncate(len);
-        let slot = u32::try_from(slot).map_err(|_| VerifyError::Geometry(format!("keyslot {slot}")))?;
+        let slot =
+            u32::try_from(slot).map_err(|_| VerifyError::Geometry(format!("keyslot {slot}")))?;
         // Belt and braces: the key must match the header's digest (`crypt_volume_key_verify`).
-        self.device.volume_key_handle().verify(&key).map_err(|e| lib_err("crypt_volume_key_verify", e))?;
+        self.device
+            .volume_key_handle()
+            .verify(&key)
+            .map_err(|e| lib_err("crypt_volume_key_verify", e))?;
         Ok((slot, key))
     }
 
@@ -220,7 +264,12 @@ impl LibImage {
             .activate_by_volume_key(Some(name), Some(key), CryptActivate::READONLY)
             .map_err(|e| lib_err("crypt_activate_by_volume_key", e))?;
         // From here on the guard owns the mapping: any error below still removes it.
-        let mut mapping = Mapping { device: self.device, name: name.to_owned(), active: true, len: 0 };
+        let mut mapping = Mapping {
+            device: self.device,
+            name: name.to_owned(),
+            active: true,
+            len: 0,
+        };
         let active = mapping
             .device
             .runtime_handle(name)
@@ -244,7 +293,7 @@ pub struct Mapping {
 
 impl Mapping {
     /// Size of the mapped device in bytes, as dm-crypt maps it.
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         self.len
     }
 
@@ -261,7 +310,10 @@ impl Mapping {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Err(VerifyError::DeviceMapper(format!("{} did not appear after activation", path.display())))
+        Err(VerifyError::DeviceMapper(format!(
+            "{} did not appear after activation",
+            path.display()
+        )))
     }
 
     /// Removes the mapping now, reporting failure (drop only logs it).
@@ -277,7 +329,11 @@ impl Mapping {
         // udev's probes can hold the device open for a moment after we close it.
         for _ in 0..20 {
             clear_last_error();
-            match self.device.activate_handle().deactivate(&self.name, CryptDeactivate::empty()) {
+            match self
+                .device
+                .activate_handle()
+                .deactivate(&self.name, CryptDeactivate::empty())
+            {
                 Ok(()) => {
                     self.active = false;
                     tracing::debug!(name = %self.name, "dm-crypt mapping removed");

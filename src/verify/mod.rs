@@ -44,7 +44,9 @@ pub enum VerifyError {
     },
     #[error("libcryptsetup does not recognize a LUKS header{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     NotLuks { message: Option<String> },
-    #[error("wrong passphrase: no keyslot opens with the Secret's CRYPTO_KEY_VALUE (libcryptsetup)")]
+    #[error(
+        "wrong passphrase: no keyslot opens with the Secret's CRYPTO_KEY_VALUE (libcryptsetup)"
+    )]
     WrongPassphrase,
     #[error("bifs's LUKS engine cannot open the image that libcryptsetup opened: {0}")]
     EngineFailed(#[source] LuksError),
@@ -127,7 +129,11 @@ impl Report {
 /// libdevmapper does; that also fails unless we are root.
 pub fn dm_available() -> bool {
     use std::os::unix::io::AsRawFd;
-    let control = match std::fs::OpenOptions::new().read(true).write(true).open("/dev/mapper/control") {
+    let control = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mapper/control")
+    {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!("device-mapper: cannot open /dev/mapper/control: {e}");
@@ -143,10 +149,18 @@ pub fn dm_available() -> bool {
     // SAFETY: the buffer is a properly sized dm_ioctl the kernel may read and write.
     let rc = unsafe { libc::ioctl(control.as_raw_fd(), DM_VERSION as _, dmi.as_mut_ptr()) };
     if rc != 0 {
-        tracing::debug!("device-mapper: DM_VERSION failed: {}", io::Error::last_os_error());
+        tracing::debug!(
+            "device-mapper: DM_VERSION failed: {}",
+            io::Error::last_os_error()
+        );
         return false;
     }
-    tracing::debug!("device-mapper: driver version {}.{}.{}", dmi[0], dmi[1], dmi[2]);
+    tracing::debug!(
+        "device-mapper: driver version {}.{}.{}",
+        dmi[0],
+        dmi[1],
+        dmi[2]
+    );
     true
 }
 
@@ -167,7 +181,11 @@ fn open_source(path: &Path) -> Result<Arc<dyn ReadAt>, VerifyError> {
 
 /// Runs the whole check, writing what it finds to `out` line by line. A mismatch is not an
 /// error: the returned report says so (`Report::passed`), and the caller picks the exit code.
-pub fn verify(opts: &VerifyOptions<'_>, cancel: &AtomicBool, out: &mut dyn Write) -> Result<Report, VerifyError> {
+pub fn verify(
+    opts: &VerifyOptions<'_>,
+    cancel: &AtomicBool,
+    out: &mut dyn Write,
+) -> Result<Report, VerifyError> {
     let mut say = |line: String| -> Result<(), VerifyError> {
         writeln!(out, "{line}").map_err(io_err("writing the report"))
     };
@@ -188,19 +206,25 @@ pub fn verify(opts: &VerifyOptions<'_>, cancel: &AtomicBool, out: &mut dyn Write
         geo.segment_size.map_or_else(|| "dynamic".to_string(), |s| format!("{s} bytes")),
     ))?;
     let (keyslot, lib_key) = lib.volume_key(opts.passphrase.as_bytes(), geo.key_bytes)?;
-    say(format!("passphrase: opens keyslot {keyslot} (libcryptsetup)"))?;
+    say(format!(
+        "passphrase: opens keyslot {keyslot} (libcryptsetup)"
+    ))?;
     if cancel.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(VerifyError::Interrupted);
     }
 
     // 2. Our engine must reach the same key and the same geometry.
-    let image_file =
-        DeviceFile::open(image_path).map_err(io_err(format!("opening {}", image_path.display())))?;
+    let image_file = DeviceFile::open(image_path)
+        .map_err(io_err(format!("opening {}", image_path.display())))?;
     let image_len = image_file.len();
     let ours = LuksHeader::read(&image_file).map_err(VerifyError::EngineFailed)?;
     let (our_key, our_slot) = match &ours {
-        LuksHeader::V2(h) => h.unlock(&image_file, opts.passphrase, &opts.limits).map(|(k, s)| (k, Some(s))),
-        LuksHeader::V1(_) => ours.unlock(&image_file, opts.passphrase, &opts.limits).map(|k| (k, None)),
+        LuksHeader::V2(h) => h
+            .unlock(&image_file, opts.passphrase, &opts.limits)
+            .map(|(k, s)| (k, Some(s))),
+        LuksHeader::V1(_) => ours
+            .unlock(&image_file, opts.passphrase, &opts.limits)
+            .map(|k| (k, None)),
     }
     .map_err(VerifyError::EngineFailed)?;
     if !crate::luks::ct_eq(our_key.as_bytes(), &lib_key) {
@@ -210,23 +234,37 @@ pub fn verify(opts: &VerifyOptions<'_>, cancel: &AtomicBool, out: &mut dyn Write
     let seg = ours.segment();
     let mut diffs = Vec::new();
     if seg.offset != geo.data_offset {
-        diffs.push(format!("data offset {} vs libcryptsetup's {}", seg.offset, geo.data_offset));
+        diffs.push(format!(
+            "data offset {} vs libcryptsetup's {}",
+            seg.offset, geo.data_offset
+        ));
     }
     if seg.sector_size != geo.sector_size {
-        diffs.push(format!("sector size {} vs libcryptsetup's {}", seg.sector_size, geo.sector_size));
+        diffs.push(format!(
+            "sector size {} vs libcryptsetup's {}",
+            seg.sector_size, geo.sector_size
+        ));
     }
     if seg.iv_tweak != geo.iv_offset {
-        diffs.push(format!("IV offset {} vs libcryptsetup's {}", seg.iv_tweak, geo.iv_offset));
+        diffs.push(format!(
+            "IV offset {} vs libcryptsetup's {}",
+            seg.iv_tweak, geo.iv_offset
+        ));
     }
     if geo.luks_type == "LUKS2" && seg.size != geo.segment_size {
-        diffs.push(format!("segment size {:?} vs libcryptsetup's {:?}", seg.size, geo.segment_size));
+        diffs.push(format!(
+            "segment size {:?} vs libcryptsetup's {:?}",
+            seg.size, geo.segment_size
+        ));
     }
     if !diffs.is_empty() {
         return Err(VerifyError::GeometryMismatch(diffs.join("; ")));
     }
     say(format!(
         "bifs engine: same volume key{}, same data segment geometry",
-        our_slot.map(|s| format!(" (opened keyslot {s})")).unwrap_or_default()
+        our_slot
+            .map(|s| format!(" (opened keyslot {s})"))
+            .unwrap_or_default()
     ))?;
 
     // 3. The plaintext, by dm-crypt or by the independent XTS path.
@@ -252,15 +290,19 @@ pub fn verify(opts: &VerifyOptions<'_>, cancel: &AtomicBool, out: &mut dyn Write
             "method: dm-crypt (read-only mapping {} on a loop device, decrypted by the kernel)",
             path.display()
         ))?;
-        if mapping.len() != seg_len {
+        if mapping.size() != seg_len {
             say(format!(
                 "note: the mapping is {} bytes; libcryptsetup's geometry implies {seg_len}",
-                mapping.len()
+                mapping.size()
             ))?;
         }
         let outcome = {
-            let dev = DeviceFile::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
-            let plain = MappedDevice { len: mapping.len(), dev };
+            let dev =
+                DeviceFile::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
+            let plain = MappedDevice {
+                len: mapping.size(),
+                dev,
+            };
             compare::run(&plain, source.as_deref(), cancel)?
             // `plain` closes here, before the mapping is removed.
         };
@@ -278,8 +320,15 @@ pub fn verify(opts: &VerifyOptions<'_>, cancel: &AtomicBool, out: &mut dyn Write
                 geo.cipher_spec()
             )));
         }
-        let plain = XtsPlaintext::new(&image_file, &lib_key, geo.data_offset, seg_len, geo.sector_size, geo.iv_offset)
-            .map_err(VerifyError::Unsupported)?;
+        let plain = XtsPlaintext::new(
+            &image_file,
+            &lib_key,
+            geo.data_offset,
+            seg_len,
+            geo.sector_size,
+            geo.iv_offset,
+        )
+        .map_err(VerifyError::Unsupported)?;
         let outcome = compare::run(&plain, source.as_deref(), cancel)?;
         (UsedMethod::Xts, outcome)
     };
@@ -289,18 +338,32 @@ pub fn verify(opts: &VerifyOptions<'_>, cancel: &AtomicBool, out: &mut dyn Write
     say(format!("plaintext SHA-512: {}", outcome.sha512))?;
     if let Some(against) = opts.against {
         match &outcome.mismatch {
-            None => {
-                let tail = if outcome.past_source > 0 {
-                    format!(" ({} bytes past its end are zeros)", outcome.past_source)
-                } else {
-                    String::new()
-                };
-                say(format!("against {}: identical{tail}", against.display()))?;
-            }
+            None => say(format!("against {}: identical", against.display()))?,
             Some(m) => say(format!("against {}: MISMATCH: {m}", against.display()))?,
         }
+        if outcome.past_source > 0 {
+            let what = match outcome.past_source_nonzero {
+                None => "all zeros".to_string(),
+                Some(at) => format!("not all zeros, first non-zero at offset {at}"),
+            };
+            say(format!(
+                "past the end of SOURCE: {} more plaintext bytes, not compared ({what})",
+                outcome.past_source
+            ))?;
+        }
+        if let Some(h) = &outcome.compared_sha512 {
+            say(format!(
+                "compared part SHA-512 (first {} bytes): {h}",
+                outcome.plaintext_len - outcome.past_source
+            ))?;
+        }
     }
-    Ok(Report { geometry: geo, keyslot, method, outcome })
+    Ok(Report {
+        geometry: geo,
+        keyslot,
+        method,
+        outcome,
+    })
 }
 
 /// A mapping name unique to this run, recognizably ours if ever left behind.
@@ -308,6 +371,9 @@ fn mapping_name() -> String {
     let mut r = [0u8; 4];
     // A fixed suffix is still unique enough with the pid; the RNG cannot fail in practice.
     let _ = getrandom::fill(&mut r);
-    format!("bifs-verify-{}-{}", std::process::id(), r.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "bifs-verify-{}-{}",
+        std::process::id(),
+        r.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
-

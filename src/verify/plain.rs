@@ -14,9 +14,10 @@ use xts_mode::{get_tweak_default, Xts128};
 use crate::image::ReadAt;
 
 /// A plaintext stream read in aligned chunks: `pos` and `buf.len()` are multiples of the
-/// encryption sector size, and `pos + buf.len() <= len()`.
+/// encryption sector size, and `pos + buf.len() <= size()`.
 pub trait Plaintext {
-    fn len(&self) -> u64;
+    /// Bytes of plaintext.
+    fn size(&self) -> u64;
     fn read_chunk(&self, pos: u64, buf: &mut [u8]) -> io::Result<()>;
 }
 
@@ -36,7 +37,9 @@ impl DeviceFile {
 
     pub fn is_block_device(path: &Path) -> bool {
         use std::os::unix::fs::FileTypeExt;
-        std::fs::metadata(path).map(|m| m.file_type().is_block_device()).unwrap_or(false)
+        std::fs::metadata(path)
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false)
     }
 }
 
@@ -49,12 +52,20 @@ impl ReadAt for DeviceFile {
         if offset >= self.len {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.len - offset).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.len - offset).unwrap_or(usize::MAX));
         let mut done = 0;
         while done < want {
-            match self.file.read_at(&mut buf[done..want], offset + done as u64) {
+            match self
+                .file
+                .read_at(&mut buf[done..want], offset + done as u64)
+            {
                 Ok(0) => {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "device shrank while read"))
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "device shrank while read",
+                    ))
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -73,22 +84,26 @@ pub struct MappedDevice {
 }
 
 impl Plaintext for MappedDevice {
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.len
     }
 
     fn read_chunk(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
         let n = self.dev.read_at(pos, buf)?;
         if n < buf.len() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the mapped device ended early"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the mapped device ended early",
+            ));
         }
         Ok(())
     }
 }
 
+// Boxed: the expanded AES-256 key schedules make the variants very unequal in size.
 enum Cipher {
-    Aes128(Xts128<Aes128>),
-    Aes256(Xts128<Aes256>),
+    Aes128(Box<Xts128<Aes128>>),
+    Aes256(Box<Xts128<Aes256>>),
 }
 
 /// The data segment decrypted sector by sector with `xts-mode`. The `aes` key schedules are
@@ -117,29 +132,43 @@ impl<'a> XtsPlaintext<'a> {
         let (k1, k2) = key.split_at(half);
         let bad = |_| format!("a {}-byte key is not an AES-XTS key", key.len());
         let cipher = match key.len() {
-            32 => Cipher::Aes128(Xts128::new(
+            32 => Cipher::Aes128(Box::new(Xts128::new(
                 Aes128::new_from_slice(k1).map_err(bad)?,
                 Aes128::new_from_slice(k2).map_err(bad)?,
-            )),
-            64 => Cipher::Aes256(Xts128::new(
+            ))),
+            64 => Cipher::Aes256(Box::new(Xts128::new(
                 Aes256::new_from_slice(k1).map_err(bad)?,
                 Aes256::new_from_slice(k2).map_err(bad)?,
-            )),
-            n => return Err(format!("a {n}-byte key is not an AES-XTS key (32 or 64 bytes)")),
+            ))),
+            n => {
+                return Err(format!(
+                    "a {n}-byte key is not an AES-XTS key (32 or 64 bytes)"
+                ))
+            }
         };
-        Ok(Self { image, offset, len, sector_size, iv_offset, cipher })
+        Ok(Self {
+            image,
+            offset,
+            len,
+            sector_size,
+            iv_offset,
+            cipher,
+        })
     }
 }
 
 impl Plaintext for XtsPlaintext<'_> {
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.len
     }
 
     fn read_chunk(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
         let n = self.image.read_at(self.offset + pos, buf)?;
         if n < buf.len() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the image ended inside its data segment"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the image ended inside its data segment",
+            ));
         }
         for (i, sector) in buf.chunks_exact_mut(self.sector_size).enumerate() {
             // plain64: the IV counts 512-byte units from the segment start even for 4096-byte
