@@ -286,8 +286,14 @@ pub fn verify(
         let mapping = lib.activate_read_only(&name, &lib_key)?;
         drop(lib_key);
         let path = mapping.path()?;
+        // libcryptsetup puts a loop device under a regular file; a block device is mapped as is.
+        let under = if DeviceFile::is_block_device(image_path) {
+            format!("on {}", image_path.display())
+        } else {
+            "on a read-only loop device".to_string()
+        };
         say(format!(
-            "method: dm-crypt (read-only mapping {} on a loop device, decrypted by the kernel)",
+            "method: dm-crypt (read-only mapping {} {under}, decrypted by the kernel)",
             path.display()
         ))?;
         if mapping.size() != seg_len {
