@@ -522,3 +522,43 @@ fn not_luks_and_forced_dm_crypt_are_clear_errors() {
         );
     }
 }
+
+#[test]
+fn qcow2_source_is_compared_by_its_virtual_disk() {
+    let ok = Command::new("qemu-img")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "`qemu-img` not found or not runnable (apt-get install qemu-utils)"
+    );
+    let (dir, sec, src, img, _data) = encrypted(MIB, PBKDF2, None);
+    let qcow = dir.path().join("src.qcow2");
+    let q = run(Command::new("qemu-img").args([
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        p(&src),
+        p(&qcow),
+    ]));
+    assert!(q.ok, "qemu-img convert: {q:?}");
+    let out = bifs(&[
+        "verify",
+        "--secret",
+        p(&sec),
+        p(&img),
+        "--against",
+        p(&qcow),
+    ]);
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("against {}: identical", qcow.display())),
+        "{out:?}"
+    );
+}
