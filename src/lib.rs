@@ -14,3 +14,4 @@ pub mod k8s;
 pub mod view;
 pub mod store;
 pub mod fs;
+pub mod verify;

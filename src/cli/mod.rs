@@ -10,6 +10,7 @@ mod copy;
 mod crypt;
 mod inspect;
 mod mount;
+mod verify;
 
 pub use copy::{materialize, CopyOptions, Interrupted};
 
@@ -74,6 +75,8 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a bifs mount (fusermount3 -u).
     Umount { mountpoint: PathBuf },
+    /// Check a LUKS image with libcryptsetup (and dm-crypt where available) against SOURCE.
+    Verify(verify::VerifyArgs),
 }
 
 fn init_logging(filter: &str, json: bool) {
@@ -103,6 +106,7 @@ pub fn main() -> ExitCode {
         Command::Inspect { json, image } => inspect::run(&image, json),
         Command::Mount(args) => mount::mount(&args),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
+        Command::Verify(args) => verify::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
