@@ -161,7 +161,7 @@ main() {
   plen=$(stat -c %s "$payload")
   : >"$plan"
   : >"$results"
-  local images=("$payload:ro" "$payload2:ro") expected=() host_checks=()
+  local images=("$payload:ro" "$payload2:ro") expected=() host_checks=() params=()
 
   local ks ss kdf name pass
   declare -A PASS
@@ -175,6 +175,12 @@ main() {
         images+=("$W/fwd-$name.img:ro")
         echo "check fwd-$name fwd-$name $pass $want match" >>"$plan"
         expected+=("fwd-$name")
+        if [ "$ENCRYPTOR" = bifs ]; then
+          # bifs verify in the guest, activating the image with real dm-crypt.
+          params+=(-f "$W/fwd-$name.img.secret.yaml")
+          echo "verify vfy-$name fwd-$name fwd-$name.img.secret.yaml $want match" >>"$plan"
+          expected+=("vfy-$name")
+        fi
         truncate -s $((plen + LUKS_HDR)) "$W/rev-$name.img"
         images+=("$W/rev-$name.img")
         echo "format rev-$name rev-$name payload $ks $ss $kdf $pass $want" >>"$plan"
@@ -199,11 +205,15 @@ main() {
   echo "check neg-flip neg-flip ${PASS[512-512-pbkdf2]} $want mismatch" >>"$plan"
   echo "wrongpass neg-wrongpass fwd-256-512-argon2i ${PASS[256-512-argon2i]}x" >>"$plan"
   expected+=(neg-flip neg-wrongpass neg-flip-host)
+  if [ "$ENCRYPTOR" = bifs ]; then
+    echo "verify neg-vfy-flip neg-flip fwd-512-512-pbkdf2.img.secret.yaml $want mismatch" >>"$plan"
+    expected+=(neg-vfy-flip)
+  fi
   t1=$(date +%s)
   vm_log "prepared ${#images[@]} images in $((t1 - t0))s; booting guest"
 
   local rc=0
-  vm_run_guest -f "$plan" "$VM_LIB_DIR/cases/dm-crypt-matrix.sh" "${images[@]}" >>"$results" || rc=$?
+  vm_run_guest -f "$plan" "${params[@]}" "$VM_LIB_DIR/cases/dm-crypt-matrix.sh" "${images[@]}" >>"$results" || rc=$?
   if [ "$rc" != 0 ]; then
     echo "RESULT guest-boot FAIL guest did not finish (see console tail above)" >>"$results"
   fi

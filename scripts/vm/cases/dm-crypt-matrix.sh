@@ -7,6 +7,9 @@
 #       PASS iff opening with PASS fails
 #   format NAME DISK SRCDISK KEYSIZE SECTOR KDF PASS WANT
 #       luksFormat DISK, open, dd SRCDISK into the mapping, check, close
+#   verify NAME DISK SECRET WANT match|mismatch
+#       `bifs verify` with real dm-crypt (/params/SECRET); PASS iff it succeeds and reports
+#       plaintext SHA-512 WANT (match), or iff it fails (mismatch)
 #   grow NAME DISK PASS N WANT SRCDISK WANT2
 #       DISK was grown past its image; open rw: first N bytes == WANT; write
 #       SRCDISK at byte N; close; reopen ro: first N == WANT, [N, N+len) == WANT2
@@ -43,6 +46,24 @@ step_check() { # NAME DISK PASS WANT EXPECT
     result "$1" PASS "size=$size got=$got want=$4"
   else
     result "$1" FAIL "size=$size got=$got want=$4"
+  fi
+}
+
+step_verify() { # NAME DISK SECRET WANT EXPECT
+  out=$(/bin/bifs --log warn verify --method dm-crypt --secret "/params/$3" --against /dev/disk/payload "/dev/disk/$2" 2>&1)
+  rc=$?
+  got=$(echo "$out" | sed -n 's/^plaintext SHA-512: //p')
+  method=$(echo "$out" | sed -n 's/^method: \([a-z-]*\).*/\1/p')
+  if [ "$5" = mismatch ]; then
+    if [ $rc -ne 0 ]; then
+      result "$1" PASS "bifs verify failed as expected: $(echo "$out" | tail -n 1)"
+    else
+      result "$1" FAIL "bifs verify accepted a corrupted image got=$got"
+    fi
+  elif [ $rc -eq 0 ] && [ "$got" = "$4" ]; then
+    result "$1" PASS "bifs verify method=$method got=$got want=$4"
+  else
+    result "$1" FAIL "bifs verify rc=$rc method=$method got=$got want=$4 $(echo "$out" | tail -n 3 | tr '\n' ' ')"
   fi
 }
 
@@ -117,6 +138,7 @@ while read -r op a1 a2 a3 a4 a5 a6 a7 a8 <&3; do
     '' | '#'*) ;;
     check) step_check "$a1" "$a2" "$a3" "$a4" "$a5" ;;
     wrongpass) step_wrongpass "$a1" "$a2" "$a3" ;;
+    verify) step_verify "$a1" "$a2" "$a3" "$a4" "$a5" ;;
     format) step_format "$a1" "$a2" "$a3" "$a4" "$a5" "$a6" "$a7" "$a8" ;;
     grow) step_grow "$a1" "$a2" "$a3" "$a4" "$a5" "$a6" "$a7" ;;
     *) result "$a1" FAIL "unknown plan step $op" ;;
