@@ -4,4 +4,11 @@
 //! [`image::ReadAt`] source; a [`view`] transforms a source into another `ReadAt` (LUKS2 of it,
 //! plaintext of it); the CLI and the FUSE adapter only route reads to views.
 
+pub mod cli;
 pub mod image;
+pub mod xts;
+pub mod kdf;
+pub mod keys;
+pub mod luks;
+pub mod k8s;
+pub mod view;

@@ -75,3 +75,20 @@ pub fn read_full_at(src: &dyn ReadAt, offset: u64, buf: &mut [u8]) -> io::Result
     }
     Ok(())
 }
+
+/// Bytes in memory as a source: a freshly formatted LUKS2 header region, test data.
+pub struct MemSource(pub Vec<u8>);
+
+impl ReadAt for MemSource {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let Ok(start) = usize::try_from(offset) else { return Ok(0) };
+        let Some(rest) = self.0.get(start..) else { return Ok(0) };
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+}

@@ -1,0 +1,80 @@
+//! `bifs encrypt` and `bifs decrypt`: a view materialized into a file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::copy::{check_destination, materialize, CopyOptions};
+use super::SecretArgs;
+use crate::image::{self, Format, ReadAt};
+use crate::k8s::{self, CryptoParams, SecretRef};
+use crate::kdf::KdfLimits;
+use crate::view::{encrypt, DecryptView, EncryptView, ViewError};
+
+/// Loads the Secret the arguments name and validates its CRYPTO_* keys.
+pub fn load_params(args: &SecretArgs) -> anyhow::Result<CryptoParams> {
+    let secrets = k8s::load_secrets(&args.secret)?;
+    let wanted = args.secret_name.as_deref().map(|s| SecretRef::parse(s, "default"));
+    let secret = k8s::secret::select(secrets, wanted.as_ref())?;
+    Ok(secret.crypto_params()?)
+}
+
+/// Opens `path` as its raw virtual disk (qcow2 flattened), with its detected format.
+pub fn open_disk(path: &Path) -> anyhow::Result<(Format, Arc<dyn ReadAt>)> {
+    let format = image::detect(path).with_context(|| format!("opening {}", path.display()))?;
+    let disk: Arc<dyn ReadAt> = match format {
+        Format::Qcow2 => anyhow::bail!("{}: qcow2 sources are not supported yet", path.display()),
+        _ => Arc::new(
+            image::raw::RawFile::open(path).with_context(|| format!("opening {}", path.display()))?,
+        ),
+    };
+    Ok((format, disk))
+}
+
+pub fn encrypt(
+    args: &SecretArgs,
+    sector_size: Option<usize>,
+    force: bool,
+    src: &Path,
+    dst: &Path,
+) -> anyhow::Result<()> {
+    let params = load_params(args)?;
+    let (format, disk) = open_disk(src)?;
+    if format.is_luks() {
+        let e = ViewError::AlreadyEncrypted(if format == Format::Luks1 { "LUKS1" } else { "LUKS2" });
+        return Err(anyhow::Error::new(e).context(format!("{}", src.display())));
+    }
+    check_destination(dst, force)?;
+    let len = disk.len();
+    if len % 512 != 0 {
+        tracing::warn!(
+            source = %src.display(),
+            size = len,
+            padded = encrypt::padded_len(len),
+            "source size is not a multiple of 512 bytes; padding the data segment with zeros"
+        );
+    }
+    tracing::info!(
+        source = %src.display(), format = %format, secret = %params.secret,
+        key_bits = params.key_bits, hash = params.hash.name(), "formatting LUKS2 header"
+    );
+    let view = EncryptView::create(disk, &params, sector_size)
+        .with_context(|| format!("encrypting {} with Secret {}", src.display(), params.secret))?;
+    let opts = CopyOptions { force, label: "encrypt".into() };
+    materialize(&view, dst, &opts)?;
+    Ok(())
+}
+
+pub fn decrypt(args: &SecretArgs, force: bool, src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let params = load_params(args)?;
+    let image: Arc<dyn ReadAt> = Arc::new(
+        image::raw::RawFile::open(src).with_context(|| format!("opening {}", src.display()))?,
+    );
+    check_destination(dst, force)?;
+    let view = DecryptView::open(image, &params.passphrase, &KdfLimits::default())
+        .with_context(|| format!("decrypting {} with Secret {}", src.display(), params.secret))?;
+    let opts = CopyOptions { force, label: "decrypt".into() };
+    materialize(&view, dst, &opts)?;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The `bifs` command line: argument parsing, logging, exit codes. Each command is a thin
+//! routing of arguments to the engine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod copy;
+mod crypt;
+mod inspect;
+
+pub use copy::{materialize, CopyOptions, Interrupted};
+
+#[derive(Parser)]
+#[command(name = "bifs", version, about = "Clone disk images as-is, into LUKS2 or out of LUKS2, keyed by Kubernetes Secrets")]
+struct Cli {
+    /// Log filter (tracing syntax, e.g. `debug` or `bifs=trace`); also from BIFS_LOG.
+    #[arg(long, global = true, env = "BIFS_LOG", default_value = "info")]
+    log: String,
+    /// Logs as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the Secret comes from: a manifest file or directory, and which Secret in it.
+#[derive(clap::Args, Debug)]
+pub struct SecretArgs {
+    /// Kubernetes Secret manifest (file or directory) with the CRYPTO_* keys.
+    #[arg(long, value_name = "SECRET.yaml")]
+    secret: PathBuf,
+    /// Which Secret, as NAMESPACE/NAME, when the manifest holds several.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    secret_name: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a LUKS2 image of SRC's raw content (qcow2 flattened) to DST.
+    Encrypt {
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Data sector size; default 4096 when the data size allows it, else 512 (as cryptsetup).
+        #[arg(long, value_parser = ["512", "1024", "2048", "4096"])]
+        sector_size: Option<String>,
+        /// Replace DST if it exists.
+        #[arg(long)]
+        force: bool,
+        src: PathBuf,
+        dst: PathBuf,
+    },
+    /// Write the plaintext of LUKS image SRC's data segment to DST (holes kept).
+    Decrypt {
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Replace DST if it exists.
+        #[arg(long)]
+        force: bool,
+        src: PathBuf,
+        dst: PathBuf,
+    },
+    /// Show an image's format, sizes and, for LUKS, its header.
+    Inspect {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        image: PathBuf,
+    },
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_json);
+    let result = match cli.command {
+        Command::Encrypt { secret, sector_size, force, src, dst } => {
+            let sector_size = sector_size.and_then(|s| s.parse().ok());
+            crypt::encrypt(&secret, sector_size, force, &src, &dst)
+        }
+        Command::Decrypt { secret, force, src, dst } => crypt::decrypt(&secret, force, &src, &dst),
+        Command::Inspect { json, image } => inspect::run(&image, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Interrupted>() => {
+            eprintln!("bifs: interrupted; nothing was left at the destination");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("bifs: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

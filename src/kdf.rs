@@ -1,0 +1,421 @@
+//! Password-based key derivation (PBKDF2, Argon2i, Argon2id) as LUKS uses it, the hashes LUKS
+//! names, and cost selection by benchmark the way cryptsetup does it.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use zeroize::Zeroizing;
+
+/// A hash as LUKS names it (`"sha256"`), used for PBKDF2, AF diffusion and digests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hash {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+impl Hash {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "sha1" => Some(Hash::Sha1),
+            "sha256" => Some(Hash::Sha256),
+            "sha512" => Some(Hash::Sha512),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hash::Sha1 => "sha1",
+            Hash::Sha256 => "sha256",
+            Hash::Sha512 => "sha512",
+        }
+    }
+
+    pub fn output_len(self) -> usize {
+        match self {
+            Hash::Sha1 => 20,
+            Hash::Sha256 => 32,
+            Hash::Sha512 => 64,
+        }
+    }
+
+    /// Hash of the concatenation of `parts`.
+    pub fn digest(self, parts: &[&[u8]]) -> Vec<u8> {
+        fn run<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
+            let mut d = D::new();
+            for p in parts {
+                d.update(p);
+            }
+            d.finalize().to_vec()
+        }
+        match self {
+            Hash::Sha1 => run::<sha1::Sha1>(parts),
+            Hash::Sha256 => run::<sha2::Sha256>(parts),
+            Hash::Sha512 => run::<sha2::Sha512>(parts),
+        }
+    }
+
+    /// PBKDF2-HMAC with this hash.
+    pub fn pbkdf2(self, password: &[u8], salt: &[u8], iterations: u32, out: &mut [u8]) {
+        match self {
+            Hash::Sha1 => pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, out),
+            Hash::Sha256 => pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, out),
+            Hash::Sha512 => pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password, salt, iterations, out),
+        }
+    }
+}
+
+/// Argon2 flavour, as LUKS2 names it in a keyslot's `kdf.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Argon2Type {
+    Argon2i,
+    Argon2id,
+}
+
+/// A keyslot's KDF with its cost, as stored in LUKS metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kdf {
+    Pbkdf2 { hash: Hash, iterations: u32 },
+    Argon2 { kind: Argon2Type, time: u32, memory_kib: u32, cpus: u32 },
+}
+
+/// What cryptsetup refuses to run, so a hostile header cannot make us allocate or spin beyond
+/// what cryptsetup itself would (lib/crypto_backend/pbkdf_check.c limits).
+#[derive(Debug, Clone, Copy)]
+pub struct KdfLimits {
+    pub max_argon2_memory_kib: u32,
+    pub max_argon2_time: u32,
+    pub max_argon2_cpus: u32,
+    pub max_pbkdf2_iterations: u32,
+}
+
+impl Default for KdfLimits {
+    fn default() -> Self {
+        Self {
+            max_argon2_memory_kib: 4 * 1024 * 1024,
+            // cryptsetup allows any u32 time; a cap keeps a hostile header from hanging us
+            // for days. 1000 passes at 4 GiB is already far beyond any real keyslot.
+            max_argon2_time: 1000,
+            max_argon2_cpus: 4,
+            max_pbkdf2_iterations: u32::MAX,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KdfError {
+    #[error("{kdf} cost {what}={value} is outside the accepted range {min}..={max}")]
+    CostOutOfRange { kdf: &'static str, what: &'static str, value: u32, min: u32, max: u32 },
+    #[error("argon2 failed: {0}")]
+    Argon2(String),
+}
+
+/// cryptsetup's minimums: NIST SP 800-132 for PBKDF2; Argon2 t>=4, m>=32 KiB, 1..=4 lanes.
+const PBKDF2_MIN_ITERATIONS: u32 = 1000;
+const ARGON2_MIN_TIME: u32 = 4;
+const ARGON2_MIN_MEMORY_KIB: u32 = 32;
+
+impl Kdf {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Kdf::Pbkdf2 { .. } => "pbkdf2",
+            Kdf::Argon2 { kind: Argon2Type::Argon2i, .. } => "argon2i",
+            Kdf::Argon2 { kind: Argon2Type::Argon2id, .. } => "argon2id",
+        }
+    }
+
+    /// Checks the cost against `limits` before any work is done.
+    pub fn check(&self, limits: &KdfLimits) -> Result<(), KdfError> {
+        let range = |what, value: u32, min: u32, max: u32| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(KdfError::CostOutOfRange { kdf: self.type_name(), what, value, min, max })
+            }
+        };
+        match *self {
+            // Reading: LUKS1 and old LUKS2 keyslots may have fewer than 1000 iterations.
+            Kdf::Pbkdf2 { iterations, .. } => {
+                range("iterations", iterations, 1, limits.max_pbkdf2_iterations)
+            }
+            Kdf::Argon2 { time, memory_kib, cpus, .. } => {
+                range("time", time, 1, limits.max_argon2_time)?;
+                range("memory", memory_kib, 8, limits.max_argon2_memory_kib)?;
+                range("cpus", cpus, 1, limits.max_argon2_cpus)
+            }
+        }
+    }
+
+    /// Derives `out.len()` bytes from `password` and `salt`.
+    pub fn derive(
+        &self,
+        password: &[u8],
+        salt: &[u8],
+        out: &mut [u8],
+        limits: &KdfLimits,
+    ) -> Result<(), KdfError> {
+        self.check(limits)?;
+        match *self {
+            Kdf::Pbkdf2 { hash, iterations } => {
+                hash.pbkdf2(password, salt, iterations, out);
+                Ok(())
+            }
+            Kdf::Argon2 { kind, time, memory_kib, cpus } => {
+                let algorithm = match kind {
+                    Argon2Type::Argon2i => argon2::Algorithm::Argon2i,
+                    Argon2Type::Argon2id => argon2::Algorithm::Argon2id,
+                };
+                // Argon2 needs at least 8 KiB per lane; cryptsetup raises memory the same way.
+                let memory = memory_kib.max(8 * cpus);
+                let params = argon2::Params::new(memory, time, cpus, Some(out.len()))
+                    .map_err(|e| KdfError::Argon2(e.to_string()))?;
+                argon2::Argon2::new(algorithm, argon2::Version::V0x13, params)
+                    .hash_password_into(password, salt, out)
+                    .map_err(|e| KdfError::Argon2(e.to_string()))
+            }
+        }
+    }
+}
+
+/// How to pick a new keyslot's cost: forced values from the Secret, or a benchmark toward a
+/// target unlock time as cryptsetup does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfRequest {
+    pub kind: KdfKind,
+    pub hash: Hash,
+    /// `CRYPTO_PBKDF_FORCE_ITERATIONS`: PBKDF2 iterations or Argon2 time cost.
+    pub force_iterations: Option<u32>,
+    /// `CRYPTO_PBKDF_MEMORY` in KiB (Argon2 only).
+    pub memory_kib: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KdfKind {
+    Pbkdf2,
+    Argon2i,
+    Argon2id,
+}
+
+impl KdfKind {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "pbkdf2" => Some(KdfKind::Pbkdf2),
+            "argon2i" => Some(KdfKind::Argon2i),
+            "argon2id" => Some(KdfKind::Argon2id),
+            _ => None,
+        }
+    }
+}
+
+/// cryptsetup's default unlock target for a keyslot (2 s) and for the volume key digest (125 ms).
+pub const KEYSLOT_TARGET: Duration = Duration::from_millis(2000);
+pub const DIGEST_TARGET: Duration = Duration::from_millis(125);
+/// cryptsetup's default Argon2 memory ceiling: 1 GiB, and never more than half of RAM.
+const ARGON2_DEFAULT_MAX_MEMORY_KIB: u32 = 1024 * 1024;
+
+impl KdfRequest {
+    /// Resolves the request to a concrete KDF, benchmarking whatever was not forced.
+    pub fn resolve(&self, key_len: usize) -> Result<Kdf, KdfError> {
+        let argon2 = |kind| -> Result<Kdf, KdfError> {
+            let cpus = default_argon2_cpus();
+            let max_memory = self.memory_kib.unwrap_or_else(default_argon2_max_memory_kib);
+            let (time, memory_kib) = match (self.force_iterations, self.memory_kib) {
+                (Some(t), Some(m)) => (t, m),
+                // cryptsetup: forcing iterations keeps the memory at its maximum.
+                (Some(t), None) => (t, max_memory),
+                (None, _) => benchmark_argon2(kind, cpus, max_memory, key_len, KEYSLOT_TARGET)?,
+            };
+            let kdf = Kdf::Argon2 { kind, time, memory_kib: memory_kib.max(8 * cpus), cpus };
+            check_new_cost(&kdf)?;
+            Ok(kdf)
+        };
+        match self.kind {
+            KdfKind::Pbkdf2 => {
+                let iterations = match self.force_iterations {
+                    Some(i) => i,
+                    None => pbkdf2_iterations_for(self.hash, KEYSLOT_TARGET, key_len),
+                };
+                let kdf = Kdf::Pbkdf2 { hash: self.hash, iterations };
+                check_new_cost(&kdf)?;
+                Ok(kdf)
+            }
+            KdfKind::Argon2i => argon2(Argon2Type::Argon2i),
+            KdfKind::Argon2id => argon2(Argon2Type::Argon2id),
+        }
+    }
+}
+
+/// A new keyslot must meet cryptsetup's minimums, or cryptsetup would refuse to make it.
+fn check_new_cost(kdf: &Kdf) -> Result<(), KdfError> {
+    let err = |what, value, min, max| KdfError::CostOutOfRange {
+        kdf: kdf.type_name(),
+        what,
+        value,
+        min,
+        max,
+    };
+    match *kdf {
+        Kdf::Pbkdf2 { iterations, .. } if iterations < PBKDF2_MIN_ITERATIONS => {
+            Err(err("iterations", iterations, PBKDF2_MIN_ITERATIONS, u32::MAX))
+        }
+        Kdf::Argon2 { time, .. } if time < ARGON2_MIN_TIME => {
+            Err(err("time", time, ARGON2_MIN_TIME, u32::MAX))
+        }
+        Kdf::Argon2 { memory_kib, .. }
+            if !(ARGON2_MIN_MEMORY_KIB..=KdfLimits::default().max_argon2_memory_kib)
+                .contains(&memory_kib) =>
+        {
+            Err(err("memory", memory_kib, ARGON2_MIN_MEMORY_KIB, KdfLimits::default().max_argon2_memory_kib))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// cryptsetup: min(4, online CPUs).
+fn default_argon2_cpus() -> u32 {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    n.clamp(1, 4) as u32
+}
+
+/// cryptsetup: 1 GiB, but at most half of physical memory.
+fn default_argon2_max_memory_kib() -> u32 {
+    // SAFETY: sysconf has no memory effects.
+    let (pages, page_size) =
+        unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if pages <= 0 || page_size <= 0 {
+        return ARGON2_DEFAULT_MAX_MEMORY_KIB;
+    }
+    let half_kib = (pages as u64 * page_size as u64 / 1024 / 2).min(u64::from(u32::MAX)) as u32;
+    ARGON2_DEFAULT_MAX_MEMORY_KIB.min(half_kib)
+}
+
+/// PBKDF2 iterations that take about `target` here (never fewer than 1000), measured the way
+/// cryptsetup does: grow the trial until it runs long enough to time, then scale.
+pub fn pbkdf2_iterations_for(hash: Hash, target: Duration, key_len: usize) -> u32 {
+    let mut out = Zeroizing::new(vec![0u8; key_len.max(1)]);
+    let salt = [0u8; 32];
+    let mut trial: u32 = 1 << 14;
+    loop {
+        let start = Instant::now();
+        hash.pbkdf2(b"bifs benchmark", &salt, trial, &mut out);
+        let took = start.elapsed();
+        if took >= Duration::from_millis(250) || trial >= 1 << 28 {
+            let per_sec = f64::from(trial) / took.as_secs_f64().max(1e-6);
+            let n = (per_sec * target.as_secs_f64()).min(f64::from(u32::MAX)) as u32;
+            return n.max(PBKDF2_MIN_ITERATIONS);
+        }
+        trial = trial.saturating_mul(4);
+    }
+}
+
+/// Picks Argon2 (time, memory) toward `target`: first find parameters that run long enough to
+/// measure, then scale memory up to `max_memory_kib` before raising time, as cryptsetup does.
+fn benchmark_argon2(
+    kind: Argon2Type,
+    cpus: u32,
+    max_memory_kib: u32,
+    key_len: usize,
+    target: Duration,
+) -> Result<(u32, u32), KdfError> {
+    let min_memory = ARGON2_MIN_MEMORY_KIB.max(8 * cpus);
+    let max_memory = max_memory_kib.max(min_memory);
+    let limits = KdfLimits::default();
+    let mut out = Zeroizing::new(vec![0u8; key_len.max(4)]);
+    let salt = [0u8; 32];
+    let measure = |time: u32, memory_kib: u32, out: &mut [u8]| -> Result<f64, KdfError> {
+        let kdf = Kdf::Argon2 { kind, time, memory_kib, cpus };
+        let start = Instant::now();
+        kdf.derive(b"bifs benchmark", &salt, out, &limits)?;
+        Ok(start.elapsed().as_secs_f64() * 1000.0)
+    };
+    let target_ms = target.as_secs_f64() * 1000.0;
+
+    let (mut time, mut memory) = (ARGON2_MIN_TIME, min_memory);
+    let mut ms = measure(time, memory, &mut out)?;
+    // 1. Grow until a run takes at least 250 ms (or we hit the ceiling), so timing is reliable.
+    while ms < 250.0 {
+        let factor = if ms < 10.0 { 16.0 } else { 250.0 / ms };
+        if memory < max_memory {
+            memory = ((f64::from(memory) * factor) as u32).clamp(memory + 1, max_memory);
+        } else {
+            time = ((f64::from(time) * factor) as u32).max(time + 1);
+        }
+        ms = measure(time, memory, &mut out)?;
+    }
+    // 2. Scale toward the target: memory first, then time; refine until within -5%..+10%.
+    for _ in 0..8 {
+        if (target_ms * 0.95..=target_ms * 1.10).contains(&ms) {
+            break;
+        }
+        let cost = f64::from(time) * f64::from(memory) * target_ms / ms;
+        let (new_time, new_memory) = if cost / f64::from(ARGON2_MIN_TIME) <= f64::from(max_memory) {
+            (ARGON2_MIN_TIME, (cost / f64::from(ARGON2_MIN_TIME)) as u32)
+        } else {
+            ((cost / f64::from(max_memory)) as u32, max_memory)
+        };
+        let new_memory = new_memory.clamp(min_memory, max_memory);
+        let new_time = new_time.max(ARGON2_MIN_TIME);
+        if (new_time, new_memory) == (time, memory) {
+            break;
+        }
+        (time, memory) = (new_time, new_memory);
+        ms = measure(time, memory, &mut out)?;
+    }
+    Ok((time, memory))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pbkdf2_rfc6070_sha1() {
+        let mut out = [0u8; 20];
+        Hash::Sha1.pbkdf2(b"password", b"salt", 2, &mut out);
+        assert_eq!(
+            out.to_vec(),
+            [
+                0xea, 0x6c, 0x01, 0x4d, 0xc7, 0x2d, 0x6f, 0x8c, 0xcd, 0x1e, 0xd9, 0x2a, 0xce,
+                0x1d, 0x41, 0xf0, 0xd8, 0xde, 0x89, 0x57
+            ]
+        );
+    }
+
+    #[test]
+    fn hostile_costs_are_refused_before_work() {
+        let limits = KdfLimits::default();
+        let kdf = Kdf::Argon2 {
+            kind: Argon2Type::Argon2id,
+            time: 4,
+            memory_kib: u32::MAX,
+            cpus: 4,
+        };
+        assert!(matches!(
+            kdf.derive(b"p", &[0; 32], &mut [0; 32], &limits),
+            Err(KdfError::CostOutOfRange { what: "memory", .. })
+        ));
+        let kdf = Kdf::Argon2 { kind: Argon2Type::Argon2i, time: 4, memory_kib: 64, cpus: 99 };
+        assert!(kdf.check(&limits).is_err());
+    }
+
+    #[test]
+    fn forced_costs_are_used_as_given() {
+        let req = KdfRequest {
+            kind: KdfKind::Argon2id,
+            hash: Hash::Sha256,
+            force_iterations: Some(5),
+            memory_kib: Some(64),
+        };
+        match req.resolve(64).unwrap() {
+            Kdf::Argon2 { time, memory_kib, kind, .. } => {
+                assert_eq!((time, memory_kib, kind), (5, 64, Argon2Type::Argon2id))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let low = KdfRequest { kind: KdfKind::Pbkdf2, force_iterations: Some(10), ..req };
+        assert!(low.resolve(64).is_err(), "cryptsetup refuses fewer than 1000 iterations");
+    }
+}

@@ -1,0 +1,164 @@
+//! The LUKS2 binary header: 4096 bytes before each copy of the JSON area, big-endian fields,
+//! a SHA-256 checksum over the binary header and its JSON area.
+
+use sha2::{Digest, Sha256};
+
+use super::LuksError;
+
+pub const MAGIC_PRIMARY: &[u8; 6] = b"LUKS\xba\xbe";
+pub const MAGIC_SECONDARY: &[u8; 6] = b"SKUL\xba\xbe";
+pub const BINARY_HEADER_SIZE: usize = 4096;
+
+/// The header sizes (binary + JSON) LUKS2 allows; also where a secondary copy may sit.
+pub const HDR_SIZES: [u64; 9] =
+    [0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000];
+
+const OFF_VERSION: usize = 6;
+const OFF_HDR_SIZE: usize = 8;
+const OFF_SEQID: usize = 16;
+const OFF_LABEL: usize = 24;
+const OFF_CSUM_ALG: usize = 72;
+const OFF_SALT: usize = 104;
+const OFF_UUID: usize = 168;
+const OFF_SUBSYSTEM: usize = 208;
+const OFF_HDR_OFFSET: usize = 256;
+const OFF_CSUM: usize = 448;
+const CSUM_LEN: usize = 64;
+
+/// The fields of one binary header copy that matter to us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryHeader {
+    pub hdr_size: u64,
+    pub seqid: u64,
+    pub label: String,
+    pub uuid: String,
+    pub subsystem: String,
+    pub hdr_offset: u64,
+}
+
+fn be_u64(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_be_bytes(a)
+}
+
+/// A NUL-terminated fixed-size string field.
+fn c_string(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn put_str(dst: &mut [u8], s: &str) {
+    let n = s.len().min(dst.len() - 1);
+    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+}
+
+fn checksum(area: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(&area[..OFF_CSUM]);
+    h.update([0u8; CSUM_LEN]);
+    h.update(&area[OFF_CSUM + CSUM_LEN..]);
+    h.finalize().into()
+}
+
+impl BinaryHeader {
+    /// Parses and verifies one header copy. `area` is the whole copy: `hdr_size` bytes (binary
+    /// header + JSON area); `expect_offset` is where it was read from.
+    pub fn parse(area: &[u8], expect_offset: u64) -> Result<Self, LuksError> {
+        if area.len() < BINARY_HEADER_SIZE {
+            return Err(LuksError::Truncated("LUKS2 binary header"));
+        }
+        let magic = &area[..6];
+        let want_magic = if expect_offset == 0 { MAGIC_PRIMARY } else { MAGIC_SECONDARY };
+        if magic != want_magic {
+            return Err(LuksError::BadHeader(format!("no LUKS2 magic at offset {expect_offset}")));
+        }
+        let version = u16::from_be_bytes([area[OFF_VERSION], area[OFF_VERSION + 1]]);
+        if version != 2 {
+            return Err(LuksError::BadHeader(format!("version {version} where 2 was expected")));
+        }
+        let hdr_size = be_u64(area, OFF_HDR_SIZE);
+        if !HDR_SIZES.contains(&hdr_size) {
+            return Err(LuksError::BadHeader(format!("header size {hdr_size} is not a LUKS2 size")));
+        }
+        let hdr_offset = be_u64(area, OFF_HDR_OFFSET);
+        if hdr_offset != expect_offset {
+            return Err(LuksError::BadHeader(format!(
+                "header copy at {expect_offset} claims offset {hdr_offset}"
+            )));
+        }
+        if (area.len() as u64) < hdr_size {
+            return Err(LuksError::Truncated("LUKS2 JSON area"));
+        }
+        let area = &area[..hdr_size as usize];
+        let alg = c_string(&area[OFF_CSUM_ALG..OFF_SALT]);
+        if alg != "sha256" {
+            return Err(LuksError::BadHeader(format!("checksum algorithm {alg:?} (only sha256)")));
+        }
+        if checksum(area)[..] != area[OFF_CSUM..OFF_CSUM + 32] {
+            return Err(LuksError::BadHeader(format!(
+                "checksum mismatch in header copy at offset {expect_offset}"
+            )));
+        }
+        Ok(Self {
+            hdr_size,
+            seqid: be_u64(area, OFF_SEQID),
+            label: c_string(&area[OFF_LABEL..OFF_CSUM_ALG]),
+            uuid: c_string(&area[OFF_UUID..OFF_SUBSYSTEM]),
+            subsystem: c_string(&area[OFF_SUBSYSTEM..OFF_HDR_OFFSET]),
+            hdr_offset,
+        })
+    }
+
+    /// Writes this header and `json` into `area` (exactly `hdr_size` bytes, zeroed), with a
+    /// fresh random salt and the checksum.
+    pub fn write(&self, area: &mut [u8], json: &[u8]) -> Result<(), LuksError> {
+        let json_area = self.hdr_size as usize - BINARY_HEADER_SIZE;
+        // The JSON must leave room for at least one terminating NUL.
+        if json.len() >= json_area || area.len() != self.hdr_size as usize {
+            return Err(LuksError::BadHeader(format!(
+                "JSON metadata of {} bytes does not fit a {json_area}-byte area",
+                json.len()
+            )));
+        }
+        area.fill(0);
+        let magic = if self.hdr_offset == 0 { MAGIC_PRIMARY } else { MAGIC_SECONDARY };
+        area[..6].copy_from_slice(magic);
+        area[OFF_VERSION..OFF_VERSION + 2].copy_from_slice(&2u16.to_be_bytes());
+        area[OFF_HDR_SIZE..OFF_HDR_SIZE + 8].copy_from_slice(&self.hdr_size.to_be_bytes());
+        area[OFF_SEQID..OFF_SEQID + 8].copy_from_slice(&self.seqid.to_be_bytes());
+        put_str(&mut area[OFF_LABEL..OFF_CSUM_ALG], &self.label);
+        put_str(&mut area[OFF_CSUM_ALG..OFF_SALT], "sha256");
+        getrandom::fill(&mut area[OFF_SALT..OFF_UUID]).map_err(LuksError::Random)?;
+        put_str(&mut area[OFF_UUID..OFF_SUBSYSTEM], &self.uuid);
+        put_str(&mut area[OFF_SUBSYSTEM..OFF_HDR_OFFSET], &self.subsystem);
+        area[OFF_HDR_OFFSET..OFF_HDR_OFFSET + 8].copy_from_slice(&self.hdr_offset.to_be_bytes());
+        area[BINARY_HEADER_SIZE..BINARY_HEADER_SIZE + json.len()].copy_from_slice(json);
+        let sum = checksum(area);
+        area[OFF_CSUM..OFF_CSUM + 32].copy_from_slice(&sum);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_parse_round_trip_and_checksum() {
+        let h = BinaryHeader {
+            hdr_size: 0x4000,
+            seqid: 7,
+            label: "lbl".into(),
+            uuid: "0b0e7e4c-0000-4000-8000-000000000001".into(),
+            subsystem: String::new(),
+            hdr_offset: 0x4000,
+        };
+        let mut area = vec![0u8; 0x4000];
+        h.write(&mut area, b"{\"x\":1}").unwrap();
+        assert_eq!(BinaryHeader::parse(&area, 0x4000).unwrap(), h);
+        assert!(BinaryHeader::parse(&area, 0).is_err(), "secondary magic at offset 0");
+        area[5000] ^= 1;
+        assert!(matches!(BinaryHeader::parse(&area, 0x4000), Err(LuksError::BadHeader(_))));
+    }
+}

@@ -1,0 +1,149 @@
+//! The encrypt view: a LUKS2 image of a raw disk. The first 16 MiB are the header region
+//! (made once, then served as bytes); after it, each sector of the source encrypted with the
+//! volume key. The source is padded with zeros to whole 512-byte units.
+
+use std::io;
+use std::sync::Arc;
+
+use crate::image::{MemSource, ReadAt};
+use crate::k8s::CryptoParams;
+use crate::kdf::KdfLimits;
+use crate::keys::{Passphrase, VolumeKey};
+use crate::luks::{FormatParams, Luks2Header, LuksHeader, DATA_OFFSET};
+use crate::xts::Xts;
+
+use super::sectors::{Direction, SectorTransform};
+use super::ViewError;
+
+/// cryptsetup's choice for a regular file: 4096-byte sectors when the data allows, else 512.
+pub fn default_sector_size(data_len: u64) -> usize {
+    if data_len % 4096 == 0 {
+        4096
+    } else {
+        512
+    }
+}
+
+/// The source length rounded up to whole 512-byte units: the size of the data segment.
+pub fn padded_len(source_len: u64) -> u64 {
+    source_len.div_ceil(512) * 512
+}
+
+pub struct EncryptView {
+    header: Arc<dyn ReadAt>,
+    data: SectorTransform,
+}
+
+impl EncryptView {
+    /// A new LUKS2 image of `source` under `params` (new random volume key, new header).
+    pub fn create(
+        source: Arc<dyn ReadAt>,
+        params: &CryptoParams,
+        sector_size: Option<usize>,
+    ) -> Result<Self, ViewError> {
+        let header = new_header(params, source.len(), sector_size)?;
+        Self::with_header(source, Arc::new(MemSource(header)), &params.passphrase)
+    }
+
+    /// The LUKS2 image of `source` with an existing header region (`DATA_OFFSET` bytes, e.g.
+    /// persisted so that the view's bytes stay the same across mounts).
+    pub fn with_header(
+        source: Arc<dyn ReadAt>,
+        header: Arc<dyn ReadAt>,
+        passphrase: &Passphrase,
+    ) -> Result<Self, ViewError> {
+        let parsed = match LuksHeader::read(&*header)? {
+            LuksHeader::V2(h) => h,
+            LuksHeader::V1(_) => {
+                return Err(crate::luks::LuksError::Unsupported("a LUKS1 header for an encrypt view".into()).into())
+            }
+        };
+        if parsed.segment.offset != DATA_OFFSET || header.len() != DATA_OFFSET {
+            return Err(crate::luks::LuksError::BadHeader(format!(
+                "encrypt view header region must be {DATA_OFFSET} bytes with data at {DATA_OFFSET}"
+            ))
+            .into());
+        }
+        let (key, _) = parsed.unlock(&*header, passphrase, &KdfLimits::default())?;
+        Self::with_key(source, header, &parsed, &key)
+    }
+
+    fn with_key(
+        source: Arc<dyn ReadAt>,
+        header: Arc<dyn ReadAt>,
+        parsed: &Luks2Header,
+        key: &VolumeKey,
+    ) -> Result<Self, ViewError> {
+        let len = padded_len(source.len());
+        let sector_size = parsed.segment.sector_size;
+        if len % sector_size as u64 != 0 {
+            return Err(crate::luks::LuksError::BadHeader(format!(
+                "the header's {sector_size}-byte sectors do not divide the {len}-byte source"
+            ))
+            .into());
+        }
+        let data = SectorTransform {
+            inner: source,
+            inner_offset: 0,
+            len,
+            sector_size,
+            iv_tweak: parsed.segment.iv_tweak,
+            direction: Direction::Encrypt,
+            xts: Xts::new(key.as_bytes())?,
+        };
+        Ok(Self { header, data })
+    }
+
+    pub fn sector_size(&self) -> usize {
+        self.data.sector_size
+    }
+}
+
+/// Formats a header region for a source of `source_len` bytes.
+pub fn new_header(
+    params: &CryptoParams,
+    source_len: u64,
+    sector_size: Option<usize>,
+) -> Result<Vec<u8>, ViewError> {
+    let data_len = padded_len(source_len);
+    let sector_size = sector_size.unwrap_or_else(|| default_sector_size(data_len));
+    if data_len % sector_size as u64 != 0 {
+        return Err(crate::luks::LuksError::Unsupported(format!(
+            "sector size {sector_size} for {data_len} bytes of data (not a multiple)"
+        ))
+        .into());
+    }
+    let key = VolumeKey::random(params.key_bytes()).map_err(ViewError::Random)?;
+    let kdf = params.kdf.resolve(params.key_bytes())?;
+    // cryptsetup skips the digest benchmark when costs are forced (minimum 1000 iterations).
+    let digest_iterations = params.kdf.force_iterations.map(|_| 1000);
+    let format = FormatParams {
+        hash: params.hash,
+        kdf,
+        sector_size,
+        digest_iterations,
+        uuid: None,
+        label: String::new(),
+    };
+    Ok(Luks2Header::format(&format, &key, &params.passphrase)?)
+}
+
+impl ReadAt for EncryptView {
+    fn len(&self) -> u64 {
+        DATA_OFFSET + self.data.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0;
+        if offset < DATA_OFFSET {
+            let take = buf.len().min((DATA_OFFSET - offset) as usize);
+            crate::image::read_full_at(&*self.header, offset, &mut buf[..take])?;
+            done = take;
+        }
+        if done < buf.len() {
+            let pos = offset + done as u64 - DATA_OFFSET;
+            done += self.data.read_at(pos, &mut buf[done..])?;
+        }
+        Ok(done)
+    }
+}

@@ -1,0 +1,31 @@
+//! Transform views: each turns a source into another [`ReadAt`] — LUKS2 of a raw disk
+//! ([`EncryptView`]) or the plaintext of a LUKS image ([`DecryptView`]). A read through a view
+//! *is* the transform; nothing is materialized unless a caller copies it.
+
+use crate::kdf::KdfError;
+use crate::luks::LuksError;
+
+pub mod decrypt;
+pub mod encrypt;
+pub mod sectors;
+
+pub use decrypt::DecryptView;
+pub use encrypt::EncryptView;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("the image is already encrypted ({0}); encrypting it again is refused")]
+    AlreadyEncrypted(&'static str),
+    #[error("the image is not encrypted (no LUKS header); nothing to decrypt")]
+    NotEncrypted,
+    #[error(transparent)]
+    Luks(#[from] LuksError),
+    #[error(transparent)]
+    Kdf(#[from] KdfError),
+    #[error("volume key: {0}")]
+    Key(#[from] crate::xts::XtsError),
+    #[error("the OS random number generator failed: {0}")]
+    Random(getrandom::Error),
+    #[error("reading the image: {0}")]
+    Io(#[from] std::io::Error),
+}
