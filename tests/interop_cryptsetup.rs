@@ -201,6 +201,84 @@ fn luks1_to_bifs_decrypt() {
     });
 }
 
+/// LUKS2 headers cryptsetup can make that differ from the default layout, all -> `bifs decrypt`:
+/// (a) 64 KiB metadata areas, 4 MiB keyslots area, label and subsystem;
+/// (b) several keyslots with different KDFs, the first one killed, unlocking through slot 5;
+///     plus a token (JSON the reader must tolerate); the old passphrase is then refused.
+#[test]
+fn cryptsetup_header_variants_to_bifs_decrypt() {
+    require_tools();
+    let dir = tempdir("variants");
+    let payload = dir.path().join("payload.raw");
+    standard_payload(&payload, 21);
+
+    // (a)
+    let case = Case { key_bits: 512, sector: 4096, kdf: "argon2i", hash: "sha256" };
+    let what = format!("(a) --luks2-metadata-size 64k --luks2-keyslots-size 4M --label --subsystem, {case}");
+    let pass = passphrase_for(&case);
+    let extra = ["--luks2-metadata-size", "64k", "--luks2-keyslots-size", "4M", "--label", "bifs-label", "--subsystem", "bifs-sub"];
+    let img = make_luks2_with_cryptsetup_ext(dir.path(), "big-meta", &payload, &case, &pass, true, &extra);
+    assert_eq!(luks2_hdr_size(&img.path), 64 * KIB, "{what}: fixture header size");
+    let secret = write_secret(dir.path(), "big-meta", &SecretParams::for_case(&case, &pass));
+    let out = dir.path().join("big-meta.plain");
+    bifs_decrypt(&secret, &img.path, &out, &what);
+    assert_same(&out, &payload, 0, &what);
+    let j = bifs_inspect_json(&img.path);
+    assert_eq!(s(&j["luks"]["uuid"]), luks_uuid(&img.path), "{what}: inspect uuid: {j}");
+
+    // (b)
+    let case = Case { key_bits: 256, sector: 512, kdf: "pbkdf2", hash: "sha512" };
+    let what = format!("(b) keyslots 0 killed, 2 (argon2id), 5 (pbkdf2 sha1) + token, {case}");
+    let pass0 = passphrase_for(&case);
+    let img = make_luks2_with_cryptsetup(dir.path(), "slots", &payload, &case, &pass0, true);
+    let k2 = write_keyfile(dir.path(), "slot2", "second passphrase");
+    let k5 = write_keyfile(dir.path(), "slot5", "fifth passphrase");
+    let add = |slot: &str, newkey: &Path, kdf: &[&str]| {
+        let mut a = vec!["luksAddKey", "--batch-mode", "--key-file", img.keyfile.to_str().unwrap(), "--key-slot", slot];
+        a.extend_from_slice(kdf);
+        a.extend([img.path.to_str().unwrap(), newkey.to_str().unwrap()]);
+        assert_ok(&cryptsetup(&a), &format!("{what}: cryptsetup luksAddKey slot {slot}"));
+    };
+    add("2", &k2, &["--pbkdf", "argon2id", "--pbkdf-memory", "64", "--pbkdf-force-iterations", "5"]);
+    add("5", &k5, &["--pbkdf", "pbkdf2", "--hash", "sha1", "--pbkdf-force-iterations", "1200"]);
+    let token = dir.path().join("token.json");
+    write_file(&token, br#"{"type":"bifs-test-token","keyslots":["5"],"note":"ignored by readers"}"#);
+    assert_ok(
+        &cryptsetup([
+            "token", "import", "--token-id", "3", "--json-file", token.to_str().unwrap(), img.path.to_str().unwrap(),
+        ]),
+        &format!("{what}: cryptsetup token import"),
+    );
+    assert_ok(
+        &cryptsetup(["luksKillSlot", "--batch-mode", img.path.to_str().unwrap(), "0"]),
+        &format!("{what}: cryptsetup luksKillSlot 0"),
+    );
+    for (p, slot) in [("fifth passphrase", 5), ("second passphrase", 2)] {
+        let secret = write_secret(dir.path(), &format!("slot{slot}"), &SecretParams::cheap(p));
+        let out = dir.path().join(format!("slot{slot}.plain"));
+        bifs_decrypt(&secret, &img.path, &out, &format!("{what}: via slot {slot}"));
+        assert_same(&out, &payload, 0, &format!("{what}: via slot {slot}"));
+    }
+    let j = bifs_inspect_json(&img.path);
+    let ids: Vec<u64> = j["luks"]["keyslots"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: inspect keyslots: {j}"))
+        .iter()
+        .map(|k| k["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![2, 5], "{what}: inspect keyslot ids: {j}");
+    let old = write_secret(dir.path(), "slot0", &SecretParams::cheap(&pass0));
+    let dst = dir.path().join("out").join("killed.plain");
+    fs::create_dir(dst.parent().unwrap()).unwrap();
+    expect_refusal(
+        &format!("{what}: passphrase of the killed slot 0"),
+        &args(&[&"decrypt", &"--secret", &old, &img.path, &dst]),
+        &dst,
+        &["passphrase", "keyslot", "key slot"],
+        &[&pass0],
+    );
+}
+
 // =============================================================================================
 // 2. bifs encrypt -> real cryptsetup + oracle
 // =============================================================================================
@@ -384,6 +462,47 @@ fn bifs_encrypt_qcow2_source() {
     check_bifs_image(&dst, &raw, 0, &case, &pass, Some(case.cheap_costs()), dir.path(), &what);
 }
 
+/// A bifs image is a normal LUKS2 device for cryptsetup's management commands: luksAddKey
+/// (room in the keyslots area), offline re-key (`reencrypt --force-offline-reencrypt`: new
+/// volume key, new keyslot/digest ids), after which `bifs decrypt` still yields the source.
+#[test]
+fn bifs_image_managed_by_cryptsetup() {
+    require_tools();
+    let dir = tempdir("managed");
+    let case = Case { key_bits: 512, sector: 4096, kdf: "argon2id", hash: "sha256" };
+    let what = format!("bifs image managed by cryptsetup, {case}");
+    let pass = passphrase_for(&case);
+    let src = dir.path().join("src.raw");
+    standard_payload(&src, 31);
+    let secret = write_secret(dir.path(), "orig", &SecretParams::for_case(&case, &pass));
+    let dst = dir.path().join("dst.luks2");
+    bifs_encrypt(&secret, Some(4096), &src, &dst, &what);
+    let key = write_keyfile(dir.path(), "orig", &pass);
+    let newkey = write_keyfile(dir.path(), "added", "added passphrase");
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    assert_ok(
+        &cryptsetup([
+            "luksAddKey", "--batch-mode", "--key-file", &p(&key), "--pbkdf", "pbkdf2",
+            "--pbkdf-force-iterations", "1000", &p(&dst), &p(&newkey),
+        ]),
+        &format!("{what}: cryptsetup luksAddKey"),
+    );
+    assert_ok(&test_passphrase(&dst, b"added passphrase"), &format!("{what}: added passphrase opens"));
+    let before = volume_key(&dst, &key);
+    assert_ok(
+        &cryptsetup([
+            "reencrypt", "--batch-mode", "--force-offline-reencrypt", "--key-file", &p(&key), "--key-slot", "0",
+            "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", &p(&dst),
+        ]),
+        &format!("{what}: cryptsetup reencrypt (offline re-key)"),
+    );
+    let after = volume_key(&dst, &key);
+    assert_ne!(before, after, "{what}: re-key did not change the volume key");
+    let out = dir.path().join("after.plain");
+    bifs_decrypt(&secret, &dst, &out, &format!("{what}: after cryptsetup re-key"));
+    assert_same(&out, &src, 0, &format!("{what}: after cryptsetup re-key"));
+}
+
 // =============================================================================================
 // 3. cryptsetup's default argon2 cost
 // =============================================================================================
@@ -560,6 +679,43 @@ fn refuse_unsupported_cipher() {
             &[&f.pass],
         );
     }
+}
+
+/// A real LUKS2 image whose cipher is not aes-xts-plain64 (cryptsetup, aes-cbc-essiv:sha256)
+/// cannot be decrypted: refused with "unsupported cipher", nothing left at DST.
+#[test]
+fn refuse_decrypt_of_unsupported_cipher_image() {
+    require_tools();
+    let f = fixture("refuse-cbc");
+    let input = f.secret.parent().unwrap();
+    let img = input.join("cbc.luks2");
+    fs::File::create(&img).unwrap().set_len(16 * MIB + MIB).unwrap();
+    let o = cryptsetup([
+        OsStr::new("luksFormat"),
+        OsStr::new("--type"),
+        OsStr::new("luks2"),
+        OsStr::new("--cipher"),
+        OsStr::new("aes-cbc-essiv:sha256"),
+        OsStr::new("--key-size"),
+        OsStr::new("256"),
+        OsStr::new("--pbkdf"),
+        OsStr::new("pbkdf2"),
+        OsStr::new("--pbkdf-force-iterations"),
+        OsStr::new("1000"),
+        OsStr::new("--batch-mode"),
+        OsStr::new("--key-file"),
+        f.luks2.keyfile.as_os_str(),
+        img.as_os_str(),
+    ]);
+    assert_ok(&o, "fixture: cryptsetup luksFormat --cipher aes-cbc-essiv:sha256");
+    let dst = f.out.join("dst.img");
+    expect_refusal(
+        "decrypt of a LUKS2 aes-cbc-essiv:sha256 image",
+        &args(&[&"decrypt", &"--secret", &f.secret, &img, &dst]),
+        &dst,
+        &["unsupported cipher"],
+        &[&f.pass],
+    );
 }
 
 #[test]
@@ -767,18 +923,23 @@ fn secret_manifest_variants() {
 // =============================================================================================
 
 #[test]
-fn inspect_json_formats() {
+fn inspect_json_raw() {
     require_tools();
-    let f = fixture("inspect");
-    let input = f.secret.parent().unwrap().to_path_buf();
-
-    // raw
+    let f = fixture("inspect-raw");
     let j = bifs_inspect_json(&f.payload);
     assert_eq!(s(&j["format"]), "raw", "inspect raw: {j}");
     assert_eq!(j["size"].as_u64(), Some(file_len(&f.payload)), "inspect raw: size: {j}");
     assert!(j.get("luks").is_none_or(Value::is_null), "inspect raw: luks must be absent/null: {j}");
 
-    // qcow2 (virtual size 64 MiB, tiny file)
+}
+
+#[test]
+fn inspect_json_qcow2() {
+    require_tools();
+    let f = fixture("inspect-qcow2");
+    let input = f.secret.parent().unwrap().to_path_buf();
+    // qcow2 (virtual size 64 MiB, tiny file). `size` is the file's size (as for every format);
+    // `virtual_size`, when reported, must be the qcow2 virtual disk size.
     let qcow = input.join("empty.qcow2");
     assert_ok(
         &qemu_img([OsStr::new("create"), OsStr::new("-f"), OsStr::new("qcow2"), qcow.as_os_str(), OsStr::new("64M")]),
@@ -786,9 +947,19 @@ fn inspect_json_formats() {
     );
     let j = bifs_inspect_json(&qcow);
     assert_eq!(s(&j["format"]), "qcow2", "inspect qcow2: {j}");
-    assert_eq!(j["size"].as_u64(), Some(64 * MIB), "inspect qcow2: size must be the virtual size: {j}");
+    assert_eq!(j["size"].as_u64(), Some(file_len(&qcow)), "inspect qcow2: size must be the file size: {j}");
+    if let Some(v) = j.get("virtual_size") {
+        assert_eq!(v.as_u64(), Some(64 * MIB), "inspect qcow2: virtual_size must be the qcow2 virtual size: {j}");
+    }
     assert!(j.get("luks").is_none_or(Value::is_null), "inspect qcow2: luks must be absent/null: {j}");
 
+}
+
+#[test]
+fn inspect_json_cryptsetup_luks2() {
+    require_tools();
+    let f = fixture("inspect-luks2");
+    let input = f.secret.parent().unwrap().to_path_buf();
     // cryptsetup LUKS2 (untrimmed, data offset 8 MiB)
     let case = Case { key_bits: 512, sector: 4096, kdf: "argon2id", hash: "sha512" };
     let img = make_luks2_with_cryptsetup(&input, "insp", &f.payload, &case, &f.pass, false);
@@ -810,6 +981,13 @@ fn inspect_json_formats() {
     assert_eq!(ks[0]["id"].as_u64(), Some(0), "{what}: {j}");
     assert_eq!(s(&ks[0]["kdf"]), "argon2id", "{what}: {j}");
 
+}
+
+#[test]
+fn inspect_json_qemu_luks1() {
+    require_tools();
+    let f = fixture("inspect-luks1");
+    let input = f.secret.parent().unwrap().to_path_buf();
     // qemu LUKS1 (aes-256 -> 512-bit key)
     let what = "inspect qemu LUKS1 aes-256-xts sha256";
     let q = make_luks1_with_qemu(&input, "q", &f.payload, "aes-256", "sha256", &f.pass);
@@ -830,6 +1008,12 @@ fn inspect_json_formats() {
     assert_eq!(ks[0]["id"].as_u64(), Some(0), "{what}: {j}");
     assert_eq!(s(&ks[0]["kdf"]), "pbkdf2", "{what}: {j}");
 
+}
+
+#[test]
+fn inspect_json_bifs_luks2() {
+    require_tools();
+    let f = fixture("inspect-bifs");
     // bifs-made LUKS2
     let what = "inspect bifs LUKS2";
     let dst = f.out.join("bifs.luks2");
@@ -841,4 +1025,42 @@ fn inspect_json_formats() {
     assert_eq!(j["luks"]["data_size"].as_u64(), Some(file_len(&f.payload)), "{what}: {j}");
     assert_eq!(j["luks"]["sector_size"].as_u64(), Some(512), "{what}: {j}");
     assert_eq!(j["luks"]["key_size_bits"].as_u64(), Some(256), "{what}: {j}");
+}
+
+// =============================================================================================
+// Secrets never reach the logs
+// =============================================================================================
+
+/// With `--log trace`, neither encrypt nor decrypt (success or wrong passphrase) prints the
+/// passphrase or the volume key (as cryptsetup dumps it, in hex) on stdout/stderr.
+#[test]
+fn secrets_never_logged_even_at_trace() {
+    require_tools();
+    let f = fixture("nolog");
+    let key = volume_key(&f.luks2.path, &f.luks2.keyfile);
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let hex_spaced: String = key.iter().map(|b| format!("{b:02x} ")).collect::<String>().trim_end().to_string();
+    let input = f.secret.parent().unwrap();
+    let wrong = write_secret(input, "wrong", &SecretParams::cheap(WRONG_PASSPHRASE));
+    let enc_dst = f.out.join("enc.luks2");
+    let dec_dst = f.out.join("dec.raw");
+    let wrong_dst = f.out.join("wrong.raw");
+    let runs = [
+        ("encrypt", args(&[&"--log", &"trace", &"encrypt", &"--secret", &f.secret, &f.payload, &enc_dst]), true),
+        ("decrypt", args(&[&"--log", &"trace", &"decrypt", &"--secret", &f.secret, &f.luks2.path, &dec_dst]), true),
+        (
+            "decrypt with a wrong passphrase",
+            args(&[&"--log", &"trace", &"decrypt", &"--secret", &wrong, &f.luks2.path, &wrong_dst]),
+            false,
+        ),
+    ];
+    for (what, a, ok) in runs {
+        let o = bifs(&a);
+        assert_eq!(o.status.success(), ok, "{what} --log trace\n{}", describe(&o));
+        let all = format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let lower = all.to_lowercase();
+        for secret in [f.pass.as_str(), WRONG_PASSPHRASE, &hex, &hex_spaced] {
+            assert!(!lower.contains(&secret.to_lowercase()), "{what} --log trace leaks {secret:?}\n{}", describe(&o));
+        }
+    }
 }

@@ -484,10 +484,13 @@ pub fn write_secret(dir: &Path, file_stem: &str, p: &SecretParams) -> PathBuf {
 }
 
 /// Writes a multi-document manifest (documents separated by `---`).
+/// Mode 0600, as a Secret should be (bifs warns about world-readable manifests).
 pub fn write_secret_docs(dir: &Path, file_stem: &str, docs: &[SecretParams]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(format!("{file_stem}.yaml"));
     let text: Vec<String> = docs.iter().map(|d| d.to_yaml()).collect();
     write_file(&path, format!("---\n{}", text.join("---\n")).as_bytes());
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
 
@@ -644,6 +647,20 @@ pub fn make_luks2_with_cryptsetup(
     passphrase: &str,
     trim: bool,
 ) -> ToolImage {
+    make_luks2_with_cryptsetup_ext(dir, stem, payload, case, passphrase, trim, &[])
+}
+
+/// [`make_luks2_with_cryptsetup`] with extra `cryptsetup reencrypt` arguments (e.g.
+/// `--luks2-metadata-size 64k`, `--label X`).
+pub fn make_luks2_with_cryptsetup_ext(
+    dir: &Path,
+    stem: &str,
+    payload: &Path,
+    case: &Case,
+    passphrase: &str,
+    trim: bool,
+    extra: &[&str],
+) -> ToolImage {
     let what = format!("{case}: cryptsetup reencrypt --encrypt of {stem}");
     let plen = file_len(payload);
     let path = dir.join(format!("{stem}.luks2"));
@@ -674,6 +691,7 @@ pub fn make_luks2_with_cryptsetup(
         case.sector.to_string(),
     ]);
     args.extend(case.cryptsetup_cost_args());
+    args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(["--batch-mode".into(), "--key-file".into(), keyfile.display().to_string()]);
     args.push(path.display().to_string());
     let o = cryptsetup(&args);
