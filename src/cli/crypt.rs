@@ -23,13 +23,7 @@ pub fn load_params(args: &SecretArgs) -> anyhow::Result<CryptoParams> {
 /// Opens `path` as its raw virtual disk (qcow2 flattened), with its detected format.
 pub fn open_disk(path: &Path) -> anyhow::Result<(Format, Arc<dyn ReadAt>)> {
     let format = image::detect(path).with_context(|| format!("opening {}", path.display()))?;
-    let disk: Arc<dyn ReadAt> = match format {
-        Format::Qcow2 => anyhow::bail!("{}: qcow2 sources are not supported yet", path.display()),
-        _ => Arc::new(
-            image::raw::RawFile::open(path).with_context(|| format!("opening {}", path.display()))?,
-        ),
-    };
-    Ok((format, disk))
+    Ok((format, image::open_virtual_disk(path)?))
 }
 
 pub fn encrypt(

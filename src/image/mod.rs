@@ -1,6 +1,8 @@
 //! Image sources: byte ranges readable at any offset, with hole information where known.
 
 use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub mod detect;
 
@@ -90,5 +92,22 @@ impl ReadAt for MemSource {
         let n = buf.len().min(rest.len());
         buf[..n].copy_from_slice(&rest[..n]);
         Ok(n)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{}: {error}", .path.display())]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{}: qcow2 images are not supported yet", .path.display())]
+    Qcow2 { path: PathBuf },
+}
+
+/// Opens `path` as its raw virtual disk: qcow2 flattened, anything else as stored.
+pub fn open_virtual_disk(path: &Path) -> Result<Arc<dyn ReadAt>, OpenError> {
+    let io_err = |error| OpenError::Io { path: path.to_owned(), error };
+    match detect(path).map_err(io_err)? {
+        Format::Qcow2 => Err(OpenError::Qcow2 { path: path.to_owned() }),
+        _ => Ok(Arc::new(raw::RawFile::open(path).map_err(io_err)?)),
     }
 }

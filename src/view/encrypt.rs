@@ -68,7 +68,8 @@ impl EncryptView {
         Self::with_key(source, header, &parsed, &key)
     }
 
-    fn with_key(
+    /// With the header already parsed and its volume key unlocked (cached per mount).
+    pub fn with_key(
         source: Arc<dyn ReadAt>,
         header: Arc<dyn ReadAt>,
         parsed: &Luks2Header,

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything bifs' build, demo and tests need on a fresh Debian 12 machine (as root).
+# Idempotent: skips apt when every package is already there (CI always refreshes first).
+set -euo pipefail
+
+PACKAGES=(
+  cryptsetup-bin        # interop tests: luksFormat, luksDump, reencrypt, open --test-passphrase
+  fuse3                 # fusermount3 for the FUSE mount
+  qemu-utils            # qemu-img / qemu-io: qcow2 and LUKS1 test images
+  python3-cryptography  # independent AES-XTS oracle in the interop tests
+  libcryptsetup-dev     # libcryptsetup-rs (bifs verify)
+  clang libclang-dev pkg-config  # bindgen for libcryptsetup-rs
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 || "${CI:-}" == "true" ]]; then
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  echo "setup: apt-get install ${missing[*]:-(refresh)}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found; install a Rust toolchain (rustup)" >&2; exit 1; }
