@@ -12,3 +12,5 @@ pub mod keys;
 pub mod luks;
 pub mod k8s;
 pub mod view;
+pub mod store;
+pub mod fs;

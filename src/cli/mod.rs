@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod copy;
 mod crypt;
 mod inspect;
+mod mount;
 
 pub use copy::{materialize, CopyOptions, Interrupted};
 
@@ -68,6 +69,11 @@ enum Command {
         json: bool,
         image: PathBuf,
     },
+    /// Mount a store: ignore/, raw/, encrypt/NS/SECRET/, decrypt/NS/SECRET/ views of every image
+    /// (foreground; SIGINT/SIGTERM unmounts).
+    Mount(mount::MountArgs),
+    /// Unmount a bifs mount (fusermount3 -u).
+    Umount { mountpoint: PathBuf },
 }
 
 fn init_logging(filter: &str, json: bool) {
@@ -95,6 +101,8 @@ pub fn main() -> ExitCode {
         }
         Command::Decrypt { secret, force, src, dst } => crypt::decrypt(&secret, force, &src, &dst),
         Command::Inspect { json, image } => inspect::run(&image, json),
+        Command::Mount(args) => mount::mount(&args),
+        Command::Umount { mountpoint } => mount::umount(&mountpoint),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

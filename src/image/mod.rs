@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod detect;
-
+pub mod qcow2;
 pub mod raw;
 
 pub use detect::{detect, Format};
+use raw::RawFile;
 
 /// A read-only random-access byte source: a stored file, a qcow2 virtual disk, or a transform
 /// view. Shared across threads (FUSE workers read concurrently), hence `&self` and `Send + Sync`.
@@ -99,15 +100,21 @@ impl ReadAt for MemSource {
 pub enum OpenError {
     #[error("{}: {error}", .path.display())]
     Io { path: PathBuf, error: io::Error },
-    #[error("{}: qcow2 images are not supported yet", .path.display())]
-    Qcow2 { path: PathBuf },
+    #[error("{}: {error}", .path.display())]
+    Qcow2 { path: PathBuf, error: qcow2::Qcow2Error },
 }
 
-/// Opens `path` as its raw virtual disk: qcow2 flattened, anything else as stored.
+/// Opens an image file as the disk it holds: a qcow2 image as its virtual disk, anything else
+/// (raw, LUKS) as its bytes.
 pub fn open_virtual_disk(path: &Path) -> Result<Arc<dyn ReadAt>, OpenError> {
     let io_err = |error| OpenError::Io { path: path.to_owned(), error };
     match detect(path).map_err(io_err)? {
-        Format::Qcow2 => Err(OpenError::Qcow2 { path: path.to_owned() }),
-        _ => Ok(Arc::new(raw::RawFile::open(path).map_err(io_err)?)),
+        Format::Qcow2 => match qcow2::Qcow2Image::open(path) {
+            Ok(image) => Ok(Arc::new(image)),
+            Err(error) => Err(OpenError::Qcow2 { path: path.to_owned(), error }),
+        },
+        Format::Raw | Format::Luks1 | Format::Luks2 => {
+            Ok(Arc::new(RawFile::open(path).map_err(io_err)?))
+        }
     }
 }
