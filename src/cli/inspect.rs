@@ -92,7 +92,7 @@ fn luks_json(h: &LuksHeader, image_len: u64) -> Value {
     json!({
         "version": h.version(),
         "uuid": h.uuid(),
-        "cipher": crate::luks::CIPHER,
+        "cipher": h.cipher(),
         "key_size_bits": seg.key_len * 8,
         "sector_size": seg.sector_size,
         "data_offset": seg.offset,

@@ -59,13 +59,9 @@ impl Luks1Header {
         let hash_name = c_str(&h[72..104]);
         let hash = Hash::from_name(&hash_name)
             .ok_or_else(|| LuksError::Unsupported(format!("LUKS1 hash {hash_name:?}")))?;
-        let spec = format!("{cipher_name}-{cipher_mode}");
-        if spec != super::CIPHER {
-            return Err(LuksError::UnsupportedCipher(spec));
-        }
         let key_bytes = be32(&h, 108);
-        if key_bytes != 32 && key_bytes != 64 {
-            return Err(LuksError::UnsupportedCipher(format!("{spec} with a {}-bit key", key_bytes * 8)));
+        if !(1..=64).contains(&key_bytes) {
+            return Err(LuksError::BadHeader(format!("LUKS1 key size of {key_bytes} bytes")));
         }
         let mut keyslots = Vec::with_capacity(8);
         for i in 0..8 {
@@ -102,6 +98,11 @@ impl Luks1Header {
         })
     }
 
+    /// The cipher as LUKS2 would spell it: `name-mode`.
+    pub fn cipher(&self) -> String {
+        format!("{}-{}", self.cipher_name, self.cipher_mode)
+    }
+
     pub fn segment(&self) -> DataSegment {
         DataSegment {
             offset: u64::from(self.payload_sector) * 512,
@@ -118,6 +119,10 @@ impl Luks1Header {
         passphrase: &Passphrase,
         limits: &KdfLimits,
     ) -> Result<VolumeKey, LuksError> {
+        let spec = self.cipher();
+        if spec != super::CIPHER || (self.key_bytes != 32 && self.key_bytes != 64) {
+            return Err(LuksError::UnsupportedCipher(format!("{spec} with a {}-bit key", self.key_bytes * 8)));
+        }
         if self.mk_digest_iterations == 0 {
             return Err(LuksError::BadHeader("LUKS1 digest has no iterations".into()));
         }

@@ -31,6 +31,8 @@ pub struct Luks2Header {
     pub binary: BinaryHeader,
     pub metadata: Metadata,
     pub segment: DataSegment,
+    /// The data segment's cipher as the header names it (`aes-xts-plain64` is the one we do).
+    pub cipher: String,
     /// Set when the primary copy was damaged and the secondary was used.
     pub recovered_from_secondary: bool,
 }
@@ -84,6 +86,9 @@ impl Luks2Header {
         passphrase: &Passphrase,
         limits: &KdfLimits,
     ) -> Result<(VolumeKey, u32), LuksError> {
+        if self.cipher != CIPHER {
+            return Err(LuksError::UnsupportedCipher(self.cipher.clone()));
+        }
         let mut candidates: Vec<(u32, &str, &Keyslot, &DigestJson)> = Vec::new();
         for digest in self.metadata.digests.values() {
             if !digest.segments.iter().any(|s| s == "0") {
@@ -288,7 +293,12 @@ fn read_copy(src: &dyn ReadAt, offset: u64) -> Result<Luks2Header, LuksError> {
     let metadata: Metadata = serde_json::from_slice(&json_area[..end])
         .map_err(|e| LuksError::BadHeader(format!("JSON metadata: {e}")))?;
     let segment = validate(&metadata, hdr_size)?;
-    Ok(Luks2Header { binary, metadata, segment, recovered_from_secondary: false })
+    let cipher = metadata
+        .segments
+        .get("0")
+        .and_then(|s| s.encryption.clone())
+        .unwrap_or_default();
+    Ok(Luks2Header { binary, metadata, segment, cipher, recovered_from_secondary: false })
 }
 
 /// The checks that make the rest of the code safe on hostile metadata: sizes agree, areas sit
@@ -331,10 +341,9 @@ fn validate(md: &Metadata, hdr_size: u64) -> Result<DataSegment, LuksError> {
     if seg.kind != "crypt" {
         return Err(LuksError::Unsupported(format!("segment type {:?}", seg.kind)));
     }
+    // Another cipher is not an error here: the header can still be described (inspect);
+    // unlocking refuses it.
     let cipher = seg.encryption.as_deref().unwrap_or("");
-    if cipher != CIPHER {
-        return Err(LuksError::UnsupportedCipher(cipher.to_string()));
-    }
     let sector_size = seg.sector_size.unwrap_or(512) as usize;
     if !matches!(sector_size, 512 | 1024 | 2048 | 4096) {
         return bad(format!("segment sector size {sector_size}"));
@@ -365,7 +374,7 @@ fn validate(md: &Metadata, hdr_size: u64) -> Result<DataSegment, LuksError> {
         .map(|ks| ks.key_size as usize)
         .next()
         .ok_or_else(|| LuksError::BadHeader("no keyslot is bound to segment 0".into()))?;
-    if key_len != 32 && key_len != 64 {
+    if cipher == CIPHER && key_len != 32 && key_len != 64 {
         return Err(LuksError::UnsupportedCipher(format!("{CIPHER} with a {}-bit key", key_len * 8)));
     }
     Ok(DataSegment {

@@ -123,6 +123,14 @@ impl LuksHeader {
         }
     }
 
+    /// The data cipher as the header names it.
+    pub fn cipher(&self) -> String {
+        match self {
+            LuksHeader::V1(h) => h.cipher(),
+            LuksHeader::V2(h) => h.cipher.clone(),
+        }
+    }
+
     pub fn segment(&self) -> DataSegment {
         match self {
             LuksHeader::V1(h) => h.segment(),
