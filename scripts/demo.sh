@@ -1,29 +1,44 @@
 #!/usr/bin/env bash
-# The demo: builds bifs and runs its main job end to end on a small demo store.
-# Makes an image and a Longhorn-style Secret, encrypts into LUKS2, checks the result with the
-# real cryptsetup, decrypts it back and compares.
+# The demo: builds bifs and runs its main job on a small demo store, end to end.
+#   1. a store with a raw and a qcow2 image, and a Longhorn-style Secret;
+#   2. `bifs mount` of the store; clones made with plain `cp` from the views;
+#   3. the clones checked with the real cryptsetup (and bifs verify), then unmounted;
+#   4. the same engine without FUSE: bifs encrypt / decrypt / inspect.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release --locked 2>&1 | tail -n 1
 BIFS=$PWD/target/release/bifs
 DEMO=${DEMO_DIR:-$PWD/build/demo}
-rm -rf "$DEMO" && mkdir -p "$DEMO" && cd "$DEMO"
+if mountpoint -q "$DEMO/mnt" 2>/dev/null; then fusermount3 -u "$DEMO/mnt" || fusermount3 -uz "$DEMO/mnt"; fi
+rm -rf "$DEMO" && mkdir -p "$DEMO/store" "$DEMO/mnt" && cd "$DEMO"
+export BIFS_LOG=${BIFS_LOG:-warn}
+NS=longhorn-system SECRET=longhorn-crypto
 
 step() { printf '\n== %s\n' "$*"; }
+MOUNT_PID=
+cleanup() {
+  if [[ -n $MOUNT_PID ]] && kill -0 "$MOUNT_PID" 2>/dev/null; then
+    "$BIFS" umount mnt 2>/dev/null || fusermount3 -uz mnt 2>/dev/null || true
+    wait "$MOUNT_PID" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
 
-step "a 64 MiB disk image: 24 MiB of data, then a 40 MiB hole"
-head -c $((24 << 20)) /dev/urandom > parrot.raw
-truncate -s 64M parrot.raw
+step "a demo store: a 64 MiB raw disk (24 MiB data, then a hole) and a compressed qcow2 of it"
+head -c $((24 << 20)) /dev/urandom > store/parrot.raw
+truncate -s 64M store/parrot.raw
+qemu-img convert -c -O qcow2 store/parrot.raw store/parrot.qcow2
+ls -ls store
 
-step "a Secret as Longhorn's docs write it (argon2i, cheap cost for the demo)"
+step "a Secret as Longhorn's docs write it (argon2i; a cheap cost for the demo)"
 umask 077
-cat > longhorn-crypto.yaml <<'YAML'
+cat > secrets.yaml <<YAML
 apiVersion: v1
 kind: Secret
 metadata:
-  name: longhorn-crypto
-  namespace: longhorn-system
+  name: $SECRET
+  namespace: $NS
 stringData:
   CRYPTO_KEY_VALUE: "Simple passphrase"
   CRYPTO_KEY_PROVIDER: "secret"
@@ -35,27 +50,55 @@ stringData:
   CRYPTO_PBKDF_FORCE_ITERATIONS: "4"
 YAML
 umask 022
+printf '%s' "Simple passphrase" > passphrase
 
-step "bifs encrypt: LUKS2, exactly 16 MiB larger"
-"$BIFS" encrypt --secret longhorn-crypto.yaml parrot.raw parrot-encrypted.img
-ls -l parrot.raw parrot-encrypted.img
+step "bifs mount --store store --secrets secrets.yaml mnt"
+"$BIFS" mount --store store --secrets secrets.yaml mnt &
+MOUNT_PID=$!
+for _ in $(seq 100); do mountpoint -q mnt && break; sleep 0.1; done
+mountpoint -q mnt || { echo "the mount did not come up" >&2; exit 1; }
+(cd mnt && find . | sort)
 
-step "the real cryptsetup reads our header and opens our keyslot"
-cryptsetup luksDump parrot-encrypted.img | sed -n '1,/^Keyslots:/p'
-printf '%s' "Simple passphrase" | cryptsetup open --test-passphrase --key-file - parrot-encrypted.img
+step "cp: an encrypted clone of the qcow2 (LUKS2 of its raw disk, no temporary raw copy)"
+cp "mnt/encrypt/$NS/$SECRET/parrot.qcow2" parrot-encrypted.img
+ls -l parrot-encrypted.img
+cryptsetup luksDump parrot-encrypted.img | sed -n '1,/^Keyslots:/p' | grep -E 'Version|UUID|offset|cipher|sector'
+cryptsetup open --test-passphrase --key-file passphrase parrot-encrypted.img
 echo "cryptsetup open --test-passphrase: OK"
+"$BIFS" verify --secret secrets.yaml parrot-encrypted.img --against store/parrot.qcow2 | tail -n 4
 
-step "bifs inspect"
-"$BIFS" inspect parrot-encrypted.img | tail -n 3
+step "the encrypt view is stable: its SHA-512 now equals the copy's"
+sha512sum "mnt/encrypt/$NS/$SECRET/parrot.qcow2" parrot-encrypted.img | awk '{print substr($1,1,32)"…  "$2}'
 
-step "bifs decrypt: the plaintext back, holes kept"
-"$BIFS" decrypt --secret longhorn-crypto.yaml parrot-encrypted.img parrot-decrypted.raw
-cmp parrot.raw parrot-decrypted.raw
-sha512sum parrot.raw parrot-decrypted.raw | awk '{print substr($1,1,32)"…  "$2}'
+step "cp: a decrypted clone, from the encrypted image put into the store (holes kept)"
+cp parrot-encrypted.img store/parrot-encrypted.img
+# The view reports the stored (ciphertext) file's allocation, so ask cp to look for zeros.
+cp --sparse=always "mnt/decrypt/$NS/$SECRET/parrot-encrypted.img" parrot-decrypted.raw
+cmp parrot-decrypted.raw store/parrot.raw && echo "decrypted clone == parrot.raw"
 echo "allocated: $(du -k parrot-decrypted.raw | cut -f1) KiB of $(( $(stat -c %s parrot-decrypted.raw) / 1024 )) KiB"
 
-step "refusals"
-if "$BIFS" encrypt --secret longhorn-crypto.yaml parrot-encrypted.img again.img; then
+step "raw/ flattens the qcow2: same bytes as qemu-img convert"
+qemu-img convert -O raw store/parrot.qcow2 qemu-flat.raw
+cmp "mnt/raw/parrot.qcow2" qemu-flat.raw && echo "raw/parrot.qcow2 == qemu-img convert -O raw"
+
+step "refusals: decrypting a plain image, a write"
+cat "mnt/decrypt/$NS/$SECRET/parrot.raw" 2>&1 | head -n 1 || true
+( : > "mnt/ignore/parrot.raw" ) 2>&1 | head -n 1 || true
+
+step "bifs umount mnt"
+"$BIFS" umount mnt
+wait "$MOUNT_PID"
+MOUNT_PID=
+mountpoint -q mnt && { echo "still mounted" >&2; exit 1; } || echo "unmounted"
+
+step "the same engine without FUSE: bifs encrypt / inspect / decrypt"
+"$BIFS" encrypt --secret secrets.yaml store/parrot.raw one-shot.img
+"$BIFS" inspect one-shot.img | tail -n 1
+"$BIFS" decrypt --secret secrets.yaml one-shot.img one-shot.raw
+cmp one-shot.raw store/parrot.raw && echo "one-shot round trip: identical"
+if "$BIFS" encrypt --secret secrets.yaml one-shot.img again.img 2>/dev/null; then
   echo "encrypting an encrypted image was not refused" >&2; exit 1
 fi
+echo "encrypting an encrypted image: refused"
+echo
 echo "demo: all steps passed"
