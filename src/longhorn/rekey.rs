@@ -96,12 +96,52 @@ impl ReadAt for RekeyView {
             crate::image::read_full_at(&self.header, offset, &mut buf[..take])?;
             done = take;
         }
-        let pos = offset + done as u64 - DATA_OFFSET;
-        if done < buf.len() && pos < self.data_len {
+        let at = offset + done as u64;
+        if done < buf.len() && at >= DATA_OFFSET && at - DATA_OFFSET < self.data_len {
+            let pos = at - DATA_OFFSET;
             let take = (buf.len() - done).min((self.data_len - pos) as usize);
             crate::image::read_full_at(&*self.source, self.data_offset + pos, &mut buf[done..done + take])?;
             done += take;
         }
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::EncryptView;
+
+    fn params(pass: &str) -> CryptoParams {
+        let y = format!(
+            "kind: Secret\nmetadata: {{name: s}}\nstringData: {{CRYPTO_KEY_VALUE: '{pass}', CRYPTO_PBKDF: pbkdf2, CRYPTO_PBKDF_FORCE_ITERATIONS: '1000'}}\n"
+        );
+        crate::k8s::secret::parse_secrets(&y, std::path::Path::new("s")).unwrap()[0].crypto_params().unwrap()
+    }
+
+    #[test]
+    fn reads_straddling_the_header_match_a_whole_read() {
+        let data: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+        let old = params("old");
+        let enc = EncryptView::create(Arc::new(MemSource(data)), &old, None).unwrap();
+        let mut image = vec![0u8; enc.len() as usize];
+        crate::image::read_full_at(&enc, 0, &mut image).unwrap();
+        let view = RekeyView::create(Arc::new(MemSource(image.clone())), &old.passphrase, &params("new")).unwrap();
+        assert_eq!(view.len(), image.len() as u64);
+        let mut whole = vec![0u8; image.len()];
+        assert_eq!(view.read_at(0, &mut whole).unwrap(), image.len());
+        assert_eq!(whole[DATA_OFFSET as usize..], image[DATA_OFFSET as usize..]);
+        for (off, len) in [(DATA_OFFSET - 100, 300), (0, 10), (DATA_OFFSET + 5, 1000), (image.len() as u64 - 10, 100)] {
+            let mut buf = vec![0u8; len];
+            let n = view.read_at(off, &mut buf).unwrap();
+            let end = (off as usize + len).min(image.len());
+            assert_eq!(&buf[..n], &whole[off as usize..end]);
+        }
+        let header = match LuksHeader::read(&view).unwrap() {
+            LuksHeader::V2(h) => h,
+            LuksHeader::V1(_) => unreachable!(),
+        };
+        assert!(header.unlock(&view, &Passphrase::new("new"), &KdfLimits::default()).is_ok());
+        assert!(header.unlock(&view, &Passphrase::new("old"), &KdfLimits::default()).is_err());
     }
 }
