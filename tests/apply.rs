@@ -279,7 +279,7 @@ fn qcow2_encrypted_without_a_temporary_raw_copy() {
     assert_eq!(st["virtualSize"], 32 * MIB);
     assert_eq!(st["size"], fs::metadata(&qcow2).unwrap().len());
 
-    // Encrypt it, watching the store's disk usage and `get -w` meanwhile.
+    // Encrypt it, watching the store's disk usage meanwhile.
     let enc_yaml = write(dir, "enc.yaml", &backing_image("vm-encrypted", &clone_spec("vm", "encrypt", Some("longhorn-crypto"))));
     let before = usage(&store);
     let peak = Arc::new(AtomicU64::new(before));
@@ -299,7 +299,6 @@ fn qcow2_encrypted_without_a_temporary_raw_copy() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let watch = Command::new(bifs_bin()).args(["get", "vm-encrypted", "-w", "--store", s]).output().unwrap();
     assert!(apply.wait().unwrap().success());
     stop.store(true, Ordering::Relaxed);
     poller.join().unwrap();
@@ -311,11 +310,6 @@ fn qcow2_encrypted_without_a_temporary_raw_copy() {
     // the final usage plus the 32 MiB raw disk.
     assert!(peak <= after + MIB, "peak {peak} > final {after} + 1 MiB (before {before})");
     assert!(after - before <= output + MIB, "store grew by {} for a {output}-byte image", after - before);
-
-    let watched = String::from_utf8_lossy(&watch.stdout);
-    assert!(watch.status.success(), "{watched}");
-    assert!(watched.lines().any(|l| l.starts_with("vm-encrypted") && l.contains(" ready ")), "{watched}");
-    assert!(watched.lines().any(|l| l.contains(" in-progress ") || l.contains(" pending ")), "get -w never showed it in progress:\n{watched}");
 
     // The LUKS2 image holds the qcow2's raw disk.
     let enc = backing(&store, "vm-encrypted");
@@ -469,8 +463,28 @@ fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
     assert_eq!(st["state"], "failed", "{st}");
     assert!(st["message"].as_str().unwrap().contains("interrupted"), "{st}");
 
-    let out = ok(&["apply", "-f", m.to_str().unwrap(), "--store", s]);
-    assert_eq!(out.trim(), "backingimage.longhorn.io/big created");
+    // The second apply completes it, and `get -w` follows it (the server is slow) to ready.
+    let reapply = Command::new(bifs_bin())
+        .args(["apply", "-f", m.to_str().unwrap(), "--store", s])
+        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the new apply holds the image, `get` reports the dead one's record as failed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_yaml(&store, "big")["status"]["state"] != "in-progress" {
+        assert!(Instant::now() < deadline, "the second apply never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let watch = Command::new(bifs_bin()).args(["get", "big", "-w", "--store", s]).output().unwrap();
+    let out = reapply.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "backingimage.longhorn.io/big created");
+    let watched = String::from_utf8_lossy(&watch.stdout);
+    assert!(watch.status.success(), "{watched}");
+    assert!(watched.starts_with("NAME "), "{watched}");
+    assert!(watched.lines().any(|l| l.starts_with("big ") && l.contains(" in-progress ")), "{watched}");
+    assert!(watched.lines().last().is_some_and(|l| l.starts_with("big ") && l.contains(" ready ") && l.contains("100%")), "{watched}");
     assert_eq!(image_dirs(&store, "big").len(), 1);
     let b = backing(&store, "big");
     assert!(fs::read(&b).unwrap() == big);
