@@ -53,8 +53,15 @@ impl Secrets<'_> {
 /// Applies `images` in dependency order (a clone after its source) and reports on each.
 pub fn apply(store: &Store, images: Vec<BackingImage>, secrets: &Secrets<'_>) -> Vec<Report> {
     let (ordered, mut reports) = order(images);
+    // Registered up front so that Ctrl-C anywhere in the apply is handled, not only mid-copy.
+    let interrupted = crate::copier::interrupt_flag();
     for image in ordered {
         let name = image.name().to_string();
+        if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            // Not started: its record (if any) is left as it was.
+            reports.push(Report { name, outcome: Outcome::Failed("interrupted before it was started".into()) });
+            continue;
+        }
         let outcome = match apply_one(store, &image, secrets) {
             Ok(o) => o,
             Err(e) => Outcome::Failed(format!("store: {e}")),
