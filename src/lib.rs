@@ -14,3 +14,6 @@ pub mod luks;
 pub mod k8s;
 pub mod longhorn;
 pub mod view;
+pub mod store;
+pub mod fs;
+pub mod verify;

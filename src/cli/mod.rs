@@ -10,6 +10,8 @@ mod apply;
 mod copy;
 mod crypt;
 mod inspect;
+mod mount;
+mod verify;
 
 pub use copy::{materialize, CopyOptions, Interrupted};
 
@@ -120,6 +122,13 @@ enum Command {
         json: bool,
         image: PathBuf,
     },
+    /// Mount a store: ignore/, raw/, encrypt/NS/SECRET/, decrypt/NS/SECRET/ views of every image
+    /// (foreground; SIGINT/SIGTERM unmounts).
+    Mount(mount::MountArgs),
+    /// Unmount a bifs mount (fusermount3 -u).
+    Umount { mountpoint: PathBuf },
+    /// Check a LUKS image with libcryptsetup (and dm-crypt where available) against SOURCE.
+    Verify(verify::VerifyArgs),
 }
 
 fn init_logging(filter: &str, json: bool) {
@@ -161,6 +170,9 @@ pub fn main() -> ExitCode {
                 dst: &dst,
             })
         }
+        Command::Mount(args) => mount::mount(&args),
+        Command::Umount { mountpoint } => mount::umount(&mountpoint),
+        Command::Verify(args) => verify::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,13 +18,20 @@ pub struct RawFile {
 
 impl RawFile {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = File::open(path)?;
-        let len = file.metadata()?.len();
-        Ok(Self { file, len })
+        Self::from_file(File::open(path)?)
     }
 
-    pub fn from_file(file: File) -> io::Result<Self> {
-        let len = file.metadata()?.len();
+    pub fn from_file(mut file: File) -> io::Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::FileTypeExt;
+        let meta = file.metadata()?;
+        // A block device (a node's disk, a guest's /dev/vdb) reports st_size 0: its size is
+        // where a seek to the end lands.
+        let len = if meta.file_type().is_block_device() {
+            file.seek(SeekFrom::End(0))?
+        } else {
+            meta.len()
+        };
         Ok(Self { file, len })
     }
 

@@ -106,6 +106,16 @@ pub fn new_header(
     source_len: u64,
     sector_size: Option<usize>,
 ) -> Result<Vec<u8>, ViewError> {
+    Ok(new_header_and_key(params, source_len, sector_size)?.0)
+}
+
+/// [`new_header`] that also hands back the new volume key, so a caller that keeps the view
+/// (the filesystem) does not run the KDF a second time to unlock what it just made.
+pub fn new_header_and_key(
+    params: &CryptoParams,
+    source_len: u64,
+    sector_size: Option<usize>,
+) -> Result<(Vec<u8>, VolumeKey), ViewError> {
     let data_len = padded_len(source_len);
     let sector_size = sector_size.unwrap_or_else(|| default_sector_size(data_len));
     if data_len % sector_size as u64 != 0 {
@@ -126,7 +136,8 @@ pub fn new_header(
         uuid: None,
         label: String::new(),
     };
-    Ok(Luks2Header::format(&format, &key, &params.passphrase)?)
+    let header = Luks2Header::format(&format, &key, &params.passphrase)?;
+    Ok((header, key))
 }
 
 impl ReadAt for EncryptView {

@@ -1,0 +1,84 @@
+//! `bifs mount` and `bifs umount`: a foreground FUSE session over a store, ended cleanly by
+//! SIGINT/SIGTERM or by an unmount from outside.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::fs::{BifsFs, CacheMode, Catalog, MountOptions};
+use crate::k8s;
+use crate::store::Store;
+
+#[derive(clap::Args, Debug)]
+pub struct MountArgs {
+    /// Directory of backing images (flat, or a Longhorn disk with backing-images/).
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Kubernetes Secret manifest file, or a directory of them.
+    #[arg(long, value_name = "PATH")]
+    secrets: PathBuf,
+    /// Where persisted encrypt-view headers live (default: STORE/.bifs).
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Let other users (e.g. a CSI driver's containers) read the mount.
+    #[arg(long)]
+    allow_other: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Page-cache use of open files.
+    #[arg(long, value_enum, default_value = "direct-io")]
+    cache: CacheMode,
+    mountpoint: PathBuf,
+}
+
+pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
+    if !args.mountpoint.is_dir() {
+        bail!("mount point {} is not a directory", args.mountpoint.display());
+    }
+    let store = Store::open(&args.store, args.state.as_deref())?;
+    let secrets = k8s::load_secrets(&args.secrets)?;
+    let images = store.list().with_context(|| format!("listing {}", store.root().display()))?;
+    tracing::info!(
+        store = %store.root().display(), layout = ?store.layout(), state = %store.state().path().display(),
+        images = images.len(), secrets = secrets.len(), "opening store"
+    );
+    let opts = MountOptions { allow_other: args.allow_other, threads: args.threads, cache: args.cache };
+    let fs = BifsFs::new(Catalog::new(store, secrets), &opts);
+    let mut session = fuser::Session::new(fs, &args.mountpoint, &opts.fuser_config())
+        .with_context(|| format!("mounting on {} (is /dev/fuse there and fusermount3 installed?)", args.mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let signals_handle = signals.handle();
+    let mountpoint = args.mountpoint.clone();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, mountpoint = %mountpoint.display(), "unmounting");
+            if let Err(e) = unmounter.unmount() {
+                tracing::error!(error = %e, "unmount failed; try `bifs umount` (busy mount?)");
+            }
+        }
+    });
+    tracing::info!(mountpoint = %args.mountpoint.display(), "mounted; Ctrl-C or `bifs umount` to stop");
+    let result = session.run().context("FUSE session");
+    signals_handle.close();
+    tracing::info!(mountpoint = %args.mountpoint.display(), "unmounted");
+    result
+}
+
+/// Unmounts with fusermount3 (fusermount, then umount(8), where it is missing).
+pub fn umount(mountpoint: &Path) -> anyhow::Result<()> {
+    let attempts: [(&str, &[&str]); 3] = [("fusermount3", &["-u"]), ("fusermount", &["-u"]), ("umount", &[])];
+    for (program, flags) in attempts {
+        match Command::new(program).args(flags).arg(mountpoint).status() {
+            Ok(s) if s.success() => return Ok(()),
+            Ok(s) => bail!("{program} {} {} failed ({s})", flags.join(" "), mountpoint.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("running {program}")),
+        }
+    }
+    bail!("none of fusermount3, fusermount, umount is installed")
+}

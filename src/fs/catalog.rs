@@ -1,0 +1,375 @@
+//! What the mount serves: the store's images under each mode and Secret, and the views
+//! behind them. Everything here is plain Rust, testable without FUSE; the adapter only turns
+//! its answers and errors into replies.
+//!
+//! Unlocked volume keys are cached per (mode, image, Secret) for the life of the mount, so an
+//! Argon2 unlock happens once per mount, not once per open. A wrong passphrase is cached too
+//! (while the image is unchanged): retrying an open must not cost an Argon2 run each time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::image::{self, raw::RawFile, ReadAt};
+use crate::k8s::{CryptoParams, Secret, SecretRef};
+use crate::kdf::KdfLimits;
+use crate::keys::VolumeKey;
+use crate::luks::{Luks2Header, LuksError, LuksHeader, DATA_OFFSET};
+use crate::store::{HeaderRecord, SourceIdentity, Store, StoredImage, Watched};
+use crate::view::{encrypt, DecryptView, EncryptView, ViewError};
+
+use super::tree::Mode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("no image {0:?} in the store")]
+    NoImage(String),
+    #[error("no Secret {0} was loaded from --secrets")]
+    UnknownSecret(SecretRef),
+    #[error("no Secret in namespace {0:?} was loaded from --secrets")]
+    UnknownNamespace(String),
+    #[error("image {image:?} is {format}: {refusal}")]
+    Refused { image: String, format: image::Format, refusal: ViewError },
+    #[error("image {image:?}: Secret {secret}'s passphrase opens no keyslot")]
+    WrongPassphrase { image: String, secret: SecretRef },
+    #[error("image {image:?}: {error}")]
+    View { image: String, error: ViewError },
+    #[error("image {image:?}: {error}")]
+    Io { image: String, error: io::Error },
+}
+
+impl CatalogError {
+    /// The errno a caller sees. Refused combinations are EINVAL (the path names something
+    /// bifs will not make), unknown names ENOENT, a wrong passphrase EACCES, and a source
+    /// that vanished or changed EIO.
+    pub fn errno(&self) -> i32 {
+        match self {
+            CatalogError::NoImage(_)
+            | CatalogError::UnknownSecret(_)
+            | CatalogError::UnknownNamespace(_) => libc::ENOENT,
+            CatalogError::Refused { .. } => libc::EINVAL,
+            CatalogError::WrongPassphrase { .. } => libc::EACCES,
+            CatalogError::View { error: ViewError::Io(e), .. } | CatalogError::Io { error: e, .. } => {
+                match e.raw_os_error() {
+                    Some(libc::ENOENT) => libc::EIO,
+                    Some(n) => n,
+                    None => libc::EIO,
+                }
+            }
+            CatalogError::View { .. } => libc::EIO,
+        }
+    }
+}
+
+/// Size, allocation and time of a file in the mount.
+#[derive(Debug, Clone, Copy)]
+pub struct FileInfo {
+    pub size: u64,
+    /// 512-byte blocks: what `cp --sparse=auto` uses to decide whether to look for holes.
+    pub blocks: u64,
+    pub mtime: SystemTime,
+}
+
+enum Cached {
+    Encrypt { padded_len: u64, header: Arc<RawFile>, parsed: Luks2Header, key: VolumeKey },
+    Decrypt { identity: SourceIdentity, header: LuksHeader, key: VolumeKey },
+    WrongPassphrase { identity: SourceIdentity },
+}
+
+type Slot = Arc<Mutex<Option<Cached>>>;
+
+pub struct Catalog {
+    store: Store,
+    secrets: BTreeMap<SecretRef, CryptoParams>,
+    limits: KdfLimits,
+    keys: Mutex<HashMap<(Mode, String, SecretRef), Slot>>,
+}
+
+impl Catalog {
+    /// Secrets whose CRYPTO_* keys are invalid are left out with a warning: they can neither
+    /// encrypt nor be trusted to decrypt.
+    pub fn new(store: Store, secrets: Vec<Secret>) -> Self {
+        let mut map = BTreeMap::new();
+        for s in secrets {
+            match s.crypto_params() {
+                Ok(p) => {
+                    if map.insert(s.id.clone(), p).is_some() {
+                        tracing::warn!(secret = %s.id, "Secret defined twice; the last one wins");
+                    }
+                }
+                Err(e) => tracing::warn!(secret = %s.id, error = %e, "Secret left out of the mount"),
+            }
+        }
+        Self { store, secrets: map, limits: KdfLimits::default(), keys: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.secrets.keys().map(|s| s.namespace.clone()).collect();
+        v.dedup();
+        v
+    }
+
+    pub fn secrets_in(&self, namespace: &str) -> Result<Vec<String>, CatalogError> {
+        let v: Vec<String> = self
+            .secrets
+            .keys()
+            .filter(|s| s.namespace == namespace)
+            .map(|s| s.name.clone())
+            .collect();
+        if v.is_empty() {
+            return Err(CatalogError::UnknownNamespace(namespace.to_owned()));
+        }
+        Ok(v)
+    }
+
+    pub fn check_secret(&self, secret: &SecretRef) -> Result<&CryptoParams, CatalogError> {
+        self.secrets.get(secret).ok_or_else(|| CatalogError::UnknownSecret(secret.clone()))
+    }
+
+    /// The images listed under `mode`: encrypt only non-LUKS images, decrypt only LUKS ones.
+    pub fn images(&self, mode: Mode) -> Result<Vec<StoredImage>, CatalogError> {
+        let all = self
+            .store
+            .list()
+            .map_err(|error| CatalogError::Io { image: String::new(), error })?;
+        Ok(all.into_iter().filter(|i| refusal(mode, i).is_none()).collect())
+    }
+
+    /// The image behind `mode/[secret/]name`, or why there is none.
+    pub fn image(
+        &self,
+        mode: Mode,
+        secret: Option<&SecretRef>,
+        name: &str,
+    ) -> Result<StoredImage, CatalogError> {
+        if let Some(s) = secret {
+            self.check_secret(s)?;
+        }
+        let img = self
+            .store
+            .find(name)
+            .map_err(|error| CatalogError::Io { image: name.to_owned(), error })?
+            .ok_or_else(|| CatalogError::NoImage(name.to_owned()))?;
+        if let Some(refusal) = refusal(mode, &img) {
+            return Err(CatalogError::Refused { image: img.name, format: img.format, refusal });
+        }
+        Ok(img)
+    }
+
+    /// Size and allocation of the file `mode` makes of `img`, without unlocking anything.
+    pub fn info(&self, mode: Mode, img: &StoredImage) -> Result<FileInfo, CatalogError> {
+        let io_err = |error| CatalogError::Io { image: img.name.clone(), error };
+        let meta = fs::metadata(&img.path).map_err(io_err)?;
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let file_blocks = meta.blocks();
+        let (size, blocks) = match mode {
+            Mode::Ignore => (meta.len(), file_blocks),
+            Mode::Raw => (self.virtual_len(img)?, file_blocks),
+            Mode::Encrypt => {
+                let size = DATA_OFFSET + encrypt::padded_len(self.virtual_len(img)?);
+                (size, size / 512)
+            }
+            Mode::Decrypt => {
+                let file = Arc::new(RawFile::open(&img.path).map_err(io_err)?);
+                let header = read_luks(img, &*file)?;
+                let size = header
+                    .segment()
+                    .len_in(file.len())
+                    .map_err(|e| CatalogError::View { image: img.name.clone(), error: e.into() })?;
+                (size, file_blocks.saturating_sub(DATA_OFFSET / 512))
+            }
+        };
+        Ok(FileInfo { size, blocks: blocks.min(size.div_ceil(512)), mtime })
+    }
+
+    fn virtual_len(&self, img: &StoredImage) -> Result<u64, CatalogError> {
+        Ok(self.open_disk(img)?.len())
+    }
+
+    fn open_disk(&self, img: &StoredImage) -> Result<Arc<dyn ReadAt>, CatalogError> {
+        image::open_virtual_disk(&img.path).map_err(|e| match e {
+            image::OpenError::Io { error, .. } => CatalogError::Io { image: img.name.clone(), error },
+            other => CatalogError::Io { image: img.name.clone(), error: io::Error::other(other.to_string()) },
+        })
+    }
+
+    /// The view `mode` makes of `img` (with `secret` for encrypt/decrypt), guarded so that
+    /// its reads fail with EIO once the stored file changes, and the identity it is pinned to.
+    pub fn open(
+        &self,
+        mode: Mode,
+        secret: Option<&SecretRef>,
+        img: &StoredImage,
+    ) -> Result<(Arc<dyn ReadAt>, SourceIdentity), CatalogError> {
+        let io_err = |error| CatalogError::Io { image: img.name.clone(), error };
+        let (file, identity) = Watched::open(&img.path).map_err(io_err)?;
+        let stored = || -> Result<Arc<dyn ReadAt>, CatalogError> {
+            Ok(Arc::new(RawFile::from_file(file.try_clone().map_err(io_err)?).map_err(io_err)?))
+        };
+        let view: Arc<dyn ReadAt> = match (mode, secret) {
+            (Mode::Ignore, _) => stored()?,
+            (Mode::Raw, _) => self.open_disk(img)?,
+            (Mode::Encrypt, Some(secret)) => self.open_encrypt(img, secret, identity)?,
+            (Mode::Decrypt, Some(secret)) => self.open_decrypt(img, secret, identity, stored()?)?,
+            (_, None) => return Err(CatalogError::NoImage(img.name.clone())),
+        };
+        Ok((Arc::new(Watched::new(view, file, img.path.clone(), identity)), identity))
+    }
+
+    fn slot(&self, mode: Mode, img: &StoredImage, secret: &SecretRef) -> Slot {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.entry((mode, img.name.clone(), secret.clone())).or_default().clone()
+    }
+
+    fn open_encrypt(
+        &self,
+        img: &StoredImage,
+        secret: &SecretRef,
+        identity: SourceIdentity,
+    ) -> Result<Arc<dyn ReadAt>, CatalogError> {
+        let params = self.check_secret(secret)?;
+        let disk = self.open_disk(img)?;
+        let padded = encrypt::padded_len(disk.len());
+        let view_err = |error| CatalogError::View { image: img.name.clone(), error };
+        let slot = self.slot(Mode::Encrypt, img, secret);
+        // Held while a header is loaded or made: two first opens must not make two headers.
+        let mut cached = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = matches!(&*cached, Some(Cached::Encrypt { padded_len, .. }) if *padded_len == padded);
+        if !fits {
+            *cached = Some(self.encrypt_header(img, params, disk.len(), identity)?);
+        }
+        let Some(Cached::Encrypt { header, parsed, key, .. }) = &*cached else {
+            return Err(view_err(ViewError::Io(io::Error::other("key cache in an impossible state"))));
+        };
+        let header: Arc<dyn ReadAt> = header.clone();
+        Ok(Arc::new(EncryptView::with_key(disk, header, parsed, key).map_err(view_err)?))
+    }
+
+    /// The persisted header when it still fits the source and opens with the Secret, else a
+    /// new one (persisted before it is served, so every reader sees the same bytes).
+    fn encrypt_header(
+        &self,
+        img: &StoredImage,
+        params: &CryptoParams,
+        source_len: u64,
+        identity: SourceIdentity,
+    ) -> Result<Cached, CatalogError> {
+        let secret = &params.secret;
+        let state = self.store.state();
+        let io_err = |error| CatalogError::Io { image: img.name.clone(), error };
+        let view_err = |error| CatalogError::View { image: img.name.clone(), error };
+        let padded_len = encrypt::padded_len(source_len);
+        let record = HeaderRecord { source: identity, padded_len };
+        match state.load_header(&img.name, secret).map_err(io_err)? {
+            Some((file, old)) if old.padded_len == padded_len => {
+                match self.unlock_persisted(file, params) {
+                    Ok((header, parsed, key)) => {
+                        if old.source != identity {
+                            tracing::info!(
+                                image = %img.name, %secret,
+                                "source changed but its size did not; reusing its persisted LUKS2 header"
+                            );
+                            state.save_record(&img.name, secret, &record).map_err(io_err)?;
+                        }
+                        return Ok(Cached::Encrypt { padded_len, header, parsed, key });
+                    }
+                    Err(e) => tracing::warn!(
+                        image = %img.name, %secret, error = %e,
+                        "persisted LUKS2 header unusable; making a new one (the encrypt view's bytes change)"
+                    ),
+                }
+            }
+            Some((_, old)) => tracing::info!(
+                image = %img.name, %secret, old_size = old.padded_len, new_size = padded_len,
+                "source size changed; making a new LUKS2 header"
+            ),
+            None => tracing::info!(image = %img.name, %secret, "making the LUKS2 header of a new encrypt view"),
+        }
+        let (bytes, key) = encrypt::new_header_and_key(params, source_len, None).map_err(view_err)?;
+        let file = state.save_header(&img.name, secret, &bytes, &record).map_err(io_err)?;
+        drop(bytes);
+        let header = Arc::new(RawFile::from_file(file).map_err(io_err)?);
+        let parsed = Luks2Header::read(&*header).map_err(|e| view_err(e.into()))?;
+        Ok(Cached::Encrypt { padded_len, header, parsed, key })
+    }
+
+    fn unlock_persisted(
+        &self,
+        file: fs::File,
+        params: &CryptoParams,
+    ) -> Result<(Arc<RawFile>, Luks2Header, VolumeKey), ViewError> {
+        let header = Arc::new(RawFile::from_file(file)?);
+        if header.len() != DATA_OFFSET {
+            return Err(LuksError::BadHeader(format!("{} bytes, expected {DATA_OFFSET}", header.len())).into());
+        }
+        let parsed = Luks2Header::read(&*header)?;
+        if parsed.segment.offset != DATA_OFFSET {
+            return Err(LuksError::BadHeader("data segment not at 16 MiB".into()).into());
+        }
+        let (key, _) = parsed.unlock(&*header, &params.passphrase, &self.limits)?;
+        Ok((header, parsed, key))
+    }
+
+    fn open_decrypt(
+        &self,
+        img: &StoredImage,
+        secret: &SecretRef,
+        identity: SourceIdentity,
+        image: Arc<dyn ReadAt>,
+    ) -> Result<Arc<dyn ReadAt>, CatalogError> {
+        let params = self.check_secret(secret)?;
+        let view_err = |error| CatalogError::View { image: img.name.clone(), error };
+        let wrong = || CatalogError::WrongPassphrase { image: img.name.clone(), secret: secret.clone() };
+        let slot = self.slot(Mode::Decrypt, img, secret);
+        let mut cached = slot.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cached {
+            Some(Cached::Decrypt { identity: id, header, key }) if *id == identity => {
+                return Ok(Arc::new(DecryptView::with_key(image, header.clone(), key).map_err(view_err)?));
+            }
+            Some(Cached::WrongPassphrase { identity: id }) if *id == identity => return Err(wrong()),
+            _ => {}
+        }
+        let header = read_luks(img, &*image)?;
+        match header.unlock(&*image, &params.passphrase, &self.limits) {
+            Ok(key) => {
+                let view = DecryptView::with_key(image, header.clone(), &key).map_err(view_err)?;
+                *cached = Some(Cached::Decrypt { identity, header, key });
+                Ok(Arc::new(view))
+            }
+            Err(LuksError::WrongPassphrase) => {
+                *cached = Some(Cached::WrongPassphrase { identity });
+                Err(wrong())
+            }
+            Err(e) => Err(view_err(e.into())),
+        }
+    }
+}
+
+/// Why `mode` refuses `img`, if it does.
+fn refusal(mode: Mode, img: &StoredImage) -> Option<ViewError> {
+    match mode {
+        Mode::Encrypt if img.format.is_luks() => Some(ViewError::AlreadyEncrypted(
+            if img.format == image::Format::Luks1 { "LUKS1" } else { "LUKS2" },
+        )),
+        Mode::Decrypt if !img.format.is_luks() => Some(ViewError::NotEncrypted),
+        _ => None,
+    }
+}
+
+fn read_luks(img: &StoredImage, src: &dyn ReadAt) -> Result<LuksHeader, CatalogError> {
+    LuksHeader::read(src).map_err(|e| match e {
+        LuksError::NotLuks => CatalogError::Refused {
+            image: img.name.clone(),
+            format: img.format,
+            refusal: ViewError::NotEncrypted,
+        },
+        other => CatalogError::View { image: img.name.clone(), error: other.into() },
+    })
+}

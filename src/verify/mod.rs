@@ -1,0 +1,385 @@
+//! `bifs verify`: a second opinion on a LUKS image from libcryptsetup and, where the kernel has
+//! device-mapper, from dm-crypt itself.
+//!
+//! 1. libcryptsetup loads the header, checks the passphrase and hands out the volume key; our
+//!    engine must unlock the same key and agree on the data segment's geometry.
+//! 2. The plaintext is read either through a read-only dm-crypt mapping (the kernel decrypts)
+//!    or, without device-mapper, by decrypting the data segment with libcryptsetup's key and
+//!    geometry through the `xts-mode` crate, an XTS implementation that is not ours.
+//! 3. The plaintext is hashed (SHA-512) and, given a SOURCE, compared with SOURCE's raw content,
+//!    naming the first differing offset.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::image::{self, ReadAt};
+use crate::kdf::KdfLimits;
+use crate::keys::Passphrase;
+use crate::luks::{LuksError, LuksHeader};
+
+pub mod compare;
+pub mod libcs;
+pub mod plain;
+
+pub use compare::{Mismatch, MismatchKind, Outcome};
+pub use libcs::Geometry;
+
+use plain::{DeviceFile, MappedDevice, XtsPlaintext};
+
+/// What the plain statement of the fallback says, word for word (tests and CI grep for it).
+pub const NO_DM_MESSAGE: &str =
+    "device-mapper not available: comparing through libcryptsetup's volume key and an independent XTS path";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("libcryptsetup {op} failed: {}", .message.as_deref().map_or_else(|| .source.to_string(), |m| format!("{m} ({})", .source)))]
+    Libcryptsetup {
+        op: &'static str,
+        /// libcryptsetup's own last error message, when it logged one.
+        message: Option<String>,
+        #[source]
+        source: libcryptsetup_rs::LibcryptErr,
+    },
+    #[error("libcryptsetup does not recognize a LUKS header{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    NotLuks { message: Option<String> },
+    #[error(
+        "wrong passphrase: no keyslot opens with the Secret's CRYPTO_KEY_VALUE (libcryptsetup)"
+    )]
+    WrongPassphrase,
+    #[error("bifs's LUKS engine cannot open the image that libcryptsetup opened: {0}")]
+    EngineFailed(#[source] LuksError),
+    #[error("bifs's LUKS engine unlocked a different volume key than libcryptsetup")]
+    KeyMismatch,
+    #[error("bifs's LUKS engine and libcryptsetup disagree on the data segment: {0}")]
+    GeometryMismatch(String),
+    #[error("data segment geometry: {0}")]
+    Geometry(String),
+    #[error("unsupported by verify: {0}")]
+    Unsupported(String),
+    #[error("device-mapper: {0}")]
+    DeviceMapper(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    OpenSource(#[from] image::OpenError),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// How the plaintext is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Method {
+    /// dm-crypt when device-mapper is available, else the XTS path.
+    #[default]
+    Auto,
+    /// A read-only dm-crypt mapping; an error where device-mapper is not available.
+    DmCrypt,
+    /// libcryptsetup's volume key and the `xts-mode` crate, even where dm-crypt would work.
+    Xts,
+}
+
+/// The method that was used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsedMethod {
+    DmCrypt,
+    Xts,
+}
+
+impl UsedMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            UsedMethod::DmCrypt => "dm-crypt",
+            UsedMethod::Xts => "xts",
+        }
+    }
+}
+
+pub struct VerifyOptions<'a> {
+    pub image: &'a Path,
+    pub against: Option<&'a Path>,
+    pub passphrase: &'a Passphrase,
+    pub method: Method,
+    pub limits: KdfLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub geometry: Geometry,
+    /// The keyslot libcryptsetup opened.
+    pub keyslot: u32,
+    pub method: UsedMethod,
+    pub outcome: Outcome,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.outcome.mismatch.is_none()
+    }
+}
+
+/// Whether this process can use device-mapper. The control node alone proves nothing: in
+/// containers `/dev/mapper/control` often exists while the kernel has no device-mapper (opening
+/// it fails with ENODEV). So open it and ask the driver its version (`DM_VERSION`), as
+/// libdevmapper does; that also fails unless we are root.
+pub fn dm_available() -> bool {
+    use std::os::unix::io::AsRawFd;
+    let control = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mapper/control")
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!("device-mapper: cannot open /dev/mapper/control: {e}");
+            return false;
+        }
+    };
+    // struct dm_ioctl is 312 bytes; u32s keep it aligned. version = 4.0.0, data_size = 312.
+    let mut dmi = [0u32; 78];
+    dmi[0] = 4;
+    dmi[3] = 312;
+    // _IOWR(DM_IOCTL = 0xfd, DM_VERSION_CMD = 0, struct dm_ioctl)
+    const DM_VERSION: u64 = (3 << 30) | (312 << 16) | (0xfd << 8);
+    // SAFETY: the buffer is a properly sized dm_ioctl the kernel may read and write.
+    let rc = unsafe { libc::ioctl(control.as_raw_fd(), DM_VERSION as _, dmi.as_mut_ptr()) };
+    if rc != 0 {
+        tracing::debug!(
+            "device-mapper: DM_VERSION failed: {}",
+            io::Error::last_os_error()
+        );
+        return false;
+    }
+    tracing::debug!(
+        "device-mapper: driver version {}.{}.{}",
+        dmi[0],
+        dmi[1],
+        dmi[2]
+    );
+    true
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> VerifyError {
+    let what = what.into();
+    move |source| VerifyError::Io { what, source }
+}
+
+/// Opens a file or block device as a source of bytes; regular files through
+/// `open_virtual_disk` so a qcow2 SOURCE is compared by its virtual disk.
+fn open_source(path: &Path) -> Result<Arc<dyn ReadAt>, VerifyError> {
+    if DeviceFile::is_block_device(path) {
+        let dev = DeviceFile::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        return Ok(Arc::new(dev));
+    }
+    Ok(image::open_virtual_disk(path)?)
+}
+
+/// Runs the whole check, writing what it finds to `out` line by line. A mismatch is not an
+/// error: the returned report says so (`Report::passed`), and the caller picks the exit code.
+pub fn verify(
+    opts: &VerifyOptions<'_>,
+    cancel: &AtomicBool,
+    out: &mut dyn Write,
+) -> Result<Report, VerifyError> {
+    let mut say = |line: String| -> Result<(), VerifyError> {
+        writeln!(out, "{line}").map_err(io_err("writing the report"))
+    };
+    libcs::init_logging();
+    let image_path = opts.image;
+    say(format!("image: {}", image_path.display()))?;
+
+    // 1. libcryptsetup's view of the header, and its volume key.
+    let mut lib = libcs::LibImage::load(image_path)?;
+    let geo = lib.geometry()?;
+    say(format!(
+        "header (libcryptsetup): {}, cipher {}, {}-bit key, sector size {}, data offset {} bytes, segment {}",
+        geo.luks_type,
+        geo.cipher_spec(),
+        geo.key_bytes * 8,
+        geo.sector_size,
+        geo.data_offset,
+        geo.segment_size.map_or_else(|| "dynamic".to_string(), |s| format!("{s} bytes")),
+    ))?;
+    let (keyslot, lib_key) = lib.volume_key(opts.passphrase.as_bytes(), geo.key_bytes)?;
+    say(format!(
+        "passphrase: opens keyslot {keyslot} (libcryptsetup)"
+    ))?;
+    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(VerifyError::Interrupted);
+    }
+
+    // 2. Our engine must reach the same key and the same geometry.
+    let image_file = DeviceFile::open(image_path)
+        .map_err(io_err(format!("opening {}", image_path.display())))?;
+    let image_len = image_file.len();
+    let ours = LuksHeader::read(&image_file).map_err(VerifyError::EngineFailed)?;
+    let (our_key, our_slot) = match &ours {
+        LuksHeader::V2(h) => h
+            .unlock(&image_file, opts.passphrase, &opts.limits)
+            .map(|(k, s)| (k, Some(s))),
+        LuksHeader::V1(_) => ours
+            .unlock(&image_file, opts.passphrase, &opts.limits)
+            .map(|k| (k, None)),
+    }
+    .map_err(VerifyError::EngineFailed)?;
+    if !crate::luks::ct_eq(our_key.as_bytes(), &lib_key) {
+        return Err(VerifyError::KeyMismatch);
+    }
+    drop(our_key);
+    let seg = ours.segment();
+    let mut diffs = Vec::new();
+    if seg.offset != geo.data_offset {
+        diffs.push(format!(
+            "data offset {} vs libcryptsetup's {}",
+            seg.offset, geo.data_offset
+        ));
+    }
+    if seg.sector_size != geo.sector_size {
+        diffs.push(format!(
+            "sector size {} vs libcryptsetup's {}",
+            seg.sector_size, geo.sector_size
+        ));
+    }
+    if seg.iv_tweak != geo.iv_offset {
+        diffs.push(format!(
+            "IV offset {} vs libcryptsetup's {}",
+            seg.iv_tweak, geo.iv_offset
+        ));
+    }
+    if geo.luks_type == "LUKS2" && seg.size != geo.segment_size {
+        diffs.push(format!(
+            "segment size {:?} vs libcryptsetup's {:?}",
+            seg.size, geo.segment_size
+        ));
+    }
+    if !diffs.is_empty() {
+        return Err(VerifyError::GeometryMismatch(diffs.join("; ")));
+    }
+    say(format!(
+        "bifs engine: same volume key{}, same data segment geometry",
+        our_slot
+            .map(|s| format!(" (opened keyslot {s})"))
+            .unwrap_or_default()
+    ))?;
+
+    // 3. The plaintext, by dm-crypt or by the independent XTS path.
+    let source = opts.against.map(open_source).transpose()?;
+    let use_dm = match opts.method {
+        Method::Auto => dm_available(),
+        Method::DmCrypt if dm_available() => true,
+        Method::DmCrypt => {
+            return Err(VerifyError::DeviceMapper(
+                "not available here (no device-mapper in this kernel, or not root)".into(),
+            ))
+        }
+        Method::Xts => false,
+    };
+    let seg_len = geo.segment_len(image_len)?;
+    let (method, outcome) = if use_dm {
+        drop(image_file);
+        let name = mapping_name();
+        let mapping = lib.activate_read_only(&name, &lib_key)?;
+        drop(lib_key);
+        let path = mapping.path()?;
+        // libcryptsetup puts a loop device under a regular file; a block device is mapped as is.
+        let under = if DeviceFile::is_block_device(image_path) {
+            format!("on {}", image_path.display())
+        } else {
+            "on a read-only loop device".to_string()
+        };
+        say(format!(
+            "method: dm-crypt (read-only mapping {} {under}, decrypted by the kernel)",
+            path.display()
+        ))?;
+        if mapping.size() != seg_len {
+            say(format!(
+                "note: the mapping is {} bytes; libcryptsetup's geometry implies {seg_len}",
+                mapping.size()
+            ))?;
+        }
+        let outcome = {
+            let dev =
+                DeviceFile::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
+            let plain = MappedDevice {
+                len: mapping.size(),
+                dev,
+            };
+            compare::run(&plain, source.as_deref(), cancel)?
+            // `plain` closes here, before the mapping is removed.
+        };
+        mapping.deactivate()?;
+        (UsedMethod::DmCrypt, outcome)
+    } else {
+        drop(lib);
+        if opts.method == Method::Auto {
+            say(NO_DM_MESSAGE.to_string())?;
+        }
+        say("method: xts (libcryptsetup's volume key and geometry, decrypted by the xts-mode crate)".to_string())?;
+        if geo.cipher != "aes" || geo.cipher_mode != "xts-plain64" {
+            return Err(VerifyError::Unsupported(format!(
+                "cipher {} on the XTS path (only aes-xts-plain64)",
+                geo.cipher_spec()
+            )));
+        }
+        let plain = XtsPlaintext::new(
+            &image_file,
+            &lib_key,
+            geo.data_offset,
+            seg_len,
+            geo.sector_size,
+            geo.iv_offset,
+        )
+        .map_err(VerifyError::Unsupported)?;
+        let outcome = compare::run(&plain, source.as_deref(), cancel)?;
+        (UsedMethod::Xts, outcome)
+    };
+
+    // 4. What was checked.
+    say(format!("plaintext: {} bytes", outcome.plaintext_len))?;
+    say(format!("plaintext SHA-512: {}", outcome.sha512))?;
+    if let Some(against) = opts.against {
+        match &outcome.mismatch {
+            None => say(format!("against {}: identical", against.display()))?,
+            Some(m) => say(format!("against {}: MISMATCH: {m}", against.display()))?,
+        }
+        if outcome.past_source > 0 {
+            let what = match outcome.past_source_nonzero {
+                None => "all zeros".to_string(),
+                Some(at) => format!("not all zeros, first non-zero at offset {at}"),
+            };
+            say(format!(
+                "past the end of SOURCE: {} more plaintext bytes, not compared ({what})",
+                outcome.past_source
+            ))?;
+        }
+        if let Some(h) = &outcome.compared_sha512 {
+            say(format!(
+                "compared part SHA-512 (first {} bytes): {h}",
+                outcome.plaintext_len - outcome.past_source
+            ))?;
+        }
+    }
+    Ok(Report {
+        geometry: geo,
+        keyslot,
+        method,
+        outcome,
+    })
+}
+
+/// A mapping name unique to this run, recognizably ours if ever left behind.
+fn mapping_name() -> String {
+    let mut r = [0u8; 4];
+    // A fixed suffix is still unique enough with the pid; the RNG cannot fail in practice.
+    let _ = getrandom::fill(&mut r);
+    format!(
+        "bifs-verify-{}-{}",
+        std::process::id(),
+        r.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
