@@ -5,12 +5,14 @@
 //! plaintext of it); the CLI and the FUSE adapter only route reads to views.
 
 pub mod cli;
+pub mod copier;
 pub mod image;
 pub mod xts;
 pub mod kdf;
 pub mod keys;
 pub mod luks;
 pub mod k8s;
+pub mod longhorn;
 pub mod view;
 pub mod store;
 pub mod fs;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod apply;
 mod copy;
 mod crypt;
 mod inspect;
@@ -63,6 +64,57 @@ enum Command {
         src: PathBuf,
         dst: PathBuf,
     },
+    /// Create the BackingImages of Longhorn manifests in a store (a Longhorn disk directory).
+    Apply {
+        /// Manifest file or directory (BackingImage and Secret documents); repeatable.
+        #[arg(short = 'f', long = "filename", value_name = "FILE_OR_DIR", required = true)]
+        files: Vec<PathBuf>,
+        /// The store: a Longhorn disk directory (holds backing-images/).
+        #[arg(long, env = "BIFS_STORE", value_name = "DIR")]
+        store: PathBuf,
+        /// More Secret manifests (file or directory); repeatable.
+        #[arg(long, value_name = "PATH")]
+        secrets: Vec<PathBuf>,
+    },
+    /// List backing images of a store with their status, or show one.
+    Get {
+        name: Option<String>,
+        #[arg(long, env = "BIFS_STORE", value_name = "DIR")]
+        store: PathBuf,
+        /// Print BackingImage objects with their status.
+        #[arg(short = 'o', long = "output", value_enum)]
+        output: Option<apply::Output>,
+        /// Follow changes until every image shown is ready or failed.
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
+    /// Delete a backing image from a store (its directory and its record).
+    Delete {
+        name: String,
+        #[arg(long, env = "BIFS_STORE", value_name = "DIR")]
+        store: PathBuf,
+    },
+    /// Write SRC (LUKS) to DST with a new LUKS2 header for NEW's passphrase around the same
+    /// volume key; the encrypted data is copied unchanged.
+    Rekey {
+        /// The Secret that opens SRC now.
+        #[arg(long, value_name = "OLD.yaml")]
+        secret: PathBuf,
+        /// Which Secret in --secret, as NAMESPACE/NAME.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        secret_name: Option<String>,
+        /// The Secret that will open DST.
+        #[arg(long, value_name = "NEW.yaml")]
+        new_secret: PathBuf,
+        /// Which Secret in --new-secret, as NAMESPACE/NAME.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        new_secret_name: Option<String>,
+        /// Replace DST if it exists.
+        #[arg(long)]
+        force: bool,
+        src: PathBuf,
+        dst: PathBuf,
+    },
     /// Show an image's format, sizes and, for LUKS, its header.
     Inspect {
         /// Print JSON.
@@ -104,6 +156,20 @@ pub fn main() -> ExitCode {
         }
         Command::Decrypt { secret, force, src, dst } => crypt::decrypt(&secret, force, &src, &dst),
         Command::Inspect { json, image } => inspect::run(&image, json),
+        Command::Apply { files, store, secrets } => apply::apply(&files, &store, &secrets),
+        Command::Get { name, store, output, watch } => apply::get(&store, name.as_deref(), output, watch),
+        Command::Delete { name, store } => apply::delete(&store, &name),
+        Command::Rekey { secret, secret_name, new_secret, new_secret_name, force, src, dst } => {
+            apply::rekey(&apply::RekeyArgs {
+                secret: &secret,
+                secret_name: secret_name.as_deref(),
+                new_secret: &new_secret,
+                new_secret_name: new_secret_name.as_deref(),
+                force,
+                src: &src,
+                dst: &dst,
+            })
+        }
         Command::Mount(args) => mount::mount(&args),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
         Command::Verify(args) => verify::run(&args),
