@@ -6,14 +6,14 @@
 
 pub mod cli;
 pub mod copier;
+pub mod fs;
 pub mod image;
-pub mod xts;
+pub mod k8s;
 pub mod kdf;
 pub mod keys;
-pub mod luks;
-pub mod k8s;
 pub mod longhorn;
-pub mod view;
+pub mod luks;
 pub mod store;
-pub mod fs;
 pub mod verify;
+pub mod view;
+pub mod xts;

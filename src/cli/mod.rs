@@ -132,7 +132,10 @@ enum Command {
 }
 
 fn init_logging(filter: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+    // fuser warns when the mount was already taken down by `fusermount3 -u` (our own
+    // `bifs umount`): noise for the user, so its logs start at error unless asked for.
+    let filter = if filter.contains("fuser") { filter.to_string() } else { format!("{filter},fuser=error") };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
