@@ -8,20 +8,21 @@
 //! tests as an independent oracle.
 
 use aes::{Aes128, Aes256};
-use cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
+use cipher::consts::U16;
+use cipher::typenum::Unsigned;
+use cipher::{
+    Array, BlockCipherDecBackend, BlockCipherDecClosure, BlockCipherDecrypt, BlockCipherEncBackend,
+    BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser, KeyInit, ParBlocks,
+};
 
 /// One AES block.
-type Block = Array<u8, cipher::consts::U16>;
+type Block = Array<u8, U16>;
 
 /// IVs count 512-byte units whatever the sector size (LUKS2 never uses `iv_large_sectors`).
 pub const IV_UNIT: usize = 512;
 
 /// Largest sector size LUKS2 allows; bounds the batch buffer.
 pub const MAX_SECTOR_SIZE: usize = 4096;
-
-/// Blocks processed per batch: 16 KiB, enough for the widest AES backend to stay busy, small
-/// enough to stay in L1/L2 between the three passes.
-const BATCH_BLOCKS: usize = 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum XtsError {
@@ -136,62 +137,327 @@ fn check_geometry(len: usize, sector_size: usize) -> Result<(), XtsError> {
     Ok(())
 }
 
-fn process_with<C: BlockCipherEncrypt + BlockCipherDecrypt + cipher::BlockSizeUser<BlockSize = cipher::consts::U16>>(
-    data: &C,
-    tweak: &C,
-    buf: &mut [u8],
-    sector_size: usize,
-    first_iv: u64,
-    dir: Direction,
-) {
+/// Sectors whose first tweaks are encrypted in one `encrypt_blocks` call: with 4 KiB
+/// sectors that is 256 KiB of data per group, and the tweak cipher's key schedule is
+/// broadcast once per group instead of once per sector.
+const TWEAK_GROUP: usize = 64;
+
+/// Tweaks produced per step. The tweak of block `k+1` is the tweak of block `k` times alpha,
+/// a serial chain of shift-and-reduce steps; sixteen interleaved chains (each stepping by
+/// alpha^16, a 2-byte shift plus a small fold) let the CPU run them side by side, and with
+/// AVX-512 they are four registers of four 128-bit lanes.
+const LANES: usize = 16;
+
+/// Upper bound of [`chunk_blocks`]: the per-chunk tweak array lives on the stack (4 KiB).
+const MAX_CHUNK: usize = 256;
+
+fn process_with<C>(data: &C, tweak: &C, buf: &mut [u8], sector_size: usize, first_iv: u64, dir: Direction)
+where
+    C: BlockCipherEncrypt + BlockCipherDecrypt + BlockSizeUser<BlockSize = U16>,
+{
     let blocks_per_sector = sector_size / 16;
-    let sectors_per_batch = BATCH_BLOCKS / blocks_per_sector;
     let iv_step = (sector_size / IV_UNIT) as u64;
     let (blocks, _) = Block::slice_as_chunks_mut(buf);
-    let mut tweaks = [Block::default(); BATCH_BLOCKS];
-    let mut sector_tweaks = [Block::default(); BATCH_BLOCKS / (IV_UNIT / 16)];
     let mut iv = first_iv;
-
-    for batch in blocks.chunks_mut(sectors_per_batch * blocks_per_sector) {
-        let sectors = batch.len() / blocks_per_sector;
-        // Encrypt every sector's IV in one call: the first tweak of each sector.
-        for t in &mut sector_tweaks[..sectors] {
+    for group in blocks.chunks_mut(TWEAK_GROUP * blocks_per_sector) {
+        let sectors = group.len() / blocks_per_sector;
+        // The first tweak of each sector: its IV (little-endian, as plain64) encrypted with
+        // the tweak key, all of the group's in one call.
+        let mut first = [Block::default(); TWEAK_GROUP];
+        let first = &mut first[..sectors];
+        for t in first.iter_mut() {
             let mut le = [0u8; 16];
             le[..8].copy_from_slice(&iv.to_le_bytes());
             *t = le.into();
             iv = iv.wrapping_add(iv_step);
         }
-        tweak.encrypt_blocks(&mut sector_tweaks[..sectors]);
-        // Expand each to the tweak of every block: multiply by alpha in GF(2^128).
-        for (s, first) in sector_tweaks[..sectors].iter().enumerate() {
-            let mut t = u128::from_le_bytes((*first).into());
-            for slot in &mut tweaks[s * blocks_per_sector..(s + 1) * blocks_per_sector] {
-                *slot = t.to_le_bytes().into();
-                t = mul_alpha(t);
-            }
-        }
-        let tweaks = &tweaks[..batch.len()];
-        xor_blocks(batch, tweaks);
+        tweak.encrypt_blocks(first);
+        let pass = Pass { blocks: group, first, blocks_per_sector };
+        // One pass per chunk of the data, inside the AES backend (VAES-512, VAES-256 or
+        // AES-NI as the CPU has): XOR tweaks, cipher, XOR again while the chunk is in L1.
         match dir {
-            Direction::Encrypt => data.encrypt_blocks(batch),
-            Direction::Decrypt => data.decrypt_blocks(batch),
+            Direction::Encrypt => data.encrypt_with_backend(pass),
+            Direction::Decrypt => data.decrypt_with_backend(pass),
         }
-        xor_blocks(batch, tweaks);
     }
 }
 
-#[inline]
+/// One group of whole sectors and the encrypted first tweak of each.
+struct Pass<'a> {
+    blocks: &'a mut [Block],
+    first: &'a [Block],
+    blocks_per_sector: usize,
+}
+
+impl BlockSizeUser for Pass<'_> {
+    type BlockSize = U16;
+}
+
+impl BlockCipherEncClosure for Pass<'_> {
+    #[inline(always)]
+    fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
+        let par = B::ParBlocksSize::USIZE;
+        self.run(par, |chunk| {
+            let (pars, tail) = ParBlocks::<B>::slice_as_chunks_mut(chunk);
+            for p in pars {
+                backend.encrypt_par_blocks_inplace(p);
+            }
+            backend.encrypt_tail_blocks_inplace(tail);
+        });
+    }
+}
+
+impl BlockCipherDecClosure for Pass<'_> {
+    #[inline(always)]
+    fn call<B: BlockCipherDecBackend<BlockSize = U16>>(self, backend: &B) {
+        let par = B::ParBlocksSize::USIZE;
+        self.run(par, |chunk| {
+            let (pars, tail) = ParBlocks::<B>::slice_as_chunks_mut(chunk);
+            for p in pars {
+                backend.decrypt_par_blocks_inplace(p);
+            }
+            backend.decrypt_tail_blocks_inplace(tail);
+        });
+    }
+}
+
+/// Blocks per chunk: a multiple of the backend's parallel width (so no chunk ends in a slow
+/// one-block-at-a-time tail) and of [`LANES`], at least 64 (1 KiB, comfortably in L1).
+fn chunk_blocks(par: usize) -> usize {
+    let par = par.max(1);
+    let mut step = par;
+    while step % LANES != 0 {
+        step += par;
+    }
+    let chunk = step * 64usize.div_ceil(step);
+    if chunk <= MAX_CHUNK {
+        chunk
+    } else {
+        MAX_CHUNK
+    }
+}
+
+/// Where the tweak sequence stands: the sector and block within it, and the tweaks of the
+/// last 16 blocks produced.
+struct TweakState<'a> {
+    first: &'a [Block],
+    blocks_per_sector: usize,
+    sector: usize,
+    in_sector: usize,
+    lanes: [u128; LANES],
+}
+
+impl TweakState<'_> {
+    /// The next 16 tweaks: from the sector's first tweak at a sector start, else the last 16
+    /// times alpha^16.
+    #[inline(always)]
+    fn advance(&mut self, step: impl FnOnce(&mut [u128; LANES])) {
+        if self.in_sector == 0 {
+            let mut t = u128::from_le_bytes(self.first[self.sector].into());
+            for l in &mut self.lanes {
+                *l = t;
+                t = mul_alpha(t);
+            }
+        } else {
+            step(&mut self.lanes);
+        }
+        // Sectors hold a multiple of 32 blocks, so a step never straddles two sectors.
+        self.in_sector += LANES;
+        if self.in_sector == self.blocks_per_sector {
+            self.in_sector = 0;
+            self.sector += 1;
+        }
+    }
+}
+
+impl Pass<'_> {
+    #[inline(always)]
+    fn run(self, par: usize, cipher: impl FnMut(&mut [Block])) {
+        // The tweak array is zeroed on every call: 4 KiB of stores would cost as much as a
+        // 512-byte sector's AES, so the common case (chunks of 64 blocks) gets 1 KiB.
+        let chunk_len = chunk_blocks(par);
+        if chunk_len <= 64 {
+            self.run_with::<64>(chunk_len, cipher)
+        } else {
+            self.run_with::<MAX_CHUNK>(chunk_len, cipher)
+        }
+    }
+
+    #[inline(always)]
+    fn run_with<const N: usize>(self, chunk_len: usize, mut cipher: impl FnMut(&mut [Block])) {
+        let mut tweaks = [0u128; N];
+        let mut state = TweakState {
+            first: self.first,
+            blocks_per_sector: self.blocks_per_sector,
+            sector: 0,
+            in_sector: 0,
+            lanes: [0; LANES],
+        };
+        let wide = wide::available() && !tests_force_portable();
+        for chunk in self.blocks.chunks_mut(chunk_len) {
+            let tw = &mut tweaks[..chunk.len()];
+            if wide {
+                // SAFETY: `available` checked the CPU features the kernel is compiled for.
+                unsafe { wide::pre_xor(chunk, tw, &mut state) };
+            } else {
+                portable::pre_xor(chunk, tw, &mut state);
+            }
+            cipher(chunk);
+            if wide {
+                // SAFETY: as above.
+                unsafe { wide::xor(chunk, tw) };
+            } else {
+                portable::xor(chunk, tw);
+            }
+        }
+    }
+}
+
+/// Lets the oracle test cover the portable kernel on a CPU that has AVX-512.
+#[cfg(test)]
+static FORCE_PORTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[inline(always)]
+fn tests_force_portable() -> bool {
+    #[cfg(test)]
+    return FORCE_PORTABLE.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(test))]
+    false
+}
+
+/// Tweak generation and XOR on plain `u128`s: any CPU.
+mod portable {
+    use super::{mul_alpha16, xor_block, Block, TweakState, LANES};
+
+    /// Computes the chunk's tweaks into `tw` and XORs them into `chunk`.
+    #[inline(always)]
+    pub(super) fn pre_xor(chunk: &mut [Block], tw: &mut [u128], st: &mut TweakState<'_>) {
+        for (bs, ts) in chunk.chunks_exact_mut(LANES).zip(tw.chunks_exact_mut(LANES)) {
+            st.advance(|lanes| {
+                for l in lanes {
+                    *l = mul_alpha16(*l);
+                }
+            });
+            for ((b, t), l) in bs.iter_mut().zip(ts.iter_mut()).zip(&st.lanes) {
+                *t = *l;
+                xor_block(b, *l);
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn xor(chunk: &mut [Block], tw: &[u128]) {
+        for (b, t) in chunk.iter_mut().zip(tw) {
+            xor_block(b, *t);
+        }
+    }
+}
+
+/// The same with AVX-512 (four tweaks per register). Without it the scalar `u128` code costs
+/// more than the AES rounds themselves: the engine measured 3.9 GB/s on 1 MiB with it against
+/// 9 GB/s for bare AES-128 ECB on the same CPU.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use core::arch::x86_64::*;
+
+    use super::{Block, TweakState, LANES};
+
+    pub(super) fn available() -> bool {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
+    }
+
+    /// Four 128-bit lanes times alpha^16 each: shift each lane left by two bytes and fold the
+    /// two bytes shifted out back in as their carry-less product with 0x87 (x^7+x^2+x+1; at
+    /// most 23 bits, so it stays in the lane's low 64 bits).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn mul_alpha16(z: __m512i) -> __m512i {
+        let hi = _mm512_bsrli_epi128::<14>(z);
+        let fold = _mm512_ternarylogic_epi64::<0x96>(
+            hi,
+            _mm512_slli_epi64::<1>(hi),
+            _mm512_slli_epi64::<2>(hi),
+        );
+        _mm512_ternarylogic_epi64::<0x96>(_mm512_bslli_epi128::<2>(z), fold, _mm512_slli_epi64::<7>(hi))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512BW; `tw` as long as `chunk`, a multiple of 16.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pre_xor(chunk: &mut [Block], tw: &mut [u128], st: &mut TweakState<'_>) {
+        for (bs, ts) in chunk.chunks_exact_mut(LANES).zip(tw.chunks_exact_mut(LANES)) {
+            st.advance(|lanes| {
+                let p = lanes.as_mut_ptr().cast::<__m512i>();
+                for k in 0..4 {
+                    // SAFETY: 16 u128 are four 64-byte vectors; unaligned loads and stores.
+                    unsafe { _mm512_storeu_si512(p.add(k), mul_alpha16(_mm512_loadu_si512(p.add(k)))) };
+                }
+            });
+            let l = st.lanes.as_ptr().cast::<__m512i>();
+            let t = ts.as_mut_ptr().cast::<__m512i>();
+            let b = bs.as_mut_ptr().cast::<__m512i>();
+            for k in 0..4 {
+                // SAFETY: each slice holds 16 blocks of 16 bytes = four 64-byte vectors.
+                unsafe {
+                    let z = _mm512_loadu_si512(l.add(k));
+                    _mm512_storeu_si512(t.add(k), z);
+                    _mm512_storeu_si512(b.add(k), _mm512_xor_si512(_mm512_loadu_si512(b.add(k)), z));
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`pre_xor`].
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn xor(chunk: &mut [Block], tw: &[u128]) {
+        let n = chunk.len() / 4;
+        let t = tw.as_ptr().cast::<__m512i>();
+        let b = chunk.as_mut_ptr().cast::<__m512i>();
+        for k in 0..n {
+            // SAFETY: `chunk` and `tw` hold `4 * n` blocks.
+            unsafe { _mm512_storeu_si512(b.add(k), _mm512_xor_si512(_mm512_loadu_si512(b.add(k)), _mm512_loadu_si512(t.add(k)))) };
+        }
+    }
+}
+
+/// Elsewhere the portable code is the only kernel.
+#[cfg(not(target_arch = "x86_64"))]
+mod wide {
+    use super::{Block, TweakState};
+
+    pub(super) fn available() -> bool {
+        false
+    }
+
+    pub(super) unsafe fn pre_xor(chunk: &mut [Block], tw: &mut [u128], st: &mut TweakState<'_>) {
+        super::portable::pre_xor(chunk, tw, st)
+    }
+
+    pub(super) unsafe fn xor(chunk: &mut [Block], tw: &[u128]) {
+        super::portable::xor(chunk, tw)
+    }
+}
+
+#[inline(always)]
 fn mul_alpha(t: u128) -> u128 {
     let carry = (t >> 127) as u8;
     (t << 1) ^ u128::from(0x87 * carry)
 }
 
-#[inline]
-fn xor_blocks(blocks: &mut [Block], tweaks: &[Block]) {
-    for (b, t) in blocks.iter_mut().zip(tweaks) {
-        let x = u128::from_ne_bytes((*b).into()) ^ u128::from_ne_bytes((*t).into());
-        *b = x.to_ne_bytes().into();
-    }
+/// `t * alpha^16` in GF(2^128) mod x^128 + x^7 + x^2 + x + 1: shift by 16 and fold the two
+/// bytes shifted out back in as their carry-less product with 0x87 (bits 0, 1, 2, 7); at most
+/// 23 bits, so no second reduction.
+#[inline(always)]
+fn mul_alpha16(t: u128) -> u128 {
+    let hi = t >> 112;
+    (t << 16) ^ hi ^ (hi << 1) ^ (hi << 2) ^ (hi << 7)
+}
+
+#[inline(always)]
+fn xor_block(b: &mut Block, t: u128) {
+    let x = u128::from_le_bytes((*b).into()) ^ t;
+    *b = x.to_le_bytes().into();
 }
 
 #[cfg(test)]
@@ -246,6 +512,18 @@ mod tests {
     /// many sectors, both sector sizes, IVs in 512-byte units, an odd starting IV.
     #[test]
     fn matches_xts_mode_oracle() {
+        oracle();
+    }
+
+    /// The portable kernel too (the flag only changes which correct kernel other tests use).
+    #[test]
+    fn portable_kernel_matches_xts_mode_oracle() {
+        FORCE_PORTABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+        oracle();
+        FORCE_PORTABLE.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn oracle() {
         use cipher::KeyInit;
         let mut seed = 0x9e3779b97f4a7c15u64;
         let mut next = || {
