@@ -13,6 +13,7 @@ pub mod kdf;
 pub mod keys;
 pub mod longhorn;
 pub mod luks;
+pub mod sha512;
 pub mod store;
 pub mod verify;
 pub mod view;

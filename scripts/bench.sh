@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# bifs against its peers, side by side on the same machine and data, in one run (issue 6).
+#
+#   scripts/bench.sh                       # 1 GiB image, median of 5 runs
+#   BENCH_SIZE_MIB=256 BENCH_RUNS=3 scripts/bench.sh
+#   BENCH_DIR=/some/dir scripts/bench.sh   # default /dev/shm/bifs-bench (tmpfs)
+#
+# Prints a Markdown table (medians and ratios) and writes it, with a CSV and an SVG chart, to
+# build/bench/. Absolute numbers on a shared machine are noise; the ratios between peers
+# measured in the same run are the result. Inputs and outputs live on a tmpfs so that the
+# disk does not hide CPU speed; the page cache is warm (the image was just written).
+# Needs root (cryptsetup reencrypt, FUSE mount) on a Linux machine with /dev/fuse.
+set -euo pipefail
+
+SIZE_MIB=${BENCH_SIZE_MIB:-1024}
+RUNS=${BENCH_RUNS:-5}
+DIR=${BENCH_DIR:-/dev/shm/bifs-bench}
+RSS_GIB=${BENCH_RSS_GIB:-4}
+XTS_SECS=${BENCH_XTS_SECS:-1}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$ROOT/build/bench
+PW=bench-passphrase
+
+log() { echo "bench: $*" >&2; }
+
+# --- tools ------------------------------------------------------------------------------------
+need=()
+command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v openssl >/dev/null || need+=(openssl)
+command -v taskset >/dev/null || need+=(util-linux)
+[[ -x /usr/bin/time ]] || need+=(time)
+if ((${#need[@]})); then
+  log "installing ${need[*]}"
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+"$ROOT/scripts/setup.sh" >/dev/null
+
+log "building (release)"
+(cd "$ROOT" && cargo build --release --bins -q && cargo bench --bench xts --no-run -q 2>/dev/null)
+BIFS=$ROOT/target/release/bifs
+
+mkdir -p "$OUT" "$DIR"
+MNT=$DIR/mnt
+STORE=$DIR/store
+cleanup() {
+  for m in "$MNT" "$DIR/mnt-rss"; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true; done
+  [[ -n "${MOUNT_PID:-}" ]] && kill "$MOUNT_PID" 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+rm -rf "${DIR:?}"/* 2>/dev/null || true
+mkdir -p "$MNT" "$STORE" "$DIR/out"
+
+# --- timing helpers -----------------------------------------------------------------------------
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+mibs() { awk -v b="$1" -v s="$2" 'BEGIN {printf "%.0f", b/1048576/s}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b>0) printf "%.2f", a/b; else print "n/a"}'; }
+
+declare -A SECS   # label -> median seconds
+# time_runs LABEL PREP_FN CMD...: median wall time of CMD over RUNS runs; PREP_FN (untimed) runs
+# before each one (e.g. restoring an input that the tool changes in place).
+time_runs() {
+  local label=$1 prep=$2; shift 2
+  local t=() r s e
+  for ((r = 0; r < RUNS; r++)); do
+    [[ $prep == - ]] || $prep
+    s=$(now); "$@" >/dev/null 2>"$DIR/err" || { log "$label failed:"; cat "$DIR/err" >&2; return 1; }; e=$(now)
+    t+=("$(awk -v s="$s" -v e="$e" 'BEGIN {print e-s}')")
+  done
+  SECS[$label]=$(printf '%s\n' "${t[@]}" | median)
+  log "$label: ${SECS[$label]} s"
+}
+clean_out() { rm -f "$DIR"/out/* "$DIR"/out/.[!.]* 2>/dev/null || true; }
+
+# --- data -------------------------------------------------------------------------------------
+BYTES=$((SIZE_MIB * 1048576))
+log "making a ${SIZE_MIB} MiB random image in $DIR"
+head -c "$BYTES" /dev/urandom >"$STORE/disk.img"
+cat >"$DIR/secret.yaml" <<EOF
+apiVersion: v1
+kind: Secret
+metadata: {name: bench, namespace: default}
+stringData:
+  CRYPTO_KEY_VALUE: "$PW"
+  CRYPTO_KEY_CIPHER: aes-xts-plain64
+  CRYPTO_KEY_HASH: sha256
+  CRYPTO_KEY_SIZE: "512"
+  CRYPTO_PBKDF: pbkdf2
+  CRYPTO_PBKDF_FORCE_ITERATIONS: "1000"
+EOF
+SECRET=(--secret "$DIR/secret.yaml")
+export BIFS_LOG=warn
+
+# --- 1. XTS engine vs OpenSSL, one core ---------------------------------------------------------
+log "XTS engine vs openssl speed (${XTS_SECS}s per point, $RUNS rounds)"
+XTS_BIN=$(ls -t "$ROOT"/target/release/deps/xts-* | grep -v '\.d$' | head -1)
+declare -A XO XS
+for ((r = 0; r < RUNS; r++)); do
+  while read -r alg unit mbs; do XO[$alg.$unit]+="$mbs "; done < <(taskset -c 0 "$XTS_BIN" "$XTS_SECS")
+  for alg in aes-128-xts aes-256-xts; do
+    for unit in 512 4096; do
+      k=$(taskset -c 0 openssl speed -elapsed -evp "$alg" -bytes "$unit" -seconds "$XTS_SECS" 2>/dev/null | tail -1 | awk '{sub("k","",$2); print $2/1000}')
+      XS[$alg.$unit]+="$k "
+    done
+  done
+done
+xmed() { tr ' ' '\n' <<<"$1" | grep . | median; }
+
+# --- 2. encrypt: bifs vs cryptsetup reencrypt vs qemu-img vs cp ----------------------------------
+time_runs "cp raw file" clean_out cp "$STORE/disk.img" "$DIR/out/copy.img"
+time_runs "bifs encrypt" clean_out "$BIFS" encrypt "${SECRET[@]}" "$STORE/disk.img" "$DIR/out/enc.img"
+time_runs "bifs encrypt (1 core)" clean_out taskset -c 0 "$BIFS" encrypt "${SECRET[@]}" "$STORE/disk.img" "$DIR/out/enc.img"
+"$BIFS" encrypt "${SECRET[@]}" "$STORE/disk.img" "$STORE/disk.luks" 2>/dev/null
+
+prep_reenc() { clean_out; cp "$STORE/disk.img" "$DIR/out/re.img"; truncate -s +16M "$DIR/out/re.img"; }
+time_runs "cryptsetup reencrypt --encrypt" prep_reenc sh -c \
+  "printf %s '$PW' | cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 16M --key-size 512 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - -q '$DIR/out/re.img'"
+time_runs "qemu-img convert -O luks" clean_out qemu-img convert -f raw -O luks \
+  --object "secret,id=sec0,data=$PW" -o key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,iter-time=10 \
+  "$STORE/disk.img" "$DIR/out/q.luks"
+
+# --- 3. decrypt: bifs vs cryptsetup reencrypt --decrypt (detached header) -----------------------
+time_runs "bifs decrypt" clean_out "$BIFS" decrypt "${SECRET[@]}" "$STORE/disk.luks" "$DIR/out/dec.img"
+# cryptsetup decrypts in place only with a detached header: make one encrypted copy once.
+cp "$STORE/disk.img" "$DIR/det.img"
+printf %s "$PW" | cryptsetup reencrypt --encrypt --force-offline-reencrypt --type luks2 --header "$DIR/det.hdr" --key-size 512 \
+  --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - -q "$DIR/det.img" >/dev/null
+prep_dec() { clean_out; cp "$DIR/det.img" "$DIR/out/det.img"; cp "$DIR/det.hdr" "$DIR/out/det.hdr"; }
+time_runs "cryptsetup reencrypt --decrypt" prep_dec sh -c \
+  "printf %s '$PW' | cryptsetup reencrypt --decrypt --force-offline-reencrypt --header '$DIR/out/det.hdr' --key-file - -q '$DIR/out/det.img'"
+
+# --- 4. qcow2 (compressed) -> raw ---------------------------------------------------------------
+log "making a compressed qcow2 (base64 text, about 3/4 compressible)"
+head -c $((BYTES * 3 / 4)) /dev/urandom | base64 -w 0 | head -c "$BYTES" >"$DIR/text.img"
+qemu-img convert -c -f raw -O qcow2 "$DIR/text.img" "$STORE/disk.qcow2"
+rm -f "$DIR/text.img"
+time_runs "qemu-img convert -O raw (qcow2)" clean_out qemu-img convert -O raw "$STORE/disk.qcow2" "$DIR/out/q.raw"
+
+# --- 5. the mount -------------------------------------------------------------------------------
+mount_bifs() { # mount_bifs MOUNTPOINT EXTRA_ARGS...
+  local m=$1; shift
+  "$BIFS" mount --store "$STORE" --secrets "$DIR/secret.yaml" --state "$DIR/state" "$@" "$m" 2>"$DIR/mount.log" &
+  MOUNT_PID=$!
+  for _ in $(seq 100); do mountpoint -q "$m" && return 0; sleep 0.1; done
+  log "mount failed"; cat "$DIR/mount.log" >&2; return 1
+}
+umount_bifs() { fusermount3 -u "$1"; wait "$MOUNT_PID" 2>/dev/null || true; MOUNT_PID=; }
+
+ENC=$MNT/encrypt/default/bench
+DEC=$MNT/decrypt/default/bench
+mount_bifs "$MNT"
+cat "$ENC/disk.img" >/dev/null  # makes and persists the header once (pbkdf2: cheap anyway)
+time_runs "cp mount encrypt/" clean_out cp "$ENC/disk.img" "$DIR/out/m.luks"
+time_runs "cp mount decrypt/" clean_out cp "$DEC/disk.luks" "$DIR/out/m.dec"
+time_runs "cp mount raw/ (raw)" clean_out cp "$MNT/raw/disk.img" "$DIR/out/m.raw"
+time_runs "cp mount raw/ (qcow2)" clean_out cp "$MNT/raw/disk.qcow2" "$DIR/out/m.qraw"
+umount_bifs "$MNT"
+
+# FUSE variants (the choice recorded in docs/performance.md): cp from encrypt/.
+for variant in "--cache keep-cache --threads 4" "--cache direct-io --threads 1" "--cache direct-io --threads 2"; do
+  # shellcheck disable=SC2086
+  mount_bifs "$MNT" $variant
+  time_runs "cp mount encrypt/ ($variant)" clean_out cp "$ENC/disk.img" "$DIR/out/m.luks"
+  umount_bifs "$MNT"
+done
+
+# --- 6. argon2id unlock, cryptsetup's default cost --------------------------------------------
+log "argon2id keyslot with cryptsetup's default cost"
+truncate -s 20M "$DIR/kdf.img"
+printf %s "$PW" | cryptsetup luksFormat --type luks2 --key-file - -q "$DIR/kdf.img"
+KDF_DESC=$(cryptsetup luksDump "$DIR/kdf.img" | awk '/PBKDF:|Time cost:|Memory:|Threads:/ {$1=$1; printf "%s; ", $0}')
+time_runs "cryptsetup open --test-passphrase (argon2id)" - sh -c \
+  "printf %s '$PW' | cryptsetup open --test-passphrase --key-file - '$DIR/kdf.img'"
+time_runs "bifs unlock (decrypt 4 MiB, argon2id)" clean_out "$BIFS" decrypt "${SECRET[@]}" "$DIR/kdf.img" "$DIR/out/kdf.dec"
+
+# --- 7. daemon peak RSS while copying a large view ---------------------------------------------
+log "peak RSS while cp reads a ${RSS_GIB} GiB encrypt view"
+truncate -s "${RSS_GIB}G" "$STORE/big.img"
+dd if="$STORE/disk.img" of="$STORE/big.img" bs=1M count=64 conv=notrunc status=none
+mkdir -p "$DIR/mnt-rss"
+mount_bifs "$DIR/mnt-rss"
+s=$(now); cp "$DIR/mnt-rss/encrypt/default/bench/big.img" /dev/null; e=$(now)
+RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$MOUNT_PID/status")
+RSS_SECS=$(awk -v s="$s" -v e="$e" 'BEGIN {print e-s}')
+umount_bifs "$DIR/mnt-rss"
+rm -f "$STORE/big.img"
+
+# --- table ------------------------------------------------------------------------------------
+S=${SECS["bifs encrypt"]}
+D=${SECS["bifs decrypt"]}
+CP=${SECS["cp raw file"]}
+thr() { mibs "$BYTES" "${SECS[$1]}"; }
+{
+  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load $(cut -d' ' -f1-3 /proc/loadavg); $(uname -r)."
+  echo "Data: ${SIZE_MIB} MiB random image (qcow2: base64 text, compressed), median of $RUNS runs; inputs and outputs on $(df --output=fstype "$DIR" | tail -1) ($DIR), page cache warm."
+  echo
+  echo "| measurement | peer | bifs | ratio (bifs/peer) | target |"
+  echo "| --- | --- | --- | --- | --- |"
+  for alg in aes-128-xts aes-256-xts; do
+    for unit in 4096 512; do
+      o=$(xmed "${XO[$alg.$unit]}"); p=$(xmed "${XS[$alg.$unit]}")
+      t="-"; [[ $unit == 4096 ]] && t="≥ 0.9"
+      echo "| XTS engine $alg, $unit-byte units, 1 core (MB/s) | openssl $p | $o | $(ratio "$o" "$p") | $t |"
+    done
+    o=$(xmed "${XO[$alg.bulk]}")
+    echo "| XTS engine $alg, 1 MiB of 4 KiB sectors per call (MB/s) | - | $o | - | - |"
+  done
+  echo "| encrypt (MiB/s) | cryptsetup reencrypt --encrypt $(thr "cryptsetup reencrypt --encrypt") | $(thr "bifs encrypt") | $(ratio "${SECS["cryptsetup reencrypt --encrypt"]}" "$S") | ≥ 4 |"
+  echo "| encrypt (MiB/s) | qemu-img convert -O luks $(thr "qemu-img convert -O luks") | $(thr "bifs encrypt") | $(ratio "${SECS["qemu-img convert -O luks"]}" "$S") | ≥ 8 |"
+  echo "| encrypt (MiB/s) | cp of the raw file $(thr "cp raw file") | $(thr "bifs encrypt") | $(ratio "$CP" "$S") | - |"
+  echo "| encrypt, 2 cores vs 1 (MiB/s) | bifs on 1 core $(thr "bifs encrypt (1 core)") | $(thr "bifs encrypt") | $(ratio "${SECS["bifs encrypt (1 core)"]}" "$S") | ≥ 1.7 |"
+  echo "| decrypt (MiB/s) | cryptsetup reencrypt --decrypt (detached header) $(thr "cryptsetup reencrypt --decrypt") | $(thr "bifs decrypt") | $(ratio "${SECS["cryptsetup reencrypt --decrypt"]}" "$D") | - |"
+  echo "| cp from mount encrypt/ (MiB/s) | bifs encrypt $(thr "bifs encrypt") | $(thr "cp mount encrypt/") | $(ratio "$S" "${SECS["cp mount encrypt/"]}") | ≥ 0.6 |"
+  echo "| cp from mount decrypt/ (MiB/s) | bifs decrypt $(thr "bifs decrypt") | $(thr "cp mount decrypt/") | $(ratio "$D" "${SECS["cp mount decrypt/"]}") | ≥ 0.6 |"
+  echo "| cp from mount raw/, raw image (MiB/s) | cp of the raw file $(thr "cp raw file") | $(thr "cp mount raw/ (raw)") | $(ratio "$CP" "${SECS["cp mount raw/ (raw)"]}") | ≥ 0.5 |"
+  echo "| qcow2 (compressed) to raw (MiB/s of raw) | qemu-img convert -O raw $(thr "qemu-img convert -O raw (qcow2)") | cp from raw/ $(thr "cp mount raw/ (qcow2)") | $(ratio "${SECS["qemu-img convert -O raw (qcow2)"]}" "${SECS["cp mount raw/ (qcow2)"]}") | - |"
+  for variant in "--cache keep-cache --threads 4" "--cache direct-io --threads 1" "--cache direct-io --threads 2"; do
+    echo "| cp from mount encrypt/ with $variant (MiB/s) | default (direct-io, 4 threads) $(thr "cp mount encrypt/") | $(thr "cp mount encrypt/ ($variant)") | $(ratio "${SECS["cp mount encrypt/"]}" "${SECS["cp mount encrypt/ ($variant)"]}") | - |"
+  done
+  a=${SECS["cryptsetup open --test-passphrase (argon2id)"]}; b=${SECS["bifs unlock (decrypt 4 MiB, argon2id)"]}
+  echo "| argon2id unlock, cryptsetup default cost (${KDF_DESC%; }) (s) | cryptsetup open --test-passphrase $a | $b | $(ratio "$b" "$a") (time, lower is better) | ≤ 1.5 |"
+  echo "| mount daemon peak RSS (VmHWM) while cp reads a ${RSS_GIB} GiB encrypt/ view (pbkdf2 Secret: no argon2 memory) | - | $((RSS_KB / 1024)) MiB ($(mibs $((RSS_GIB * 1073741824)) "$RSS_SECS") MiB/s to /dev/null) | - | ≤ 64 MiB |"
+} | tee "$OUT/table.md"
+
+# --- chart: throughput bars of each comparison (SVG, no dependencies) ----------------------------
+{
+  rows=("cp raw file" "bifs encrypt" "bifs encrypt (1 core)" "cryptsetup reencrypt --encrypt" "qemu-img convert -O luks"
+        "bifs decrypt" "cryptsetup reencrypt --decrypt" "cp mount encrypt/" "cp mount decrypt/" "cp mount raw/ (raw)"
+        "cp mount raw/ (qcow2)" "qemu-img convert -O raw (qcow2)")
+  max=1; for r in "${rows[@]}"; do v=$(thr "$r"); ((v > max)) && max=$v; done
+  h=$((30 + 24 * ${#rows[@]}))
+  echo "<svg xmlns='http://www.w3.org/2000/svg' width='820' height='$h' font-family='sans-serif' font-size='12'>"
+  echo "<text x='10' y='18' font-weight='bold'>MiB/s, ${SIZE_MIB} MiB image, median of $RUNS ($(nproc) cores)</text>"
+  y=30
+  for r in "${rows[@]}"; do
+    v=$(thr "$r"); w=$((v * 480 / max))
+    case $r in bifs*|cp\ mount*) c="#2b7bb9" ;; *) c="#999999" ;; esac
+    echo "<text x='10' y='$((y + 14))'>$r</text><rect x='240' y='$y' width='$w' height='18' fill='$c'/><text x='$((245 + w))' y='$((y + 14))'>$v</text>"
+    y=$((y + 24))
+  done
+  echo "</svg>"
+} >"$OUT/chart.svg"
+log "wrote $OUT/table.md and $OUT/chart.svg"
