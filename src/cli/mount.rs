@@ -76,15 +76,20 @@ pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
 /// lazily (`fusermount3 -uz`: processes still inside it keep their ENOTCONN, new ones don't).
 /// Anything else that is stale there is someone else's: refuse with a clear error.
 fn clean_stale_mount(mountpoint: &Path) -> anyhow::Result<()> {
-    match std::fs::metadata(mountpoint) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
-        _ => return Ok(()),
+    // stat alone may be answered from the kernel's attribute cache of the dead mount;
+    // opening the directory always needs the daemon.
+    let dead = |r: std::io::Result<()>| r.is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    if !dead(std::fs::metadata(mountpoint).map(drop)) && !dead(std::fs::read_dir(mountpoint).map(drop)) {
+        return Ok(());
     }
     let abs = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_owned());
-    let Some(fstype) = mount_fstype(&abs) else {
+    let Some((fstype, source)) = mount_fstype(&abs) else {
         bail!("{} is a dead mount (transport endpoint is not connected) that is not in /proc/self/mountinfo", abs.display());
     };
-    if fstype != "fuse.bifs" {
+    // mount(2) as root records fstype "fuse" (the subtype only with fusermount3): the
+    // source (fsname) "bifs" is what marks ours.
+    let ours = fstype == "fuse.bifs" || (fstype == "fuse" && source == "bifs");
+    if !ours {
         bail!(
             "{} is a dead {fstype} mount (transport endpoint is not connected), not bifs's; \
              unmount it with `fusermount3 -uz`",
@@ -105,8 +110,9 @@ fn clean_stale_mount(mountpoint: &Path) -> anyhow::Result<()> {
     bail!("none of fusermount3, fusermount, umount is installed to detach the dead mount")
 }
 
-/// The filesystem type (`fuse.bifs`) of the last mount on `path`, from /proc/self/mountinfo.
-fn mount_fstype(path: &Path) -> Option<String> {
+/// The filesystem type (`fuse.bifs`) and source (`bifs`) of the last mount on `path`, from
+/// /proc/self/mountinfo.
+fn mount_fstype(path: &Path) -> Option<(String, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_str()?;
     // Fields: id parent major:minor root MOUNTPOINT options... - FSTYPE SOURCE superoptions.
@@ -115,8 +121,10 @@ fn mount_fstype(path: &Path) -> Option<String> {
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             let mnt = unescape_mountinfo(left.split(' ').nth(4)?);
-            let fstype = right.split(' ').next()?;
-            (mnt == want).then(|| fstype.to_string())
+            let mut it = right.split(' ');
+            let fstype = it.next()?;
+            let source = it.next().unwrap_or_default();
+            (mnt == want).then(|| (fstype.to_string(), source.to_string()))
         })
         .last()
 }
