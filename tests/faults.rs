@@ -50,15 +50,6 @@ fn bifs(args: &[&str]) -> std::process::Output {
     Command::new(BIFS).args(args).stdin(Stdio::null()).output().unwrap()
 }
 
-fn errno_of_read(path: &Path, off: u64, len: usize) -> i32 {
-    let f = fs::File::open(path).unwrap();
-    let mut buf = vec![0u8; len];
-    match f.read_at(&mut buf, off) {
-        Ok(_) => 0,
-        Err(e) => e.raw_os_error().unwrap_or(-1),
-    }
-}
-
 #[test]
 fn source_truncated_or_removed_while_mounted() {
     let fx = fixture(&[("a.img", 8 * MIB), ("b.img", 4 * MIB), ("c.img", 4 * MIB)]);
@@ -108,7 +99,7 @@ fn daemon_killed_during_cp_then_restart_cleans_the_stale_mount() {
     let mnt = fx.root.join("mnt");
     let m = Mounted::start(&fx.store, &fx.secrets, None, &mnt, &[]);
     // The encrypt view: slow enough (XTS + header) to be killed midway.
-    let mut cp = Command::new("cp")
+    let cp = Command::new("cp")
         .arg(m.path("encrypt/ns/s1/big.img"))
         .arg(fx.root.join("out"))
         .stderr(Stdio::piped())
