@@ -207,7 +207,10 @@ main() {
   expected+=(neg-flip neg-wrongpass neg-flip-host)
   if [ "$ENCRYPTOR" = bifs ]; then
     echo "verify neg-vfy-flip neg-flip fwd-512-512-pbkdf2.img.secret.yaml $want mismatch" >>"$plan"
-    expected+=(neg-vfy-flip)
+    write_secret "$W/wrongpass.secret.yaml" "${PASS[256-512-argon2i]}x" 256 argon2i
+    params+=(-f "$W/wrongpass.secret.yaml")
+    echo "verify neg-vfy-wrongpass fwd-256-512-argon2i wrongpass.secret.yaml $want mismatch" >>"$plan"
+    expected+=(neg-vfy-flip neg-vfy-wrongpass)
   fi
   t1=$(date +%s)
   vm_log "prepared ${#images[@]} images in $((t1 - t0))s; booting guest"

@@ -82,26 +82,49 @@ pub enum Kdf {
     Argon2 { kind: Argon2Type, time: u32, memory_kib: u32, cpus: u32 },
 }
 
-/// What cryptsetup refuses to run, so a hostile header cannot make us allocate or spin beyond
-/// what cryptsetup itself would (lib/crypto_backend/pbkdf_check.c limits).
-#[derive(Debug, Clone, Copy)]
+/// What we refuse to run when opening a keyslot or checking a digest, so a hostile header
+/// cannot make us allocate or spin beyond what cryptsetup itself would
+/// (lib/crypto_backend/pbkdf_check.c: Argon2 memory <= 4 GiB, 1..=4 lanes).
+///
+/// `KdfLimits::default()` is cryptsetup's limits unless the process set others at start
+/// ([`KdfLimits::set_process_default`], from `--max-kdf-memory` / `BIFS_MAX_KDF_MEMORY`):
+/// a node daemon may want a lower memory ceiling than a 4 GiB Argon2 per unlock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KdfLimits {
     pub max_argon2_memory_kib: u32,
     pub max_argon2_time: u32,
     pub max_argon2_cpus: u32,
+    /// Applies to keyslot PBKDF2 and to the volume key digest's PBKDF2.
     pub max_pbkdf2_iterations: u32,
 }
 
-impl Default for KdfLimits {
-    fn default() -> Self {
+static PROCESS_LIMITS: std::sync::OnceLock<KdfLimits> = std::sync::OnceLock::new();
+
+impl KdfLimits {
+    /// cryptsetup's own ceilings, plus time/iteration caps cryptsetup does not have.
+    pub const fn cryptsetup() -> Self {
         Self {
             max_argon2_memory_kib: 4 * 1024 * 1024,
             // cryptsetup allows any u32 time; a cap keeps a hostile header from hanging us
             // for days. 1000 passes at 4 GiB is already far beyond any real keyslot.
             max_argon2_time: 1000,
             max_argon2_cpus: 4,
-            max_pbkdf2_iterations: u32::MAX,
+            // cryptsetup allows any u32 (~4e9: an hour or more per keyslot). Its 2 s benchmark
+            // picks a few million on today's CPUs; 2^30 is ~100x that and still ends in minutes.
+            max_pbkdf2_iterations: 1 << 30,
         }
+    }
+
+    /// Makes `limits` what `KdfLimits::default()` returns from now on in this process. The
+    /// first call wins; returns false when limits were already set.
+    pub fn set_process_default(limits: KdfLimits) -> bool {
+        PROCESS_LIMITS.set(limits).is_ok()
+    }
+}
+
+impl Default for KdfLimits {
+    fn default() -> Self {
+        PROCESS_LIMITS.get().copied().unwrap_or(Self::cryptsetup())
     }
 }
 
@@ -146,6 +169,21 @@ impl Kdf {
                 range("memory", memory_kib, 8, limits.max_argon2_memory_kib)?;
                 range("cpus", cpus, 1, limits.max_argon2_cpus)
             }
+        }
+    }
+
+    /// Checks a digest's PBKDF2 iteration count (the LUKS volume key digest) against `limits`.
+    pub fn check_digest_iterations(iterations: u32, limits: &KdfLimits) -> Result<(), KdfError> {
+        if (1..=limits.max_pbkdf2_iterations).contains(&iterations) {
+            Ok(())
+        } else {
+            Err(KdfError::CostOutOfRange {
+                kdf: "pbkdf2 digest",
+                what: "iterations",
+                value: iterations,
+                min: 1,
+                max: limits.max_pbkdf2_iterations,
+            })
         }
     }
 
@@ -265,10 +303,10 @@ fn check_new_cost(kdf: &Kdf) -> Result<(), KdfError> {
             Err(err("time", time, ARGON2_MIN_TIME, u32::MAX))
         }
         Kdf::Argon2 { memory_kib, .. }
-            if !(ARGON2_MIN_MEMORY_KIB..=KdfLimits::default().max_argon2_memory_kib)
+            if !(ARGON2_MIN_MEMORY_KIB..=KdfLimits::cryptsetup().max_argon2_memory_kib)
                 .contains(&memory_kib) =>
         {
-            Err(err("memory", memory_kib, ARGON2_MIN_MEMORY_KIB, KdfLimits::default().max_argon2_memory_kib))
+            Err(err("memory", memory_kib, ARGON2_MIN_MEMORY_KIB, KdfLimits::cryptsetup().max_argon2_memory_kib))
         }
         _ => Ok(()),
     }
@@ -322,7 +360,7 @@ fn benchmark_argon2(
 ) -> Result<(u32, u32), KdfError> {
     let min_memory = ARGON2_MIN_MEMORY_KIB.max(8 * cpus);
     let max_memory = max_memory_kib.max(min_memory);
-    let limits = KdfLimits::default();
+    let limits = KdfLimits::cryptsetup();
     let mut out = Zeroizing::new(vec![0u8; key_len.max(4)]);
     let salt = [0u8; 32];
     let measure = |time: u32, memory_kib: u32, out: &mut [u8]| -> Result<f64, KdfError> {

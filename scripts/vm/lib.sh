@@ -31,7 +31,7 @@ VM_KEEP_RUNS=${VM_KEEP_RUNS:-5}
 # Modules wanted in the guest; dependencies are resolved from modules.dep and
 # built-in ones are skipped. Missing optional ones only warn.
 VM_MODULES=(virtio_pci virtio_blk dm-mod dm-crypt cryptd crypto_simd aesni-intel
-  xts ecb af_alg algif_skcipher algif_hash fuse)
+  xts ecb af_alg algif_skcipher algif_hash fuse loop)
 
 # Debian packages the harness needs (host side).
 VM_PACKAGES=(qemu-system-x86 qemu-utils busybox-static cryptsetup-bin cpio kmod

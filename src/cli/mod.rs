@@ -24,6 +24,12 @@ struct Cli {
     /// Logs as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
+    /// Refuse LUKS keyslots whose Argon2 asks for more memory than this (KiB) when unlocking.
+    /// Default: cryptsetup's ceiling, 4194304 (4 GiB). A node may want less: a hostile image
+    /// could otherwise make every unlock allocate 4 GiB.
+    #[arg(long, global = true, env = "BIFS_MAX_KDF_MEMORY", value_name = "KIB",
+          value_parser = clap::value_parser!(u32).range(32..))]
+    max_kdf_memory: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -150,8 +156,15 @@ fn init_logging(filter: &str, json: bool) {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // Before anything holds a key: no core dumps, no ptrace by other users.
+    crate::keys::harden_process();
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
+    if let Some(kib) = cli.max_kdf_memory {
+        let limits = crate::kdf::KdfLimits { max_argon2_memory_kib: kib, ..crate::kdf::KdfLimits::cryptsetup() };
+        crate::kdf::KdfLimits::set_process_default(limits);
+        tracing::debug!(max_kdf_memory_kib = kib, "Argon2 memory cap");
+    }
     let result = match cli.command {
         Command::Encrypt { secret, sector_size, force, src, dst } => {
             let sector_size = sector_size.and_then(|s| s.parse().ok());

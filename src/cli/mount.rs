@@ -36,6 +36,7 @@ pub struct MountArgs {
 }
 
 pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
+    clean_stale_mount(&args.mountpoint)?;
     if !args.mountpoint.is_dir() {
         bail!("mount point {} is not a directory", args.mountpoint.display());
     }
@@ -67,6 +68,81 @@ pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
     signals_handle.close();
     tracing::info!(mountpoint = %args.mountpoint.display(), "unmounted");
     result
+}
+
+/// A bifs daemon that died (SIGKILL, OOM) leaves its mount behind: every access to it fails
+/// with ENOTCONN ("Transport endpoint is not connected") until it is unmounted. If that is what
+/// sits on `mountpoint`, and it is a bifs mount (fsname/subtype `bifs` in mountinfo), detach it
+/// lazily (`fusermount3 -uz`: processes still inside it keep their ENOTCONN, new ones don't).
+/// Anything else that is stale there is someone else's: refuse with a clear error.
+fn clean_stale_mount(mountpoint: &Path) -> anyhow::Result<()> {
+    // stat alone may be answered from the kernel's attribute cache of the dead mount;
+    // opening the directory always needs the daemon.
+    let dead = |r: std::io::Result<()>| r.is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    if !dead(std::fs::metadata(mountpoint).map(drop)) && !dead(std::fs::read_dir(mountpoint).map(drop)) {
+        return Ok(());
+    }
+    let abs = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_owned());
+    let Some((fstype, source)) = mount_fstype(&abs) else {
+        bail!("{} is a dead mount (transport endpoint is not connected) that is not in /proc/self/mountinfo", abs.display());
+    };
+    // mount(2) as root records fstype "fuse" (the subtype only with fusermount3): the
+    // source (fsname) "bifs" is what marks ours.
+    let ours = fstype == "fuse.bifs" || (fstype == "fuse" && source == "bifs");
+    if !ours {
+        bail!(
+            "{} is a dead {fstype} mount (transport endpoint is not connected), not bifs's; \
+             unmount it with `fusermount3 -uz`",
+            abs.display()
+        );
+    }
+    tracing::warn!(mountpoint = %abs.display(), "a previous bifs mount died here; detaching it (fusermount3 -uz)");
+    let attempts: [(&str, &[&str]); 3] =
+        [("fusermount3", &["-u", "-z"]), ("fusermount", &["-u", "-z"]), ("umount", &["-l"])];
+    for (program, flags) in attempts {
+        match Command::new(program).args(flags).arg(&abs).status() {
+            Ok(s) if s.success() => return Ok(()),
+            Ok(s) => bail!("{program} {} {} failed ({s}) on the dead mount", flags.join(" "), abs.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("running {program}")),
+        }
+    }
+    bail!("none of fusermount3, fusermount, umount is installed to detach the dead mount")
+}
+
+/// The filesystem type (`fuse.bifs`) and source (`bifs`) of the last mount on `path`, from
+/// /proc/self/mountinfo.
+fn mount_fstype(path: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_str()?;
+    // Fields: id parent major:minor root MOUNTPOINT options... - FSTYPE SOURCE superoptions.
+    // Octal escapes (\040 for a space) in the mount point are undone before comparing.
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mnt = unescape_mountinfo(left.split(' ').nth(4)?);
+            let mut it = right.split(' ');
+            let fstype = it.next()?;
+            let source = it.next().unwrap_or_default();
+            (mnt == want).then(|| (fstype.to_string(), source.to_string()))
+        })
+        .last()
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unmounts with fusermount3 (fusermount, then umount(8), where it is missing).

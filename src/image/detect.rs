@@ -1,7 +1,6 @@
 //! Image format detection by magic bytes.
 
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -53,7 +52,7 @@ impl fmt::Display for Format {
 
 /// Detects the format of the file at `path`.
 pub fn detect(path: &Path) -> io::Result<Format> {
-    let file = File::open(path)?;
+    let file = super::open_image_file(path)?;
     let mut head = [0u8; 8];
     let mut n = 0;
     while n < head.len() {

@@ -64,6 +64,36 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
     }
 }
 
+/// Opens an image file for reading, refusing anything but a regular file or a block device.
+///
+/// A path from a hostile image (a qcow2 backing file name) or a store could name a FIFO, a
+/// socket or a character device: a plain `open` of a FIFO blocks until a writer comes, which
+/// would hang the mount. `O_NONBLOCK` makes that open return at once; the type is then
+/// checked on the open file (no race with a rename), and blocking mode restored.
+pub fn open_image_file(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !(kind.is_file() || kind.is_block_device()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file or block device (a FIFO, socket or character device is refused)",
+        ));
+    }
+    // SAFETY: fcntl on an fd we own, with integer arguments only.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(file)
+}
+
 /// Fills `buf` completely from `offset`, zero-filling past the end of the source. Views use it
 /// where a partial sector must still be whole (the last sector of a source padded to 512 bytes).
 pub fn read_full_at(src: &dyn ReadAt, offset: u64, buf: &mut [u8]) -> io::Result<()> {

@@ -151,7 +151,7 @@ impl Qcow2Image {
     /// `chain` holds the (device, inode) of the images above this one, to catch loops.
     fn open_in_chain(path: &Path, chain: &mut Vec<(u64, u64)>) -> Result<Self, Qcow2Error> {
         let io_err = |what| move |error| Qcow2Error::Io { what, error };
-        let file = File::open(path).map_err(io_err("image"))?;
+        let file = super::open_image_file(path).map_err(io_err("image"))?;
         let meta = file.metadata().map_err(io_err("image"))?;
         let id = (meta.dev(), meta.ino());
         if chain.contains(&id) {

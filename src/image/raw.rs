@@ -18,7 +18,7 @@ pub struct RawFile {
 
 impl RawFile {
     pub fn open(path: &Path) -> io::Result<Self> {
-        Self::from_file(File::open(path)?)
+        Self::from_file(super::open_image_file(path)?)
     }
 
     pub fn from_file(mut file: File) -> io::Result<Self> {

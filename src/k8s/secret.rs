@@ -174,10 +174,11 @@ pub fn parse_secrets(text: &str, path: &Path) -> Result<Vec<Secret>, SecretError
                 secret: id.clone(),
                 key: k.clone(),
             })?);
-            let text = String::from_utf8(decoded.to_vec()).map_err(|_| SecretError::Base64 {
-                path: path.into(),
-                secret: id.clone(),
-                key: k.clone(),
+            let mut decoded = decoded;
+            // Moves the bytes (no copy); on invalid UTF-8 the rejected bytes are wiped too.
+            let text = String::from_utf8(std::mem::take(&mut *decoded)).map_err(|e| {
+                Zeroizing::new(e.into_bytes());
+                SecretError::Base64 { path: path.into(), secret: id.clone(), key: k.clone() }
             })?;
             data.insert(k.clone(), Zeroizing::new(text));
         }

@@ -61,6 +61,21 @@ fn checksum(area: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// Recomputes the checksum of the header copy at `offset` in `image`, when a copy with a legal
+/// `hdr_size` fits there. Only for fuzzing: it lets mutated metadata get past the checksum to
+/// the JSON parser and the validation behind it. Never used on real images.
+#[doc(hidden)]
+pub fn fix_checksum_for_fuzzing(image: &mut [u8], offset: usize) {
+    let Some(head) = image.get(offset..offset.saturating_add(BINARY_HEADER_SIZE)) else { return };
+    let hdr_size = be_u64(head, OFF_HDR_SIZE);
+    if !HDR_SIZES.contains(&hdr_size) {
+        return;
+    }
+    let Some(area) = image.get_mut(offset..offset.saturating_add(hdr_size as usize)) else { return };
+    let sum = checksum(area);
+    area[OFF_CSUM..OFF_CSUM + 32].copy_from_slice(&sum);
+}
+
 impl BinaryHeader {
     /// Parses and verifies one header copy. `area` is the whole copy: `hdr_size` bytes (binary
     /// header + JSON area); `expect_offset` is where it was read from.

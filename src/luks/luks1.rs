@@ -126,14 +126,25 @@ impl Luks1Header {
         if self.mk_digest_iterations == 0 {
             return Err(LuksError::BadHeader("LUKS1 digest has no iterations".into()));
         }
+        Kdf::check_digest_iterations(self.mk_digest_iterations, limits)?;
         let key_len = self.key_bytes as usize;
         for (i, ks) in self.keyslots.iter().enumerate().filter(|(_, k)| k.active) {
             if ks.stripes != STRIPES {
                 return Err(LuksError::Unsupported(format!("LUKS1 keyslot {i} with {} stripes", ks.stripes)));
             }
             let material_offset = u64::from(ks.material_sector) * 512;
-            if material_offset < HEADER_LEN as u64 || material_offset >= self.segment().offset {
-                return Err(LuksError::BadHeader(format!("LUKS1 keyslot {i} material offset")));
+            let material_end = material_offset + (key_len * STRIPES as usize).div_ceil(512) as u64 * 512;
+            // The material sits between the header and the payload, as cryptsetup lays it
+            // out; past the end of the image it could never open, so fail before the KDF.
+            if material_offset < HEADER_LEN as u64 || material_end > self.segment().offset {
+                return Err(LuksError::BadHeader(format!(
+                    "LUKS1 keyslot {i} material at {material_offset}..{material_end} is outside \
+                     the keyslot region (592..{})",
+                    self.segment().offset
+                )));
+            }
+            if material_end > src.len() {
+                return Err(LuksError::Truncated("LUKS1 keyslot material"));
             }
             let kdf = Kdf::Pbkdf2 { hash: self.hash, iterations: ks.iterations };
             let mut area_key = Zeroizing::new(vec![0u8; key_len]);

@@ -23,6 +23,8 @@ const DEFAULT_HDR_SIZE: u64 = 0x4000;
 /// cryptsetup's default keyslots area: 16 MiB minus both metadata copies.
 const DEFAULT_KEYSLOTS_SIZE: u64 = DATA_OFFSET - 2 * DEFAULT_HDR_SIZE;
 const SALT_LEN: usize = 32;
+/// cryptsetup's LUKS2_KEYSLOTS_MAX.
+const MAX_KEYSLOTS: usize = 32;
 
 /// A parsed, validated LUKS2 header.
 #[derive(Debug, Clone)]
@@ -125,7 +127,9 @@ impl Luks2Header {
     /// Checks `key` against the segment's digest: the volume key is right.
     pub fn verify_key(&self, key: &VolumeKey) -> Result<bool, LuksError> {
         for digest in self.metadata.digests.values() {
-            if digest.segments.iter().any(|s| s == "0") && check_digest(digest, key)? {
+            if digest.segments.iter().any(|s| s == "0")
+                && check_digest(digest, key, &KdfLimits::default())?
+            {
                 return Ok(true);
             }
         }
@@ -157,7 +161,8 @@ impl Luks2Header {
         let area_size = (material_len as u64).div_ceil(4096) * 4096;
         let kdf_salt = random_bytes(SALT_LEN)?;
         let mut area_key = Zeroizing::new(vec![0u8; key_len]);
-        params.kdf.derive(passphrase.as_bytes(), &kdf_salt, &mut area_key, &KdfLimits::default())?;
+        // Our own parameters: checked against cryptsetup's limits, not a reader's lower cap.
+        params.kdf.derive(passphrase.as_bytes(), &kdf_salt, &mut area_key, &KdfLimits::cryptsetup())?;
         let mut rng_err = None;
         let mut material = af::split(key.as_bytes(), STRIPES as usize, params.hash, |b| {
             rng_err = getrandom::fill(b).err();
@@ -323,7 +328,15 @@ fn validate(md: &Metadata, hdr_size: u64) -> Result<DataSegment, LuksError> {
     let areas_end = areas_start.checked_add(md.config.keyslots_size).ok_or_else(|| {
         LuksError::BadHeader("keyslots_size overflows".into())
     })?;
+    // cryptsetup: at most 32 keyslots, named "0".."31". It also bounds the work an unlock
+    // may do (one KDF per keyslot).
+    if md.keyslots.len() > MAX_KEYSLOTS {
+        return bad(format!("{} keyslots (LUKS2 has at most {MAX_KEYSLOTS})", md.keyslots.len()));
+    }
     for (id, ks) in &md.keyslots {
+        if id.parse::<usize>().map_or(true, |n| n >= MAX_KEYSLOTS) {
+            return bad(format!("keyslot id {id:?} is not 0..{MAX_KEYSLOTS}"));
+        }
         let end = ks.area.offset.checked_add(ks.area.size);
         if ks.area.offset < areas_start || end.is_none_or(|e| e > areas_end) {
             return bad(format!("keyslot {id} area lies outside the keyslots area"));
@@ -353,6 +366,14 @@ fn validate(md: &Metadata, hdr_size: u64) -> Result<DataSegment, LuksError> {
     }
     if seg.offset < 2 * hdr_size {
         return bad(format!("segment offset {} overlaps the metadata", seg.offset));
+    }
+    // As cryptsetup: the data must not overlap the keyslots area (a keyslot write would
+    // otherwise destroy data, and data writes a keyslot).
+    if seg.offset < areas_end {
+        return bad(format!(
+            "segment offset {} overlaps the keyslots area (ends at {areas_end})",
+            seg.offset
+        ));
     }
     if let Some(flags) = &seg.flags {
         if !flags.is_empty() {
@@ -414,7 +435,9 @@ fn keyslot_kdf(kdf: &KdfJson) -> Result<(Kdf, Vec<u8>), LuksError> {
     })
 }
 
-fn check_digest(digest: &DigestJson, key: &VolumeKey) -> Result<bool, LuksError> {
+/// The digest's shape and cost, checked before any keyslot work so a hostile digest costs
+/// nothing: pbkdf2, a known hash, a digest of that hash's length, iterations within `limits`.
+fn check_digest_params(digest: &DigestJson, limits: &KdfLimits) -> Result<(Hash, Vec<u8>, Vec<u8>), LuksError> {
     if digest.kind != "pbkdf2" {
         return Err(LuksError::Unsupported(format!("digest type {:?}", digest.kind)));
     }
@@ -424,6 +447,12 @@ fn check_digest(digest: &DigestJson, key: &VolumeKey) -> Result<bool, LuksError>
     if want.len() != hash.output_len() || digest.iterations == 0 {
         return Err(LuksError::BadHeader("digest has the wrong length or no iterations".into()));
     }
+    Kdf::check_digest_iterations(digest.iterations, limits)?;
+    Ok((hash, want, salt))
+}
+
+fn check_digest(digest: &DigestJson, key: &VolumeKey, limits: &KdfLimits) -> Result<bool, LuksError> {
+    let (hash, want, salt) = check_digest_params(digest, limits)?;
     let mut got = Zeroizing::new(vec![0u8; want.len()]);
     hash.pbkdf2(key.as_bytes(), &salt, digest.iterations, &mut got);
     Ok(ct_eq(&got, &want))
@@ -461,16 +490,24 @@ fn open_keyslot(
             "keyslot key sizes {key_len}/{area_key_len} bytes"
         )));
     }
-    if (key_len * STRIPES as usize).div_ceil(512) as u64 * 512 > ks.area.size {
+    let material_len = (key_len * STRIPES as usize).div_ceil(512) as u64 * 512;
+    if material_len > ks.area.size {
         return Err(LuksError::BadHeader("keyslot area is smaller than its key material".into()));
+    }
+    // Checked before the KDF runs: an area past the end of the image (a truncated or hostile
+    // image) could never open, so it must not cost a second of Argon2 first.
+    if ks.area.offset.checked_add(material_len).is_none_or(|end| end > src.len()) {
+        return Err(LuksError::Truncated("keyslot area"));
     }
     let kdf_json = ks.kdf.as_ref().ok_or_else(|| LuksError::BadHeader("keyslot has no kdf".into()))?;
     let (kdf, salt) = keyslot_kdf(kdf_json)?;
+    kdf.check(limits)?;
+    check_digest_params(digest, limits)?;
     let mut area_key = Zeroizing::new(vec![0u8; area_key_len]);
     kdf.derive(passphrase.as_bytes(), &salt, &mut area_key, limits)?;
     let key = open_key_material(src, ks.area.offset, &area_key, key_len, af_hash)?;
     let key = VolumeKey::from_bytes(key);
-    if check_digest(digest, &key)? {
+    if check_digest(digest, &key, limits)? {
         Ok(key)
     } else {
         Err(LuksError::WrongPassphrase)

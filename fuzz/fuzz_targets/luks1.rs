@@ -1,0 +1,22 @@
+//! LUKS1 header parser and unlock (PBKDF2 keyslots, material offsets, digest) under tight
+//! `KdfLimits`: offsets or counts from a hostile header must give errors, never panics.
+#![no_main]
+
+use bifs::image::MemSource;
+use bifs::kdf::KdfLimits;
+use bifs::keys::Passphrase;
+use bifs::luks::Luks1Header;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let src = MemSource(data.to_vec());
+    let Ok(header) = Luks1Header::read(&src) else { return };
+    let _ = (header.cipher(), header.segment().len_in(data.len() as u64));
+    let limits = KdfLimits {
+        max_argon2_memory_kib: 64,
+        max_argon2_time: 4,
+        max_argon2_cpus: 4,
+        max_pbkdf2_iterations: 2000,
+    };
+    let _ = header.unlock(&src, &Passphrase::new("fuzz"), &limits);
+});
