@@ -151,6 +151,7 @@ pub struct RekeyArgs<'a> {
     pub new_secret: &'a Path,
     pub new_secret_name: Option<&'a str>,
     pub force: bool,
+    pub sha512: bool,
     pub src: &'a Path,
     pub dst: &'a Path,
 }
@@ -165,6 +166,7 @@ pub fn rekey(a: &RekeyArgs<'_>) -> anyhow::Result<()> {
         .with_context(|| format!("rekeying {} from Secret {} to Secret {}", a.src.display(), old.secret, new.secret))?;
     let (offset, len) = view.source_segment();
     tracing::info!(source = %a.src.display(), data_offset = offset, data_bytes = len, new_secret = %new.secret, "new header around the same volume key; data copied unchanged");
-    materialize(&view, a.dst, &CopyOptions { force: a.force, label: "rekey".into() })?;
+    let opts = CopyOptions { force: a.force, label: "rekey".into(), sha512: a.sha512 };
+    super::crypt::print_sha512(&materialize(&view, a.dst, &opts)?, a.dst);
     Ok(())
 }

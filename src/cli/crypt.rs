@@ -30,6 +30,7 @@ pub fn encrypt(
     args: &SecretArgs,
     sector_size: Option<usize>,
     force: bool,
+    sha512: bool,
     src: &Path,
     dst: &Path,
 ) -> anyhow::Result<()> {
@@ -55,12 +56,25 @@ pub fn encrypt(
     );
     let view = EncryptView::create(disk, &params, sector_size)
         .with_context(|| format!("encrypting {} with Secret {}", src.display(), params.secret))?;
-    let opts = CopyOptions { force, label: "encrypt".into() };
-    materialize(&view, dst, &opts)?;
+    let opts = CopyOptions { force, label: "encrypt".into(), sha512 };
+    print_sha512(&materialize(&view, dst, &opts)?, dst);
     Ok(())
 }
 
-pub fn decrypt(args: &SecretArgs, force: bool, src: &Path, dst: &Path) -> anyhow::Result<()> {
+/// `--sha512`: the digest in `sha512sum`'s format, on stdout.
+pub(super) fn print_sha512(copied: &crate::copier::Copied, dst: &Path) {
+    if let Some(sum) = &copied.sha512 {
+        println!("{sum}  {}", dst.display());
+    }
+}
+
+pub fn decrypt(
+    args: &SecretArgs,
+    force: bool,
+    sha512: bool,
+    src: &Path,
+    dst: &Path,
+) -> anyhow::Result<()> {
     let params = load_params(args)?;
     let image: Arc<dyn ReadAt> = Arc::new(
         image::raw::RawFile::open(src).with_context(|| format!("opening {}", src.display()))?,
@@ -68,7 +82,7 @@ pub fn decrypt(args: &SecretArgs, force: bool, src: &Path, dst: &Path) -> anyhow
     check_destination(dst, force)?;
     let view = DecryptView::open(image, &params.passphrase, &KdfLimits::default())
         .with_context(|| format!("decrypting {} with Secret {}", src.display(), params.secret))?;
-    let opts = CopyOptions { force, label: "decrypt".into() };
-    materialize(&view, dst, &opts)?;
+    let opts = CopyOptions { force, label: "decrypt".into(), sha512 };
+    print_sha512(&materialize(&view, dst, &opts)?, dst);
     Ok(())
 }

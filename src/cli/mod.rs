@@ -57,6 +57,9 @@ enum Command {
         /// Replace DST if it exists.
         #[arg(long)]
         force: bool,
+        /// Print DST's SHA-512 (computed while writing, no second pass).
+        #[arg(long)]
+        sha512: bool,
         src: PathBuf,
         dst: PathBuf,
     },
@@ -67,6 +70,9 @@ enum Command {
         /// Replace DST if it exists.
         #[arg(long)]
         force: bool,
+        /// Print DST's SHA-512 (computed while writing, no second pass).
+        #[arg(long)]
+        sha512: bool,
         src: PathBuf,
         dst: PathBuf,
     },
@@ -118,6 +124,9 @@ enum Command {
         /// Replace DST if it exists.
         #[arg(long)]
         force: bool,
+        /// Print DST's SHA-512 (computed while writing, no second pass).
+        #[arg(long)]
+        sha512: bool,
         src: PathBuf,
         dst: PathBuf,
     },
@@ -166,22 +175,25 @@ pub fn main() -> ExitCode {
         tracing::debug!(max_kdf_memory_kib = kib, "Argon2 memory cap");
     }
     let result = match cli.command {
-        Command::Encrypt { secret, sector_size, force, src, dst } => {
+        Command::Encrypt { secret, sector_size, force, sha512, src, dst } => {
             let sector_size = sector_size.and_then(|s| s.parse().ok());
-            crypt::encrypt(&secret, sector_size, force, &src, &dst)
+            crypt::encrypt(&secret, sector_size, force, sha512, &src, &dst)
         }
-        Command::Decrypt { secret, force, src, dst } => crypt::decrypt(&secret, force, &src, &dst),
+        Command::Decrypt { secret, force, sha512, src, dst } => {
+            crypt::decrypt(&secret, force, sha512, &src, &dst)
+        }
         Command::Inspect { json, image } => inspect::run(&image, json),
         Command::Apply { files, store, secrets } => apply::apply(&files, &store, &secrets),
         Command::Get { name, store, output, watch } => apply::get(&store, name.as_deref(), output, watch),
         Command::Delete { name, store } => apply::delete(&store, &name),
-        Command::Rekey { secret, secret_name, new_secret, new_secret_name, force, src, dst } => {
+        Command::Rekey { secret, secret_name, new_secret, new_secret_name, force, sha512, src, dst } => {
             apply::rekey(&apply::RekeyArgs {
                 secret: &secret,
                 secret_name: secret_name.as_deref(),
                 new_secret: &new_secret,
                 new_secret_name: new_secret_name.as_deref(),
                 force,
+                sha512,
                 src: &src,
                 dst: &dst,
             })

@@ -226,7 +226,7 @@ fn apply_one(store: &Store, image: &BackingImage, secrets: &Secrets<'_>) -> Resu
     store.write_record(&rec)?;
     tracing::info!(backing_image = name, plan = admitted.describe(), dir = %dir.display(), "creating");
 
-    let opts = CopyOptions { label: format!("{name} ({})", admitted.describe()), force: false };
+    let opts = CopyOptions { label: format!("{name} ({})", admitted.describe()), force: false, sha512: true };
     let mut progress = RecordProgress::new(store, rec.clone());
     let mut cb = |done: u64, total: Option<u64>| progress.update(done, total);
     let result = produce(&admitted.plan, &file, tmp, &opts, Some(&mut cb));
@@ -242,12 +242,14 @@ fn apply_one(store: &Store, image: &BackingImage, secrets: &Secrets<'_>) -> Resu
             return Ok(Outcome::Failed(message));
         }
     };
+    // Always computed here (`sha512: true` above): a backing image's checksum is its identity.
+    let checksum = copied.sha512.clone().unwrap_or_default();
     if let Some(expected) = &admitted.expected_checksum {
-        if *expected != copied.sha512 {
+        if *expected != checksum {
             store.discard(name, &uuid);
             let message = FieldError::new(
                 "spec.checksum",
-                format!("checksum mismatch: expected {expected}, got {}; the file was removed", copied.sha512),
+                format!("checksum mismatch: expected {expected}, got {checksum}; the file was removed"),
             )
             .to_string();
             fail(&mut rec, message.clone());
@@ -260,8 +262,8 @@ fn apply_one(store: &Store, image: &BackingImage, secrets: &Secrets<'_>) -> Resu
         uuid: uuid.clone(),
         size: copied.bytes as i64,
         // Longhorn takes the first ready file's checksum as the expected one when none was given.
-        expected_checksum: admitted.expected_checksum.clone().unwrap_or_else(|| copied.sha512.clone()),
-        current_checksum: copied.sha512.clone(),
+        expected_checksum: admitted.expected_checksum.clone().unwrap_or_else(|| checksum.clone()),
+        current_checksum: checksum.clone(),
     };
     store.commit(&dir, &cfg)?;
     let backing = store.backing_path(name, &uuid);
@@ -271,7 +273,7 @@ fn apply_one(store: &Store, image: &BackingImage, secrets: &Secrets<'_>) -> Resu
         st.size = copied.bytes;
         st.virtual_size = virtual_size(&backing, copied.bytes);
         st.real_size = allocated(&backing).unwrap_or(copied.bytes);
-        st.checksum = copied.sha512;
+        st.checksum = checksum;
         st.message.clear();
     }
     store.write_record(&rec)?;
