@@ -9,6 +9,7 @@ PACKAGES=(
   qemu-utils            # qemu-img / qemu-io: qcow2 and LUKS1 test images
   python3-cryptography  # independent AES-XTS oracle in the interop tests
   libcryptsetup-dev     # libcryptsetup-rs (bifs verify)
+  libssl-dev            # libcrypto: the copier's SHA-512 (src/sha512.rs)
   clang libclang-dev pkg-config  # bindgen for libcryptsetup-rs
 )
 
