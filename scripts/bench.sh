@@ -161,7 +161,7 @@ time_runs "cp mount raw/ (raw)" clean_out cp "$MNT/raw/disk.img" "$DIR/out/m.raw
 time_runs "cp mount raw/ (qcow2)" clean_out cp "$MNT/raw/disk.qcow2" "$DIR/out/m.qraw"
 umount_bifs "$MNT"
 
-# FUSE variants (the choice recorded in docs/performance.md): cp from encrypt/.
+# FUSE variants (the choice recorded in the README, "Performance"): cp from encrypt/.
 for variant in "--cache keep-cache --threads 4" "--cache direct-io --threads 1" "--cache direct-io --threads 2"; do
   # shellcheck disable=SC2086
   mount_bifs "$MNT" $variant

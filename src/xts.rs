@@ -6,7 +6,7 @@
 //! 3x slower than batched sectors here, and ~10x slower than this engine. Here the first tweaks
 //! of a group of sectors are encrypted in one call, the per-block tweaks are derived sixteen
 //! chains at a time (AVX-512 where the CPU has it), and the XOR-encrypt-XOR runs on small
-//! chunks inside the `aes` backend while they sit in L1 (see `docs/performance.md` in the
+//! chunks inside the `aes` backend while they sit in L1 (see "Performance" in the
 //! README for the measurements). `xts-mode` stays in the tests as an independent oracle.
 
 use aes::{Aes128, Aes256};

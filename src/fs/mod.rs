@@ -31,8 +31,9 @@ const TTL: Duration = Duration::from_secs(1);
 /// `st_blksize`: tools size their reads from it, and big reads keep the XTS engine busy.
 const BLKSIZE: u32 = 1 << 20;
 
-/// How open files use the kernel page cache. `cp` of a 1 GiB image measured faster with
-/// `direct-io` (see docs/filesystem.md), so that is the CLI's default.
+/// How open files use the kernel page cache. `keep-cache` measured faster for `cp` (README,
+/// "Performance"), but only `direct-io` guarantees that a reader never gets pages cached before
+/// its source changed, so that is the CLI's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CacheMode {
     /// Page cache kept across opens (`FOPEN_KEEP_CACHE`): repeated reads are free, and the
