@@ -311,6 +311,13 @@ fn write_sparse(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// A rename is durable only once its directory is synced; failure to sync is not fatal.
+pub fn sync_dir(dir: &std::path::Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
 /// Lower-case hex, as Longhorn writes checksums.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

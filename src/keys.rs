@@ -127,10 +127,13 @@ impl PartialEq for VolumeKey {
     /// Constant-time enough for our use: both sides are secret and equal-length checks leak
     /// nothing an attacker controls.
     fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (self.as_bytes(), other.as_bytes());
-        a.len() == b.len()
-            && a.iter().zip(b.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        ct_eq(self.as_bytes(), other.as_bytes())
     }
+}
+
+/// Constant-time comparison of secrets and digests: no early exit on the first difference.
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A passphrase from a Secret. Zeroized on drop; `Debug`/`Display` never show it.

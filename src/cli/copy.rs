@@ -2,12 +2,13 @@
 //! synced, then renamed, so the destination is either absent or complete. The copying itself
 //! (holes, SHA-512, progress, Ctrl-C) is [`crate::copier`]'s.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
 pub use crate::copier::{CopyOptions, Interrupted};
+use crate::copier::sync_dir;
 use crate::copier::{copy_view, CopyError, Copied};
 use crate::image::ReadAt;
 
@@ -69,11 +70,4 @@ pub fn materialize(view: &dyn ReadAt, dst: &Path, opts: &CopyOptions) -> anyhow:
     guard.keep = true;
     sync_dir(&parent_dir(dst));
     Ok(copied)
-}
-
-/// A rename is durable only once its directory is synced; failure to sync is not fatal.
-pub fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{valid_name, BackingImage};
+use crate::copier::sync_dir;
 
 pub const IMAGES_DIR: &str = "backing-images";
 pub const BACKING: &str = "backing";
@@ -323,12 +324,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
         sync_dir(parent);
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 #[cfg(test)]

@@ -42,8 +42,8 @@ fn be_u64(b: &[u8], off: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// A NUL-terminated fixed-size string field.
-fn c_string(b: &[u8]) -> String {
+/// A NUL-terminated fixed-size string field (LUKS1 and LUKS2 headers alike).
+pub(super) fn c_string(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
 }

@@ -3,6 +3,7 @@
 
 use zeroize::Zeroizing;
 
+use super::binary::c_string;
 use super::{ct_eq, open_key_material, DataSegment, LuksError, STRIPES};
 use crate::image::ReadAt;
 use crate::kdf::{Hash, Kdf, KdfLimits};
@@ -40,11 +41,6 @@ fn be32(b: &[u8], off: usize) -> u32 {
     u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-fn c_str(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
-}
-
 impl Luks1Header {
     pub fn read(src: &dyn ReadAt) -> Result<Self, LuksError> {
         let mut h = [0u8; HEADER_LEN];
@@ -54,9 +50,9 @@ impl Luks1Header {
         if &h[..6] != super::binary::MAGIC_PRIMARY || u16::from_be_bytes([h[6], h[7]]) != 1 {
             return Err(LuksError::NotLuks);
         }
-        let cipher_name = c_str(&h[8..40]);
-        let cipher_mode = c_str(&h[40..72]);
-        let hash_name = c_str(&h[72..104]);
+        let cipher_name = c_string(&h[8..40]);
+        let cipher_mode = c_string(&h[40..72]);
+        let hash_name = c_string(&h[72..104]);
         let hash = Hash::from_name(&hash_name)
             .ok_or_else(|| LuksError::Unsupported(format!("LUKS1 hash {hash_name:?}")))?;
         let key_bytes = be32(&h, 108);
@@ -93,7 +89,7 @@ impl Luks1Header {
             mk_digest,
             mk_digest_salt,
             mk_digest_iterations: be32(&h, 164),
-            uuid: c_str(&h[168..208]),
+            uuid: c_string(&h[168..208]),
             keyslots,
         })
     }

@@ -175,7 +175,4 @@ pub(crate) fn open_key_material(
     Ok(af::merge(&material, key_len, STRIPES as usize, hash))
 }
 
-/// Constant-time comparison for digests.
-pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub(crate) use crate::keys::ct_eq;

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha512};
 
 use super::plain::Plaintext;
 use super::VerifyError;
+use crate::copier::hex;
 use crate::image::{read_full_at, ReadAt};
 
 /// Bytes per read: a multiple of every sector size, large enough to stream.
@@ -65,9 +66,6 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
 }
 
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Reads all of `plain`, hashing it, and compares its first `source.len()` bytes with `source`
 /// when given. The comparison stops at the first difference; hashing goes on so the digest is
