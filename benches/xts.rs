@@ -23,7 +23,10 @@ fn measure(xts: &Xts, unit: usize, sector: usize, secs: f64) -> f64 {
     // sector.
     while start.elapsed() < deadline {
         for _ in 0..64 {
-            if xts.encrypt_sectors(black_box(&mut buf), sector, iv).is_err() {
+            if xts
+                .encrypt_sectors(black_box(&mut buf), sector, iv)
+                .is_err()
+            {
                 eprintln!("bad geometry {unit}/{sector}");
                 std::process::exit(2);
             }
@@ -40,16 +43,23 @@ fn main() {
         ecb_ceiling();
     }
     // `cargo bench` passes `--bench`; the first number is the time per measurement.
-    let secs = std::env::args().skip(1).find_map(|a| a.parse::<f64>().ok()).unwrap_or(2.0);
-    let key: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+    let secs = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse::<f64>().ok())
+        .unwrap_or(2.0);
+    let key: Vec<u8> = (0..64u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
     for (name, key_len) in [("aes-128-xts", 32usize), ("aes-256-xts", 64)] {
         let Ok(xts) = Xts::new(&key[..key_len]) else {
             eprintln!("cannot key {name}");
             std::process::exit(2);
         };
-        for (label, unit, sector) in
-            [("512", 512usize, 512usize), ("4096", 4096, 4096), ("bulk", 1 << 20, 4096)]
-        {
+        for (label, unit, sector) in [
+            ("512", 512usize, 512usize),
+            ("4096", 4096, 4096),
+            ("bulk", 1 << 20, 4096),
+        ] {
             let mbs = measure(&xts, unit, sector, secs);
             println!("{name} {label} {mbs:.0}");
         }
@@ -67,5 +77,8 @@ fn ecb_ceiling() {
         c.encrypt_blocks(&mut buf);
         n += 1 << 20;
     }
-    println!("ecb128 bulk {:.0}", n as f64 / start.elapsed().as_secs_f64() / 1e6);
+    println!(
+        "ecb128 bulk {:.0}",
+        n as f64 / start.elapsed().as_secs_f64() / 1e6
+    );
 }

@@ -38,7 +38,11 @@ pub enum CopyError {
     #[error("the source ended at {offset} bytes, before its announced {total}")]
     Short { offset: u64, total: u64 },
     #[error("writing {} at offset {offset}: {source}", .path.display())]
-    Write { path: PathBuf, offset: u64, source: io::Error },
+    Write {
+        path: PathBuf,
+        offset: u64,
+        source: io::Error,
+    },
     #[error(transparent)]
     Hash(#[from] crate::sha512::Sha512Error),
     #[error("syncing {}: {source}", .path.display())]
@@ -103,7 +107,11 @@ impl<'f, 'c> Writer<'f, 'c> {
         opts: &CopyOptions,
         callback: Option<ProgressFn<'c>>,
     ) -> Result<Self, CopyError> {
-        let hasher = if opts.sha512 { Some(crate::sha512::Sha512::new()?) } else { None };
+        let hasher = if opts.sha512 {
+            Some(crate::sha512::Sha512::new()?)
+        } else {
+            None
+        };
         Ok(Self {
             file,
             progress: Progress::new(total, &opts.label),
@@ -141,7 +149,10 @@ impl<'f, 'c> Writer<'f, 'c> {
 
     /// Sizes the file (a trailing hole is not written), syncs it and returns the digest.
     fn finish(self) -> Result<Copied, CopyError> {
-        let sync_err = |source| CopyError::Sync { path: self.path.clone(), source };
+        let sync_err = |source| CopyError::Sync {
+            path: self.path.clone(),
+            source,
+        };
         self.file.set_len(self.pos).map_err(sync_err)?;
         self.file.sync_all().map_err(sync_err)?;
         self.progress.finish(self.pos);
@@ -149,7 +160,10 @@ impl<'f, 'c> Writer<'f, 'c> {
             Some(h) => Some(hex(&h.finish()?)),
             None => None,
         };
-        Ok(Copied { bytes: self.pos, sha512 })
+        Ok(Copied {
+            bytes: self.pos,
+            sha512,
+        })
     }
 }
 
@@ -244,19 +258,21 @@ fn read_chunks(
 /// Fills `buf` from `offset`, its pieces in parallel.
 fn fill(view: &dyn ReadAt, offset: u64, buf: &mut [u8]) -> Result<(), CopyError> {
     let total = view.len();
-    buf.par_chunks_mut(PIECE).enumerate().try_for_each(|(i, piece)| {
-        let start = offset + (i * PIECE) as u64;
-        let mut done = 0;
-        while done < piece.len() {
-            let at = start + done as u64;
-            match view.read_at(at, &mut piece[done..]) {
-                Ok(0) => return Err(CopyError::Short { offset: at, total }),
-                Ok(n) => done += n,
-                Err(source) => return Err(CopyError::Read { offset: at, source }),
+    buf.par_chunks_mut(PIECE)
+        .enumerate()
+        .try_for_each(|(i, piece)| {
+            let start = offset + (i * PIECE) as u64;
+            let mut done = 0;
+            while done < piece.len() {
+                let at = start + done as u64;
+                match view.read_at(at, &mut piece[done..]) {
+                    Ok(0) => return Err(CopyError::Short { offset: at, total }),
+                    Ok(n) => done += n,
+                    Err(source) => return Err(CopyError::Read { offset: at, source }),
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        })
 }
 
 /// Copies `reader` to its end into `file`; `total` (when known) is only for progress.
@@ -283,7 +299,12 @@ pub fn copy_stream(
                     // EINTR from our own signal handler: let the check above decide.
                     w.check_interrupt()?;
                 }
-                Err(source) => return Err(CopyError::Read { offset: w.pos + filled as u64, source }),
+                Err(source) => {
+                    return Err(CopyError::Read {
+                        offset: w.pos + filled as u64,
+                        source,
+                    })
+                }
             }
         }
         if filled == 0 {
@@ -346,7 +367,10 @@ impl Progress {
                     indicatif::ProgressBar::new(t),
                     "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
                 ),
-                None => (indicatif::ProgressBar::new_spinner(), "{msg} {spinner} {bytes} {bytes_per_sec}"),
+                None => (
+                    indicatif::ProgressBar::new_spinner(),
+                    "{msg} {spinner} {bytes} {bytes_per_sec}",
+                ),
             };
             if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
                 bar.set_style(style.progress_chars("=> "));
@@ -355,7 +379,13 @@ impl Progress {
             bar
         });
         let now = Instant::now();
-        Self { bar, total, label: label.to_string(), start: now, last_log: now }
+        Self {
+            bar,
+            total,
+            label: label.to_string(),
+            start: now,
+            last_log: now,
+        }
     }
 
     fn set(&mut self, done: u64) {
@@ -397,14 +427,24 @@ mod tests {
         let want = hex(&Sha512::digest(&data));
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        let hashed = CopyOptions { sha512: true, ..CopyOptions::default() };
+        let hashed = CopyOptions {
+            sha512: true,
+            ..CopyOptions::default()
+        };
         let fa = File::create(&a).unwrap();
         let got = copy_view(&MemSource(data.clone()), &fa, a.clone(), &hashed, None).unwrap();
-        assert_eq!(got, Copied { bytes: data.len() as u64, sha512: Some(want.clone()) });
+        assert_eq!(
+            got,
+            Copied {
+                bytes: data.len() as u64,
+                sha512: Some(want.clone())
+            }
+        );
         let fb = File::create(&b).unwrap();
         let mut calls = 0;
         let mut cb = |_: u64, _: Option<u64>| calls += 1;
-        let got = copy_stream(&mut &data[..], None, &fb, b.clone(), &hashed, Some(&mut cb)).unwrap();
+        let got =
+            copy_stream(&mut &data[..], None, &fb, b.clone(), &hashed, Some(&mut cb)).unwrap();
         assert_eq!(got.sha512, Some(want));
         assert_eq!(calls, 1);
         assert_eq!(std::fs::read(&a).unwrap(), data);
@@ -412,8 +452,21 @@ mod tests {
         // Not asked for, not computed: the copy is the same.
         let c = dir.path().join("c");
         let fc = File::create(&c).unwrap();
-        let got = copy_view(&MemSource(data.clone()), &fc, c.clone(), &CopyOptions::default(), None).unwrap();
-        assert_eq!(got, Copied { bytes: data.len() as u64, sha512: None });
+        let got = copy_view(
+            &MemSource(data.clone()),
+            &fc,
+            c.clone(),
+            &CopyOptions::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            Copied {
+                bytes: data.len() as u64,
+                sha512: None
+            }
+        );
         assert_eq!(std::fs::read(&c).unwrap(), data);
     }
 }

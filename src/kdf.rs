@@ -78,8 +78,16 @@ pub enum Argon2Type {
 /// A keyslot's KDF with its cost, as stored in LUKS metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kdf {
-    Pbkdf2 { hash: Hash, iterations: u32 },
-    Argon2 { kind: Argon2Type, time: u32, memory_kib: u32, cpus: u32 },
+    Pbkdf2 {
+        hash: Hash,
+        iterations: u32,
+    },
+    Argon2 {
+        kind: Argon2Type,
+        time: u32,
+        memory_kib: u32,
+        cpus: u32,
+    },
 }
 
 /// What we refuse to run when opening a keyslot or checking a digest, so a hostile header
@@ -131,7 +139,13 @@ impl Default for KdfLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum KdfError {
     #[error("{kdf} cost {what}={value} is outside the accepted range {min}..={max}")]
-    CostOutOfRange { kdf: &'static str, what: &'static str, value: u32, min: u32, max: u32 },
+    CostOutOfRange {
+        kdf: &'static str,
+        what: &'static str,
+        value: u32,
+        min: u32,
+        max: u32,
+    },
     #[error("argon2 failed: {0}")]
     Argon2(String),
 }
@@ -145,8 +159,14 @@ impl Kdf {
     pub fn type_name(&self) -> &'static str {
         match self {
             Kdf::Pbkdf2 { .. } => "pbkdf2",
-            Kdf::Argon2 { kind: Argon2Type::Argon2i, .. } => "argon2i",
-            Kdf::Argon2 { kind: Argon2Type::Argon2id, .. } => "argon2id",
+            Kdf::Argon2 {
+                kind: Argon2Type::Argon2i,
+                ..
+            } => "argon2i",
+            Kdf::Argon2 {
+                kind: Argon2Type::Argon2id,
+                ..
+            } => "argon2id",
         }
     }
 
@@ -156,7 +176,13 @@ impl Kdf {
             if (min..=max).contains(&value) {
                 Ok(())
             } else {
-                Err(KdfError::CostOutOfRange { kdf: self.type_name(), what, value, min, max })
+                Err(KdfError::CostOutOfRange {
+                    kdf: self.type_name(),
+                    what,
+                    value,
+                    min,
+                    max,
+                })
             }
         };
         match *self {
@@ -164,7 +190,12 @@ impl Kdf {
             Kdf::Pbkdf2 { iterations, .. } => {
                 range("iterations", iterations, 1, limits.max_pbkdf2_iterations)
             }
-            Kdf::Argon2 { time, memory_kib, cpus, .. } => {
+            Kdf::Argon2 {
+                time,
+                memory_kib,
+                cpus,
+                ..
+            } => {
                 range("time", time, 1, limits.max_argon2_time)?;
                 range("memory", memory_kib, 8, limits.max_argon2_memory_kib)?;
                 range("cpus", cpus, 1, limits.max_argon2_cpus)
@@ -201,7 +232,12 @@ impl Kdf {
                 hash.pbkdf2(password, salt, iterations, out);
                 Ok(())
             }
-            Kdf::Argon2 { kind, time, memory_kib, cpus } => {
+            Kdf::Argon2 {
+                kind,
+                time,
+                memory_kib,
+                cpus,
+            } => {
                 let algorithm = match kind {
                     Argon2Type::Argon2i => argon2::Algorithm::Argon2i,
                     Argon2Type::Argon2id => argon2::Algorithm::Argon2id,
@@ -259,14 +295,21 @@ impl KdfRequest {
     pub fn resolve(&self, key_len: usize) -> Result<Kdf, KdfError> {
         let argon2 = |kind| -> Result<Kdf, KdfError> {
             let cpus = default_argon2_cpus();
-            let max_memory = self.memory_kib.unwrap_or_else(default_argon2_max_memory_kib);
+            let max_memory = self
+                .memory_kib
+                .unwrap_or_else(default_argon2_max_memory_kib);
             let (time, memory_kib) = match (self.force_iterations, self.memory_kib) {
                 (Some(t), Some(m)) => (t, m),
                 // cryptsetup: forcing iterations keeps the memory at its maximum.
                 (Some(t), None) => (t, max_memory),
                 (None, _) => benchmark_argon2(kind, cpus, max_memory, key_len, KEYSLOT_TARGET)?,
             };
-            let kdf = Kdf::Argon2 { kind, time, memory_kib: memory_kib.max(8 * cpus), cpus };
+            let kdf = Kdf::Argon2 {
+                kind,
+                time,
+                memory_kib: memory_kib.max(8 * cpus),
+                cpus,
+            };
             check_new_cost(&kdf)?;
             Ok(kdf)
         };
@@ -276,7 +319,10 @@ impl KdfRequest {
                     Some(i) => i,
                     None => pbkdf2_iterations_for(self.hash, KEYSLOT_TARGET, key_len),
                 };
-                let kdf = Kdf::Pbkdf2 { hash: self.hash, iterations };
+                let kdf = Kdf::Pbkdf2 {
+                    hash: self.hash,
+                    iterations,
+                };
                 check_new_cost(&kdf)?;
                 Ok(kdf)
             }
@@ -296,9 +342,12 @@ fn check_new_cost(kdf: &Kdf) -> Result<(), KdfError> {
         max,
     };
     match *kdf {
-        Kdf::Pbkdf2 { iterations, .. } if iterations < PBKDF2_MIN_ITERATIONS => {
-            Err(err("iterations", iterations, PBKDF2_MIN_ITERATIONS, u32::MAX))
-        }
+        Kdf::Pbkdf2 { iterations, .. } if iterations < PBKDF2_MIN_ITERATIONS => Err(err(
+            "iterations",
+            iterations,
+            PBKDF2_MIN_ITERATIONS,
+            u32::MAX,
+        )),
         Kdf::Argon2 { time, .. } if time < ARGON2_MIN_TIME => {
             Err(err("time", time, ARGON2_MIN_TIME, u32::MAX))
         }
@@ -306,7 +355,12 @@ fn check_new_cost(kdf: &Kdf) -> Result<(), KdfError> {
             if !(ARGON2_MIN_MEMORY_KIB..=KdfLimits::cryptsetup().max_argon2_memory_kib)
                 .contains(&memory_kib) =>
         {
-            Err(err("memory", memory_kib, ARGON2_MIN_MEMORY_KIB, KdfLimits::cryptsetup().max_argon2_memory_kib))
+            Err(err(
+                "memory",
+                memory_kib,
+                ARGON2_MIN_MEMORY_KIB,
+                KdfLimits::cryptsetup().max_argon2_memory_kib,
+            ))
         }
         _ => Ok(()),
     }
@@ -314,15 +368,21 @@ fn check_new_cost(kdf: &Kdf) -> Result<(), KdfError> {
 
 /// cryptsetup: min(4, online CPUs).
 fn default_argon2_cpus() -> u32 {
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     n.clamp(1, 4) as u32
 }
 
 /// cryptsetup: 1 GiB, but at most half of physical memory.
 fn default_argon2_max_memory_kib() -> u32 {
     // SAFETY: sysconf has no memory effects.
-    let (pages, page_size) =
-        unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     if pages <= 0 || page_size <= 0 {
         return ARGON2_DEFAULT_MAX_MEMORY_KIB;
     }
@@ -364,7 +424,12 @@ fn benchmark_argon2(
     let mut out = Zeroizing::new(vec![0u8; key_len.max(4)]);
     let salt = [0u8; 32];
     let measure = |time: u32, memory_kib: u32, out: &mut [u8]| -> Result<f64, KdfError> {
-        let kdf = Kdf::Argon2 { kind, time, memory_kib, cpus };
+        let kdf = Kdf::Argon2 {
+            kind,
+            time,
+            memory_kib,
+            cpus,
+        };
         let start = Instant::now();
         kdf.derive(b"bifs benchmark", &salt, out, &limits)?;
         Ok(start.elapsed().as_secs_f64() * 1000.0)
@@ -416,8 +481,8 @@ mod tests {
         assert_eq!(
             out.to_vec(),
             [
-                0xea, 0x6c, 0x01, 0x4d, 0xc7, 0x2d, 0x6f, 0x8c, 0xcd, 0x1e, 0xd9, 0x2a, 0xce,
-                0x1d, 0x41, 0xf0, 0xd8, 0xde, 0x89, 0x57
+                0xea, 0x6c, 0x01, 0x4d, 0xc7, 0x2d, 0x6f, 0x8c, 0xcd, 0x1e, 0xd9, 0x2a, 0xce, 0x1d,
+                0x41, 0xf0, 0xd8, 0xde, 0x89, 0x57
             ]
         );
     }
@@ -435,7 +500,12 @@ mod tests {
             kdf.derive(b"p", &[0; 32], &mut [0; 32], &limits),
             Err(KdfError::CostOutOfRange { what: "memory", .. })
         ));
-        let kdf = Kdf::Argon2 { kind: Argon2Type::Argon2i, time: 4, memory_kib: 64, cpus: 99 };
+        let kdf = Kdf::Argon2 {
+            kind: Argon2Type::Argon2i,
+            time: 4,
+            memory_kib: 64,
+            cpus: 99,
+        };
         assert!(kdf.check(&limits).is_err());
     }
 
@@ -448,12 +518,24 @@ mod tests {
             memory_kib: Some(64),
         };
         match req.resolve(64).unwrap() {
-            Kdf::Argon2 { time, memory_kib, kind, .. } => {
+            Kdf::Argon2 {
+                time,
+                memory_kib,
+                kind,
+                ..
+            } => {
                 assert_eq!((time, memory_kib, kind), (5, 64, Argon2Type::Argon2id))
             }
             other => panic!("unexpected {other:?}"),
         }
-        let low = KdfRequest { kind: KdfKind::Pbkdf2, force_iterations: Some(10), ..req };
-        assert!(low.resolve(64).is_err(), "cryptsetup refuses fewer than 1000 iterations");
+        let low = KdfRequest {
+            kind: KdfKind::Pbkdf2,
+            force_iterations: Some(10),
+            ..req
+        };
+        assert!(
+            low.resolve(64).is_err(),
+            "cryptsetup refuses fewer than 1000 iterations"
+        );
     }
 }

@@ -69,7 +69,10 @@ pub fn harden_process() {
         if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
             tracing::warn!(error = %std::io::Error::last_os_error(), "prctl(PR_SET_DUMPABLE, 0) failed");
         }
-        let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "setrlimit(RLIMIT_CORE, 0) failed");
         }
@@ -193,6 +196,9 @@ mod tests {
         }
         let mut status = 0;
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "still dumpable");
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "still dumpable"
+        );
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! Data flows one way: a Secret manifest becomes [`k8s::CryptoParams`]; an image file becomes an
 //! [`image::ReadAt`] source; a [`view`] transforms a source into another `ReadAt` (LUKS2 of it,
-//! plaintext of it); the CLI and the FUSE adapter only route reads to views.
+//! plaintext of it); the [`catalog`] names the views of a store; the FUSE adapter (and the CLI, in the
+//! binary) only route reads to views.
 
-pub mod cli;
+pub mod catalog;
 pub mod copier;
 pub mod fs;
 pub mod image;

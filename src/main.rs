@@ -1,4 +1,7 @@
-//! The `bifs` binary: everything lives in the library; this only hands over to the CLI.
+//! The `bifs` binary: the command line (clap, progress bars, exit codes). The engine lives in
+//! the library, which the tests and fuzz targets link without any of this.
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    bifs::cli::main()
+    cli::main()
 }

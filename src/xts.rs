@@ -44,8 +44,14 @@ pub struct Xts {
 }
 
 enum Inner {
-    Aes128 { data: Box<Aes128>, tweak: Box<Aes128> },
-    Aes256 { data: Box<Aes256>, tweak: Box<Aes256> },
+    Aes128 {
+        data: Box<Aes128>,
+        tweak: Box<Aes128>,
+    },
+    Aes256 {
+        data: Box<Aes256>,
+        tweak: Box<Aes256>,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -153,8 +159,14 @@ const LANES: usize = 16;
 /// Upper bound of [`chunk_blocks`]: the per-chunk tweak array lives on the stack (4 KiB).
 const MAX_CHUNK: usize = 256;
 
-fn process_with<C>(data: &C, tweak: &C, buf: &mut [u8], sector_size: usize, first_iv: u64, dir: Direction)
-where
+fn process_with<C>(
+    data: &C,
+    tweak: &C,
+    buf: &mut [u8],
+    sector_size: usize,
+    first_iv: u64,
+    dir: Direction,
+) where
     C: BlockCipherEncrypt + BlockCipherDecrypt + BlockSizeUser<BlockSize = U16>,
 {
     let blocks_per_sector = sector_size / 16;
@@ -174,7 +186,11 @@ where
             iv = iv.wrapping_add(iv_step);
         }
         tweak.encrypt_blocks(first);
-        let pass = Pass { blocks: group, first, blocks_per_sector };
+        let pass = Pass {
+            blocks: group,
+            first,
+            blocks_per_sector,
+        };
         // One pass per chunk of the data, inside the AES backend (VAES-512, VAES-256 or
         // AES-NI as the CPU has): XOR tweaks, cipher, XOR again while the chunk is in L1.
         match dir {
@@ -334,7 +350,10 @@ mod portable {
     /// Computes the chunk's tweaks into `tw` and XORs them into `chunk`.
     #[inline(always)]
     pub(super) fn pre_xor(chunk: &mut [Block], tw: &mut [u128], st: &mut TweakState<'_>) {
-        for (bs, ts) in chunk.chunks_exact_mut(LANES).zip(tw.chunks_exact_mut(LANES)) {
+        for (bs, ts) in chunk
+            .chunks_exact_mut(LANES)
+            .zip(tw.chunks_exact_mut(LANES))
+        {
             st.advance(|lanes| {
                 for l in lanes {
                     *l = mul_alpha16(*l);
@@ -380,19 +399,28 @@ mod wide {
             _mm512_slli_epi64::<1>(hi),
             _mm512_slli_epi64::<2>(hi),
         );
-        _mm512_ternarylogic_epi64::<0x96>(_mm512_bslli_epi128::<2>(z), fold, _mm512_slli_epi64::<7>(hi))
+        _mm512_ternarylogic_epi64::<0x96>(
+            _mm512_bslli_epi128::<2>(z),
+            fold,
+            _mm512_slli_epi64::<7>(hi),
+        )
     }
 
     /// # Safety
     /// The CPU must have AVX-512F and AVX-512BW; `tw` as long as `chunk`, a multiple of 16.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn pre_xor(chunk: &mut [Block], tw: &mut [u128], st: &mut TweakState<'_>) {
-        for (bs, ts) in chunk.chunks_exact_mut(LANES).zip(tw.chunks_exact_mut(LANES)) {
+        for (bs, ts) in chunk
+            .chunks_exact_mut(LANES)
+            .zip(tw.chunks_exact_mut(LANES))
+        {
             st.advance(|lanes| {
                 let p = lanes.as_mut_ptr().cast::<__m512i>();
                 for k in 0..4 {
                     // SAFETY: 16 u128 are four 64-byte vectors; unaligned loads and stores.
-                    unsafe { _mm512_storeu_si512(p.add(k), mul_alpha16(_mm512_loadu_si512(p.add(k)))) };
+                    unsafe {
+                        _mm512_storeu_si512(p.add(k), mul_alpha16(_mm512_loadu_si512(p.add(k))))
+                    };
                 }
             });
             let l = st.lanes.as_ptr().cast::<__m512i>();
@@ -403,7 +431,10 @@ mod wide {
                 unsafe {
                     let z = _mm512_loadu_si512(l.add(k));
                     _mm512_storeu_si512(t.add(k), z);
-                    _mm512_storeu_si512(b.add(k), _mm512_xor_si512(_mm512_loadu_si512(b.add(k)), z));
+                    _mm512_storeu_si512(
+                        b.add(k),
+                        _mm512_xor_si512(_mm512_loadu_si512(b.add(k)), z),
+                    );
                 }
             }
         }
@@ -418,7 +449,12 @@ mod wide {
         let b = chunk.as_mut_ptr().cast::<__m512i>();
         for k in 0..n {
             // SAFETY: `chunk` and `tw` hold `4 * n` blocks.
-            unsafe { _mm512_storeu_si512(b.add(k), _mm512_xor_si512(_mm512_loadu_si512(b.add(k)), _mm512_loadu_si512(t.add(k)))) };
+            unsafe {
+                _mm512_storeu_si512(
+                    b.add(k),
+                    _mm512_xor_si512(_mm512_loadu_si512(b.add(k)), _mm512_loadu_si512(t.add(k))),
+                )
+            };
         }
     }
 }
@@ -468,7 +504,10 @@ mod tests {
     use xts_mode::{get_tweak_default, Xts128};
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     fn pattern() -> Vec<u8> {
@@ -540,7 +579,10 @@ mod tests {
             for sector in [512usize, 4096] {
                 let first_iv = 12345u64;
                 let mut ours = data.clone();
-                Xts::new(&key).unwrap().encrypt_sectors(&mut ours, sector, first_iv).unwrap();
+                Xts::new(&key)
+                    .unwrap()
+                    .encrypt_sectors(&mut ours, sector, first_iv)
+                    .unwrap();
 
                 let mut theirs = data.clone();
                 let h = key_len / 2;
@@ -560,8 +602,14 @@ mod tests {
                         x.encrypt_sector(chunk, get_tweak_default(iv));
                     }
                 }
-                assert!(ours == theirs, "key {key_len} sector {sector}: differs from xts-mode");
-                Xts::new(&key).unwrap().decrypt_sectors(&mut ours, sector, first_iv).unwrap();
+                assert!(
+                    ours == theirs,
+                    "key {key_len} sector {sector}: differs from xts-mode"
+                );
+                Xts::new(&key)
+                    .unwrap()
+                    .decrypt_sectors(&mut ours, sector, first_iv)
+                    .unwrap();
                 assert!(ours == data, "key {key_len} sector {sector}: round trip");
             }
         }
@@ -569,14 +617,23 @@ mod tests {
 
     #[test]
     fn refuses_bad_geometry_and_keys() {
-        let xts = Xts::new(&[1u8; 16].iter().chain(&[2u8; 16]).copied().collect::<Vec<_>>())
-            .unwrap();
+        let xts = Xts::new(
+            &[1u8; 16]
+                .iter()
+                .chain(&[2u8; 16])
+                .copied()
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         let mut buf = vec![0u8; 1000];
         assert!(matches!(
             xts.encrypt_sectors(&mut buf, 512, 0),
             Err(XtsError::Unaligned { .. })
         ));
-        assert_eq!(xts.encrypt_sectors(&mut buf, 1000, 0), Err(XtsError::SectorSize(1000)));
+        assert_eq!(
+            xts.encrypt_sectors(&mut buf, 1000, 0),
+            Err(XtsError::SectorSize(1000))
+        );
         assert_eq!(Xts::new(&[0u8; 48]).err(), Some(XtsError::KeyLength(48)));
         assert_eq!(Xts::new(&[7u8; 64]).err(), Some(XtsError::EqualHalves));
     }

@@ -41,15 +41,42 @@ fn seed() -> Seeded {
     let server = HttpServer::start(&www, 0.0);
     let secret = cheap_secret(&dir);
     let s = store.to_str().unwrap();
-    let parrot_yaml = write(&dir, "parrot.yaml", &example("parrot", Some(&server.url("parrot.raw")), Some(&checksum)));
+    let parrot_yaml = write(
+        &dir,
+        "parrot.yaml",
+        &example("parrot", Some(&server.url("parrot.raw")), Some(&checksum)),
+    );
     let out = ok(&["apply", "-f", parrot_yaml.to_str().unwrap(), "--store", s]);
     assert_eq!(out.trim(), "backingimage.longhorn.io/parrot created");
-    for name in ["parrot-cloned", "parrot-cloned-encrypted", "parrot-cloned-decrypt"] {
+    for name in [
+        "parrot-cloned",
+        "parrot-cloned-encrypted",
+        "parrot-cloned-decrypt",
+    ] {
         let m = examples().join(format!("{name}.yaml"));
-        let out = ok(&["apply", "-f", m.to_str().unwrap(), "--secrets", secret.to_str().unwrap(), "--store", s]);
-        assert_eq!(out.trim(), format!("backingimage.longhorn.io/{name} created"));
+        let out = ok(&[
+            "apply",
+            "-f",
+            m.to_str().unwrap(),
+            "--secrets",
+            secret.to_str().unwrap(),
+            "--store",
+            s,
+        ]);
+        assert_eq!(
+            out.trim(),
+            format!("backingimage.longhorn.io/{name} created")
+        );
     }
-    Seeded { _tmp: tmp, dir, store, parrot, checksum, secret, _server: server }
+    Seeded {
+        _tmp: tmp,
+        dir,
+        store,
+        parrot,
+        checksum,
+        secret,
+        _server: server,
+    }
 }
 
 #[test]
@@ -61,8 +88,13 @@ fn longhorns_examples_in_order() {
     // parrot: downloaded, verified, laid out as Longhorn does.
     let parrot_file = backing(store, "parrot");
     assert_eq!(fs::read(&parrot_file).unwrap(), sd.parrot);
-    let cfg: serde_json::Value = serde_json::from_slice(&fs::read(parrot_file.with_file_name("backing.cfg")).unwrap()).unwrap();
-    let uuid = record(store, "parrot")["status"]["uuid"].as_str().unwrap().to_string();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(parrot_file.with_file_name("backing.cfg")).unwrap())
+            .unwrap();
+    let uuid = record(store, "parrot")["status"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(
         cfg,
         serde_json::json!({"name": "parrot", "uuid": uuid, "size": sd.parrot.len(),
@@ -80,11 +112,22 @@ fn longhorns_examples_in_order() {
     // parrot-cloned-encrypted: what cryptsetup reads, opens and what decrypts to parrot.
     let enc = backing(store, "parrot-cloned-encrypted");
     let dump = tool_ok("cryptsetup", &["luksDump", enc.to_str().unwrap()]);
-    assert!(dump.contains("Version:       \t2") && dump.contains("aes-xts-plain64") && dump.contains("offset: 16777216 [bytes]"), "{dump}");
+    assert!(
+        dump.contains("Version:       \t2")
+            && dump.contains("aes-xts-plain64")
+            && dump.contains("offset: 16777216 [bytes]"),
+        "{dump}"
+    );
     assert!(cryptsetup_opens(&enc, PASSPHRASE));
     assert!(!cryptsetup_opens(&enc, "not the passphrase"));
     let plain = sd.dir.join("enc-plain.raw");
-    ok(&["decrypt", "--secret", sd.secret.to_str().unwrap(), enc.to_str().unwrap(), plain.to_str().unwrap()]);
+    ok(&[
+        "decrypt",
+        "--secret",
+        sd.secret.to_str().unwrap(),
+        enc.to_str().unwrap(),
+        plain.to_str().unwrap(),
+    ]);
     assert_eq!(fs::read(&plain).unwrap(), sd.parrot);
     let enc_bytes = fs::read(&enc).unwrap();
     let y = get_yaml(store, "parrot-cloned-encrypted");
@@ -94,7 +137,10 @@ fn longhorns_examples_in_order() {
     assert_eq!(st["size"], 16 * MIB + sd.parrot.len() as u64);
     assert_eq!(st["virtualSize"], 16 * MIB + sd.parrot.len() as u64);
     assert_eq!(st["checksum"], sha512_hex(&enc_bytes).as_str());
-    assert_eq!((st["secret"].as_str(), st["secretNamespace"].as_str()), (Some("longhorn-crypto"), Some("longhorn-system")));
+    assert_eq!(
+        (st["secret"].as_str(), st["secretNamespace"].as_str()),
+        (Some("longhorn-crypto"), Some("longhorn-system"))
+    );
     assert_eq!(y["spec"]["sourceParameters"]["encryption"], "encrypt");
     assert_eq!(y["apiVersion"], "longhorn.io/v1beta2");
     assert_eq!(y["kind"], "BackingImage");
@@ -105,12 +151,25 @@ fn longhorns_examples_in_order() {
     let st = &get_yaml(store, "parrot-cloned-decrypt")["status"];
     assert_eq!(st["checksum"], sd.checksum.as_str());
     assert_eq!(st["secret"], "");
-    assert!(st["realSize"].as_u64().unwrap() < sd.parrot.len() as u64 * 3 / 4, "holes were filled: {st}");
+    assert!(
+        st["realSize"].as_u64().unwrap() < sd.parrot.len() as u64 * 3 / 4,
+        "holes were filled: {st}"
+    );
 
     // The table lists all four, ready.
     let table = ok(&["get", "--store", s]);
-    for name in ["parrot", "parrot-cloned", "parrot-cloned-encrypted", "parrot-cloned-decrypt"] {
-        assert!(table.lines().any(|l| l.starts_with(&format!("{name} ")) && l.contains(" ready ")), "{table}");
+    for name in [
+        "parrot",
+        "parrot-cloned",
+        "parrot-cloned-encrypted",
+        "parrot-cloned-decrypt",
+    ] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} ")) && l.contains(" ready ")),
+            "{table}"
+        );
     }
     assert!(table.contains("longhorn-system/longhorn-crypto"), "{table}");
 
@@ -119,19 +178,42 @@ fn longhorns_examples_in_order() {
     fs::create_dir_all(&all).unwrap();
     fs::copy(sd.dir.join("parrot.yaml"), all.join("parrot.yaml")).unwrap();
     fs::copy(&sd.secret, all.join("longhorn-crypto.yaml")).unwrap();
-    for name in ["parrot-cloned", "parrot-cloned-encrypted", "parrot-cloned-decrypt"] {
-        fs::copy(examples().join(format!("{name}.yaml")), all.join(format!("{name}.yaml"))).unwrap();
+    for name in [
+        "parrot-cloned",
+        "parrot-cloned-encrypted",
+        "parrot-cloned-decrypt",
+    ] {
+        fs::copy(
+            examples().join(format!("{name}.yaml")),
+            all.join(format!("{name}.yaml")),
+        )
+        .unwrap();
     }
     let before = fs::metadata(&enc).unwrap().modified().unwrap();
     let out = ok(&["apply", "-f", all.to_str().unwrap(), "--store", s]);
-    assert_eq!(out.lines().filter(|l| l.ends_with(" unchanged")).count(), 4, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(" unchanged")).count(),
+        4,
+        "{out}"
+    );
     assert_eq!(fs::metadata(&enc).unwrap().modified().unwrap(), before);
     assert_eq!(fs::read(&enc).unwrap(), enc_bytes);
 
     // A changed spec for an existing name is refused, naming the field; the image stays.
-    let changed = write(&sd.dir, "changed.yaml", &example("parrot", Some("http://127.0.0.1:1/other.raw"), Some(&sd.checksum)));
+    let changed = write(
+        &sd.dir,
+        "changed.yaml",
+        &example(
+            "parrot",
+            Some("http://127.0.0.1:1/other.raw"),
+            Some(&sd.checksum),
+        ),
+    );
     let err = fails(&["apply", "-f", changed.to_str().unwrap(), "--store", s]);
-    assert!(err.contains("spec.sourceParameters.url") && err.contains("already exists"), "{err}");
+    assert!(
+        err.contains("spec.sourceParameters.url") && err.contains("already exists"),
+        "{err}"
+    );
     assert_eq!(get_yaml(store, "parrot")["status"]["state"], "ready");
     assert_eq!(fs::read(backing(store, "parrot")).unwrap(), sd.parrot);
 
@@ -147,8 +229,19 @@ fn longhorns_examples_in_order() {
 fn refused(sd: &Seeded, name: &str, yaml: &str, field: &str, words: &str) {
     let s = sd.store.to_str().unwrap();
     let m = write(&sd.dir, &format!("{name}.yaml"), yaml);
-    let err = fails(&["apply", "-f", m.to_str().unwrap(), "--secrets", sd.secret.to_str().unwrap(), "--store", s]);
-    assert!(err.contains(&format!("{field}: ")) && err.contains(words), "{name}: expected {field} / {words}: {err}");
+    let err = fails(&[
+        "apply",
+        "-f",
+        m.to_str().unwrap(),
+        "--secrets",
+        sd.secret.to_str().unwrap(),
+        "--store",
+        s,
+    ]);
+    assert!(
+        err.contains(&format!("{field}: ")) && err.contains(words),
+        "{name}: expected {field} / {words}: {err}"
+    );
     assert!(!has_backing(&sd.store, name), "{name} left a backing file");
     let y = get_yaml(&sd.store, name);
     assert_eq!(y["status"]["state"], "failed", "{y}");
@@ -174,49 +267,74 @@ fn longhorns_refusals_name_the_field() {
     refused(
         &sd,
         "parrot-twice-encrypted",
-        &backing_image("parrot-twice-encrypted", &clone_spec("parrot-cloned-encrypted", "encrypt", Some("longhorn-crypto"))),
+        &backing_image(
+            "parrot-twice-encrypted",
+            &clone_spec(
+                "parrot-cloned-encrypted",
+                "encrypt",
+                Some("longhorn-crypto"),
+            ),
+        ),
         "spec.sourceParameters.encryption",
         "already encrypted",
     );
     refused(
         &sd,
         "parrot-decrypted",
-        &backing_image("parrot-decrypted", &clone_spec("parrot", "decrypt", Some("longhorn-crypto"))),
+        &backing_image(
+            "parrot-decrypted",
+            &clone_spec("parrot", "decrypt", Some("longhorn-crypto")),
+        ),
         "spec.sourceParameters.encryption",
         "already decrypted",
     );
     refused(
         &sd,
         "parrot-no-such-secret",
-        &backing_image("parrot-no-such-secret", &clone_spec("parrot", "encrypt", Some("no-such-secret"))),
+        &backing_image(
+            "parrot-no-such-secret",
+            &clone_spec("parrot", "encrypt", Some("no-such-secret")),
+        ),
         "spec.sourceParameters.secret",
         "longhorn-system/no-such-secret not found",
     );
     refused(
         &sd,
         "parrot-secret-unset",
-        &backing_image("parrot-secret-unset", &clone_spec("parrot", "encrypt", None)),
+        &backing_image(
+            "parrot-secret-unset",
+            &clone_spec("parrot", "encrypt", None),
+        ),
         "spec.sourceParameters.secret",
         "required for encryption encrypt",
     );
     refused(
         &sd,
         "parrot-scrambled",
-        &backing_image("parrot-scrambled", &clone_spec("parrot", "scramble", Some("longhorn-crypto"))),
+        &backing_image(
+            "parrot-scrambled",
+            &clone_spec("parrot", "scramble", Some("longhorn-crypto")),
+        ),
         "spec.sourceParameters.encryption",
         "\"scramble\" is not supported",
     );
     refused(
         &sd,
         "parrot-no-source",
-        &backing_image("parrot-no-source", "  sourceType: clone\n  sourceParameters:\n    encryption: ignore\n"),
+        &backing_image(
+            "parrot-no-source",
+            "  sourceType: clone\n  sourceParameters:\n    encryption: ignore\n",
+        ),
         "spec.sourceParameters.backing-image",
         "required",
     );
     refused(
         &sd,
         "parrot-unknown-source",
-        &backing_image("parrot-unknown-source", &clone_spec("no-such-image", "ignore", None)),
+        &backing_image(
+            "parrot-unknown-source",
+            &clone_spec("no-such-image", "ignore", None),
+        ),
         "spec.sourceParameters.backing-image",
         "no-such-image not found",
     );
@@ -225,7 +343,10 @@ fn longhorns_refusals_name_the_field() {
         "parrot-ignore-bad-sum",
         &backing_image(
             "parrot-ignore-bad-sum",
-            &format!("{}  checksum: {wrong}\n", clone_spec("parrot", "ignore", None)),
+            &format!(
+                "{}  checksum: {wrong}\n",
+                clone_spec("parrot", "ignore", None)
+            ),
         ),
         "spec.checksum",
         "source's checksum",
@@ -236,28 +357,77 @@ fn longhorns_refusals_name_the_field() {
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list["kind"], "List");
     let items = list["items"].as_array().unwrap();
-    let failed = items.iter().filter(|i| i["status"]["state"] == "failed").count();
-    let ready = items.iter().filter(|i| i["status"]["state"] == "ready").count();
+    let failed = items
+        .iter()
+        .filter(|i| i["status"]["state"] == "failed")
+        .count();
+    let ready = items
+        .iter()
+        .filter(|i| i["status"]["state"] == "ready")
+        .count();
     assert_eq!((failed, ready), (9, 4), "{out}");
     // The good images are untouched by the refusals.
     assert_eq!(fs::read(backing(&sd.store, "parrot")).unwrap(), sd.parrot);
 
     // A corrected manifest for a failed name is accepted (a refusal does not pin the spec).
-    let fixed = write(&sd.dir, "fixed.yaml", &backing_image("parrot-scrambled", &clone_spec("parrot", "ignore", None)));
-    let out = ok(&["apply", "-f", fixed.to_str().unwrap(), "--store", sd.store.to_str().unwrap()]);
+    let fixed = write(
+        &sd.dir,
+        "fixed.yaml",
+        &backing_image("parrot-scrambled", &clone_spec("parrot", "ignore", None)),
+    );
+    let out = ok(&[
+        "apply",
+        "-f",
+        fixed.to_str().unwrap(),
+        "--store",
+        sd.store.to_str().unwrap(),
+    ]);
     assert!(out.contains("parrot-scrambled created"), "{out}");
-    assert_eq!(fs::read(backing(&sd.store, "parrot-scrambled")).unwrap(), sd.parrot);
+    assert_eq!(
+        fs::read(backing(&sd.store, "parrot-scrambled")).unwrap(),
+        sd.parrot
+    );
 }
 
 /// Makes a qcow2 of `virtual_mib` MiB with a few MiB of data, returns (path, its raw content).
 fn make_qcow2(dir: &Path, virtual_mib: u64) -> (std::path::PathBuf, Vec<u8>) {
     let q = dir.join("disk.qcow2");
-    tool_ok("qemu-img", &["create", "-q", "-f", "qcow2", q.to_str().unwrap(), &format!("{virtual_mib}M")]);
+    tool_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            q.to_str().unwrap(),
+            &format!("{virtual_mib}M"),
+        ],
+    );
     for (pattern, off) in [(0x5a, "0"), (0x33, "9M"), (0xc1, "20M")] {
-        tool_ok("qemu-io", &["-f", "qcow2", "-c", &format!("write -P {pattern} {off} 1M"), q.to_str().unwrap()]);
+        tool_ok(
+            "qemu-io",
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                &format!("write -P {pattern} {off} 1M"),
+                q.to_str().unwrap(),
+            ],
+        );
     }
     let raw = dir.join("disk.raw");
-    tool_ok("qemu-img", &["convert", "-f", "qcow2", "-O", "raw", q.to_str().unwrap(), raw.to_str().unwrap()]);
+    tool_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            q.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ],
+    );
     (q, fs::read(raw).unwrap())
 }
 
@@ -272,15 +442,35 @@ fn qcow2_encrypted_without_a_temporary_raw_copy() {
     let secret = cheap_secret(dir);
 
     // Uploaded as-is from a local path: a qcow2 with its virtual size in the status.
-    let up = write(dir, "up.yaml", &backing_image("vm", &format!("  sourceType: upload\n  sourceParameters:\n    path: {}\n", qcow2.display())));
+    let up = write(
+        dir,
+        "up.yaml",
+        &backing_image(
+            "vm",
+            &format!(
+                "  sourceType: upload\n  sourceParameters:\n    path: {}\n",
+                qcow2.display()
+            ),
+        ),
+    );
     ok(&["apply", "-f", up.to_str().unwrap(), "--store", s]);
-    assert_eq!(fs::read(backing(&store, "vm")).unwrap(), fs::read(&qcow2).unwrap());
+    assert_eq!(
+        fs::read(backing(&store, "vm")).unwrap(),
+        fs::read(&qcow2).unwrap()
+    );
     let st = &get_yaml(&store, "vm")["status"];
     assert_eq!(st["virtualSize"], 32 * MIB);
     assert_eq!(st["size"], fs::metadata(&qcow2).unwrap().len());
 
     // Encrypt it, watching the store's disk usage meanwhile.
-    let enc_yaml = write(dir, "enc.yaml", &backing_image("vm-encrypted", &clone_spec("vm", "encrypt", Some("longhorn-crypto"))));
+    let enc_yaml = write(
+        dir,
+        "enc.yaml",
+        &backing_image(
+            "vm-encrypted",
+            &clone_spec("vm", "encrypt", Some("longhorn-crypto")),
+        ),
+    );
     let before = usage(&store);
     let peak = Arc::new(AtomicU64::new(before));
     let stop = Arc::new(AtomicBool::new(false));
@@ -294,7 +484,15 @@ fn qcow2_encrypted_without_a_temporary_raw_copy() {
         })
     };
     let mut apply = Command::new(bifs_bin())
-        .args(["apply", "-f", enc_yaml.to_str().unwrap(), "--secrets", secret.to_str().unwrap(), "--store", s])
+        .args([
+            "apply",
+            "-f",
+            enc_yaml.to_str().unwrap(),
+            "--secrets",
+            secret.to_str().unwrap(),
+            "--store",
+            s,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -308,15 +506,31 @@ fn qcow2_encrypted_without_a_temporary_raw_copy() {
     assert_eq!(output, 16 * MIB + 32 * MIB);
     // No temporary raw copy: the peak is the final usage (records and locks aside), never
     // the final usage plus the 32 MiB raw disk.
-    assert!(peak <= after + MIB, "peak {peak} > final {after} + 1 MiB (before {before})");
-    assert!(after - before <= output + MIB, "store grew by {} for a {output}-byte image", after - before);
+    assert!(
+        peak <= after + MIB,
+        "peak {peak} > final {after} + 1 MiB (before {before})"
+    );
+    assert!(
+        after - before <= output + MIB,
+        "store grew by {} for a {output}-byte image",
+        after - before
+    );
 
     // The LUKS2 image holds the qcow2's raw disk.
     let enc = backing(&store, "vm-encrypted");
     assert!(cryptsetup_opens(&enc, PASSPHRASE));
     let plain = dir.join("plain.raw");
-    ok(&["decrypt", "--secret", secret.to_str().unwrap(), enc.to_str().unwrap(), plain.to_str().unwrap()]);
-    assert!(fs::read(&plain).unwrap() == raw, "decrypted image differs from qemu-img's raw rendering");
+    ok(&[
+        "decrypt",
+        "--secret",
+        secret.to_str().unwrap(),
+        enc.to_str().unwrap(),
+        plain.to_str().unwrap(),
+    ]);
+    assert!(
+        fs::read(&plain).unwrap() == raw,
+        "decrypted image differs from qemu-img's raw rendering"
+    );
 }
 
 #[test]
@@ -329,35 +543,89 @@ fn rekey_wraps_the_same_key_and_keeps_the_data() {
     let data = disk_image(3 * MIB as usize, 11);
     fs::write(&plain, &data).unwrap();
     let enc = dir.join("enc.img");
-    ok(&["encrypt", "--secret", old.to_str().unwrap(), plain.to_str().unwrap(), enc.to_str().unwrap()]);
+    ok(&[
+        "encrypt",
+        "--secret",
+        old.to_str().unwrap(),
+        plain.to_str().unwrap(),
+        enc.to_str().unwrap(),
+    ]);
 
     // `bifs rekey` of one file.
     let rekeyed = dir.join("rekeyed.img");
-    ok(&["rekey", "--secret", old.to_str().unwrap(), "--new-secret", new.to_str().unwrap(), enc.to_str().unwrap(), rekeyed.to_str().unwrap()]);
+    ok(&[
+        "rekey",
+        "--secret",
+        old.to_str().unwrap(),
+        "--new-secret",
+        new.to_str().unwrap(),
+        enc.to_str().unwrap(),
+        rekeyed.to_str().unwrap(),
+    ]);
     assert!(cryptsetup_opens(&rekeyed, "new passphrase"));
     assert!(!cryptsetup_opens(&rekeyed, "old passphrase"));
     let (e, r) = (fs::read(&enc).unwrap(), fs::read(&rekeyed).unwrap());
     assert_eq!(e.len(), r.len());
-    assert!(e[16 * MIB as usize..] == r[16 * MIB as usize..], "data segment changed");
+    assert!(
+        e[16 * MIB as usize..] == r[16 * MIB as usize..],
+        "data segment changed"
+    );
     assert!(e[..16 * MIB as usize] != r[..16 * MIB as usize]);
     let out = dir.join("out.raw");
-    ok(&["decrypt", "--secret", new.to_str().unwrap(), rekeyed.to_str().unwrap(), out.to_str().unwrap()]);
+    ok(&[
+        "decrypt",
+        "--secret",
+        new.to_str().unwrap(),
+        rekeyed.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     assert!(fs::read(&out).unwrap() == data);
 
     // A source whose data segment is elsewhere (a cryptsetup header with --offset 2 MiB around
     // the same volume key): the ciphertext is still right at bifs' 16 MiB.
     let key = dir.join("volume.key");
     let pass_file = write(dir, "old.pass", "old passphrase");
-    tool_ok("cryptsetup", &["luksDump", "--batch-mode", "--dump-volume-key", "--volume-key-file", key.to_str().unwrap(), "--key-file", pass_file.to_str().unwrap(), enc.to_str().unwrap()]);
-    let moved = dir.join("moved.img");
-    let ciphertext = &e[16 * MIB as usize..];
-    fs::File::create(&moved).unwrap().set_len(2 * MIB + ciphertext.len() as u64).unwrap();
     tool_ok(
         "cryptsetup",
         &[
-            "luksFormat", "--batch-mode", "--type", "luks2", "--offset", "4096", "--sector-size", "4096",
-            "--volume-key-file", key.to_str().unwrap(), "--key-size", "256", "--pbkdf", "pbkdf2",
-            "--pbkdf-force-iterations", "1000", "--key-file", pass_file.to_str().unwrap(), moved.to_str().unwrap(),
+            "luksDump",
+            "--batch-mode",
+            "--dump-volume-key",
+            "--volume-key-file",
+            key.to_str().unwrap(),
+            "--key-file",
+            pass_file.to_str().unwrap(),
+            enc.to_str().unwrap(),
+        ],
+    );
+    let moved = dir.join("moved.img");
+    let ciphertext = &e[16 * MIB as usize..];
+    fs::File::create(&moved)
+        .unwrap()
+        .set_len(2 * MIB + ciphertext.len() as u64)
+        .unwrap();
+    tool_ok(
+        "cryptsetup",
+        &[
+            "luksFormat",
+            "--batch-mode",
+            "--type",
+            "luks2",
+            "--offset",
+            "4096",
+            "--sector-size",
+            "4096",
+            "--volume-key-file",
+            key.to_str().unwrap(),
+            "--key-size",
+            "256",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            pass_file.to_str().unwrap(),
+            moved.to_str().unwrap(),
         ],
     );
     {
@@ -368,22 +636,57 @@ fn rekey_wraps_the_same_key_and_keeps_the_data() {
     let dump = tool_ok("cryptsetup", &["luksDump", moved.to_str().unwrap()]);
     assert!(dump.contains("offset: 2097152 [bytes]"), "{dump}");
     let moved_plain = dir.join("moved.raw");
-    ok(&["decrypt", "--secret", old.to_str().unwrap(), moved.to_str().unwrap(), moved_plain.to_str().unwrap()]);
+    ok(&[
+        "decrypt",
+        "--secret",
+        old.to_str().unwrap(),
+        moved.to_str().unwrap(),
+        moved_plain.to_str().unwrap(),
+    ]);
     assert!(fs::read(&moved_plain).unwrap() == data);
     let moved_rekeyed = dir.join("moved-rekeyed.img");
-    ok(&["rekey", "--secret", old.to_str().unwrap(), "--new-secret", new.to_str().unwrap(), moved.to_str().unwrap(), moved_rekeyed.to_str().unwrap()]);
+    ok(&[
+        "rekey",
+        "--secret",
+        old.to_str().unwrap(),
+        "--new-secret",
+        new.to_str().unwrap(),
+        moved.to_str().unwrap(),
+        moved_rekeyed.to_str().unwrap(),
+    ]);
     let dump = tool_ok("cryptsetup", &["luksDump", moved_rekeyed.to_str().unwrap()]);
-    assert!(dump.contains("offset: 16777216 [bytes]") && dump.contains("sector: 4096 [bytes]"), "{dump}");
+    assert!(
+        dump.contains("offset: 16777216 [bytes]") && dump.contains("sector: 4096 [bytes]"),
+        "{dump}"
+    );
     assert!(cryptsetup_opens(&moved_rekeyed, "new passphrase"));
     assert!(!cryptsetup_opens(&moved_rekeyed, "old passphrase"));
     assert!(fs::read(&moved_rekeyed).unwrap()[16 * MIB as usize..] == *ciphertext);
     // The volume key is the same one cryptsetup reports for the original.
     let key2 = dir.join("volume2.key");
     let new_pass = write(dir, "new.pass", "new passphrase");
-    tool_ok("cryptsetup", &["luksDump", "--batch-mode", "--dump-volume-key", "--volume-key-file", key2.to_str().unwrap(), "--key-file", new_pass.to_str().unwrap(), moved_rekeyed.to_str().unwrap()]);
+    tool_ok(
+        "cryptsetup",
+        &[
+            "luksDump",
+            "--batch-mode",
+            "--dump-volume-key",
+            "--volume-key-file",
+            key2.to_str().unwrap(),
+            "--key-file",
+            new_pass.to_str().unwrap(),
+            moved_rekeyed.to_str().unwrap(),
+        ],
+    );
     assert_eq!(fs::read(&key).unwrap(), fs::read(&key2).unwrap());
     let out2 = dir.join("out2.raw");
-    ok(&["decrypt", "--secret", new.to_str().unwrap(), moved_rekeyed.to_str().unwrap(), out2.to_str().unwrap()]);
+    ok(&[
+        "decrypt",
+        "--secret",
+        new.to_str().unwrap(),
+        moved_rekeyed.to_str().unwrap(),
+        out2.to_str().unwrap(),
+    ]);
     assert!(fs::read(&out2).unwrap() == data);
 
     // Through apply: an uploaded encrypted image (spec.secret says by which Secret), then a
@@ -400,22 +703,59 @@ fn rekey_wraps_the_same_key_and_keeps_the_data() {
             backing_image("img-rekeyed", &clone_spec("img", "rekey", Some("new-key"))),
         ),
     );
-    let out = ok(&["apply", "-f", m.to_str().unwrap(), "--secrets", old.to_str().unwrap(), "--secrets", new.to_str().unwrap(), "--store", s]);
+    let out = ok(&[
+        "apply",
+        "-f",
+        m.to_str().unwrap(),
+        "--secrets",
+        old.to_str().unwrap(),
+        "--secrets",
+        new.to_str().unwrap(),
+        "--store",
+        s,
+    ]);
     assert!(out.contains("img-rekeyed created"), "{out}");
     let r = backing(&store, "img-rekeyed");
     assert!(cryptsetup_opens(&r, "new passphrase"));
     assert!(!cryptsetup_opens(&r, "old passphrase"));
     assert!(fs::read(&r).unwrap()[16 * MIB as usize..] == e[16 * MIB as usize..]);
     let st = &get_yaml(&store, "img-rekeyed")["status"];
-    assert_eq!((st["secret"].as_str(), st["state"].as_str()), (Some("new-key"), Some("ready")));
+    assert_eq!(
+        (st["secret"].as_str(), st["state"].as_str()),
+        (Some("new-key"), Some("ready"))
+    );
     // Rekeying an image with no secret is refused, naming the field.
-    let m = write(dir, "bad-rekey.yaml", &format!(
-        "{}---\n{}",
-        backing_image("plain", &format!("  sourceType: upload\n  sourceParameters:\n    path: {}\n", plain.display())),
-        backing_image("plain-rekeyed", &clone_spec("plain", "rekey", Some("new-key"))),
-    ));
-    let err = fails(&["apply", "-f", m.to_str().unwrap(), "--secrets", new.to_str().unwrap(), "--store", s]);
-    assert!(err.contains("spec.sourceParameters.encryption: cannot rekey"), "{err}");
+    let m = write(
+        dir,
+        "bad-rekey.yaml",
+        &format!(
+            "{}---\n{}",
+            backing_image(
+                "plain",
+                &format!(
+                    "  sourceType: upload\n  sourceParameters:\n    path: {}\n",
+                    plain.display()
+                )
+            ),
+            backing_image(
+                "plain-rekeyed",
+                &clone_spec("plain", "rekey", Some("new-key"))
+            ),
+        ),
+    );
+    let err = fails(&[
+        "apply",
+        "-f",
+        m.to_str().unwrap(),
+        "--secrets",
+        new.to_str().unwrap(),
+        "--store",
+        s,
+    ]);
+    assert!(
+        err.contains("spec.sourceParameters.encryption: cannot rekey"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -432,8 +772,17 @@ fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
     let sum = sha512_hex(&big);
     // 64 KiB every 10 ms: about 4 s for the whole file, time enough to kill it midway.
     let server = HttpServer::start(&www, 0.01);
-    let m = write(dir, "big.yaml", &backing_image("big", &format!(
-        "  sourceType: download\n  sourceParameters:\n    url: {}\n  checksum: {sum}\n", server.url("big.raw"))));
+    let m = write(
+        dir,
+        "big.yaml",
+        &backing_image(
+            "big",
+            &format!(
+                "  sourceType: download\n  sourceParameters:\n    url: {}\n  checksum: {sum}\n",
+                server.url("big.raw")
+            ),
+        ),
+    );
 
     let mut child = Command::new(bifs_bin())
         .args(["apply", "-f", m.to_str().unwrap(), "--store", s])
@@ -451,17 +800,26 @@ fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
             break;
         }
         assert!(Instant::now() < deadline, "the download never got going");
-        assert!(child.try_wait().unwrap().is_none(), "apply finished before it could be interrupted");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "apply finished before it could be interrupted"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     child.kill().unwrap(); // SIGKILL: no cleanup runs
     child.wait().unwrap();
 
-    assert!(!has_backing(&store, "big"), "a killed apply left a backing file");
+    assert!(
+        !has_backing(&store, "big"),
+        "a killed apply left a backing file"
+    );
     assert_eq!(record(&store, "big")["status"]["state"], "in-progress");
     let st = &get_yaml(&store, "big")["status"];
     assert_eq!(st["state"], "failed", "{st}");
-    assert!(st["message"].as_str().unwrap().contains("interrupted"), "{st}");
+    assert!(
+        st["message"].as_str().unwrap().contains("interrupted"),
+        "{st}"
+    );
 
     // The second apply completes it, and `get -w` follows it (the server is slow) to ready.
     let reapply = Command::new(bifs_bin())
@@ -476,29 +834,68 @@ fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
         assert!(Instant::now() < deadline, "the second apply never started");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let watch = Command::new(bifs_bin()).args(["get", "big", "-w", "--store", s]).output().unwrap();
+    let watch = Command::new(bifs_bin())
+        .args(["get", "big", "-w", "--store", s])
+        .output()
+        .unwrap();
     let out = reapply.wait_with_output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "backingimage.longhorn.io/big created");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "backingimage.longhorn.io/big created"
+    );
     let watched = String::from_utf8_lossy(&watch.stdout);
     assert!(watch.status.success(), "{watched}");
     assert!(watched.starts_with("NAME "), "{watched}");
-    assert!(watched.lines().any(|l| l.starts_with("big ") && l.contains(" in-progress ")), "{watched}");
-    assert!(watched.lines().last().is_some_and(|l| l.starts_with("big ") && l.contains(" ready ") && l.contains("100%")), "{watched}");
+    assert!(
+        watched
+            .lines()
+            .any(|l| l.starts_with("big ") && l.contains(" in-progress ")),
+        "{watched}"
+    );
+    assert!(
+        watched
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("big ") && l.contains(" ready ") && l.contains("100%")),
+        "{watched}"
+    );
     assert_eq!(image_dirs(&store, "big").len(), 1);
     let b = backing(&store, "big");
     assert!(fs::read(&b).unwrap() == big);
     assert!(!b.with_file_name("backing.tmp").exists());
     let st = &get_yaml(&store, "big")["status"];
-    assert_eq!((st["state"].as_str(), st["checksum"].as_str()), (Some("ready"), Some(sum.as_str())));
+    assert_eq!(
+        (st["state"].as_str(), st["checksum"].as_str()),
+        (Some("ready"), Some(sum.as_str()))
+    );
 
     // Two applies of different clones of the same source, at once, in two processes.
     let secret = cheap_secret(dir);
-    let a = write(dir, "a.yaml", &backing_image("big-a", &clone_spec("big", "encrypt", Some("longhorn-crypto"))));
-    let b = write(dir, "b.yaml", &backing_image("big-b", &clone_spec("big", "ignore", None)));
+    let a = write(
+        dir,
+        "a.yaml",
+        &backing_image(
+            "big-a",
+            &clone_spec("big", "encrypt", Some("longhorn-crypto")),
+        ),
+    );
+    let b = write(
+        dir,
+        "b.yaml",
+        &backing_image("big-b", &clone_spec("big", "ignore", None)),
+    );
     let spawn = |m: &Path| {
         Command::new(bifs_bin())
-            .args(["apply", "-f", m.to_str().unwrap(), "--secrets", secret.to_str().unwrap(), "--store", s])
+            .args([
+                "apply",
+                "-f",
+                m.to_str().unwrap(),
+                "--secrets",
+                secret.to_str().unwrap(),
+                "--store",
+                s,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -507,11 +904,21 @@ fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
     let (pa, pb) = (spawn(&a), spawn(&b));
     for p in [pa, pb] {
         let out = p.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert!(fs::read(backing(&store, "big-b")).unwrap() == big);
     let plain = dir.join("a.raw");
-    ok(&["decrypt", "--secret", secret.to_str().unwrap(), backing(&store, "big-a").to_str().unwrap(), plain.to_str().unwrap()]);
+    ok(&[
+        "decrypt",
+        "--secret",
+        secret.to_str().unwrap(),
+        backing(&store, "big-a").to_str().unwrap(),
+        plain.to_str().unwrap(),
+    ]);
     assert!(fs::read(&plain).unwrap() == big);
     // While a clone reads its source, the source cannot be deleted; afterwards it can.
     ok(&["delete", "big", "--store", s]);

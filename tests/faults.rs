@@ -43,11 +43,20 @@ fn fixture(images: &[(&str, usize)]) -> Fx {
     for (i, (name, len)) in images.iter().enumerate() {
         fs::write(store.join(name), noise(i as u64 + 1, *len)).unwrap();
     }
-    Fx { _dir: dir, root, store, secrets }
+    Fx {
+        _dir: dir,
+        root,
+        store,
+        secrets,
+    }
 }
 
 fn bifs(args: &[&str]) -> std::process::Output {
-    Command::new(BIFS).args(args).stdin(Stdio::null()).output().unwrap()
+    Command::new(BIFS)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -55,8 +64,13 @@ fn source_truncated_or_removed_while_mounted() {
     let fx = fixture(&[("a.img", 8 * MIB), ("b.img", 4 * MIB), ("c.img", 4 * MIB)]);
     let src = fx.root.join("b.src");
     fs::write(&src, noise(9, 4 * MIB)).unwrap();
-    let o = bifs(&["encrypt", "--secret", fx.secrets.to_str().unwrap(), src.to_str().unwrap(),
-        fx.store.join("d.luks").to_str().unwrap()]);
+    let o = bifs(&[
+        "encrypt",
+        "--secret",
+        fx.secrets.to_str().unwrap(),
+        src.to_str().unwrap(),
+        fx.store.join("d.luks").to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut m = Mounted::start(&fx.store, &fx.secrets, None, &fx.root.join("mnt"), &[]);
 
@@ -65,12 +79,30 @@ fn source_truncated_or_removed_while_mounted() {
     let dec = fs::File::open(m.path("decrypt/ns/s1/d.luks")).unwrap();
     let mut buf = vec![0u8; 4096];
     raw_a.read_at(&mut buf, 7 * MIB as u64).unwrap();
-    fs::OpenOptions::new().write(true).open(fx.store.join("a.img")).unwrap().set_len(MIB as u64).unwrap();
-    fs::OpenOptions::new().write(true).open(fx.store.join("d.luks")).unwrap().set_len(17 * MIB as u64).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(fx.store.join("a.img"))
+        .unwrap()
+        .set_len(MIB as u64)
+        .unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(fx.store.join("d.luks"))
+        .unwrap()
+        .set_len(17 * MIB as u64)
+        .unwrap();
     let e = raw_a.read_at(&mut buf, 7 * MIB as u64).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EIO), "read past a truncated source: {e}");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EIO),
+        "read past a truncated source: {e}"
+    );
     let e = dec.read_at(&mut buf, 3 * MIB as u64).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EIO), "decrypt read past a truncated source: {e}");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EIO),
+        "decrypt read past a truncated source: {e}"
+    );
     // The head of the truncated source: EIO or the original bytes, never anything else.
     match raw_a.read_at(&mut buf, 0) {
         Ok(n) => assert_eq!(buf[..n], noise(1, 8 * MIB)[..n]),
@@ -87,7 +119,10 @@ fn source_truncated_or_removed_while_mounted() {
     // The daemon lives and serves the other files whole.
     assert!(m.alive(), "bifs mount died:\n{}", m.log_text());
     let mut all = Vec::new();
-    fs::File::open(m.path("raw/b.img")).unwrap().read_to_end(&mut all).unwrap();
+    fs::File::open(m.path("raw/b.img"))
+        .unwrap()
+        .read_to_end(&mut all)
+        .unwrap();
     assert!(all == noise(2, 4 * MIB));
     drop((raw_a, dec, raw_c));
     m.stop_with_sigterm();
@@ -112,7 +147,10 @@ fn daemon_killed_during_cp_then_restart_cleans_the_stale_mount() {
     }
     unsafe { libc::kill(m.pid() as i32, libc::SIGKILL) };
     let out = cp.wait_with_output().unwrap();
-    assert!(!out.status.success(), "cp finished although the daemon was killed");
+    assert!(
+        !out.status.success(),
+        "cp finished although the daemon was killed"
+    );
     // What bifs leaves behind after SIGKILL: a dead mount.
     // (stat may still answer from the kernel's attribute cache; listing needs the daemon.)
     let e = fs::read_dir(&mnt).unwrap_err();
@@ -127,15 +165,26 @@ fn daemon_killed_during_cp_then_restart_cleans_the_stale_mount() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !m2.log_text().contains("mounted;") {
         assert!(m2.alive(), "bifs mount exited:\n{}", m2.log_text());
-        assert!(Instant::now() < deadline, "bifs mount did not mount:\n{}", m2.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "bifs mount did not mount:\n{}",
+            m2.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(m2.log_text().contains("died here"), "{}", m2.log_text());
     let mut head = vec![0u8; 4096];
-    fs::File::open(m2.path("raw/big.img")).unwrap().read_exact(&mut head).unwrap();
+    fs::File::open(m2.path("raw/big.img"))
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
     assert_eq!(head, noise(1, 4096));
     m2.stop_with_sigterm();
-    assert!(fs::metadata(&mnt).is_ok(), "a mount is left on {}", mnt.display());
+    assert!(
+        fs::metadata(&mnt).is_ok(),
+        "a mount is left on {}",
+        mnt.display()
+    );
 }
 
 #[test]
@@ -149,16 +198,37 @@ fn stale_mount_of_another_filesystem_is_not_touched() {
 
 #[test]
 fn sixteen_concurrent_cp_of_many_views() {
-    let fx = fixture(&[("p1.img", 6 * MIB + 1000), ("p2.img", 5 * MIB), ("p3.img", 3 * MIB)]);
+    let fx = fixture(&[
+        ("p1.img", 6 * MIB + 1000),
+        ("p2.img", 5 * MIB),
+        ("p3.img", 3 * MIB),
+    ]);
     let src = fx.root.join("l.src");
     fs::write(&src, noise(7, 4 * MIB)).unwrap();
-    let o = bifs(&["encrypt", "--secret", fx.secrets.to_str().unwrap(), src.to_str().unwrap(),
-        fx.store.join("l.luks").to_str().unwrap()]);
+    let o = bifs(&[
+        "encrypt",
+        "--secret",
+        fx.secrets.to_str().unwrap(),
+        src.to_str().unwrap(),
+        fx.store.join("l.luks").to_str().unwrap(),
+    ]);
     assert!(o.status.success());
-    let m = Mounted::start(&fx.store, &fx.secrets, None, &fx.root.join("mnt"), &["--threads", "8"]);
+    let m = Mounted::start(
+        &fx.store,
+        &fx.secrets,
+        None,
+        &fx.root.join("mnt"),
+        &["--threads", "8"],
+    );
     let views = [
-        "raw/p1.img", "raw/p2.img", "ignore/p3.img", "encrypt/ns/s1/p1.img",
-        "encrypt/ns/s1/p2.img", "encrypt/ns/s1/p3.img", "decrypt/ns/s1/l.luks", "ignore/l.luks",
+        "raw/p1.img",
+        "raw/p2.img",
+        "ignore/p3.img",
+        "encrypt/ns/s1/p1.img",
+        "encrypt/ns/s1/p2.img",
+        "encrypt/ns/s1/p3.img",
+        "decrypt/ns/s1/l.luks",
+        "ignore/l.luks",
     ];
     // References, read one at a time (encrypt headers are persisted, so rereads are equal).
     let want: Vec<String> = views.iter().map(|v| sha512(&m.path(v))).collect();
@@ -175,7 +245,12 @@ fn sixteen_concurrent_cp_of_many_views() {
         })
         .collect();
     for (i, h) in handles.into_iter().enumerate() {
-        assert_eq!(h.join().unwrap(), want[i % views.len()], "concurrent cp {i} of {}", views[i % views.len()]);
+        assert_eq!(
+            h.join().unwrap(),
+            want[i % views.len()],
+            "concurrent cp {i} of {}",
+            views[i % views.len()]
+        );
     }
     m.stop_with_sigterm();
 }
@@ -185,7 +260,10 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn new(dir: &Path, opts: &str) -> Self {
         fs::create_dir_all(dir).unwrap();
-        let s = Command::new("mount").args(["-t", "tmpfs", "-o", opts, "tmpfs"]).arg(dir).status();
+        let s = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(dir)
+            .status();
         assert!(
             s.is_ok_and(|s| s.success()),
             "\n\n*** mounting a tmpfs needs root (the fault tests run as root in CI) ***\n\n"
@@ -193,7 +271,11 @@ impl Tmpfs {
         Tmpfs(dir.to_owned())
     }
     fn remount(&self, opts: &str) {
-        let s = Command::new("mount").args(["-o", &format!("remount,{opts}")]).arg(&self.0).status().unwrap();
+        let s = Command::new("mount")
+            .args(["-o", &format!("remount,{opts}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
         assert!(s.success());
     }
 }
@@ -236,24 +318,52 @@ fn disk_full_during_apply_fails_clearly_and_loses_nothing() {
     fs::write(dir.join("big.raw"), &big).unwrap();
     let url = |f: &str| format!("file://{}", dir.join(f).display());
     let s = store.to_str().unwrap();
-    let m1 = manifest(dir, "small", &format!("  sourceType: download\n  sourceParameters:\n    url: {}\n", url("small.raw")));
+    let m1 = manifest(
+        dir,
+        "small",
+        &format!(
+            "  sourceType: download\n  sourceParameters:\n    url: {}\n",
+            url("small.raw")
+        ),
+    );
     let o = bifs(&["apply", "-f", m1.to_str().unwrap(), "--store", s]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let before = backings(&store);
-    let small_backing = before.iter().find(|p| p.ends_with("backing")).unwrap().clone();
+    let small_backing = before
+        .iter()
+        .find(|p| p.ends_with("backing"))
+        .unwrap()
+        .clone();
 
-    let m2 = manifest(dir, "big", &format!("  sourceType: download\n  sourceParameters:\n    url: {}\n", url("big.raw")));
+    let m2 = manifest(
+        dir,
+        "big",
+        &format!(
+            "  sourceType: download\n  sourceParameters:\n    url: {}\n",
+            url("big.raw")
+        ),
+    );
     let o = bifs(&["apply", "-f", m2.to_str().unwrap(), "--store", s]);
     let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
-    assert!(!o.status.success(), "apply of 48 MiB into a 40 MiB store succeeded:\n{err}");
+    assert!(
+        !o.status.success(),
+        "apply of 48 MiB into a 40 MiB store succeeded:\n{err}"
+    );
     assert!(err.to_lowercase().contains("no space left"), "{err}");
     // No partial backing for the failed image; the earlier image is intact.
     for p in backings(&store) {
         if p.parent() != small_backing.parent() {
-            assert!(!p.ends_with("backing"), "partial backing left: {}", p.display());
+            assert!(
+                !p.ends_with("backing"),
+                "partial backing left: {}",
+                p.display()
+            );
         }
     }
-    assert!(fs::read(&small_backing).unwrap() == small, "the stored image changed");
+    assert!(
+        fs::read(&small_backing).unwrap() == small,
+        "the stored image changed"
+    );
     let get = bifs(&["get", "big", "--store", s, "-o", "yaml"]);
     let text = String::from_utf8_lossy(&get.stdout);
     assert!(text.contains("failed"), "{text}");
@@ -267,17 +377,37 @@ fn read_only_store_during_apply_fails_clearly() {
     let tfs = Tmpfs::new(&store, "size=40m");
     fs::write(dir.join("a.raw"), noise(3, MIB)).unwrap();
     let s = store.to_str().unwrap();
-    let m1 = manifest(dir, "img-a", &format!("  sourceType: download\n  sourceParameters:\n    url: file://{}\n", dir.join("a.raw").display()));
+    let m1 = manifest(
+        dir,
+        "img-a",
+        &format!(
+            "  sourceType: download\n  sourceParameters:\n    url: file://{}\n",
+            dir.join("a.raw").display()
+        ),
+    );
     let o = bifs(&["apply", "-f", m1.to_str().unwrap(), "--store", s]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let before: Vec<_> = backings(&store).iter().map(|p| (p.clone(), fs::read(p).unwrap())).collect();
+    let before: Vec<_> = backings(&store)
+        .iter()
+        .map(|p| (p.clone(), fs::read(p).unwrap()))
+        .collect();
     tfs.remount("ro");
-    let m2 = manifest(dir, "img-b", &format!("  sourceType: download\n  sourceParameters:\n    url: file://{}\n", dir.join("a.raw").display()));
+    let m2 = manifest(
+        dir,
+        "img-b",
+        &format!(
+            "  sourceType: download\n  sourceParameters:\n    url: file://{}\n",
+            dir.join("a.raw").display()
+        ),
+    );
     let o = bifs(&["apply", "-f", m2.to_str().unwrap(), "--store", s]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.to_lowercase().contains("read-only"), "{err}");
-    let after: Vec<_> = backings(&store).iter().map(|p| (p.clone(), fs::read(p).unwrap())).collect();
+    let after: Vec<_> = backings(&store)
+        .iter()
+        .map(|p| (p.clone(), fs::read(p).unwrap()))
+        .collect();
     assert!(before == after, "the store changed");
 }
 
@@ -287,11 +417,24 @@ fn read_only_state_dir_while_a_header_is_persisted() {
     let state = fx.root.join("state");
     let tfs = Tmpfs::new(&state, "size=1m,mode=0700");
     tfs.remount("ro");
-    let mut m = Mounted::start(&fx.store, &fx.secrets, Some(&state), &fx.root.join("mnt"), &[]);
+    let mut m = Mounted::start(
+        &fx.store,
+        &fx.secrets,
+        Some(&state),
+        &fx.root.join("mnt"),
+        &[],
+    );
     // Persisting the encrypt view's header fails: the open fails, clearly logged; raw still works.
     let e = open_errno(&m.path("encrypt/ns/s1/p.img"));
-    assert_ne!(e, 0, "encrypt view opened without a place to persist its header");
-    assert!(m.log_text().to_lowercase().contains("read-only"), "{}", m.log_text());
+    assert_ne!(
+        e, 0,
+        "encrypt view opened without a place to persist its header"
+    );
+    assert!(
+        m.log_text().to_lowercase().contains("read-only"),
+        "{}",
+        m.log_text()
+    );
     assert_eq!(open_errno(&m.path("raw/p.img")), 0);
     assert!(m.alive());
     assert!(fs::read(fx.store.join("p.img")).unwrap() == noise(1, 2 * MIB));

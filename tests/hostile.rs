@@ -17,7 +17,10 @@ const HDR: usize = 0x4000;
 fn luks2_image() -> Vec<u8> {
     let params = FormatParams {
         hash: Hash::Sha256,
-        kdf: Kdf::Pbkdf2 { hash: Hash::Sha256, iterations: 1000 },
+        kdf: Kdf::Pbkdf2 {
+            hash: Hash::Sha256,
+            iterations: 1000,
+        },
         sector_size: 4096,
         digest_iterations: Some(1000),
         uuid: None,
@@ -81,10 +84,19 @@ fn valid_image_opens() {
 #[test]
 fn argon2_memory_beyond_cryptsetup_cap_is_refused_before_allocating() {
     let img = with_json(luks2_image(), |v| {
-        set_kdf(v, json!({"type": "argon2id", "time": 4, "memory": u32::MAX, "cpus": 4, "salt": "AAAA"}))
+        set_kdf(
+            v,
+            json!({"type": "argon2id", "time": 4, "memory": u32::MAX, "cpus": 4, "salt": "AAAA"}),
+        )
     });
     let e = err_of(img);
-    assert!(matches!(e, LuksError::Kdf(KdfError::CostOutOfRange { what: "memory", .. })), "{e}");
+    assert!(
+        matches!(
+            e,
+            LuksError::Kdf(KdfError::CostOutOfRange { what: "memory", .. })
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("memory"), "{e}");
 }
 
@@ -92,11 +104,20 @@ fn argon2_memory_beyond_cryptsetup_cap_is_refused_before_allocating() {
 fn argon2_memory_beyond_a_lowered_cap_is_refused() {
     // 64 MiB is a fine keyslot for cryptsetup; a node that set --max-kdf-memory 1024 refuses it.
     let img = with_json(luks2_image(), |v| {
-        set_kdf(v, json!({"type": "argon2i", "time": 4, "memory": 65536, "cpus": 1, "salt": "AAAA"}))
+        set_kdf(
+            v,
+            json!({"type": "argon2i", "time": 4, "memory": 65536, "cpus": 1, "salt": "AAAA"}),
+        )
     });
-    let limits = KdfLimits { max_argon2_memory_kib: 1024, ..KdfLimits::cryptsetup() };
+    let limits = KdfLimits {
+        max_argon2_memory_kib: 1024,
+        ..KdfLimits::cryptsetup()
+    };
     let e = open(img, &limits, Duration::from_secs(2)).unwrap_err();
-    assert!(e.to_string().contains("memory=65536") && e.to_string().contains("1024"), "{e}");
+    assert!(
+        e.to_string().contains("memory=65536") && e.to_string().contains("1024"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -110,21 +131,34 @@ fn argon2_time_and_lanes_and_pbkdf2_iterations_absurd() {
     ] {
         let img = with_json(luks2_image(), |v| set_kdf(v, kdf.clone()));
         let e = err_of(img);
-        assert!(matches!(e, LuksError::Kdf(KdfError::CostOutOfRange { .. })), "{kdf}: {e}");
+        assert!(
+            matches!(e, LuksError::Kdf(KdfError::CostOutOfRange { .. })),
+            "{kdf}: {e}"
+        );
     }
 }
 
 #[test]
 fn digest_iterations_absurd_are_refused_before_the_keyslot_kdf() {
-    let img = with_json(luks2_image(), |v| v["digests"]["0"]["iterations"] = json!(u32::MAX));
+    let img = with_json(luks2_image(), |v| {
+        v["digests"]["0"]["iterations"] = json!(u32::MAX)
+    });
     let e = err_of(img);
-    assert!(e.to_string().contains("digest") && e.to_string().contains("iterations"), "{e}");
+    assert!(
+        e.to_string().contains("digest") && e.to_string().contains("iterations"),
+        "{e}"
+    );
 }
 
 #[test]
 fn json_size_and_hdr_size_out_of_range() {
-    let e = err_of(with_json(luks2_image(), |v| v["config"]["json_size"] = json!("99999999999")));
-    assert!(matches!(e, LuksError::BadHeader(_) | LuksError::NotLuks), "{e}");
+    let e = err_of(with_json(luks2_image(), |v| {
+        v["config"]["json_size"] = json!("99999999999")
+    }));
+    assert!(
+        matches!(e, LuksError::BadHeader(_) | LuksError::NotLuks),
+        "{e}"
+    );
     // hdr_size not one of LUKS2's sizes, in both copies (checksums fixed): never allocated.
     let mut img = luks2_image();
     for off in [0usize, HDR] {
@@ -132,13 +166,18 @@ fn json_size_and_hdr_size_out_of_range() {
         binary::fix_checksum_for_fuzzing(&mut img, off);
     }
     let e = err_of(img);
-    assert!(matches!(e, LuksError::NotLuks | LuksError::BadHeader(_)), "{e}");
+    assert!(
+        matches!(e, LuksError::NotLuks | LuksError::BadHeader(_)),
+        "{e}"
+    );
 }
 
 #[test]
 fn keyslot_areas_outside_their_region_or_the_file() {
     // Outside the keyslots area the header declares.
-    let e = err_of(with_json(luks2_image(), |v| v["keyslots"]["0"]["area"]["offset"] = json!("4096")));
+    let e = err_of(with_json(luks2_image(), |v| {
+        v["keyslots"]["0"]["area"]["offset"] = json!("4096")
+    }));
     assert!(e.to_string().contains("outside the keyslots area"), "{e}");
     let e = err_of(with_json(luks2_image(), |v| {
         v["keyslots"]["0"]["area"]["offset"] = json!(u64::MAX.to_string())
@@ -148,35 +187,56 @@ fn keyslot_areas_outside_their_region_or_the_file() {
     let mut img = luks2_image();
     img.truncate(2 * HDR + 4096);
     let img = with_json(img, |v| {
-        set_kdf(v, json!({"type": "argon2id", "time": 4, "memory": 1 << 20, "cpus": 4, "salt": "AAAA"}));
+        set_kdf(
+            v,
+            json!({"type": "argon2id", "time": 4, "memory": 1 << 20, "cpus": 4, "salt": "AAAA"}),
+        );
         v["segments"]["0"]["offset"] = json!((2 * HDR + 4096).to_string());
         v["config"]["keyslots_size"] = json!("4096");
         v["keyslots"]["0"]["area"]["size"] = json!("4096");
     });
     let e = open(img, &KdfLimits::default(), Duration::from_millis(500)).unwrap_err();
-    assert!(matches!(e, LuksError::BadHeader(_) | LuksError::Truncated(_)), "{e}");
+    assert!(
+        matches!(e, LuksError::BadHeader(_) | LuksError::Truncated(_)),
+        "{e}"
+    );
 }
 
 #[test]
 fn segments_outside_the_file_or_over_the_metadata() {
-    let e = err_of(with_json(luks2_image(), |v| v["segments"]["0"]["offset"] = json!("1099511627776")));
+    let e = err_of(with_json(luks2_image(), |v| {
+        v["segments"]["0"]["offset"] = json!("1099511627776")
+    }));
     assert!(e.to_string().contains("past the end"), "{e}");
-    let e = err_of(with_json(luks2_image(), |v| v["segments"]["0"]["offset"] = json!("1048576")));
+    let e = err_of(with_json(luks2_image(), |v| {
+        v["segments"]["0"]["offset"] = json!("1048576")
+    }));
     assert!(e.to_string().contains("overlaps the keyslots area"), "{e}");
-    let e = err_of(with_json(luks2_image(), |v| v["segments"]["0"]["offset"] = json!("512")));
+    let e = err_of(with_json(luks2_image(), |v| {
+        v["segments"]["0"]["offset"] = json!("512")
+    }));
     assert!(e.to_string().contains("overlaps the metadata"), "{e}");
-    let e = err_of(with_json(luks2_image(), |v| v["segments"]["0"]["size"] = json!("18446744073709547520")));
+    let e = err_of(with_json(luks2_image(), |v| {
+        v["segments"]["0"]["size"] = json!("18446744073709547520")
+    }));
     assert!(e.to_string().contains("past the end"), "{e}");
 }
 
 #[test]
 fn absurd_stripes_key_sizes_and_keyslot_counts() {
     for stripes in [0u64, 1, 3999, 4001, u32::MAX as u64] {
-        let e = err_of(with_json(luks2_image(), |v| v["keyslots"]["0"]["af"]["stripes"] = json!(stripes)));
+        let e = err_of(with_json(luks2_image(), |v| {
+            v["keyslots"]["0"]["af"]["stripes"] = json!(stripes)
+        }));
         assert!(e.to_string().contains("stripes"), "{stripes}: {e}");
     }
-    let e = err_of(with_json(luks2_image(), |v| v["keyslots"]["0"]["key_size"] = json!(u32::MAX)));
-    assert!(matches!(e, LuksError::UnsupportedCipher(_) | LuksError::BadHeader(_)), "{e}");
+    let e = err_of(with_json(luks2_image(), |v| {
+        v["keyslots"]["0"]["key_size"] = json!(u32::MAX)
+    }));
+    assert!(
+        matches!(e, LuksError::UnsupportedCipher(_) | LuksError::BadHeader(_)),
+        "{e}"
+    );
     let e = err_of(with_json(luks2_image(), |v| {
         // Minimal keyslots: 33 full ones would not fit the 12 KiB JSON area.
         let ks = json!({"type": "x", "key_size": 1, "area": {"type": "raw", "offset": "32768", "size": "0"}});
@@ -204,13 +264,21 @@ fn garbage_json_and_deep_nesting() {
         binary::fix_checksum_for_fuzzing(&mut img, off);
     }
     let e = err_of(img);
-    assert!(matches!(e, LuksError::BadHeader(_) | LuksError::NotLuks), "{e}");
+    assert!(
+        matches!(e, LuksError::BadHeader(_) | LuksError::NotLuks),
+        "{e}"
+    );
 }
 
 // ----- LUKS1 -----
 
 /// A LUKS1 header by hand: aes-xts-plain64, 32-byte key, one active keyslot.
-fn luks1_image(material_sector: u32, stripes: u32, iterations: u32, digest_iterations: u32) -> Vec<u8> {
+fn luks1_image(
+    material_sector: u32,
+    stripes: u32,
+    iterations: u32,
+    digest_iterations: u32,
+) -> Vec<u8> {
     let mut h = vec![0u8; 4096 + 128000 + 4096];
     h[..6].copy_from_slice(b"LUKS\xba\xbe");
     h[6..8].copy_from_slice(&1u16.to_be_bytes());
@@ -234,8 +302,13 @@ fn luks1_image(material_sector: u32, stripes: u32, iterations: u32, digest_itera
 fn luks1_err(img: Vec<u8>) -> LuksError {
     let start = Instant::now();
     let src = MemSource(img);
-    let r = Luks1Header::read(&src).and_then(|h| h.unlock(&src, &Passphrase::new("pw"), &KdfLimits::default()));
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    let r = Luks1Header::read(&src)
+        .and_then(|h| h.unlock(&src, &Passphrase::new("pw"), &KdfLimits::default()));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
     match r {
         Ok(_) => panic!("a hostile LUKS1 header unlocked"),
         Err(e) => e,
@@ -245,7 +318,10 @@ fn luks1_err(img: Vec<u8>) -> LuksError {
 #[test]
 fn luks1_hostile_headers() {
     // Sane shape, wrong passphrase: the baseline reaches the digest.
-    assert!(matches!(luks1_err(luks1_image(8, 4000, 1000, 1000)), LuksError::WrongPassphrase));
+    assert!(matches!(
+        luks1_err(luks1_image(8, 4000, 1000, 1000)),
+        LuksError::WrongPassphrase
+    ));
     // Material outside the file / over the header / over the payload.
     let e = luks1_err(luks1_image(u32::MAX, 4000, 1000, 1000));
     assert!(e.to_string().contains("material"), "{e}");
@@ -254,14 +330,20 @@ fn luks1_hostile_headers() {
     let mut cut = luks1_image(8, 4000, 1000, 1000);
     cut.truncate(8192);
     let e = luks1_err(cut);
-    assert!(e.to_string().contains("material") || e.to_string().contains("past the end"), "{e}");
+    assert!(
+        e.to_string().contains("material") || e.to_string().contains("past the end"),
+        "{e}"
+    );
     // Stripes, iterations, digest iterations absurd.
     let e = luks1_err(luks1_image(8, u32::MAX, 1000, 1000));
     assert!(e.to_string().contains("stripes"), "{e}");
     let e = luks1_err(luks1_image(8, 4000, u32::MAX, 1000));
     assert!(matches!(e, LuksError::Kdf(_)), "{e}");
     let e = luks1_err(luks1_image(8, 4000, 1000, u32::MAX));
-    assert!(matches!(e, LuksError::Kdf(_)) && e.to_string().contains("digest"), "{e}");
+    assert!(
+        matches!(e, LuksError::Kdf(_)) && e.to_string().contains("digest"),
+        "{e}"
+    );
     // Key size outside 1..=64.
     let mut img = luks1_image(8, 4000, 1000, 1000);
     img[108..112].copy_from_slice(&u32::MAX.to_be_bytes());
@@ -273,7 +355,12 @@ fn kdf_limits_defaults_are_cryptsetups() {
     let l = KdfLimits::default();
     assert_eq!(l.max_argon2_memory_kib, 4 * 1024 * 1024);
     assert_eq!(l.max_argon2_cpus, 4);
-    let k = Kdf::Argon2 { kind: Argon2Type::Argon2id, time: 4, memory_kib: 4 * 1024 * 1024 + 1, cpus: 4 };
+    let k = Kdf::Argon2 {
+        kind: Argon2Type::Argon2id,
+        time: 4,
+        memory_kib: 4 * 1024 * 1024 + 1,
+        cpus: 4,
+    };
     assert!(k.check(&l).is_err());
 }
 
@@ -287,15 +374,29 @@ fn qcow2_backing_fifo_is_refused_without_hanging() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let img = dir.path().join("top.qcow2");
     let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-u", "-b", "fifo", "-F", "raw"])
+        .args([
+            "create", "-q", "-f", "qcow2", "-u", "-b", "fifo", "-F", "raw",
+        ])
         .arg(&img)
         .arg("1M")
         .output()
         .expect("qemu-img not found (apt-get install qemu-utils)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(bifs::image::open_virtual_disk(&img).map(|_| ()).map_err(|e| e.to_string())));
-    let r = rx.recv_timeout(Duration::from_secs(5)).expect("opening a qcow2 with a FIFO backing file hung");
+    std::thread::spawn(move || {
+        tx.send(
+            bifs::image::open_virtual_disk(&img)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        )
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("opening a qcow2 with a FIFO backing file hung");
     let e = r.expect_err("a FIFO backing file was accepted");
     assert!(e.contains("FIFO"), "{e}");
     // And a FIFO as the image itself.

@@ -35,7 +35,11 @@ fn bifs_encrypt(secret: &Path, sector: Option<u32>, src: &Path, dst: &Path, what
     args.push(dst.as_os_str().to_owned());
     let o = bifs(&args);
     assert_ok(&o, &format!("{what}: bifs encrypt {}", src.display()));
-    assert!(dst.exists(), "{what}: bifs encrypt succeeded but {} is missing", dst.display());
+    assert!(
+        dst.exists(),
+        "{what}: bifs encrypt succeeded but {} is missing",
+        dst.display()
+    );
 }
 
 /// Runs `bifs decrypt` and asserts success.
@@ -48,7 +52,11 @@ fn bifs_decrypt(secret: &Path, src: &Path, dst: &Path, what: &str) {
         dst.as_os_str(),
     ]);
     assert_ok(&o, &format!("{what}: bifs decrypt {}", src.display()));
-    assert!(dst.exists(), "{what}: bifs decrypt succeeded but {} is missing", dst.display());
+    assert!(
+        dst.exists(),
+        "{what}: bifs decrypt succeeded but {} is missing",
+        dst.display()
+    );
 }
 
 fn s(v: &Value) -> String {
@@ -86,18 +94,37 @@ fn oracle_decrypts_cryptsetup_images() {
         let sector = meta["segments"]["0"]["sector_size"].as_u64().unwrap() as u32;
         assert_eq!(sector, case.sector, "{what}: sector size in header");
         let key = volume_key(&img.path, &img.keyfile);
-        assert_eq!(key.len() * 8, case.key_bits as usize, "{what}: volume key length");
+        assert_eq!(
+            key.len() * 8,
+            case.key_bits as usize,
+            "{what}: volume key length"
+        );
         let out = dir.path().join(format!("{}.oracle", case.tag()));
         let seg_len = file_len(&img.path) - img.data_offset;
-        assert_eq!(seg_len, file_len(&payload) + 8 * MIB, "{what}: segment length");
+        assert_eq!(
+            seg_len,
+            file_len(&payload) + 8 * MIB,
+            "{what}: segment length"
+        );
         assert_eq!(img.unwritten_tail, 8 * MIB, "{what}: unwritten tail");
         oracle_decrypt(&img.path, &out, &key, img.data_offset, sector, seg_len);
-        assert_prefix(&out, &payload, seg_len, &format!("{what}: oracle vs payload"));
+        assert_prefix(
+            &out,
+            &payload,
+            seg_len,
+            &format!("{what}: oracle vs payload"),
+        );
         // Sanity: the ciphertext is not the plaintext (cryptsetup really encrypted it).
         let mut head = [0u8; 64];
-        fs::File::open(&img.path).unwrap().read_exact_at(&mut head, img.data_offset).unwrap();
+        fs::File::open(&img.path)
+            .unwrap()
+            .read_exact_at(&mut head, img.data_offset)
+            .unwrap();
         let mut phead = [0u8; 64];
-        fs::File::open(&payload).unwrap().read_exact_at(&mut phead, 0).unwrap();
+        fs::File::open(&payload)
+            .unwrap()
+            .read_exact_at(&mut phead, 0)
+            .unwrap();
         assert_ne!(head, phead, "{what}: data segment is not encrypted");
         fs::remove_file(&out).unwrap();
         fs::remove_file(&img.path).unwrap();
@@ -114,7 +141,14 @@ fn oracle_decrypts_cryptsetup_images() {
         };
         let key = volume_key(&img.path, &img.keyfile);
         let out = img.path.with_extension("oracle");
-        oracle_decrypt(&img.path, &out, &key, img.data_offset, 512, file_len(&img.path) - img.data_offset);
+        oracle_decrypt(
+            &img.path,
+            &out,
+            &key,
+            img.data_offset,
+            512,
+            file_len(&img.path) - img.data_offset,
+        );
         assert_same(&out, &payload, 0, &format!("{which}: oracle vs payload"));
     });
 }
@@ -140,18 +174,44 @@ fn cryptsetup_luks2_to_bifs_decrypt() {
         let pass = passphrase_for(case);
         let trim = case.hash == "sha256";
         let img = make_luks2_with_cryptsetup(dir.path(), &case.tag(), &payload, case, &pass, trim);
-        let secret = write_secret(dir.path(), &case.tag(), &SecretParams::for_case(case, &pass));
+        let secret = write_secret(
+            dir.path(),
+            &case.tag(),
+            &SecretParams::for_case(case, &pass),
+        );
         let out = dir.path().join(format!("{}.plain", case.tag()));
         bifs_decrypt(&secret, &img.path, &out, &what);
         if trim {
-            assert_same(&out, &payload, 0, &format!("{what} (trimmed): bifs decrypt vs payload"));
+            assert_same(
+                &out,
+                &payload,
+                0,
+                &format!("{what} (trimmed): bifs decrypt vs payload"),
+            );
         } else {
             let seg_len = file_len(&img.path) - img.data_offset;
-            assert_prefix(&out, &payload, seg_len, &format!("{what} (untrimmed): bifs decrypt vs payload"));
+            assert_prefix(
+                &out,
+                &payload,
+                seg_len,
+                &format!("{what} (untrimmed): bifs decrypt vs payload"),
+            );
             let key = volume_key(&img.path, &img.keyfile);
             let oracle = dir.path().join(format!("{}.oracle", case.tag()));
-            oracle_decrypt(&img.path, &oracle, &key, img.data_offset, case.sector, seg_len);
-            assert_same(&out, &oracle, 0, &format!("{what} (untrimmed): bifs decrypt vs oracle, whole segment"));
+            oracle_decrypt(
+                &img.path,
+                &oracle,
+                &key,
+                img.data_offset,
+                case.sector,
+                seg_len,
+            );
+            assert_same(
+                &out,
+                &oracle,
+                0,
+                &format!("{what} (untrimmed): bifs decrypt vs oracle, whole segment"),
+            );
             fs::remove_file(&oracle).unwrap();
         }
         fs::remove_file(&out).unwrap();
@@ -167,7 +227,15 @@ fn luks1_to_bifs_decrypt() {
     let dir = tempdir("luks1");
     let payload = dir.path().join("payload.raw");
     // Not a multiple of 4096 (LUKS1 sectors are 512): 1 MiB random, 100 KiB hole, 2.5 KiB random.
-    payload_file(&payload, 3, &[Region::Random(MIB), Region::Zero(100 * KIB), Region::Random(2560)]);
+    payload_file(
+        &payload,
+        3,
+        &[
+            Region::Random(MIB),
+            Region::Zero(100 * KIB),
+            Region::Random(2560),
+        ],
+    );
     let which: Vec<&str> = vec![
         "qemu aes-256 sha256",
         "qemu aes-128 sha256",
@@ -177,27 +245,41 @@ fn luks1_to_bifs_decrypt() {
     run_cases(&which, |which| {
         let pass = format!("LUKS1 {which}");
         let (img, hash) = match *which {
-            "qemu aes-256 sha256" => {
-                (make_luks1_with_qemu(dir.path(), "q256", &payload, "aes-256", "sha256", &pass), "sha256")
-            }
-            "qemu aes-128 sha256" => {
-                (make_luks1_with_qemu(dir.path(), "q128", &payload, "aes-128", "sha256", &pass), "sha256")
-            }
+            "qemu aes-256 sha256" => (
+                make_luks1_with_qemu(dir.path(), "q256", &payload, "aes-256", "sha256", &pass),
+                "sha256",
+            ),
+            "qemu aes-128 sha256" => (
+                make_luks1_with_qemu(dir.path(), "q128", &payload, "aes-128", "sha256", &pass),
+                "sha256",
+            ),
             "qemu aes-256 sha512" => (
                 make_luks1_with_qemu(dir.path(), "q256s512", &payload, "aes-256", "sha512", &pass),
                 "sha512",
             ),
-            _ => (make_luks1_with_cryptsetup(dir.path(), "c1", &payload, 256, "sha1", &pass), "sha1"),
+            _ => (
+                make_luks1_with_cryptsetup(dir.path(), "c1", &payload, 256, "sha1", &pass),
+                "sha1",
+            ),
         };
         let stem = img.path.file_stem().unwrap().to_str().unwrap().to_string();
         let secret = write_secret(
             dir.path(),
             &stem,
-            &SecretParams { hash: Some(hash.into()), pbkdf: Some("pbkdf2".into()), ..SecretParams::cheap(&pass) },
+            &SecretParams {
+                hash: Some(hash.into()),
+                pbkdf: Some("pbkdf2".into()),
+                ..SecretParams::cheap(&pass)
+            },
         );
         let out = dir.path().join(format!("{stem}.plain"));
         bifs_decrypt(&secret, &img.path, &out, which);
-        assert_same(&out, &payload, 0, &format!("{which}: bifs decrypt of LUKS1"));
+        assert_same(
+            &out,
+            &payload,
+            0,
+            &format!("{which}: bifs decrypt of LUKS1"),
+        );
     });
 }
 
@@ -213,50 +295,142 @@ fn cryptsetup_header_variants_to_bifs_decrypt() {
     standard_payload(&payload, 21);
 
     // (a)
-    let case = Case { key_bits: 512, sector: 4096, kdf: "argon2i", hash: "sha256" };
-    let what = format!("(a) --luks2-metadata-size 64k --luks2-keyslots-size 4M --label --subsystem, {case}");
+    let case = Case {
+        key_bits: 512,
+        sector: 4096,
+        kdf: "argon2i",
+        hash: "sha256",
+    };
+    let what = format!(
+        "(a) --luks2-metadata-size 64k --luks2-keyslots-size 4M --label --subsystem, {case}"
+    );
     let pass = passphrase_for(&case);
-    let extra = ["--luks2-metadata-size", "64k", "--luks2-keyslots-size", "4M", "--label", "bifs-label", "--subsystem", "bifs-sub"];
-    let img = make_luks2_with_cryptsetup_ext(dir.path(), "big-meta", &payload, &case, &pass, true, &extra);
-    assert_eq!(luks2_hdr_size(&img.path), 64 * KIB, "{what}: fixture header size");
-    let secret = write_secret(dir.path(), "big-meta", &SecretParams::for_case(&case, &pass));
+    let extra = [
+        "--luks2-metadata-size",
+        "64k",
+        "--luks2-keyslots-size",
+        "4M",
+        "--label",
+        "bifs-label",
+        "--subsystem",
+        "bifs-sub",
+    ];
+    let img = make_luks2_with_cryptsetup_ext(
+        dir.path(),
+        "big-meta",
+        &payload,
+        &case,
+        &pass,
+        true,
+        &extra,
+    );
+    assert_eq!(
+        luks2_hdr_size(&img.path),
+        64 * KIB,
+        "{what}: fixture header size"
+    );
+    let secret = write_secret(
+        dir.path(),
+        "big-meta",
+        &SecretParams::for_case(&case, &pass),
+    );
     let out = dir.path().join("big-meta.plain");
     bifs_decrypt(&secret, &img.path, &out, &what);
     assert_same(&out, &payload, 0, &what);
     let j = bifs_inspect_json(&img.path);
-    assert_eq!(s(&j["luks"]["uuid"]), luks_uuid(&img.path), "{what}: inspect uuid: {j}");
+    assert_eq!(
+        s(&j["luks"]["uuid"]),
+        luks_uuid(&img.path),
+        "{what}: inspect uuid: {j}"
+    );
 
     // (b)
-    let case = Case { key_bits: 256, sector: 512, kdf: "pbkdf2", hash: "sha512" };
+    let case = Case {
+        key_bits: 256,
+        sector: 512,
+        kdf: "pbkdf2",
+        hash: "sha512",
+    };
     let what = format!("(b) keyslots 0 killed, 2 (argon2id), 5 (pbkdf2 sha1) + token, {case}");
     let pass0 = passphrase_for(&case);
     let img = make_luks2_with_cryptsetup(dir.path(), "slots", &payload, &case, &pass0, true);
     let k2 = write_keyfile(dir.path(), "slot2", "second passphrase");
     let k5 = write_keyfile(dir.path(), "slot5", "fifth passphrase");
     let add = |slot: &str, newkey: &Path, kdf: &[&str]| {
-        let mut a = vec!["luksAddKey", "--batch-mode", "--key-file", img.keyfile.to_str().unwrap(), "--key-slot", slot];
+        let mut a = vec![
+            "luksAddKey",
+            "--batch-mode",
+            "--key-file",
+            img.keyfile.to_str().unwrap(),
+            "--key-slot",
+            slot,
+        ];
         a.extend_from_slice(kdf);
         a.extend([img.path.to_str().unwrap(), newkey.to_str().unwrap()]);
-        assert_ok(&cryptsetup(&a), &format!("{what}: cryptsetup luksAddKey slot {slot}"));
+        assert_ok(
+            &cryptsetup(&a),
+            &format!("{what}: cryptsetup luksAddKey slot {slot}"),
+        );
     };
-    add("2", &k2, &["--pbkdf", "argon2id", "--pbkdf-memory", "64", "--pbkdf-force-iterations", "5"]);
-    add("5", &k5, &["--pbkdf", "pbkdf2", "--hash", "sha1", "--pbkdf-force-iterations", "1200"]);
+    add(
+        "2",
+        &k2,
+        &[
+            "--pbkdf",
+            "argon2id",
+            "--pbkdf-memory",
+            "64",
+            "--pbkdf-force-iterations",
+            "5",
+        ],
+    );
+    add(
+        "5",
+        &k5,
+        &[
+            "--pbkdf",
+            "pbkdf2",
+            "--hash",
+            "sha1",
+            "--pbkdf-force-iterations",
+            "1200",
+        ],
+    );
     let token = dir.path().join("token.json");
-    write_file(&token, br#"{"type":"bifs-test-token","keyslots":["5"],"note":"ignored by readers"}"#);
+    write_file(
+        &token,
+        br#"{"type":"bifs-test-token","keyslots":["5"],"note":"ignored by readers"}"#,
+    );
     assert_ok(
         &cryptsetup([
-            "token", "import", "--token-id", "3", "--json-file", token.to_str().unwrap(), img.path.to_str().unwrap(),
+            "token",
+            "import",
+            "--token-id",
+            "3",
+            "--json-file",
+            token.to_str().unwrap(),
+            img.path.to_str().unwrap(),
         ]),
         &format!("{what}: cryptsetup token import"),
     );
     assert_ok(
-        &cryptsetup(["luksKillSlot", "--batch-mode", img.path.to_str().unwrap(), "0"]),
+        &cryptsetup([
+            "luksKillSlot",
+            "--batch-mode",
+            img.path.to_str().unwrap(),
+            "0",
+        ]),
         &format!("{what}: cryptsetup luksKillSlot 0"),
     );
     for (p, slot) in [("fifth passphrase", 5), ("second passphrase", 2)] {
         let secret = write_secret(dir.path(), &format!("slot{slot}"), &SecretParams::cheap(p));
         let out = dir.path().join(format!("slot{slot}.plain"));
-        bifs_decrypt(&secret, &img.path, &out, &format!("{what}: via slot {slot}"));
+        bifs_decrypt(
+            &secret,
+            &img.path,
+            &out,
+            &format!("{what}: via slot {slot}"),
+        );
         assert_same(&out, &payload, 0, &format!("{what}: via slot {slot}"));
     }
     let j = bifs_inspect_json(&img.path);
@@ -306,14 +480,31 @@ fn check_bifs_image(
     // (b)
     let o = cryptsetup([OsStr::new("luksDump"), dst.as_os_str()]);
     assert_ok(&o, &format!("{what}: (b) cryptsetup luksDump"));
-    let o = cryptsetup([OsStr::new("isLuks"), OsStr::new("--type"), OsStr::new("luks2"), dst.as_os_str()]);
+    let o = cryptsetup([
+        OsStr::new("isLuks"),
+        OsStr::new("--type"),
+        OsStr::new("luks2"),
+        dst.as_os_str(),
+    ]);
     assert_ok(&o, &format!("{what}: (b) cryptsetup isLuks --type luks2"));
     let m = luks2_json(dst);
     let seg = &m["segments"]["0"];
     assert_eq!(s(&seg["type"]), "crypt", "{what}: (b) segment type: {seg}");
-    assert_eq!(s(&seg["encryption"]), "aes-xts-plain64", "{what}: (b) segment cipher: {seg}");
-    assert_eq!(s(&seg["offset"]), "16777216", "{what}: (b) segment offset: {seg}");
-    assert_eq!(seg["sector_size"].as_u64(), Some(case.sector as u64), "{what}: (b) sector_size: {seg}");
+    assert_eq!(
+        s(&seg["encryption"]),
+        "aes-xts-plain64",
+        "{what}: (b) segment cipher: {seg}"
+    );
+    assert_eq!(
+        s(&seg["offset"]),
+        "16777216",
+        "{what}: (b) segment offset: {seg}"
+    );
+    assert_eq!(
+        seg["sector_size"].as_u64(),
+        Some(case.sector as u64),
+        "{what}: (b) sector_size: {seg}"
+    );
     assert_eq!(s(&seg["iv_tweak"]), "0", "{what}: (b) iv_tweak: {seg}");
     let seg_size = s(&seg["size"]);
     assert!(
@@ -321,37 +512,98 @@ fn check_bifs_image(
         "{what}: (b) segment size must be \"dynamic\" or {plain_len}: {seg}"
     );
     let slots = m["keyslots"].as_object().unwrap();
-    assert_eq!(slots.len(), 1, "{what}: (b) expected exactly one keyslot: {}", m["keyslots"]);
+    assert_eq!(
+        slots.len(),
+        1,
+        "{what}: (b) expected exactly one keyslot: {}",
+        m["keyslots"]
+    );
     let ks = &m["keyslots"]["0"];
-    assert!(ks.is_object(), "{what}: (b) keyslot 0 missing: {}", m["keyslots"]);
+    assert!(
+        ks.is_object(),
+        "{what}: (b) keyslot 0 missing: {}",
+        m["keyslots"]
+    );
     assert_eq!(s(&ks["type"]), "luks2", "{what}: (b) keyslot type: {ks}");
-    assert_eq!(ks["key_size"].as_u64(), Some(case.key_bits as u64 / 8), "{what}: (b) keyslot key_size: {ks}");
+    assert_eq!(
+        ks["key_size"].as_u64(),
+        Some(case.key_bits as u64 / 8),
+        "{what}: (b) keyslot key_size: {ks}"
+    );
     assert_eq!(s(&ks["af"]["type"]), "luks1", "{what}: (b) af type: {ks}");
-    assert_eq!(ks["af"]["stripes"].as_u64(), Some(4000), "{what}: (b) af stripes: {ks}");
+    assert_eq!(
+        ks["af"]["stripes"].as_u64(),
+        Some(4000),
+        "{what}: (b) af stripes: {ks}"
+    );
     assert_eq!(s(&ks["af"]["hash"]), case.hash, "{what}: (b) af hash: {ks}");
-    assert_eq!(s(&ks["area"]["encryption"]), "aes-xts-plain64", "{what}: (b) area cipher: {ks}");
-    assert_eq!(s(&ks["kdf"]["type"]), case.kdf, "{what}: (b) kdf type: {ks}");
+    assert_eq!(
+        s(&ks["area"]["encryption"]),
+        "aes-xts-plain64",
+        "{what}: (b) area cipher: {ks}"
+    );
+    assert_eq!(
+        s(&ks["kdf"]["type"]),
+        case.kdf,
+        "{what}: (b) kdf type: {ks}"
+    );
     if let Some((mem, iters)) = costs {
         if case.kdf == "pbkdf2" {
-            assert_eq!(s(&ks["kdf"]["hash"]), case.hash, "{what}: (b) pbkdf2 hash: {ks}");
-            assert_eq!(ks["kdf"]["iterations"].as_u64(), Some(iters as u64), "{what}: (b) pbkdf2 iterations: {ks}");
+            assert_eq!(
+                s(&ks["kdf"]["hash"]),
+                case.hash,
+                "{what}: (b) pbkdf2 hash: {ks}"
+            );
+            assert_eq!(
+                ks["kdf"]["iterations"].as_u64(),
+                Some(iters as u64),
+                "{what}: (b) pbkdf2 iterations: {ks}"
+            );
         } else {
-            assert_eq!(ks["kdf"]["time"].as_u64(), Some(iters as u64), "{what}: (b) argon2 time: {ks}");
-            assert_eq!(ks["kdf"]["memory"].as_u64(), mem.map(u64::from), "{what}: (b) argon2 memory: {ks}");
+            assert_eq!(
+                ks["kdf"]["time"].as_u64(),
+                Some(iters as u64),
+                "{what}: (b) argon2 time: {ks}"
+            );
+            assert_eq!(
+                ks["kdf"]["memory"].as_u64(),
+                mem.map(u64::from),
+                "{what}: (b) argon2 memory: {ks}"
+            );
         }
     }
     let digests = m["digests"].as_object().unwrap();
-    assert_eq!(digests.len(), 1, "{what}: (b) expected one digest: {}", m["digests"]);
+    assert_eq!(
+        digests.len(),
+        1,
+        "{what}: (b) expected one digest: {}",
+        m["digests"]
+    );
     let dg = digests.values().next().unwrap();
     assert_eq!(s(&dg["type"]), "pbkdf2", "{what}: (b) digest type: {dg}");
     assert_eq!(s(&dg["hash"]), case.hash, "{what}: (b) digest hash: {dg}");
-    let refs = |v: &Value| v.as_array().map(|a| a.iter().map(s).collect::<Vec<_>>()).unwrap_or_default();
-    assert_eq!(refs(&dg["keyslots"]), vec!["0"], "{what}: (b) digest keyslots: {dg}");
-    assert_eq!(refs(&dg["segments"]), vec!["0"], "{what}: (b) digest segments: {dg}");
+    let refs = |v: &Value| {
+        v.as_array()
+            .map(|a| a.iter().map(s).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        refs(&dg["keyslots"]),
+        vec!["0"],
+        "{what}: (b) digest keyslots: {dg}"
+    );
+    assert_eq!(
+        refs(&dg["segments"]),
+        vec!["0"],
+        "{what}: (b) digest segments: {dg}"
+    );
 
     // (c)
     let o = test_passphrase(dst, pass.as_bytes());
-    assert_ok(&o, &format!("{what}: (c) cryptsetup open --test-passphrase with the right passphrase"));
+    assert_ok(
+        &o,
+        &format!("{what}: (c) cryptsetup open --test-passphrase with the right passphrase"),
+    );
     let o = test_passphrase(dst, WRONG_PASSPHRASE.as_bytes());
     assert!(
         !o.status.success(),
@@ -362,10 +614,19 @@ fn check_bifs_image(
     // (d)
     let keyfile = write_keyfile(keyfile_dir, &format!("{}-dst", case.tag()), pass);
     let key = volume_key(dst, &keyfile);
-    assert_eq!(key.len() * 8, case.key_bits as usize, "{what}: (d) volume key size");
+    assert_eq!(
+        key.len() * 8,
+        case.key_bits as usize,
+        "{what}: (d) volume key size"
+    );
     let out = dst.with_extension("oracle");
     oracle_decrypt(dst, &out, &key, LUKS2_HEADER_SIZE, case.sector, plain_len);
-    assert_same(&out, src_plain, zero_tail, &format!("{what}: (d) oracle decryption vs source"));
+    assert_same(
+        &out,
+        src_plain,
+        zero_tail,
+        &format!("{what}: (d) oracle decryption vs source"),
+    );
     fs::remove_file(&out).unwrap();
 }
 
@@ -381,14 +642,32 @@ fn bifs_encrypt_to_cryptsetup() {
         let pass = passphrase_for(case);
         let src = dir.path().join(format!("{}.raw", case.tag()));
         standard_payload(&src, 100 + case.key_bits as u64 + case.sector as u64);
-        let secret = write_secret(dir.path(), &case.tag(), &SecretParams::for_case(case, &pass));
+        let secret = write_secret(
+            dir.path(),
+            &case.tag(),
+            &SecretParams::for_case(case, &pass),
+        );
         let dst = dir.path().join(format!("{}.luks2", case.tag()));
         bifs_encrypt(&secret, Some(case.sector), &src, &dst, &what);
-        check_bifs_image(&dst, &src, 0, case, &pass, Some(case.cheap_costs()), dir.path(), &what);
+        check_bifs_image(
+            &dst,
+            &src,
+            0,
+            case,
+            &pass,
+            Some(case.cheap_costs()),
+            dir.path(),
+            &what,
+        );
         // (e)
         let back = dir.path().join(format!("{}.back", case.tag()));
         bifs_decrypt(&secret, &dst, &back, &what);
-        assert_same(&back, &src, 0, &format!("{what}: (e) bifs decrypt of bifs encrypt"));
+        assert_same(
+            &back,
+            &src,
+            0,
+            &format!("{what}: (e) bifs decrypt of bifs encrypt"),
+        );
         for p in [&src, &dst, &back] {
             fs::remove_file(p).unwrap();
         }
@@ -401,21 +680,48 @@ fn bifs_encrypt_to_cryptsetup() {
 fn bifs_encrypt_unaligned_source() {
     require_tools();
     let dir = tempdir("unaligned");
-    let case = Case { key_bits: 512, sector: 512, kdf: "argon2id", hash: "sha256" };
+    let case = Case {
+        key_bits: 512,
+        sector: 512,
+        kdf: "argon2id",
+        hash: "sha256",
+    };
     let what = format!("unaligned source (1 MiB + 1000 bytes), {case}");
     let pass = passphrase_for(&case);
     let src = dir.path().join("odd.raw");
-    payload_file(&src, 7, &[Region::Random(MIB - 4096), Region::Zero(4096), Region::Random(1000)]);
+    payload_file(
+        &src,
+        7,
+        &[
+            Region::Random(MIB - 4096),
+            Region::Zero(4096),
+            Region::Random(1000),
+        ],
+    );
     let len = file_len(&src);
     assert_ne!(len % 512, 0);
     let pad = len.next_multiple_of(512) - len;
     let secret = write_secret(dir.path(), "odd", &SecretParams::for_case(&case, &pass));
     let dst = dir.path().join("odd.luks2");
     bifs_encrypt(&secret, None, &src, &dst, &what);
-    check_bifs_image(&dst, &src, pad, &case, &pass, Some(case.cheap_costs()), dir.path(), &what);
+    check_bifs_image(
+        &dst,
+        &src,
+        pad,
+        &case,
+        &pass,
+        Some(case.cheap_costs()),
+        dir.path(),
+        &what,
+    );
     let back = dir.path().join("odd.back");
     bifs_decrypt(&secret, &dst, &back, &what);
-    assert_same(&back, &src, pad, &format!("{what}: bifs decrypt (padded plaintext)"));
+    assert_same(
+        &back,
+        &src,
+        pad,
+        &format!("{what}: bifs decrypt (padded plaintext)"),
+    );
 }
 
 /// Without --sector-size: 4096 when the data size is a multiple of 4096, else 512.
@@ -438,8 +744,15 @@ fn bifs_encrypt_default_sector_size() {
             "{what}: segment {}",
             m["segments"]["0"]
         );
-        assert_eq!(file_len(&dst), size.next_multiple_of(512) + LUKS2_HEADER_SIZE, "{what}: output size");
-        assert_ok(&test_passphrase(&dst, pass.as_bytes()), &format!("{what}: cryptsetup --test-passphrase"));
+        assert_eq!(
+            file_len(&dst),
+            size.next_multiple_of(512) + LUKS2_HEADER_SIZE,
+            "{what}: output size"
+        );
+        assert_ok(
+            &test_passphrase(&dst, pass.as_bytes()),
+            &format!("{what}: cryptsetup --test-passphrase"),
+        );
     }
 }
 
@@ -449,7 +762,12 @@ fn bifs_encrypt_default_sector_size() {
 fn bifs_encrypt_qcow2_source() {
     require_tools();
     let dir = tempdir("qcow2src");
-    let case = Case { key_bits: 256, sector: 4096, kdf: "pbkdf2", hash: "sha256" };
+    let case = Case {
+        key_bits: 256,
+        sector: 4096,
+        kdf: "pbkdf2",
+        hash: "sha256",
+    };
     let what = format!("qcow2 source, {case}");
     let raw = dir.path().join("src.raw");
     standard_payload(&raw, 11);
@@ -459,7 +777,16 @@ fn bifs_encrypt_qcow2_source() {
     let secret = write_secret(dir.path(), "q", &SecretParams::for_case(&case, &pass));
     let dst = dir.path().join("q.luks2");
     bifs_encrypt(&secret, Some(4096), &qcow, &dst, &what);
-    check_bifs_image(&dst, &raw, 0, &case, &pass, Some(case.cheap_costs()), dir.path(), &what);
+    check_bifs_image(
+        &dst,
+        &raw,
+        0,
+        &case,
+        &pass,
+        Some(case.cheap_costs()),
+        dir.path(),
+        &what,
+    );
 }
 
 /// A bifs image is a normal LUKS2 device for cryptsetup's management commands: luksAddKey
@@ -469,7 +796,12 @@ fn bifs_encrypt_qcow2_source() {
 fn bifs_image_managed_by_cryptsetup() {
     require_tools();
     let dir = tempdir("managed");
-    let case = Case { key_bits: 512, sector: 4096, kdf: "argon2id", hash: "sha256" };
+    let case = Case {
+        key_bits: 512,
+        sector: 4096,
+        kdf: "argon2id",
+        hash: "sha256",
+    };
     let what = format!("bifs image managed by cryptsetup, {case}");
     let pass = passphrase_for(&case);
     let src = dir.path().join("src.raw");
@@ -482,24 +814,53 @@ fn bifs_image_managed_by_cryptsetup() {
     let p = |x: &Path| x.to_str().unwrap().to_string();
     assert_ok(
         &cryptsetup([
-            "luksAddKey", "--batch-mode", "--key-file", &p(&key), "--pbkdf", "pbkdf2",
-            "--pbkdf-force-iterations", "1000", &p(&dst), &p(&newkey),
+            "luksAddKey",
+            "--batch-mode",
+            "--key-file",
+            &p(&key),
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            &p(&dst),
+            &p(&newkey),
         ]),
         &format!("{what}: cryptsetup luksAddKey"),
     );
-    assert_ok(&test_passphrase(&dst, b"added passphrase"), &format!("{what}: added passphrase opens"));
+    assert_ok(
+        &test_passphrase(&dst, b"added passphrase"),
+        &format!("{what}: added passphrase opens"),
+    );
     let before = volume_key(&dst, &key);
     assert_ok(
         &cryptsetup([
-            "reencrypt", "--batch-mode", "--force-offline-reencrypt", "--key-file", &p(&key), "--key-slot", "0",
-            "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", &p(&dst),
+            "reencrypt",
+            "--batch-mode",
+            "--force-offline-reencrypt",
+            "--key-file",
+            &p(&key),
+            "--key-slot",
+            "0",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            &p(&dst),
         ]),
         &format!("{what}: cryptsetup reencrypt (offline re-key)"),
     );
     let after = volume_key(&dst, &key);
-    assert_ne!(before, after, "{what}: re-key did not change the volume key");
+    assert_ne!(
+        before, after,
+        "{what}: re-key did not change the volume key"
+    );
     let out = dir.path().join("after.plain");
-    bifs_decrypt(&secret, &dst, &out, &format!("{what}: after cryptsetup re-key"));
+    bifs_decrypt(
+        &secret,
+        &dst,
+        &out,
+        &format!("{what}: after cryptsetup re-key"),
+    );
     assert_same(&out, &src, 0, &format!("{what}: after cryptsetup re-key"));
 }
 
@@ -528,8 +889,14 @@ fn bifs_encrypt_default_argon2_cost_opens_with_cryptsetup() {
     eprintln!("{what}: keyslot kdf = {kdf}");
     assert_eq!(s(&kdf["type"]), "argon2i", "{what}: kdf {kdf}");
     let t = std::time::Instant::now();
-    assert_ok(&test_passphrase(&dst, pass.as_bytes()), &format!("{what}: cryptsetup --test-passphrase"));
-    eprintln!("{what}: cryptsetup open --test-passphrase took {:?}", t.elapsed());
+    assert_ok(
+        &test_passphrase(&dst, pass.as_bytes()),
+        &format!("{what}: cryptsetup --test-passphrase"),
+    );
+    eprintln!(
+        "{what}: cryptsetup open --test-passphrase took {:?}",
+        t.elapsed()
+    );
     let key = volume_key(&dst, &write_keyfile(dir.path(), "default", pass));
     let out = dir.path().join("dst.oracle");
     oracle_decrypt(&dst, &out, &key, LUKS2_HEADER_SIZE, 4096, file_len(&src));
@@ -544,16 +911,39 @@ fn bifs_encrypt_default_argon2_cost_opens_with_cryptsetup() {
 /// containing one of `any_of` (case-insensitive; empty = any non-empty message), none of
 /// `forbidden`, DST absent, and DST's directory unchanged (no temp files).
 #[track_caller]
-fn expect_refusal<S: AsRef<OsStr>>(what: &str, args: &[S], dst: &Path, any_of: &[&str], forbidden: &[&str]) {
+fn expect_refusal<S: AsRef<OsStr>>(
+    what: &str,
+    args: &[S],
+    dst: &Path,
+    any_of: &[&str],
+    forbidden: &[&str],
+) {
     let dst_dir = dst.parent().unwrap();
     let existed = dst.exists();
-    let before_content = if existed { Some(fs::read(dst).unwrap()) } else { None };
+    let before_content = if existed {
+        Some(fs::read(dst).unwrap())
+    } else {
+        None
+    };
     let before = dir_entries(dst_dir);
     let o = bifs(args);
     let err = stderr_of(&o);
-    assert!(!o.status.success(), "{what}: bifs should have failed but exited 0\n{}", describe(&o));
-    assert_ne!(o.status.code(), None, "{what}: bifs died from a signal\n{}", describe(&o));
-    assert!(!err.trim().is_empty(), "{what}: no error message on stderr\n{}", describe(&o));
+    assert!(
+        !o.status.success(),
+        "{what}: bifs should have failed but exited 0\n{}",
+        describe(&o)
+    );
+    assert_ne!(
+        o.status.code(),
+        None,
+        "{what}: bifs died from a signal\n{}",
+        describe(&o)
+    );
+    assert!(
+        !err.trim().is_empty(),
+        "{what}: no error message on stderr\n{}",
+        describe(&o)
+    );
     let lower = err.to_lowercase();
     assert!(
         any_of.is_empty() || any_of.iter().any(|w| lower.contains(&w.to_lowercase())),
@@ -562,10 +952,18 @@ fn expect_refusal<S: AsRef<OsStr>>(what: &str, args: &[S], dst: &Path, any_of: &
     );
     let stdout = String::from_utf8_lossy(&o.stdout);
     for f in forbidden {
-        assert!(!err.contains(f) && !stdout.contains(f), "{what}: output leaks {f:?}\n{}", describe(&o));
+        assert!(
+            !err.contains(f) && !stdout.contains(f),
+            "{what}: output leaks {f:?}\n{}",
+            describe(&o)
+        );
     }
     match before_content {
-        None => assert!(!dst.exists(), "{what}: DST {} was left behind", dst.display()),
+        None => assert!(
+            !dst.exists(),
+            "{what}: DST {} was left behind",
+            dst.display()
+        ),
         Some(c) => assert!(
             fs::read(dst).map(|now| now == c).unwrap_or(false),
             "{what}: pre-existing DST {} was modified or removed",
@@ -594,13 +992,30 @@ fn fixture(name: &str) -> Fixture {
     fs::create_dir(&input).unwrap();
     fs::create_dir(&out).unwrap();
     let payload = input.join("payload.raw");
-    payload_file(&payload, 5, &[Region::Random(512 * KIB), Region::Zero(512 * KIB)]);
-    let case = Case { key_bits: 256, sector: 4096, kdf: "argon2id", hash: "sha256" };
+    payload_file(
+        &payload,
+        5,
+        &[Region::Random(512 * KIB), Region::Zero(512 * KIB)],
+    );
+    let case = Case {
+        key_bits: 256,
+        sector: 4096,
+        kdf: "argon2id",
+        hash: "sha256",
+    };
     let pass = "Simple passphrase".to_string();
     let luks2 = make_luks2_with_cryptsetup(&input, "cs", &payload, &case, &pass, true);
     let luks1 = make_luks1_with_cryptsetup(&input, "c1", &payload, 512, "sha256", &pass);
     let secret = write_secret(&input, "secret", &SecretParams::for_case(&case, &pass));
-    Fixture { _dir: dir, payload, luks2, luks1, secret, pass, out }
+    Fixture {
+        _dir: dir,
+        payload,
+        luks2,
+        luks1,
+        secret,
+        pass,
+        out,
+    }
 }
 
 fn args(v: &[&dyn AsRef<OsStr>]) -> Vec<std::ffi::OsString> {
@@ -611,7 +1026,10 @@ fn args(v: &[&dyn AsRef<OsStr>]) -> Vec<std::ffi::OsString> {
 fn refuse_encrypt_of_luks_image() {
     require_tools();
     let f = fixture("refuse-enc-luks");
-    for (which, img) in [("LUKS2 (cryptsetup)", &f.luks2.path), ("LUKS1 (cryptsetup)", &f.luks1.path)] {
+    for (which, img) in [
+        ("LUKS2 (cryptsetup)", &f.luks2.path),
+        ("LUKS1 (cryptsetup)", &f.luks1.path),
+    ] {
         let dst = f.out.join("dst.img");
         expect_refusal(
             &format!("encrypt of a {which} image"),
@@ -647,7 +1065,10 @@ fn refuse_wrong_passphrase() {
     let f = fixture("refuse-wrongpass");
     let input = f.secret.parent().unwrap();
     let wrong = write_secret(input, "wrong", &SecretParams::cheap(WRONG_PASSPHRASE));
-    for (which, img) in [("LUKS2 (cryptsetup)", &f.luks2.path), ("LUKS1 (cryptsetup)", &f.luks1.path)] {
+    for (which, img) in [
+        ("LUKS2 (cryptsetup)", &f.luks2.path),
+        ("LUKS1 (cryptsetup)", &f.luks1.path),
+    ] {
         let dst = f.out.join("dst.img");
         expect_refusal(
             &format!("decrypt of a {which} image with a wrong passphrase"),
@@ -664,11 +1085,18 @@ fn refuse_unsupported_cipher() {
     require_tools();
     let f = fixture("refuse-cipher");
     let input = f.secret.parent().unwrap();
-    for cipher in ["aes-cbc-essiv:sha256", "serpent-xts-plain64", "aes-xts-plain"] {
+    for cipher in [
+        "aes-cbc-essiv:sha256",
+        "serpent-xts-plain64",
+        "aes-xts-plain",
+    ] {
         let secret = write_secret(
             input,
             &format!("cipher-{}", cipher.replace(':', "_")),
-            &SecretParams { cipher: Some(cipher.into()), ..SecretParams::cheap(&f.pass) },
+            &SecretParams {
+                cipher: Some(cipher.into()),
+                ..SecretParams::cheap(&f.pass)
+            },
         );
         let dst = f.out.join("dst.img");
         expect_refusal(
@@ -689,7 +1117,10 @@ fn refuse_decrypt_of_unsupported_cipher_image() {
     let f = fixture("refuse-cbc");
     let input = f.secret.parent().unwrap();
     let img = input.join("cbc.luks2");
-    fs::File::create(&img).unwrap().set_len(16 * MIB + MIB).unwrap();
+    fs::File::create(&img)
+        .unwrap()
+        .set_len(16 * MIB + MIB)
+        .unwrap();
     let o = cryptsetup([
         OsStr::new("luksFormat"),
         OsStr::new("--type"),
@@ -707,7 +1138,10 @@ fn refuse_decrypt_of_unsupported_cipher_image() {
         f.luks2.keyfile.as_os_str(),
         img.as_os_str(),
     ]);
-    assert_ok(&o, "fixture: cryptsetup luksFormat --cipher aes-cbc-essiv:sha256");
+    assert_ok(
+        &o,
+        "fixture: cryptsetup luksFormat --cipher aes-cbc-essiv:sha256",
+    );
     let dst = f.out.join("dst.img");
     expect_refusal(
         "decrypt of a LUKS2 aes-cbc-essiv:sha256 image",
@@ -726,7 +1160,10 @@ fn refuse_unknown_key_provider() {
     let secret = write_secret(
         input,
         "vault",
-        &SecretParams { provider: Some("vault".into()), ..SecretParams::cheap(&f.pass) },
+        &SecretParams {
+            provider: Some("vault".into()),
+            ..SecretParams::cheap(&f.pass)
+        },
     );
     let dst = f.out.join("dst.img");
     expect_refusal(
@@ -751,7 +1188,12 @@ fn refuse_truncated_header() {
     let f = fixture("refuse-trunc");
     let img = f.out.parent().unwrap().join("in/truncated.luks2");
     fs::copy(&f.luks2.path, &img).unwrap();
-    fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(8 * KIB).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(8 * KIB)
+        .unwrap();
     let dst = f.out.join("dst.img");
     expect_refusal(
         "decrypt of a LUKS2 image truncated to 8 KiB",
@@ -767,8 +1209,16 @@ fn refuse_truncated_header() {
 fn corrupt_json(src: &Path, dst: &Path, primary: bool, secondary: bool) {
     fs::copy(src, dst).unwrap();
     let hdr = luks2_hdr_size(dst);
-    assert_eq!(hdr, 16 * KIB, "cryptsetup's default LUKS2 header size changed");
-    let f = fs::OpenOptions::new().read(true).write(true).open(dst).unwrap();
+    assert_eq!(
+        hdr,
+        16 * KIB,
+        "cryptsetup's default LUKS2 header size changed"
+    );
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dst)
+        .unwrap();
     let mut targets = Vec::new();
     if primary {
         targets.push(4096 + 2);
@@ -794,7 +1244,11 @@ fn refuse_corrupt_header() {
     corrupt_json(&f.luks2.path, &img, true, true);
     // The corruption must be fatal for cryptsetup too, or the fixture is wrong.
     let o = cryptsetup([OsStr::new("luksDump"), img.as_os_str()]);
-    assert!(!o.status.success(), "fixture: cryptsetup still reads the corrupted header\n{}", describe(&o));
+    assert!(
+        !o.status.success(),
+        "fixture: cryptsetup still reads the corrupted header\n{}",
+        describe(&o)
+    );
     let dst = f.out.join("dst.img");
     expect_refusal(
         "decrypt of a LUKS2 image with both JSON areas corrupted",
@@ -814,10 +1268,23 @@ fn decrypt_with_only_primary_header_corrupt() {
     let img = f.out.parent().unwrap().join("in/primary-corrupt.luks2");
     corrupt_json(&f.luks2.path, &img, true, false);
     let o = test_passphrase(&img, f.pass.as_bytes());
-    assert_ok(&o, "fixture: cryptsetup opens an image whose primary header is corrupt");
+    assert_ok(
+        &o,
+        "fixture: cryptsetup opens an image whose primary header is corrupt",
+    );
     let dst = f.out.join("dst.img");
-    bifs_decrypt(&f.secret, &img, &dst, "decrypt with only the primary JSON area corrupted");
-    assert_same(&dst, &f.payload, 0, "decrypt with only the primary JSON area corrupted");
+    bifs_decrypt(
+        &f.secret,
+        &img,
+        &dst,
+        "decrypt with only the primary JSON area corrupted",
+    );
+    assert_same(
+        &dst,
+        &f.payload,
+        0,
+        "decrypt with only the primary JSON area corrupted",
+    );
 }
 
 #[test]
@@ -830,18 +1297,51 @@ fn refuse_existing_dst_without_force() {
     let dst = f.out.join("enc.img");
     write_file(&dst, sentinel);
     let enc = args(&[&"encrypt", &"--secret", &f.secret, &f.payload, &dst]);
-    expect_refusal("encrypt onto an existing DST without --force", &enc, &dst, &["exist"], &[]);
-    let o = bifs(args(&[&"encrypt", &"--secret", &f.secret, &"--force", &f.payload, &dst]));
+    expect_refusal(
+        "encrypt onto an existing DST without --force",
+        &enc,
+        &dst,
+        &["exist"],
+        &[],
+    );
+    let o = bifs(args(&[
+        &"encrypt",
+        &"--secret",
+        &f.secret,
+        &"--force",
+        &f.payload,
+        &dst,
+    ]));
     assert_ok(&o, "encrypt onto an existing DST with --force");
-    assert_eq!(file_len(&dst), file_len(&f.payload) + LUKS2_HEADER_SIZE, "encrypt --force: size");
-    assert_ok(&test_passphrase(&dst, f.pass.as_bytes()), "encrypt --force: cryptsetup --test-passphrase");
+    assert_eq!(
+        file_len(&dst),
+        file_len(&f.payload) + LUKS2_HEADER_SIZE,
+        "encrypt --force: size"
+    );
+    assert_ok(
+        &test_passphrase(&dst, f.pass.as_bytes()),
+        "encrypt --force: cryptsetup --test-passphrase",
+    );
 
     // decrypt
     let dst = f.out.join("dec.img");
     write_file(&dst, sentinel);
     let dec = args(&[&"decrypt", &"--secret", &f.secret, &f.luks2.path, &dst]);
-    expect_refusal("decrypt onto an existing DST without --force", &dec, &dst, &["exist"], &[]);
-    let o = bifs(args(&[&"decrypt", &"--secret", &f.secret, &"--force", &f.luks2.path, &dst]));
+    expect_refusal(
+        "decrypt onto an existing DST without --force",
+        &dec,
+        &dst,
+        &["exist"],
+        &[],
+    );
+    let o = bifs(args(&[
+        &"decrypt",
+        &"--secret",
+        &f.secret,
+        &"--force",
+        &f.luks2.path,
+        &dst,
+    ]));
     assert_ok(&o, "decrypt onto an existing DST with --force");
     assert_same(&dst, &f.payload, 0, "decrypt --force");
 }
@@ -861,23 +1361,55 @@ fn secret_manifest_variants() {
     let variants: Vec<(&str, PathBuf, Option<&str>)> = vec![
         (
             "base64 data",
-            write_secret(&input, "b64", &SecretParams { encoding: SecretEncoding::Data, ..base.clone() }),
+            write_secret(
+                &input,
+                "b64",
+                &SecretParams {
+                    encoding: SecretEncoding::Data,
+                    ..base.clone()
+                },
+            ),
             None,
         ),
         (
             "empty provider",
-            write_secret(&input, "emptyprov", &SecretParams { provider: Some(String::new()), ..base.clone() }),
+            write_secret(
+                &input,
+                "emptyprov",
+                &SecretParams {
+                    provider: Some(String::new()),
+                    ..base.clone()
+                },
+            ),
             None,
         ),
-        ("no provider", write_secret(&input, "noprov", &SecretParams { provider: None, ..base.clone() }), None),
+        (
+            "no provider",
+            write_secret(
+                &input,
+                "noprov",
+                &SecretParams {
+                    provider: None,
+                    ..base.clone()
+                },
+            ),
+            None,
+        ),
         (
             "multi-document, second selected",
             write_secret_docs(
                 &input,
                 "multi",
                 &[
-                    SecretParams { name: "other".into(), ..SecretParams::cheap(WRONG_PASSPHRASE) },
-                    SecretParams { name: "right".into(), namespace: "ns2".into(), ..base.clone() },
+                    SecretParams {
+                        name: "other".into(),
+                        ..SecretParams::cheap(WRONG_PASSPHRASE)
+                    },
+                    SecretParams {
+                        name: "right".into(),
+                        namespace: "ns2".into(),
+                        ..base.clone()
+                    },
                 ],
             ),
             Some("ns2/right"),
@@ -889,14 +1421,23 @@ fn secret_manifest_variants() {
             a.push("--secret-name".into());
             a.push(n.into());
         }
-        let dst = f.out.join(format!("{}.plain", what.replace([' ', ','], "_")));
+        let dst = f
+            .out
+            .join(format!("{}.plain", what.replace([' ', ','], "_")));
         a.push(f.luks2.path.clone().into());
         a.push(dst.clone().into());
         let o = bifs(&a);
         assert_ok(&o, &format!("decrypt with a Secret: {what}"));
-        assert_same(&dst, &f.payload, 0, &format!("decrypt with a Secret: {what}"));
+        assert_same(
+            &dst,
+            &f.payload,
+            0,
+            &format!("decrypt with a Secret: {what}"),
+        );
 
-        let enc = f.out.join(format!("{}.luks2", what.replace([' ', ','], "_")));
+        let enc = f
+            .out
+            .join(format!("{}.luks2", what.replace([' ', ','], "_")));
         let mut a = args(&[&"encrypt", &"--secret", secret]);
         if let Some(n) = name {
             a.push("--secret-name".into());
@@ -905,13 +1446,24 @@ fn secret_manifest_variants() {
         a.push(f.payload.clone().into());
         a.push(enc.clone().into());
         assert_ok(&bifs(&a), &format!("encrypt with a Secret: {what}"));
-        assert_ok(&test_passphrase(&enc, f.pass.as_bytes()), &format!("encrypt with a Secret: {what}: cryptsetup"));
+        assert_ok(
+            &test_passphrase(&enc, f.pass.as_bytes()),
+            &format!("encrypt with a Secret: {what}: cryptsetup"),
+        );
     }
     let multi = &variants[3].1;
     let dst = f.out.join("nomatch.plain");
     expect_refusal(
         "--secret-name matching no document",
-        &args(&[&"decrypt", &"--secret", multi, &"--secret-name", &"nope/missing", &f.luks2.path, &dst]),
+        &args(&[
+            &"decrypt",
+            &"--secret",
+            multi,
+            &"--secret-name",
+            &"nope/missing",
+            &f.luks2.path,
+            &dst,
+        ]),
         &dst,
         &[],
         &[&f.pass, WRONG_PASSPHRASE],
@@ -928,9 +1480,15 @@ fn inspect_json_raw() {
     let f = fixture("inspect-raw");
     let j = bifs_inspect_json(&f.payload);
     assert_eq!(s(&j["format"]), "raw", "inspect raw: {j}");
-    assert_eq!(j["size"].as_u64(), Some(file_len(&f.payload)), "inspect raw: size: {j}");
-    assert!(j.get("luks").is_none_or(Value::is_null), "inspect raw: luks must be absent/null: {j}");
-
+    assert_eq!(
+        j["size"].as_u64(),
+        Some(file_len(&f.payload)),
+        "inspect raw: size: {j}"
+    );
+    assert!(
+        j.get("luks").is_none_or(Value::is_null),
+        "inspect raw: luks must be absent/null: {j}"
+    );
 }
 
 #[test]
@@ -942,17 +1500,33 @@ fn inspect_json_qcow2() {
     // `virtual_size`, when reported, must be the qcow2 virtual disk size.
     let qcow = input.join("empty.qcow2");
     assert_ok(
-        &qemu_img([OsStr::new("create"), OsStr::new("-f"), OsStr::new("qcow2"), qcow.as_os_str(), OsStr::new("64M")]),
+        &qemu_img([
+            OsStr::new("create"),
+            OsStr::new("-f"),
+            OsStr::new("qcow2"),
+            qcow.as_os_str(),
+            OsStr::new("64M"),
+        ]),
         "qemu-img create -f qcow2",
     );
     let j = bifs_inspect_json(&qcow);
     assert_eq!(s(&j["format"]), "qcow2", "inspect qcow2: {j}");
-    assert_eq!(j["size"].as_u64(), Some(file_len(&qcow)), "inspect qcow2: size must be the file size: {j}");
+    assert_eq!(
+        j["size"].as_u64(),
+        Some(file_len(&qcow)),
+        "inspect qcow2: size must be the file size: {j}"
+    );
     if let Some(v) = j.get("virtual_size") {
-        assert_eq!(v.as_u64(), Some(64 * MIB), "inspect qcow2: virtual_size must be the qcow2 virtual size: {j}");
+        assert_eq!(
+            v.as_u64(),
+            Some(64 * MIB),
+            "inspect qcow2: virtual_size must be the qcow2 virtual size: {j}"
+        );
     }
-    assert!(j.get("luks").is_none_or(Value::is_null), "inspect qcow2: luks must be absent/null: {j}");
-
+    assert!(
+        j.get("luks").is_none_or(Value::is_null),
+        "inspect qcow2: luks must be absent/null: {j}"
+    );
 }
 
 #[test]
@@ -961,7 +1535,12 @@ fn inspect_json_cryptsetup_luks2() {
     let f = fixture("inspect-luks2");
     let input = f.secret.parent().unwrap().to_path_buf();
     // cryptsetup LUKS2 (untrimmed, data offset 8 MiB)
-    let case = Case { key_bits: 512, sector: 4096, kdf: "argon2id", hash: "sha512" };
+    let case = Case {
+        key_bits: 512,
+        sector: 4096,
+        kdf: "argon2id",
+        hash: "sha512",
+    };
     let img = make_luks2_with_cryptsetup(&input, "insp", &f.payload, &case, &f.pass, false);
     let j = bifs_inspect_json(&img.path);
     let what = format!("inspect cryptsetup LUKS2 {case}");
@@ -974,13 +1553,22 @@ fn inspect_json_cryptsetup_luks2() {
     assert_eq!(s(&l["cipher"]), "aes-xts-plain64", "{what}: {j}");
     assert_eq!(l["key_size_bits"].as_u64(), Some(512), "{what}: {j}");
     assert_eq!(l["sector_size"].as_u64(), Some(4096), "{what}: {j}");
-    assert_eq!(l["data_offset"].as_u64(), Some(img.data_offset), "{what}: {j}");
-    assert_eq!(l["data_size"].as_u64(), Some(flen - img.data_offset), "{what}: {j}");
-    let ks = l["keyslots"].as_array().unwrap_or_else(|| panic!("{what}: keyslots not an array: {j}"));
+    assert_eq!(
+        l["data_offset"].as_u64(),
+        Some(img.data_offset),
+        "{what}: {j}"
+    );
+    assert_eq!(
+        l["data_size"].as_u64(),
+        Some(flen - img.data_offset),
+        "{what}: {j}"
+    );
+    let ks = l["keyslots"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: keyslots not an array: {j}"));
     assert_eq!(ks.len(), 1, "{what}: {j}");
     assert_eq!(ks[0]["id"].as_u64(), Some(0), "{what}: {j}");
     assert_eq!(s(&ks[0]["kdf"]), "argon2id", "{what}: {j}");
-
 }
 
 #[test]
@@ -1001,13 +1589,22 @@ fn inspect_json_qemu_luks1() {
     assert_eq!(s(&l["cipher"]), "aes-xts-plain64", "{what}: {j}");
     assert_eq!(l["key_size_bits"].as_u64(), Some(512), "{what}: {j}");
     assert_eq!(l["sector_size"].as_u64(), Some(512), "{what}: {j}");
-    assert_eq!(l["data_offset"].as_u64(), Some(q.data_offset), "{what}: {j}");
-    assert_eq!(l["data_size"].as_u64(), Some(flen - q.data_offset), "{what}: {j}");
-    let ks = l["keyslots"].as_array().unwrap_or_else(|| panic!("{what}: keyslots not an array: {j}"));
+    assert_eq!(
+        l["data_offset"].as_u64(),
+        Some(q.data_offset),
+        "{what}: {j}"
+    );
+    assert_eq!(
+        l["data_size"].as_u64(),
+        Some(flen - q.data_offset),
+        "{what}: {j}"
+    );
+    let ks = l["keyslots"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: keyslots not an array: {j}"));
     assert_eq!(ks.len(), 1, "{what}: only keyslot 0 is enabled: {j}");
     assert_eq!(ks[0]["id"].as_u64(), Some(0), "{what}: {j}");
     assert_eq!(s(&ks[0]["kdf"]), "pbkdf2", "{what}: {j}");
-
 }
 
 #[test]
@@ -1021,10 +1618,22 @@ fn inspect_json_bifs_luks2() {
     let j = bifs_inspect_json(&dst);
     assert_eq!(s(&j["format"]), "luks2", "{what}: {j}");
     assert_eq!(s(&j["luks"]["uuid"]), luks_uuid(&dst), "{what}: uuid: {j}");
-    assert_eq!(j["luks"]["data_offset"].as_u64(), Some(LUKS2_HEADER_SIZE), "{what}: {j}");
-    assert_eq!(j["luks"]["data_size"].as_u64(), Some(file_len(&f.payload)), "{what}: {j}");
+    assert_eq!(
+        j["luks"]["data_offset"].as_u64(),
+        Some(LUKS2_HEADER_SIZE),
+        "{what}: {j}"
+    );
+    assert_eq!(
+        j["luks"]["data_size"].as_u64(),
+        Some(file_len(&f.payload)),
+        "{what}: {j}"
+    );
     assert_eq!(j["luks"]["sector_size"].as_u64(), Some(512), "{what}: {j}");
-    assert_eq!(j["luks"]["key_size_bits"].as_u64(), Some(256), "{what}: {j}");
+    assert_eq!(
+        j["luks"]["key_size_bits"].as_u64(),
+        Some(256),
+        "{what}: {j}"
+    );
 }
 
 // =============================================================================================
@@ -1039,28 +1648,78 @@ fn secrets_never_logged_even_at_trace() {
     let f = fixture("nolog");
     let key = volume_key(&f.luks2.path, &f.luks2.keyfile);
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let hex_spaced: String = key.iter().map(|b| format!("{b:02x} ")).collect::<String>().trim_end().to_string();
+    let hex_spaced: String = key
+        .iter()
+        .map(|b| format!("{b:02x} "))
+        .collect::<String>()
+        .trim_end()
+        .to_string();
     let input = f.secret.parent().unwrap();
     let wrong = write_secret(input, "wrong", &SecretParams::cheap(WRONG_PASSPHRASE));
     let enc_dst = f.out.join("enc.luks2");
     let dec_dst = f.out.join("dec.raw");
     let wrong_dst = f.out.join("wrong.raw");
     let runs = [
-        ("encrypt", args(&[&"--log", &"trace", &"encrypt", &"--secret", &f.secret, &f.payload, &enc_dst]), true),
-        ("decrypt", args(&[&"--log", &"trace", &"decrypt", &"--secret", &f.secret, &f.luks2.path, &dec_dst]), true),
+        (
+            "encrypt",
+            args(&[
+                &"--log",
+                &"trace",
+                &"encrypt",
+                &"--secret",
+                &f.secret,
+                &f.payload,
+                &enc_dst,
+            ]),
+            true,
+        ),
+        (
+            "decrypt",
+            args(&[
+                &"--log",
+                &"trace",
+                &"decrypt",
+                &"--secret",
+                &f.secret,
+                &f.luks2.path,
+                &dec_dst,
+            ]),
+            true,
+        ),
         (
             "decrypt with a wrong passphrase",
-            args(&[&"--log", &"trace", &"decrypt", &"--secret", &wrong, &f.luks2.path, &wrong_dst]),
+            args(&[
+                &"--log",
+                &"trace",
+                &"decrypt",
+                &"--secret",
+                &wrong,
+                &f.luks2.path,
+                &wrong_dst,
+            ]),
             false,
         ),
     ];
     for (what, a, ok) in runs {
         let o = bifs(&a);
-        assert_eq!(o.status.success(), ok, "{what} --log trace\n{}", describe(&o));
-        let all = format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            o.status.success(),
+            ok,
+            "{what} --log trace\n{}",
+            describe(&o)
+        );
+        let all = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         let lower = all.to_lowercase();
         for secret in [f.pass.as_str(), WRONG_PASSPHRASE, &hex, &hex_spaced] {
-            assert!(!lower.contains(&secret.to_lowercase()), "{what} --log trace leaks {secret:?}\n{}", describe(&o));
+            assert!(
+                !lower.contains(&secret.to_lowercase()),
+                "{what} --log trace leaks {secret:?}\n{}",
+                describe(&o)
+            );
         }
     }
 }

@@ -24,11 +24,20 @@ fn secret_yaml() -> String {
 }
 
 fn bifs_trace(args: &[&str]) -> Output {
-    Command::new(BIFS).args(["--log", "trace"]).args(args).stdin(Stdio::null()).output().unwrap()
+    Command::new(BIFS)
+        .args(["--log", "trace"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn hex(b: &[u8]) -> String {
@@ -41,8 +50,18 @@ fn assert_no_secrets(out: &str, what: &str, key: &[u8]) {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     let kh = hex(key);
-    for needle in [PASS.to_string(), b64.encode(PASS), kh.clone(), kh.to_uppercase(), b64.encode(key), kh[..16].to_string()] {
-        assert!(!out.contains(&needle), "{what} printed secret material ({needle}):\n{out}");
+    for needle in [
+        PASS.to_string(),
+        b64.encode(PASS),
+        kh.clone(),
+        kh.to_uppercase(),
+        b64.encode(key),
+        kh[..16].to_string(),
+    ] {
+        assert!(
+            !out.contains(&needle),
+            "{what} printed secret material ({needle}):\n{out}"
+        );
     }
 }
 
@@ -75,15 +94,34 @@ fn no_key_material_in_any_output_at_trace() {
     fs::write(d.join("plain"), noise(1, 2 * MIB)).unwrap();
     let mut all = String::new();
 
-    let o = bifs_trace(&["encrypt", "--secret", s, d.join("plain").to_str().unwrap(), d.join("enc").to_str().unwrap()]);
+    let o = bifs_trace(&[
+        "encrypt",
+        "--secret",
+        s,
+        d.join("plain").to_str().unwrap(),
+        d.join("enc").to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     all += &text(&o);
     let key = volume_key(&d.join("enc"), d);
     assert!(key.len() >= 32);
-    let o = bifs_trace(&["decrypt", "--secret", s, d.join("enc").to_str().unwrap(), d.join("dec").to_str().unwrap()]);
+    let o = bifs_trace(&[
+        "decrypt",
+        "--secret",
+        s,
+        d.join("enc").to_str().unwrap(),
+        d.join("dec").to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     all += &text(&o);
-    let o = bifs_trace(&["verify", "--secret", s, "--against", d.join("plain").to_str().unwrap(), d.join("enc").to_str().unwrap()]);
+    let o = bifs_trace(&[
+        "verify",
+        "--secret",
+        s,
+        "--against",
+        d.join("plain").to_str().unwrap(),
+        d.join("enc").to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     all += &text(&o);
 
@@ -94,7 +132,15 @@ fn no_key_material_in_any_output_at_trace() {
     fs::write(&mf, format!(
         "apiVersion: longhorn.io/v1beta2\nkind: BackingImage\nmetadata:\n  name: src-img\n  namespace: longhorn-system\nspec:\n  sourceType: download\n  sourceParameters:\n    url: file://{}\n---\napiVersion: longhorn.io/v1beta2\nkind: BackingImage\nmetadata:\n  name: enc-img\n  namespace: longhorn-system\nspec:\n  sourceType: clone\n  sourceParameters:\n    backing-image: src-img\n    encryption: encrypt\n    secret: s1\n    secret-namespace: ns\n",
         d.join("plain").display())).unwrap();
-    let o = bifs_trace(&["apply", "-f", mf.to_str().unwrap(), "--secrets", s, "--store", store.to_str().unwrap()]);
+    let o = bifs_trace(&[
+        "apply",
+        "-f",
+        mf.to_str().unwrap(),
+        "--secrets",
+        s,
+        "--store",
+        store.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     all += &text(&o);
 
@@ -107,21 +153,38 @@ fn no_key_material_in_any_output_at_trace() {
     fs::create_dir_all(&mnt).unwrap();
     let log = d.join("mount.log");
     let mut child = Command::new(BIFS)
-        .args(["--log", "trace", "mount", "--store"]).arg(&mstore).arg("--secrets").arg(&secret).arg(&mnt)
-        .stdin(Stdio::null()).stdout(fs::File::create(d.join("mount.out")).unwrap())
-        .stderr(fs::File::create(&log).unwrap()).spawn().unwrap();
+        .args(["--log", "trace", "mount", "--store"])
+        .arg(&mstore)
+        .arg("--secrets")
+        .arg(&secret)
+        .arg(&mnt)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(d.join("mount.out")).unwrap())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !is_mountpoint(&mnt) {
-        assert!(std::time::Instant::now() < deadline, "mount did not come up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mount did not come up"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    for v in ["decrypt/ns/s1/enc.luks", "encrypt/ns/s1/plain.img", "raw/plain.img"] {
+    for v in [
+        "decrypt/ns/s1/enc.luks",
+        "encrypt/ns/s1/plain.img",
+        "raw/plain.img",
+    ] {
         run(Command::new("cp").arg(mnt.join(v)).arg(d.join("out")));
     }
     assert!(fs::read(d.join("out")).unwrap() == noise(1, 2 * MIB));
     // The state directory: 0700, its files 0600.
     let state = mstore.join(".bifs");
-    assert_eq!(fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     let mut n = 0;
     for e in walk(&state) {
         let p = state.join(&e);
@@ -137,15 +200,21 @@ fn no_key_material_in_any_output_at_trace() {
     // The daemon is not dumpable: its /proc entries belong to root and core dumps are off.
     let status = fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let limits = fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
-    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
     assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
-    assert!(status.contains("VmLck:") , "{status}");
+    assert!(status.contains("VmLck:"), "{status}");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
     all += &fs::read_to_string(&log).unwrap();
     all += &fs::read_to_string(d.join("mount.out")).unwrap();
 
-    assert!(all.contains("TRACE") || all.contains("DEBUG"), "trace logging produced nothing");
+    assert!(
+        all.contains("TRACE") || all.contains("DEBUG"),
+        "trace logging produced nothing"
+    );
     assert_no_secrets(&all, "encrypt/decrypt/verify/apply/mount", &key);
 }
 
@@ -160,17 +229,29 @@ fn world_readable_secret_manifest_is_warned_about() {
         fs::set_permissions(&secret, fs::Permissions::from_mode(mode)).unwrap();
         let o = Command::new(BIFS)
             .args(["encrypt", "--force", "--secret", secret.to_str().unwrap()])
-            .arg(d.join("plain")).arg(d.join("enc"))
-            .output().unwrap();
+            .arg(d.join("plain"))
+            .arg(d.join("enc"))
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", text(&o));
-        assert_eq!(text(&o).contains("readable by all users"), warned, "mode {mode:o}: {}", text(&o));
+        assert_eq!(
+            text(&o).contains("readable by all users"),
+            warned,
+            "mode {mode:o}: {}",
+            text(&o)
+        );
     }
 }
 
 /// `cat PATH` as uid/gid 65534 (nobody), with an optional extra group.
 fn cat_as_nobody(path: &Path, gid: u32) -> Output {
     Command::new("setpriv")
-        .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups", "cat"])
+        .args([
+            "--reuid=65534",
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "cat",
+        ])
         .arg(path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -181,7 +262,11 @@ fn cat_as_nobody(path: &Path, gid: u32) -> Output {
 #[test]
 fn other_users_cannot_read_unless_allow_other_and_the_mode_permits() {
     require_tools(&["fusermount3", "setpriv"]);
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this test switches uid with setpriv: run it as root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test switches uid with setpriv: run it as root"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     // Let nobody reach the mount point at all: otherwise the tempdir's 0700 would be the test.
@@ -192,7 +277,10 @@ fn other_users_cannot_read_unless_allow_other_and_the_mode_permits() {
     let store = d.join("store");
     fs::create_dir_all(&store).unwrap();
     fs::write(d.join("plain"), noise(3, MIB)).unwrap();
-    run(Command::new(BIFS).args(["encrypt", "--secret", secret.to_str().unwrap()]).arg(d.join("plain")).arg(store.join("e.luks")));
+    run(Command::new(BIFS)
+        .args(["encrypt", "--secret", secret.to_str().unwrap()])
+        .arg(d.join("plain"))
+        .arg(store.join("e.luks")));
     let view = "decrypt/ns/s1/e.luks";
 
     // Default: read-only, not allow_other. Root (the mounting user) reads; nobody cannot even
@@ -200,13 +288,31 @@ fn other_users_cannot_read_unless_allow_other_and_the_mode_permits() {
     let m = Mounted::start(&store, &secret, None, &d.join("m1"), &[]);
     assert!(fs::read(m.path(view)).unwrap() == noise(3, MIB));
     let o = cat_as_nobody(&m.path(view), 0);
-    assert!(!o.status.success() && o.stdout.is_empty(), "nobody read the default mount");
+    assert!(
+        !o.status.success() && o.stdout.is_empty(),
+        "nobody read the default mount"
+    );
     let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = mi.lines().find(|l| l.contains(m.mnt.to_str().unwrap())).unwrap();
-    assert!(line.contains(" ro,") || line.contains(" ro "), "not read-only: {line}");
-    assert!(line.contains("default_permissions") && !line.contains("allow_other"), "{line}");
-    let e = fs::OpenOptions::new().write(true).open(m.path(view)).unwrap_err();
-    assert!(matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)), "{e}");
+    let line = mi
+        .lines()
+        .find(|l| l.contains(m.mnt.to_str().unwrap()))
+        .unwrap();
+    assert!(
+        line.contains(" ro,") || line.contains(" ro "),
+        "not read-only: {line}"
+    );
+    assert!(
+        line.contains("default_permissions") && !line.contains("allow_other"),
+        "{line}"
+    );
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path(view))
+        .unwrap_err();
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)),
+        "{e}"
+    );
     m.stop_with_sigterm();
 
     // --allow-other: the file's mode 0440, owner the mounting user, governs. Another uid in
@@ -215,9 +321,19 @@ fn other_users_cannot_read_unless_allow_other_and_the_mode_permits() {
     let meta = fs::metadata(m.path(view)).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o440);
     let o = cat_as_nobody(&m.path(view), 65534);
-    assert!(!o.status.success() && o.stdout.is_empty(), "nobody (other group) read an allow_other mount");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("Permission denied"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !o.status.success() && o.stdout.is_empty(),
+        "nobody (other group) read an allow_other mount"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = cat_as_nobody(&m.path(view), 0);
-    assert!(o.status.success() && o.stdout == noise(3, MIB), "a member of the mounting group could not read");
+    assert!(
+        o.status.success() && o.stdout == noise(3, MIB),
+        "a member of the mounting group could not read"
+    );
     m.stop_with_sigterm();
 }

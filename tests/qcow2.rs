@@ -29,7 +29,11 @@ fn run(tool: &str, args: &[&str], dir: &Path) {
             }
         }
     });
-    let out = Command::new(tool).args(args).current_dir(dir).output().expect("spawn qemu tool");
+    let out = Command::new(tool)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("spawn qemu tool");
     assert!(
         out.status.success(),
         "{tool} {args:?} failed: {}{}",
@@ -113,19 +117,27 @@ fn check(dir: &Path, img: &str) -> Qcow2Image {
     assert_eq!(image.len(), want.len() as u64, "{img}: virtual size");
 
     for chunk in [MIB as usize + 4096, 65536, 4097, 513] {
-        assert!(read_all(&image, chunk) == want, "{img}: mismatch reading in chunks of {chunk}");
+        assert!(
+            read_all(&image, chunk) == want,
+            "{img}: mismatch reading in chunks of {chunk}"
+        );
     }
     // Odd lengths at odd offsets, many crossing cluster boundaries.
     let mut x = 12345u64;
     for _ in 0..300 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let off = (x >> 20) % want.len() as u64;
         let len = ((x >> 8) % (300 * KIB)) as usize + 1;
         let mut buf = vec![0xeeu8; len];
         let n = image.read_at(off, &mut buf).unwrap();
         let end = (off as usize + len).min(want.len());
         assert_eq!(n, end - off as usize);
-        assert!(buf[..n] == want[off as usize..end], "{img}: mismatch at {off} len {len}");
+        assert!(
+            buf[..n] == want[off as usize..end],
+            "{img}: mismatch at {off} len {len}"
+        );
     }
     // Past the end.
     assert_eq!(image.read_at(want.len() as u64, &mut [0u8; 10]).unwrap(), 0);
@@ -135,7 +147,10 @@ fn check(dir: &Path, img: &str) -> Qcow2Image {
         for chunk in [131072usize, 1 << 20, 12289, 65536 + 512] {
             let (image, want) = (&image, &want);
             s.spawn(move || {
-                assert!(read_all(image, chunk) == *want, "{img}: threaded mismatch ({chunk})");
+                assert!(
+                    read_all(image, chunk) == *want,
+                    "{img}: threaded mismatch ({chunk})"
+                );
             });
         }
     });
@@ -150,12 +165,18 @@ fn check_holes(image: &dyn ReadAt, want: &[u8], img: &str) {
     let mut pos = 0;
     while pos < len {
         let hole = image.next_hole(pos).unwrap();
-        assert!(hole >= pos && hole <= len, "{img}: next_hole({pos}) = {hole}");
+        assert!(
+            hole >= pos && hole <= len,
+            "{img}: next_hole({pos}) = {hole}"
+        );
         if hole == len {
             break;
         }
         let data = image.next_data(hole).unwrap().unwrap_or(len);
-        assert!(data > hole, "{img}: hole at {hole} is empty (next_data {data})");
+        assert!(
+            data > hole,
+            "{img}: hole at {hole} is empty (next_data {data})"
+        );
         assert!(
             want[hole as usize..data as usize].iter().all(|&b| b == 0),
             "{img}: hole {hole}..{data} does not read as zeros"
@@ -197,8 +218,23 @@ fn virtual_size_not_a_cluster_multiple() {
     check_converted(6 * MIB + 1536, "cluster_size=2M", &[]);
     check_converted(6 * MIB + 1536, "cluster_size=65536", &["-c"]);
     let dir = tmp();
-    qemu_img(dir.path(), &["create", "-f", "qcow2", "-o", "cluster_size=2M", "img.qcow2", "3000k"]);
-    qemu_io(dir.path(), "img.qcow2", &["write -P 0x5a 2990k 10k", "write -P 0x33 0 1k"]);
+    qemu_img(
+        dir.path(),
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=2M",
+            "img.qcow2",
+            "3000k",
+        ],
+    );
+    qemu_io(
+        dir.path(),
+        "img.qcow2",
+        &["write -P 0x5a 2990k 10k", "write -P 0x33 0 1k"],
+    );
     check(dir.path(), "img.qcow2");
 }
 
@@ -226,14 +262,29 @@ fn zstd_compressed() {
 fn sparse_holes_cover_unallocated_regions() {
     let dir = tmp();
     write_source(&dir.path().join("src.raw"), 6 * MIB);
-    qemu_img(dir.path(), &["convert", "-f", "raw", "-O", "qcow2", "src.raw", "img.qcow2"]);
+    qemu_img(
+        dir.path(),
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "src.raw",
+            "img.qcow2",
+        ],
+    );
     let image = check(dir.path(), "img.qcow2");
     // Data at 0..300K and from 1M+7K: 320K..1M is unallocated (64K clusters).
     assert_eq!(image.next_data(0).unwrap(), Some(0));
     assert_eq!(image.next_hole(0).unwrap(), 320 * KIB);
     assert_eq!(image.next_data(320 * KIB).unwrap(), Some(MIB));
     for off in (320 * KIB..MIB).step_by(4096) {
-        assert_eq!(image.next_hole(off).unwrap(), off, "{off} should be in a hole");
+        assert_eq!(
+            image.next_hole(off).unwrap(),
+            off,
+            "{off} should be in a hole"
+        );
     }
     // 4M..6M-11K is zeros, so unallocated up to the cluster holding the tail's noise.
     let tail_cluster = (6 * MIB - 10 * KIB - 512) / (64 * KIB) * (64 * KIB);
@@ -247,8 +298,23 @@ fn sparse_holes_cover_unallocated_regions() {
 fn zero_clusters() {
     let dir = tmp();
     write_source(&dir.path().join("src.raw"), 6 * MIB);
-    qemu_img(dir.path(), &["convert", "-f", "raw", "-O", "qcow2", "src.raw", "img.qcow2"]);
-    qemu_io(dir.path(), "img.qcow2", &["write -z 1M 1M", "write -z -u 3M 128k", "write -z 5M 64k"]);
+    qemu_img(
+        dir.path(),
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "src.raw",
+            "img.qcow2",
+        ],
+    );
+    qemu_io(
+        dir.path(),
+        "img.qcow2",
+        &["write -z 1M 1M", "write -z -u 3M 128k", "write -z 5M 64k"],
+    );
     let image = check(dir.path(), "img.qcow2");
     assert_eq!(image.next_hole(MIB).unwrap(), MIB);
     assert_eq!(image.next_hole(3 * MIB).unwrap(), 3 * MIB);
@@ -262,24 +328,46 @@ fn backing_raw() {
     // Relative backing name: resolved against the overlay's directory, not the cwd.
     qemu_img(
         dir.path(),
-        &["create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "ov.qcow2", "8M"],
+        &[
+            "create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "ov.qcow2", "8M",
+        ],
     );
     qemu_io(
         dir.path(),
         "ov.qcow2",
-        &["write -P 0xab 100k 300k", "write -P 0xcd 5M 4k", "write -z 1M 64k", "write -P 1 7M 3k"],
+        &[
+            "write -P 0xab 100k 300k",
+            "write -P 0xcd 5M 4k",
+            "write -z 1M 64k",
+            "write -P 1 7M 3k",
+        ],
     );
     let image = check(dir.path(), "ov.qcow2");
     // Unallocated in the overlay but data in the base: data; past the base's end: a hole.
     assert_eq!(image.next_data(0).unwrap(), Some(0));
-    assert_eq!(image.next_hole(6 * MIB + 64 * KIB).unwrap(), 6 * MIB + 64 * KIB);
+    assert_eq!(
+        image.next_hole(6 * MIB + 64 * KIB).unwrap(),
+        6 * MIB + 64 * KIB
+    );
 }
 
 #[test]
 fn backing_qcow2_chain() {
     let dir = tmp();
     write_source(&dir.path().join("src.raw"), 6 * MIB);
-    qemu_img(dir.path(), &["convert", "-f", "raw", "-O", "qcow2", "-c", "src.raw", "base.qcow2"]);
+    qemu_img(
+        dir.path(),
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-c",
+            "src.raw",
+            "base.qcow2",
+        ],
+    );
     qemu_img(
         dir.path(),
         &[
@@ -295,7 +383,11 @@ fn backing_qcow2_chain() {
             "mid.qcow2",
         ],
     );
-    qemu_io(dir.path(), "mid.qcow2", &["write -P 0x11 50k 70k", "write -z 3M 8k"]);
+    qemu_io(
+        dir.path(),
+        "mid.qcow2",
+        &["write -P 0x11 50k 70k", "write -z 3M 8k"],
+    );
     qemu_img(
         dir.path(),
         &[
@@ -312,7 +404,11 @@ fn backing_qcow2_chain() {
             "7M",
         ],
     );
-    qemu_io(dir.path(), "top.qcow2", &["write -P 0xab 60k 10k", "write -P 0xcd 6M 100k"]);
+    qemu_io(
+        dir.path(),
+        "top.qcow2",
+        &["write -P 0xab 60k 10k", "write -P 0xcd 6M 100k"],
+    );
     check(dir.path(), "top.qcow2");
 }
 
@@ -320,13 +416,21 @@ fn backing_qcow2_chain() {
 fn backing_format_probed_without_extension() {
     let dir = tmp();
     write_source(&dir.path().join("base.raw"), 2 * MIB);
-    qemu_img(dir.path(), &["create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "ov.qcow2"]);
+    qemu_img(
+        dir.path(),
+        &[
+            "create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "ov.qcow2",
+        ],
+    );
     qemu_io(dir.path(), "ov.qcow2", &["write -P 0xab 100k 3k"]);
     let want = expected(dir.path(), "ov.qcow2");
     // Turn the backing_fmt extension into an unknown one: the format must be probed.
     let path = dir.path().join("ov.qcow2");
     let mut bytes = fs::read(&path).unwrap();
-    let at = bytes.windows(4).position(|w| w == [0xe2, 0x79, 0x2a, 0xca]).unwrap();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == [0xe2, 0x79, 0x2a, 0xca])
+        .unwrap();
     bytes[at..at + 4].copy_from_slice(&[0x12, 0x34, 0x56, 0x78]);
     fs::write(&path, bytes).unwrap();
     let image = Qcow2Image::open(&path).unwrap();
@@ -339,7 +443,15 @@ fn extended_l2_subclusters() {
     let d = dir.path();
     qemu_img(
         d,
-        &["create", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=64k", "a.qcow2", "4M"],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on,cluster_size=64k",
+            "a.qcow2",
+            "4M",
+        ],
     );
     qemu_io(
         d,
@@ -352,7 +464,10 @@ fn extended_l2_subclusters() {
         ],
     );
     let image = check(d, "a.qcow2");
-    assert!(format!("{image:?}").contains("extended_l2: true"), "{image:?}");
+    assert!(
+        format!("{image:?}").contains("extended_l2: true"),
+        "{image:?}"
+    );
 
     // Over a backing file, unwritten subclusters of allocated clusters read through.
     write_source(&d.join("base.raw"), 4 * MIB);
@@ -385,7 +500,18 @@ fn extended_l2_subclusters() {
 
     // Converted and compressed with extended L2.
     write_source(&d.join("src.raw"), 6 * MIB);
-    qemu_img(d, &["convert", "-O", "qcow2", "-o", "extended_l2=on", "src.raw", "c.qcow2"]);
+    qemu_img(
+        d,
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            "src.raw",
+            "c.qcow2",
+        ],
+    );
     check(d, "c.qcow2");
     qemu_img(
         d,
@@ -407,7 +533,10 @@ fn extended_l2_subclusters() {
 fn dispatcher_opens_qcow2_and_raw() {
     let dir = tmp();
     write_source(&dir.path().join("src.raw"), 2 * MIB);
-    qemu_img(dir.path(), &["convert", "-O", "qcow2", "-c", "src.raw", "img.qcow2"]);
+    qemu_img(
+        dir.path(),
+        &["convert", "-O", "qcow2", "-c", "src.raw", "img.qcow2"],
+    );
     let raw = fs::read(dir.path().join("src.raw")).unwrap();
     for name in ["img.qcow2", "src.raw"] {
         let disk = open_virtual_disk(&dir.path().join(name)).unwrap();
@@ -415,7 +544,10 @@ fn dispatcher_opens_qcow2_and_raw() {
         read_full_at(&*disk, 0, &mut buf).unwrap();
         assert!(buf == raw, "{name}");
     }
-    let err = open_virtual_disk(&dir.path().join("missing")).err().unwrap().to_string();
+    let err = open_virtual_disk(&dir.path().join("missing"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("missing"), "{err}");
 }
 
@@ -504,11 +636,17 @@ fn refuses_bad_geometry() {
         put64(b, 24, 1 << 60);
     });
     assert!(
-        matches!(e, Err(Qcow2Error::L1Table { .. } | Qcow2Error::VirtualSizeTooLarge(_))),
+        matches!(
+            e,
+            Err(Qcow2Error::L1Table { .. } | Qcow2Error::VirtualSizeTooLarge(_))
+        ),
         "{e:?}"
     );
     let e = open_with(&|b| put64(b, 24, u64::MAX));
-    assert!(matches!(e, Err(Qcow2Error::VirtualSizeTooLarge(_))), "{e:?}");
+    assert!(
+        matches!(e, Err(Qcow2Error::VirtualSizeTooLarge(_))),
+        "{e:?}"
+    );
     // Virtual size larger than the L1 table maps.
     let e = open_with(&|b| put64(b, 24, 1 << 40));
     assert!(matches!(e, Err(Qcow2Error::L1TooSmall { .. })), "{e:?}");
@@ -522,7 +660,10 @@ fn refuses_bad_geometry() {
     let e = open_with(&|b| b[7] = 4);
     assert!(matches!(e, Err(Qcow2Error::Version(4))), "{e:?}");
     let e = open_with(&|b| b[79] |= 1 << 6);
-    assert!(matches!(e, Err(Qcow2Error::UnknownIncompatibleFeatures(0x40))), "{e:?}");
+    assert!(
+        matches!(e, Err(Qcow2Error::UnknownIncompatibleFeatures(0x40))),
+        "{e:?}"
+    );
     let e = open_with(&|b| b[79] |= 1 << 1);
     assert!(matches!(e, Err(Qcow2Error::MarkedCorrupt)), "{e:?}");
     // Dirty (lazy refcounts) still reads.
@@ -539,11 +680,26 @@ fn bad_table_and_data_offsets_fail_reads() {
     let eof_cluster = (good.len() as u64).next_multiple_of(65536);
     type Patch = Box<dyn Fn(&mut Vec<u8>)>;
     let cases: [(&str, Patch); 5] = [
-        ("L2 past EOF", Box::new(move |b| put64(b, l1, (1 << 63) | (eof_cluster + (100 << 16))))),
-        ("L2 misaligned", Box::new(move |b| put64(b, l1, (1 << 63) | 0x10200))),
-        ("data past EOF", Box::new(move |b| put64(b, l2, (1 << 63) | (eof_cluster + (7 << 16))))),
-        ("data misaligned", Box::new(move |b| put64(b, l2, (1 << 63) | 0x30200))),
-        ("compressed past EOF", Box::new(move |b| put64(b, l2, (1 << 62) | (eof_cluster + 5)))),
+        (
+            "L2 past EOF",
+            Box::new(move |b| put64(b, l1, (1 << 63) | (eof_cluster + (100 << 16)))),
+        ),
+        (
+            "L2 misaligned",
+            Box::new(move |b| put64(b, l1, (1 << 63) | 0x10200)),
+        ),
+        (
+            "data past EOF",
+            Box::new(move |b| put64(b, l2, (1 << 63) | (eof_cluster + (7 << 16)))),
+        ),
+        (
+            "data misaligned",
+            Box::new(move |b| put64(b, l2, (1 << 63) | 0x30200)),
+        ),
+        (
+            "compressed past EOF",
+            Box::new(move |b| put64(b, l2, (1 << 62) | (eof_cluster + 5))),
+        ),
     ];
     for (what, f) in cases {
         let mut bytes = good.clone();
@@ -574,7 +730,9 @@ fn garbage_compressed_data_fails_reads() {
             b[host..host + 2048].fill(0xff);
         });
         let image = Qcow2Image::open(&path).unwrap();
-        let err = image.read_at(cluster_index * 65536, &mut [0u8; 100]).unwrap_err();
+        let err = image
+            .read_at(cluster_index * 65536, &mut [0u8; 100])
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidData, "{compression}: {err}");
     }
 }
@@ -584,8 +742,18 @@ fn refuses_backing_loops_and_deep_chains() {
     let dir = tmp();
     let d = dir.path();
     qemu_img(d, &["create", "-f", "qcow2", "aa.qcow2", "1M"]);
-    qemu_img(d, &["create", "-f", "qcow2", "-b", "aa.qcow2", "-F", "qcow2", "bb.qcow2"]);
-    qemu_img(d, &["create", "-f", "qcow2", "-b", "bb.qcow2", "-F", "qcow2", "cc.qcow2"]);
+    qemu_img(
+        d,
+        &[
+            "create", "-f", "qcow2", "-b", "aa.qcow2", "-F", "qcow2", "bb.qcow2",
+        ],
+    );
+    qemu_img(
+        d,
+        &[
+            "create", "-f", "qcow2", "-b", "bb.qcow2", "-F", "qcow2", "cc.qcow2",
+        ],
+    );
     let rename_backing = |img: &str, to: &[u8]| {
         patch(&d.join(img), |b| {
             let at = be64(b, 8) as usize;
@@ -601,7 +769,9 @@ fn refuses_backing_loops_and_deep_chains() {
     rename_backing("bb.qcow2", b"aa.qcow2");
     qemu_img(
         d,
-        &["create", "-f", "qcow2", "-b", "cc.qcow2", "-F", "qcow2", "-u", "aa.qcow2", "1M"],
+        &[
+            "create", "-f", "qcow2", "-b", "cc.qcow2", "-F", "qcow2", "-u", "aa.qcow2", "1M",
+        ],
     );
     let e = Qcow2Image::open(&d.join("cc.qcow2")).err().unwrap();
     assert!(e.to_string().contains("loops back"), "{e}");
@@ -610,7 +780,12 @@ fn refuses_backing_loops_and_deep_chains() {
     qemu_img(d, &["create", "-f", "qcow2", "l0.qcow2", "1M"]);
     for i in 1..20 {
         let (prev, this) = (format!("l{}.qcow2", i - 1), format!("l{i}.qcow2"));
-        qemu_img(d, &["create", "-f", "qcow2", "-b", &prev, "-F", "qcow2", "-u", &this, "1M"]);
+        qemu_img(
+            d,
+            &[
+                "create", "-f", "qcow2", "-b", &prev, "-F", "qcow2", "-u", &this, "1M",
+            ],
+        );
     }
     let e = Qcow2Image::open(&d.join("l19.qcow2")).err().unwrap();
     assert!(e.to_string().contains("deeper than"), "{e}");
@@ -623,12 +798,37 @@ fn refuses_unsupported_features() {
     let d = dir.path();
     // Marked rather than made: qemu's LUKS key-derivation benchmark is flaky on a busy machine.
     qemu_img(d, &["create", "-f", "qcow2", "enc.qcow2", "1M"]);
-    patch(&d.join("enc.qcow2"), |b| b[32..36].copy_from_slice(&2u32.to_be_bytes()));
-    assert!(matches!(Qcow2Image::open(&d.join("enc.qcow2")), Err(Qcow2Error::Encrypted(2))));
-    qemu_img(d, &["create", "-f", "qcow2", "-o", "data_file=data.raw", "ext.qcow2", "1M"]);
-    assert!(matches!(Qcow2Image::open(&d.join("ext.qcow2")), Err(Qcow2Error::ExternalDataFile)));
-    let e = open_virtual_disk(&d.join("ext.qcow2")).err().unwrap().to_string();
-    assert!(e.contains("ext.qcow2") && e.contains("external data file"), "{e}");
+    patch(&d.join("enc.qcow2"), |b| {
+        b[32..36].copy_from_slice(&2u32.to_be_bytes())
+    });
+    assert!(matches!(
+        Qcow2Image::open(&d.join("enc.qcow2")),
+        Err(Qcow2Error::Encrypted(2))
+    ));
+    qemu_img(
+        d,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=data.raw",
+            "ext.qcow2",
+            "1M",
+        ],
+    );
+    assert!(matches!(
+        Qcow2Image::open(&d.join("ext.qcow2")),
+        Err(Qcow2Error::ExternalDataFile)
+    ));
+    let e = open_virtual_disk(&d.join("ext.qcow2"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("ext.qcow2") && e.contains("external data file"),
+        "{e}"
+    );
 }
 
 /// Random damage to the metadata never panics or hangs.

@@ -1,5 +1,5 @@
 //! `bifs apply`, `bifs get`, `bifs delete` (the Longhorn workflow on a store) and `bifs rekey`
-//! (one file). Argument handling and printing only; the work is in [`crate::longhorn`].
+//! (one file). Argument handling and printing only; the work is in [`bifs::longhorn`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,13 +10,13 @@ use anyhow::{bail, Context};
 use zeroize::Zeroizing;
 
 use super::copy::{check_destination, materialize, CopyOptions};
-use crate::image::raw::RawFile;
-use crate::image::ReadAt;
-use crate::k8s::{self, Secret, SecretRef};
-use crate::longhorn::layout::LockMode;
-use crate::longhorn::manifest::{manifest_files, parse_backing_images, BackingImage};
-use crate::longhorn::rekey::RekeyView;
-use crate::longhorn::{self, status, Outcome, Store};
+use bifs::image::raw::RawFile;
+use bifs::image::ReadAt;
+use bifs::k8s::{self, Secret, SecretRef};
+use bifs::longhorn::layout::LockMode;
+use bifs::longhorn::manifest::{manifest_files, parse_backing_images, BackingImage};
+use bifs::longhorn::rekey::RekeyView;
+use bifs::longhorn::{self, status, Outcome, Store};
 
 const RESOURCE: &str = "backingimage.longhorn.io";
 
@@ -34,7 +34,8 @@ pub fn apply(files: &[PathBuf], store: &Path, secrets: &[PathBuf]) -> anyhow::Re
         for file in manifest_files(arg)? {
             // The files may hold Secrets: their text is wiped when dropped.
             let text = Zeroizing::new(
-                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?,
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?,
             );
             images.extend(parse_backing_images(&text, &file)?);
             known.extend(k8s::secret::parse_secrets(&text, &file)?);
@@ -63,20 +64,32 @@ pub fn apply(files: &[PathBuf], store: &Path, secrets: &[PathBuf]) -> anyhow::Re
             }
         }
     }
-    if crate::copier::interrupt_flag().load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(crate::copier::Interrupted.into());
+    if bifs::copier::interrupt_flag().load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(bifs::copier::Interrupted.into());
     }
     if failed > 0 {
-        bail!("{failed} of {} backing images failed (see `bifs get`)", reports.len());
+        bail!(
+            "{failed} of {} backing images failed (see `bifs get`)",
+            reports.len()
+        );
     }
     Ok(())
 }
 
 fn display_list(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-pub fn get(store: &Path, name: Option<&str>, output: Option<Output>, watch: bool) -> anyhow::Result<()> {
+pub fn get(
+    store: &Path,
+    name: Option<&str>,
+    output: Option<Output>,
+    watch: bool,
+) -> anyhow::Result<()> {
     let store = Store::open_read_only(store)?;
     if watch {
         return watch_loop(&store, name);
@@ -113,7 +126,9 @@ fn watch_loop(store: &Store, name: Option<&str>) -> anyhow::Result<()> {
             print!("{}", status::table(&changed, header));
             header = false;
         }
-        let settled = images.iter().all(|b| b.status.as_ref().is_some_and(|s| s.state.is_settled()));
+        let settled = images
+            .iter()
+            .all(|b| b.status.as_ref().is_some_and(|s| s.state.is_settled()));
         if !images.is_empty() && settled {
             return Ok(());
         }
@@ -127,9 +142,17 @@ pub fn delete(store: &Path, name: &str) -> anyhow::Result<()> {
         bail!("backing image {name} is busy (being applied, or cloned from); try again when that is done");
     };
     let Some(rec) = store.read_record(name)? else {
-        bail!("backing image {name} not found in {}", store.root().display());
+        bail!(
+            "backing image {name} not found in {}",
+            store.root().display()
+        );
     };
-    if let Some(uuid) = rec.status.as_ref().map(|s| s.uuid.as_str()).filter(|u| !u.is_empty()) {
+    if let Some(uuid) = rec
+        .status
+        .as_ref()
+        .map(|s| s.uuid.as_str())
+        .filter(|u| !u.is_empty())
+    {
         store.remove_dir(name, uuid)?;
     }
     store.remove_record(name)?;
@@ -162,11 +185,21 @@ pub fn rekey(a: &RekeyArgs<'_>) -> anyhow::Result<()> {
     check_destination(a.dst, a.force)?;
     let src: Arc<dyn ReadAt> =
         Arc::new(RawFile::open(a.src).with_context(|| format!("opening {}", a.src.display()))?);
-    let view = RekeyView::create(src, &old.passphrase, &new)
-        .with_context(|| format!("rekeying {} from Secret {} to Secret {}", a.src.display(), old.secret, new.secret))?;
+    let view = RekeyView::create(src, &old.passphrase, &new).with_context(|| {
+        format!(
+            "rekeying {} from Secret {} to Secret {}",
+            a.src.display(),
+            old.secret,
+            new.secret
+        )
+    })?;
     let (offset, len) = view.source_segment();
     tracing::info!(source = %a.src.display(), data_offset = offset, data_bytes = len, new_secret = %new.secret, "new header around the same volume key; data copied unchanged");
-    let opts = CopyOptions { force: a.force, label: "rekey".into(), sha512: a.sha512 };
+    let opts = CopyOptions {
+        force: a.force,
+        label: "rekey".into(),
+        sha512: a.sha512,
+    };
     super::crypt::print_sha512(&materialize(&view, a.dst, &opts)?, a.dst);
     Ok(())
 }

@@ -1,16 +1,16 @@
 //! Materializing a view into a file: written beside the destination under a temporary name,
 //! synced, then renamed, so the destination is either absent or complete. The copying itself
-//! (holes, SHA-512, progress, Ctrl-C) is [`crate::copier`]'s.
+//! (holes, SHA-512, progress, Ctrl-C) is [`bifs::copier`]'s.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-pub use crate::copier::{CopyOptions, Interrupted};
-use crate::copier::sync_dir;
-use crate::copier::{copy_view, CopyError, Copied};
-use crate::image::ReadAt;
+use bifs::copier::sync_dir;
+use bifs::copier::{copy_view, Copied, CopyError};
+pub use bifs::copier::{CopyOptions, Interrupted};
+use bifs::image::ReadAt;
 
 /// Removes the temporary file unless the copy completed.
 struct TempGuard {
@@ -29,7 +29,10 @@ impl Drop for TempGuard {
 /// Refuses an existing destination unless `force`: checked before any expensive work.
 pub fn check_destination(dst: &Path, force: bool) -> anyhow::Result<()> {
     if !force && dst.symlink_metadata().is_ok() {
-        bail!("destination {} already exists (use --force to replace it)", dst.display());
+        bail!(
+            "destination {} already exists (use --force to replace it)",
+            dst.display()
+        );
     }
     let parent = parent_dir(dst);
     if !parent.is_dir() {
@@ -51,14 +54,24 @@ pub fn materialize(view: &dyn ReadAt, dst: &Path, opts: &CopyOptions) -> anyhow:
     let name = dst
         .file_name()
         .with_context(|| format!("destination {} has no file name", dst.display()))?;
-    let tmp = parent_dir(dst).join(format!(".{}.bifs-tmp.{}", name.to_string_lossy(), std::process::id()));
+    let tmp = parent_dir(dst).join(format!(
+        ".{}.bifs-tmp.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    let mut guard = TempGuard { path: tmp.clone(), keep: false };
-    let opts = CopyOptions { label: format!("{} {}", opts.label, dst.display()), ..opts.clone() };
+    let mut guard = TempGuard {
+        path: tmp.clone(),
+        keep: false,
+    };
+    let opts = CopyOptions {
+        label: format!("{} {}", opts.label, dst.display()),
+        ..opts.clone()
+    };
     let copied = match copy_view(view, &file, tmp.clone(), &opts, None) {
         Ok(c) => c,
         // Kept as its own type: the CLI's exit code 130 keys on it.

@@ -7,15 +7,18 @@ use anyhow::Context;
 
 use super::copy::{check_destination, materialize, CopyOptions};
 use super::SecretArgs;
-use crate::image::{self, Format, ReadAt};
-use crate::k8s::{self, CryptoParams, SecretRef};
-use crate::kdf::KdfLimits;
-use crate::view::{encrypt, DecryptView, EncryptView, ViewError};
+use bifs::image::{self, Format, ReadAt};
+use bifs::k8s::{self, CryptoParams, SecretRef};
+use bifs::kdf::KdfLimits;
+use bifs::view::{encrypt, DecryptView, EncryptView, ViewError};
 
 /// Loads the Secret the arguments name and validates its CRYPTO_* keys.
 pub fn load_params(args: &SecretArgs) -> anyhow::Result<CryptoParams> {
     let secrets = k8s::load_secrets(&args.secret)?;
-    let wanted = args.secret_name.as_deref().map(|s| SecretRef::parse(s, "default"));
+    let wanted = args
+        .secret_name
+        .as_deref()
+        .map(|s| SecretRef::parse(s, "default"));
     let secret = k8s::secret::select(secrets, wanted.as_ref())?;
     Ok(secret.crypto_params()?)
 }
@@ -37,7 +40,11 @@ pub fn encrypt(
     let params = load_params(args)?;
     let (format, disk) = open_disk(src)?;
     if format.is_luks() {
-        let e = ViewError::AlreadyEncrypted(if format == Format::Luks1 { "LUKS1" } else { "LUKS2" });
+        let e = ViewError::AlreadyEncrypted(if format == Format::Luks1 {
+            "LUKS1"
+        } else {
+            "LUKS2"
+        });
         return Err(anyhow::Error::new(e).context(format!("{}", src.display())));
     }
     check_destination(dst, force)?;
@@ -56,13 +63,17 @@ pub fn encrypt(
     );
     let view = EncryptView::create(disk, &params, sector_size)
         .with_context(|| format!("encrypting {} with Secret {}", src.display(), params.secret))?;
-    let opts = CopyOptions { force, label: "encrypt".into(), sha512 };
+    let opts = CopyOptions {
+        force,
+        label: "encrypt".into(),
+        sha512,
+    };
     print_sha512(&materialize(&view, dst, &opts)?, dst);
     Ok(())
 }
 
 /// `--sha512`: the digest in `sha512sum`'s format, on stdout.
-pub(super) fn print_sha512(copied: &crate::copier::Copied, dst: &Path) {
+pub(super) fn print_sha512(copied: &bifs::copier::Copied, dst: &Path) {
     if let Some(sum) = &copied.sha512 {
         println!("{sum}  {}", dst.display());
     }
@@ -82,7 +93,11 @@ pub fn decrypt(
     check_destination(dst, force)?;
     let view = DecryptView::open(image, &params.passphrase, &KdfLimits::default())
         .with_context(|| format!("decrypting {} with Secret {}", src.display(), params.secret))?;
-    let opts = CopyOptions { force, label: "decrypt".into(), sha512 };
+    let opts = CopyOptions {
+        force,
+        label: "decrypt".into(),
+        sha512,
+    };
     print_sha512(&materialize(&view, dst, &opts)?, dst);
     Ok(())
 }

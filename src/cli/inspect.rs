@@ -6,20 +6,26 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use crate::image::{self, Format, ReadAt};
-use crate::luks::metadata::KdfJson;
-use crate::luks::LuksHeader;
+use bifs::image::{self, Format, ReadAt};
+use bifs::luks::metadata::KdfJson;
+use bifs::luks::LuksHeader;
 
 pub fn run(path: &Path, as_json: bool) -> anyhow::Result<()> {
     let (format, disk) = super::crypt::open_disk(path).or_else(|_| -> anyhow::Result<_> {
         // A qcow2 we cannot flatten is still worth describing.
         let format = image::detect(path).with_context(|| format!("opening {}", path.display()))?;
         let raw = image::raw::RawFile::open(path)?;
-        Ok((format, std::sync::Arc::new(raw) as std::sync::Arc<dyn ReadAt>))
+        Ok((
+            format,
+            std::sync::Arc::new(raw) as std::sync::Arc<dyn ReadAt>,
+        ))
     })?;
     let size = std::fs::metadata(path)?.len();
     let luks = if format.is_luks() {
-        Some(LuksHeader::read(&*disk).with_context(|| format!("reading the LUKS header of {}", path.display()))?)
+        Some(
+            LuksHeader::read(&*disk)
+                .with_context(|| format!("reading the LUKS header of {}", path.display()))?,
+        )
     } else {
         None
     };
@@ -132,7 +138,11 @@ fn luks_text(h: &LuksHeader, image_len: u64) -> String {
             let _ = writeln!(s, "Metadata area:  {} [bytes]", md.config.json_size);
             let _ = writeln!(s, "Keyslots area:  {} [bytes]", md.config.keyslots_size);
             let _ = writeln!(s, "UUID:           {}", h2.binary.uuid);
-            let label = if h2.binary.label.is_empty() { "(no label)" } else { &h2.binary.label };
+            let label = if h2.binary.label.is_empty() {
+                "(no label)"
+            } else {
+                &h2.binary.label
+            };
             let _ = writeln!(s, "Label:          {label}");
             let _ = writeln!(s, "Subsystem:      (no subsystem)");
             let _ = writeln!(s, "Flags:          (no flags)\n");
@@ -141,8 +151,12 @@ fn luks_text(h: &LuksHeader, image_len: u64) -> String {
                 let _ = writeln!(s, "  {id}: {}", sg.kind);
                 let _ = writeln!(s, "\toffset: {} [bytes]", sg.offset);
                 let _ = match sg.size {
-                    crate::luks::metadata::SegmentSize::Dynamic => writeln!(s, "\tlength: (whole device)"),
-                    crate::luks::metadata::SegmentSize::Bytes(n) => writeln!(s, "\tlength: {n} [bytes]"),
+                    bifs::luks::metadata::SegmentSize::Dynamic => {
+                        writeln!(s, "\tlength: (whole device)")
+                    }
+                    bifs::luks::metadata::SegmentSize::Bytes(n) => {
+                        writeln!(s, "\tlength: {n} [bytes]")
+                    }
                 };
                 let _ = writeln!(s, "\tcipher: {}", sg.encryption.as_deref().unwrap_or("-"));
                 let _ = writeln!(s, "\tsector: {} [bytes]\n", sg.sector_size.unwrap_or(512));
@@ -151,15 +165,32 @@ fn luks_text(h: &LuksHeader, image_len: u64) -> String {
             for (id, k) in &md.keyslots {
                 let _ = writeln!(s, "  {id}: {}", k.kind);
                 let _ = writeln!(s, "\tKey:        {} bits", k.key_size * 8);
-                let prio = match k.priority { Some(0) => "ignored", Some(2) => "preferred", _ => "normal" };
+                let prio = match k.priority {
+                    Some(0) => "ignored",
+                    Some(2) => "preferred",
+                    _ => "normal",
+                };
                 let _ = writeln!(s, "\tPriority:   {prio}");
-                let _ = writeln!(s, "\tCipher:     {}", k.area.encryption.as_deref().unwrap_or("-"));
+                let _ = writeln!(
+                    s,
+                    "\tCipher:     {}",
+                    k.area.encryption.as_deref().unwrap_or("-")
+                );
                 let _ = writeln!(s, "\tCipher key: {} bits", k.area.key_size.unwrap_or(0) * 8);
                 match &k.kdf {
-                    Some(KdfJson::Pbkdf2 { hash, iterations, .. }) => {
+                    Some(KdfJson::Pbkdf2 {
+                        hash, iterations, ..
+                    }) => {
                         let _ = writeln!(s, "\tPBKDF:      pbkdf2\n\tHash:       {hash}\n\tIterations: {iterations}");
                     }
-                    Some(kdf @ (KdfJson::Argon2i { time, memory, cpus, .. } | KdfJson::Argon2id { time, memory, cpus, .. })) => {
+                    Some(
+                        kdf @ (KdfJson::Argon2i {
+                            time, memory, cpus, ..
+                        }
+                        | KdfJson::Argon2id {
+                            time, memory, cpus, ..
+                        }),
+                    ) => {
                         let _ = writeln!(s, "\tPBKDF:      {}\n\tTime cost:  {time}\n\tMemory:     {memory}\n\tThreads:    {cpus}", kdf_name(kdf));
                     }
                     None => {}
@@ -167,7 +198,11 @@ fn luks_text(h: &LuksHeader, image_len: u64) -> String {
                 if let Some(af) = &k.af {
                     let _ = writeln!(s, "\tAF stripes: {}\n\tAF hash:    {}", af.stripes, af.hash);
                 }
-                let _ = writeln!(s, "\tArea offset:{} [bytes]\n\tArea length:{} [bytes]", k.area.offset, k.area.size);
+                let _ = writeln!(
+                    s,
+                    "\tArea offset:{} [bytes]\n\tArea length:{} [bytes]",
+                    k.area.offset, k.area.size
+                );
                 for (did, d) in &md.digests {
                     if d.keyslots.iter().any(|x| x == id) {
                         let _ = writeln!(s, "\tDigest ID:  {did}");
@@ -177,11 +212,23 @@ fn luks_text(h: &LuksHeader, image_len: u64) -> String {
             let _ = writeln!(s, "Tokens:");
             let _ = writeln!(s, "Digests:");
             for (id, d) in &md.digests {
-                let _ = writeln!(s, "  {id}: {}\n\tHash:       {}\n\tIterations: {}", d.kind, d.hash, d.iterations);
+                let _ = writeln!(
+                    s,
+                    "  {id}: {}\n\tHash:       {}\n\tIterations: {}",
+                    d.kind, d.hash, d.iterations
+                );
             }
         }
     }
-    let _ = writeln!(s, "\nData: offset {} [bytes], {} bytes in {}-byte sectors, {}-bit key", seg.offset,
-        seg.len_in(image_len).map(|n| n.to_string()).unwrap_or_else(|e| format!("invalid ({e})")), seg.sector_size, seg.key_len * 8);
+    let _ = writeln!(
+        s,
+        "\nData: offset {} [bytes], {} bytes in {}-byte sectors, {}-bit key",
+        seg.offset,
+        seg.len_in(image_len)
+            .map(|n| n.to_string())
+            .unwrap_or_else(|e| format!("invalid ({e})")),
+        seg.sector_size,
+        seg.key_len * 8
+    );
     s
 }

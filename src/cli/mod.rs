@@ -13,10 +13,14 @@ mod inspect;
 mod mount;
 mod verify;
 
-pub use copy::{materialize, CopyOptions, Interrupted};
+use copy::Interrupted;
 
 #[derive(Parser)]
-#[command(name = "bifs", version, about = "Clone disk images as-is, into LUKS2 or out of LUKS2, keyed by Kubernetes Secrets")]
+#[command(
+    name = "bifs",
+    version,
+    about = "Clone disk images as-is, into LUKS2 or out of LUKS2, keyed by Kubernetes Secrets"
+)]
 struct Cli {
     /// Log filter (tracing syntax, e.g. `debug` or `bifs=trace`); also from BIFS_LOG.
     #[arg(long, global = true, env = "BIFS_LOG", default_value = "info")]
@@ -79,7 +83,12 @@ enum Command {
     /// Create the BackingImages of Longhorn manifests in a store (a Longhorn disk directory).
     Apply {
         /// Manifest file or directory (BackingImage and Secret documents); repeatable.
-        #[arg(short = 'f', long = "filename", value_name = "FILE_OR_DIR", required = true)]
+        #[arg(
+            short = 'f',
+            long = "filename",
+            value_name = "FILE_OR_DIR",
+            required = true
+        )]
         files: Vec<PathBuf>,
         /// The store: a Longhorn disk directory (holds backing-images/).
         #[arg(long, env = "BIFS_STORE", value_name = "DIR")]
@@ -149,7 +158,11 @@ enum Command {
 fn init_logging(filter: &str, json: bool) {
     // fuser warns when the mount was already taken down by `fusermount3 -u` (our own
     // `bifs umount`): noise for the user, so its logs start at error unless asked for.
-    let filter = if filter.contains("fuser") { filter.to_string() } else { format!("{filter},fuser=error") };
+    let filter = if filter.contains("fuser") {
+        filter.to_string()
+    } else {
+        format!("{filter},fuser=error")
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -166,38 +179,68 @@ fn init_logging(filter: &str, json: bool) {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     // Before anything holds a key: no core dumps, no ptrace by other users.
-    crate::keys::harden_process();
+    bifs::keys::harden_process();
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
     if let Some(kib) = cli.max_kdf_memory {
-        let limits = crate::kdf::KdfLimits { max_argon2_memory_kib: kib, ..crate::kdf::KdfLimits::cryptsetup() };
-        crate::kdf::KdfLimits::set_process_default(limits);
+        let limits = bifs::kdf::KdfLimits {
+            max_argon2_memory_kib: kib,
+            ..bifs::kdf::KdfLimits::cryptsetup()
+        };
+        bifs::kdf::KdfLimits::set_process_default(limits);
         tracing::debug!(max_kdf_memory_kib = kib, "Argon2 memory cap");
     }
     let result = match cli.command {
-        Command::Encrypt { secret, sector_size, force, sha512, src, dst } => {
+        Command::Encrypt {
+            secret,
+            sector_size,
+            force,
+            sha512,
+            src,
+            dst,
+        } => {
             let sector_size = sector_size.and_then(|s| s.parse().ok());
             crypt::encrypt(&secret, sector_size, force, sha512, &src, &dst)
         }
-        Command::Decrypt { secret, force, sha512, src, dst } => {
-            crypt::decrypt(&secret, force, sha512, &src, &dst)
-        }
+        Command::Decrypt {
+            secret,
+            force,
+            sha512,
+            src,
+            dst,
+        } => crypt::decrypt(&secret, force, sha512, &src, &dst),
         Command::Inspect { json, image } => inspect::run(&image, json),
-        Command::Apply { files, store, secrets } => apply::apply(&files, &store, &secrets),
-        Command::Get { name, store, output, watch } => apply::get(&store, name.as_deref(), output, watch),
+        Command::Apply {
+            files,
+            store,
+            secrets,
+        } => apply::apply(&files, &store, &secrets),
+        Command::Get {
+            name,
+            store,
+            output,
+            watch,
+        } => apply::get(&store, name.as_deref(), output, watch),
         Command::Delete { name, store } => apply::delete(&store, &name),
-        Command::Rekey { secret, secret_name, new_secret, new_secret_name, force, sha512, src, dst } => {
-            apply::rekey(&apply::RekeyArgs {
-                secret: &secret,
-                secret_name: secret_name.as_deref(),
-                new_secret: &new_secret,
-                new_secret_name: new_secret_name.as_deref(),
-                force,
-                sha512,
-                src: &src,
-                dst: &dst,
-            })
-        }
+        Command::Rekey {
+            secret,
+            secret_name,
+            new_secret,
+            new_secret_name,
+            force,
+            sha512,
+            src,
+            dst,
+        } => apply::rekey(&apply::RekeyArgs {
+            secret: &secret,
+            secret_name: secret_name.as_deref(),
+            new_secret: &new_secret,
+            new_secret_name: new_secret_name.as_deref(),
+            force,
+            sha512,
+            src: &src,
+            dst: &dst,
+        }),
         Command::Mount(args) => mount::mount(&args),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
         Command::Verify(args) => verify::run(&args),

@@ -8,9 +8,9 @@ use anyhow::{bail, Context};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::fs::{BifsFs, CacheMode, Catalog, MountOptions};
-use crate::k8s;
-use crate::store::Store;
+use bifs::fs::{BifsFs, CacheMode, Catalog, MountOptions};
+use bifs::k8s;
+use bifs::store::Store;
 
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
@@ -38,19 +38,33 @@ pub struct MountArgs {
 pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
     clean_stale_mount(&args.mountpoint)?;
     if !args.mountpoint.is_dir() {
-        bail!("mount point {} is not a directory", args.mountpoint.display());
+        bail!(
+            "mount point {} is not a directory",
+            args.mountpoint.display()
+        );
     }
     let store = Store::open(&args.store, args.state.as_deref())?;
     let secrets = k8s::load_secrets(&args.secrets)?;
-    let images = store.list().with_context(|| format!("listing {}", store.root().display()))?;
+    let images = store
+        .list()
+        .with_context(|| format!("listing {}", store.root().display()))?;
     tracing::info!(
         store = %store.root().display(), layout = ?store.layout(), state = %store.state().path().display(),
         images = images.len(), secrets = secrets.len(), "opening store"
     );
-    let opts = MountOptions { allow_other: args.allow_other, threads: args.threads, cache: args.cache };
+    let opts = MountOptions {
+        allow_other: args.allow_other,
+        threads: args.threads,
+        cache: args.cache,
+    };
     let fs = BifsFs::new(Catalog::new(store, secrets), &opts);
     let mut session = fuser::Session::new(fs, &args.mountpoint, &opts.fuser_config())
-        .with_context(|| format!("mounting on {} (is /dev/fuse there and fusermount3 installed?)", args.mountpoint.display()))?;
+        .with_context(|| {
+            format!(
+                "mounting on {} (is /dev/fuse there and fusermount3 installed?)",
+                args.mountpoint.display()
+            )
+        })?;
     let mut unmounter = session.unmount_callable();
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let signals_handle = signals.handle();
@@ -79,7 +93,9 @@ fn clean_stale_mount(mountpoint: &Path) -> anyhow::Result<()> {
     // stat alone may be answered from the kernel's attribute cache of the dead mount;
     // opening the directory always needs the daemon.
     let dead = |r: std::io::Result<()>| r.is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
-    if !dead(std::fs::metadata(mountpoint).map(drop)) && !dead(std::fs::read_dir(mountpoint).map(drop)) {
+    if !dead(std::fs::metadata(mountpoint).map(drop))
+        && !dead(std::fs::read_dir(mountpoint).map(drop))
+    {
         return Ok(());
     }
     let abs = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_owned());
@@ -97,12 +113,19 @@ fn clean_stale_mount(mountpoint: &Path) -> anyhow::Result<()> {
         );
     }
     tracing::warn!(mountpoint = %abs.display(), "a previous bifs mount died here; detaching it (fusermount3 -uz)");
-    let attempts: [(&str, &[&str]); 3] =
-        [("fusermount3", &["-u", "-z"]), ("fusermount", &["-u", "-z"]), ("umount", &["-l"])];
+    let attempts: [(&str, &[&str]); 3] = [
+        ("fusermount3", &["-u", "-z"]),
+        ("fusermount", &["-u", "-z"]),
+        ("umount", &["-l"]),
+    ];
     for (program, flags) in attempts {
         match Command::new(program).args(flags).arg(&abs).status() {
             Ok(s) if s.success() => return Ok(()),
-            Ok(s) => bail!("{program} {} {} failed ({s}) on the dead mount", flags.join(" "), abs.display()),
+            Ok(s) => bail!(
+                "{program} {} {} failed ({s}) on the dead mount",
+                flags.join(" "),
+                abs.display()
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e).with_context(|| format!("running {program}")),
         }
@@ -134,7 +157,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -147,11 +173,19 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// Unmounts with fusermount3 (fusermount, then umount(8), where it is missing).
 pub fn umount(mountpoint: &Path) -> anyhow::Result<()> {
-    let attempts: [(&str, &[&str]); 3] = [("fusermount3", &["-u"]), ("fusermount", &["-u"]), ("umount", &[])];
+    let attempts: [(&str, &[&str]); 3] = [
+        ("fusermount3", &["-u"]),
+        ("fusermount", &["-u"]),
+        ("umount", &[]),
+    ];
     for (program, flags) in attempts {
         match Command::new(program).args(flags).arg(mountpoint).status() {
             Ok(s) if s.success() => return Ok(()),
-            Ok(s) => bail!("{program} {} {} failed ({s})", flags.join(" "), mountpoint.display()),
+            Ok(s) => bail!(
+                "{program} {} {} failed ({s})",
+                flags.join(" "),
+                mountpoint.display()
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e).with_context(|| format!("running {program}")),
         }

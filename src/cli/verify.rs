@@ -1,4 +1,4 @@
-//! `bifs verify`: CLI glue around [`crate::verify`]; picks the exit code.
+//! `bifs verify`: CLI glue around [`bifs::verify`]; picks the exit code.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use super::SecretArgs;
-use crate::kdf::KdfLimits;
-use crate::verify::{self, Method, VerifyError, VerifyOptions};
+use bifs::kdf::KdfLimits;
+use bifs::verify::{self, Method, VerifyError, VerifyOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {

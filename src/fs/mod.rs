@@ -20,11 +20,10 @@ use fuser::{
 
 use crate::image::ReadAt;
 
-pub mod catalog;
 pub mod tree;
 
-pub use catalog::{Catalog, CatalogError, FileInfo};
-pub use tree::{Inodes, Mode, Node};
+pub use crate::catalog::{Catalog, CatalogError, FileInfo, Mode};
+pub use tree::{Inodes, Node};
 
 /// How long the kernel may cache names and attributes. Short: the store can change.
 const TTL: Duration = Duration::from_secs(1);
@@ -64,7 +63,11 @@ impl MountOptions {
             MountOption::NoDev,
             MountOption::NoSuid,
         ];
-        cfg.acl = if self.allow_other { SessionACL::All } else { SessionACL::Owner };
+        cfg.acl = if self.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
         cfg.n_threads = Some(self.threads.max(1));
         cfg.clone_fd = true;
         cfg
@@ -107,7 +110,15 @@ impl BifsFs {
         self.attr(ino, FileType::Directory, 0o550, 0, 0, self.mounted_at)
     }
 
-    fn attr(&self, ino: u64, kind: FileType, perm: u16, size: u64, blocks: u64, mtime: SystemTime) -> FileAttr {
+    fn attr(
+        &self,
+        ino: u64,
+        kind: FileType,
+        perm: u16,
+        size: u64,
+        blocks: u64,
+        mtime: SystemTime,
+    ) -> FileAttr {
         FileAttr {
             ino: INodeNo(ino),
             size,
@@ -141,7 +152,14 @@ impl BifsFs {
             Node::Image { mode, secret, name } => {
                 let img = self.catalog.image(*mode, secret.as_ref(), name)?;
                 let info = self.catalog.info(*mode, &img)?;
-                return Ok(self.attr(ino, FileType::RegularFile, 0o440, info.size, info.blocks, info.mtime));
+                return Ok(self.attr(
+                    ino,
+                    FileType::RegularFile,
+                    0o440,
+                    info.size,
+                    info.blocks,
+                    info.mtime,
+                ));
             }
         }
         Ok(self.dir_attr(ino))
@@ -156,16 +174,27 @@ impl BifsFs {
                 if let Node::Secret(_, s) = node {
                     self.catalog.check_secret(s)?;
                 }
-                self.catalog.images(*m)?.into_iter().map(|i| i.name).collect()
+                self.catalog
+                    .images(*m)?
+                    .into_iter()
+                    .map(|i| i.name)
+                    .collect()
             }
             Node::Namespace(_, ns) => self.catalog.secrets_in(ns)?,
             Node::Image { .. } => return Ok(Vec::new()),
         };
-        Ok(names.into_iter().filter_map(|n| node.child(&n).map(|c| (n, c))).collect())
+        Ok(names
+            .into_iter()
+            .filter_map(|n| node.child(&n).map(|c| (n, c)))
+            .collect())
     }
 
     fn view(&self, fh: FileHandle) -> Option<Arc<dyn ReadAt>> {
-        self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh.0).cloned()
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
     }
 
     fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
@@ -179,7 +208,9 @@ fn refuse(op: &str, node: &Node, e: &CatalogError) -> Errno {
     let path = path_of(node);
     match e {
         CatalogError::NoImage(_) => tracing::debug!(op, path, "{e}"),
-        CatalogError::Refused { .. } | CatalogError::UnknownSecret(_) | CatalogError::UnknownNamespace(_) => {
+        CatalogError::Refused { .. }
+        | CatalogError::UnknownSecret(_)
+        | CatalogError::UnknownNamespace(_) => {
             tracing::info!(op, path, "refused: {e}")
         }
         CatalogError::WrongPassphrase { .. } => tracing::warn!(op, path, "refused: {e}"),
@@ -194,8 +225,16 @@ fn path_of(node: &Node) -> String {
         Node::Mode(m) => m.name().into(),
         Node::Namespace(m, ns) => format!("{}/{ns}", m.name()),
         Node::Secret(m, s) => format!("{}/{}/{}", m.name(), s.namespace, s.name),
-        Node::Image { mode, secret: None, name } => format!("{}/{name}", mode.name()),
-        Node::Image { mode, secret: Some(s), name } => {
+        Node::Image {
+            mode,
+            secret: None,
+            name,
+        } => format!("{}/{name}", mode.name()),
+        Node::Image {
+            mode,
+            secret: Some(s),
+            name,
+        } => {
             format!("{}/{}/{}/{name}", mode.name(), s.namespace, s.name)
         }
     }
@@ -216,14 +255,19 @@ fn io_errno(e: &std::io::Error) -> Errno {
 impl Filesystem for BifsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Read ahead as far as the kernel allows: `cp` reads sequentially.
-        let _ = config.set_max_readahead(u32::MAX).or_else(|max| config.set_max_readahead(max));
+        let _ = config
+            .set_max_readahead(u32::MAX)
+            .or_else(|max| config.set_max_readahead(max));
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = guarded("lookup", || {
             let parent = self.node(parent)?;
-            let node = name.to_str().and_then(|n| parent.child(n)).ok_or(Errno::ENOENT)?;
+            let node = name
+                .to_str()
+                .and_then(|n| parent.child(n))
+                .ok_or(Errno::ENOENT)?;
             self.stat(&node).map_err(|e| refuse("lookup", &node, &e))
         });
         match r {
@@ -249,7 +293,9 @@ impl Filesystem for BifsFs {
                 return Err(Errno::EROFS);
             }
             let node = self.node(ino)?;
-            let Node::Image { mode, secret, name } = &node else { return Err(Errno::EISDIR) };
+            let Node::Image { mode, secret, name } = &node else {
+                return Err(Errno::EISDIR);
+            };
             let (view, identity) = self
                 .catalog
                 .image(*mode, secret.as_ref(), name)
@@ -260,11 +306,18 @@ impl Filesystem for BifsFs {
                 CacheMode::KeepCache => {
                     let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
                     let unchanged = opened.insert(ino.0, identity) == Some(identity);
-                    if unchanged { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }
+                    if unchanged {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    }
                 }
             };
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-            self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, view);
+            self.handles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(fh, view);
             Ok((fh, flags))
         });
         match r {
@@ -318,30 +371,51 @@ impl Filesystem for BifsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let r = guarded("readdir", || {
             let node = self.node(ino)?;
             if !node.is_dir() {
                 return Err(Errno::ENOTDIR);
             }
-            let children = self.children(&node).map_err(|e| refuse("readdir", &node, &e))?;
+            let children = self
+                .children(&node)
+                .map_err(|e| refuse("readdir", &node, &e))?;
             let mut entries = vec![
                 (ino.0, FileType::Directory, ".".to_owned()),
-                (self.inodes.ino(&node.parent()), FileType::Directory, "..".to_owned()),
+                (
+                    self.inodes.ino(&node.parent()),
+                    FileType::Directory,
+                    "..".to_owned(),
+                ),
             ];
             for (name, child) in children {
-                let kind = if child.is_dir() { FileType::Directory } else { FileType::RegularFile };
+                let kind = if child.is_dir() {
+                    FileType::Directory
+                } else {
+                    FileType::RegularFile
+                };
                 entries.push((self.inodes.ino(&child), kind, name));
             }
             Ok(entries)
         });
         match r {
             Ok(entries) => {
-                for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+                for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize)
+                {
                     if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
                         break;
                     }
@@ -352,7 +426,15 @@ impl Filesystem for BifsFs {
         }
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         let r = guarded("lseek", || {
             let view = self.view(fh).ok_or(Errno::EBADF)?;
             let off = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
@@ -360,7 +442,10 @@ impl Filesystem for BifsFs {
                 return Err(Errno::ENXIO);
             }
             let found = match whence {
-                libc::SEEK_DATA => view.next_data(off).map_err(|e| io_errno(&e))?.ok_or(Errno::ENXIO)?,
+                libc::SEEK_DATA => view
+                    .next_data(off)
+                    .map_err(|e| io_errno(&e))?
+                    .ok_or(Errno::ENXIO)?,
                 libc::SEEK_HOLE => view.next_hole(off).map_err(|e| io_errno(&e))?,
                 // SEEK_SET/CUR/END never reach a FUSE filesystem; the kernel does them.
                 _ => return Err(Errno::EINVAL),
@@ -373,12 +458,26 @@ impl Filesystem for BifsFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
     // ENOSYS makes the kernel stop asking for the rest of the mount: no xattrs here.
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
         reply.error(Errno::ENOSYS);
     }
 

@@ -12,38 +12,8 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+use crate::catalog::Mode;
 use crate::k8s::SecretRef;
-
-/// The four clone modes, one top-level directory each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Mode {
-    Ignore,
-    Raw,
-    Encrypt,
-    Decrypt,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Ignore, Mode::Raw, Mode::Encrypt, Mode::Decrypt];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Ignore => "ignore",
-            Mode::Raw => "raw",
-            Mode::Encrypt => "encrypt",
-            Mode::Decrypt => "decrypt",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Mode::ALL.into_iter().find(|m| m.name() == name)
-    }
-
-    /// Whether the mode needs a Secret (images sit under `<namespace>/<secret>/`).
-    pub fn keyed(self) -> bool {
-        matches!(self, Mode::Encrypt | Mode::Decrypt)
-    }
-}
 
 /// A path in the mount.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -52,7 +22,11 @@ pub enum Node {
     Mode(Mode),
     Namespace(Mode, String),
     Secret(Mode, SecretRef),
-    Image { mode: Mode, secret: Option<SecretRef>, name: String },
+    Image {
+        mode: Mode,
+        secret: Option<SecretRef>,
+        name: String,
+    },
 }
 
 impl Node {
@@ -69,11 +43,23 @@ impl Node {
         Some(match self {
             Node::Root => Node::Mode(Mode::from_name(&name)?),
             Node::Mode(m) if m.keyed() => Node::Namespace(*m, name),
-            Node::Mode(m) => Node::Image { mode: *m, secret: None, name },
-            Node::Namespace(m, ns) => {
-                Node::Secret(*m, SecretRef { namespace: ns.clone(), name })
-            }
-            Node::Secret(m, s) => Node::Image { mode: *m, secret: Some(s.clone()), name },
+            Node::Mode(m) => Node::Image {
+                mode: *m,
+                secret: None,
+                name,
+            },
+            Node::Namespace(m, ns) => Node::Secret(
+                *m,
+                SecretRef {
+                    namespace: ns.clone(),
+                    name,
+                },
+            ),
+            Node::Secret(m, s) => Node::Image {
+                mode: *m,
+                secret: Some(s.clone()),
+                name,
+            },
             Node::Image { .. } => return None,
         })
     }
@@ -84,8 +70,14 @@ impl Node {
             Node::Root | Node::Mode(_) => Node::Root,
             Node::Namespace(m, _) => Node::Mode(*m),
             Node::Secret(m, s) => Node::Namespace(*m, s.namespace.clone()),
-            Node::Image { mode, secret: None, .. } => Node::Mode(*mode),
-            Node::Image { mode, secret: Some(s), .. } => Node::Secret(*mode, s.clone()),
+            Node::Image {
+                mode, secret: None, ..
+            } => Node::Mode(*mode),
+            Node::Image {
+                mode,
+                secret: Some(s),
+                ..
+            } => Node::Secret(*mode, s.clone()),
         }
     }
 }
@@ -113,7 +105,12 @@ impl Inodes {
     pub fn new() -> Self {
         let mut by_node = HashMap::new();
         by_node.insert(Node::Root, ROOT_INO);
-        Self { table: RwLock::new(Table { nodes: vec![Node::Root], by_node }) }
+        Self {
+            table: RwLock::new(Table {
+                nodes: vec![Node::Root],
+                by_node,
+            }),
+        }
     }
 
     pub fn ino(&self, node: &Node) -> u64 {
@@ -146,17 +143,34 @@ mod tests {
     #[test]
     fn shape() {
         let enc = Node::Root.child("encrypt").unwrap();
-        let img = enc.child("ns").unwrap().child("s").unwrap().child("a.img").unwrap();
+        let img = enc
+            .child("ns")
+            .unwrap()
+            .child("s")
+            .unwrap()
+            .child("a.img")
+            .unwrap();
         assert_eq!(
             img,
             Node::Image {
                 mode: Mode::Encrypt,
-                secret: Some(SecretRef { namespace: "ns".into(), name: "s".into() }),
+                secret: Some(SecretRef {
+                    namespace: "ns".into(),
+                    name: "s".into()
+                }),
                 name: "a.img".into()
             }
         );
         assert_eq!(img.parent().parent().parent(), enc);
-        assert_eq!(Node::Root.child("raw").unwrap().child("x").unwrap().child("y"), None);
+        assert_eq!(
+            Node::Root
+                .child("raw")
+                .unwrap()
+                .child("x")
+                .unwrap()
+                .child("y"),
+            None
+        );
         assert_eq!(Node::Root.child("other"), None);
         let inodes = Inodes::new();
         let a = inodes.ino(&img);

@@ -118,8 +118,12 @@ impl ReadAt for MemSource {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let Ok(start) = usize::try_from(offset) else { return Ok(0) };
-        let Some(rest) = self.0.get(start..) else { return Ok(0) };
+        let Ok(start) = usize::try_from(offset) else {
+            return Ok(0);
+        };
+        let Some(rest) = self.0.get(start..) else {
+            return Ok(0);
+        };
         let n = buf.len().min(rest.len());
         buf[..n].copy_from_slice(&rest[..n]);
         Ok(n)
@@ -131,17 +135,26 @@ pub enum OpenError {
     #[error("{}: {error}", .path.display())]
     Io { path: PathBuf, error: io::Error },
     #[error("{}: {error}", .path.display())]
-    Qcow2 { path: PathBuf, error: qcow2::Qcow2Error },
+    Qcow2 {
+        path: PathBuf,
+        error: qcow2::Qcow2Error,
+    },
 }
 
 /// Opens an image file as the disk it holds: a qcow2 image as its virtual disk, anything else
 /// (raw, LUKS) as its bytes.
 pub fn open_virtual_disk(path: &Path) -> Result<Arc<dyn ReadAt>, OpenError> {
-    let io_err = |error| OpenError::Io { path: path.to_owned(), error };
+    let io_err = |error| OpenError::Io {
+        path: path.to_owned(),
+        error,
+    };
     match detect(path).map_err(io_err)? {
         Format::Qcow2 => match qcow2::Qcow2Image::open(path) {
             Ok(image) => Ok(Arc::new(image)),
-            Err(error) => Err(OpenError::Qcow2 { path: path.to_owned(), error }),
+            Err(error) => Err(OpenError::Qcow2 {
+                path: path.to_owned(),
+                error,
+            }),
         },
         Format::Raw | Format::Luks1 | Format::Luks2 => {
             Ok(Arc::new(RawFile::open(path).map_err(io_err)?))

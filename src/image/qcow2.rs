@@ -42,7 +42,10 @@ const SEEK_BUDGET: u64 = 1 << 24;
 #[derive(Debug, thiserror::Error)]
 pub enum Qcow2Error {
     #[error("reading the {what}: {error}")]
-    Io { what: &'static str, error: io::Error },
+    Io {
+        what: &'static str,
+        error: io::Error,
+    },
     #[error("not a qcow2 image (expected the magic QFI\\xfb)")]
     BadMagic,
     #[error("unsupported qcow2 version {0} (expected 2 or 3)")]
@@ -78,9 +81,17 @@ pub enum Qcow2Error {
     #[error("virtual size {0} is too large (needs more than 32 MiB of L1 table)")]
     VirtualSizeTooLarge(u64),
     #[error("virtual size {virtual_size} needs {needed} L1 entries but l1_size is {l1_size}")]
-    L1TooSmall { virtual_size: u64, needed: u64, l1_size: u32 },
+    L1TooSmall {
+        virtual_size: u64,
+        needed: u64,
+        l1_size: u32,
+    },
     #[error("L1 table at {offset:#x} ({entries} entries) is misaligned or outside the file ({file_len} bytes)")]
-    L1Table { offset: u64, entries: u64, file_len: u64 },
+    L1Table {
+        offset: u64,
+        entries: u64,
+        file_len: u64,
+    },
     #[error(
         "backing file name at {offset:#x} ({len} bytes) is too long or outside the header cluster"
     )]
@@ -92,7 +103,10 @@ pub enum Qcow2Error {
     #[error("backing chain loops back to {}", .0.display())]
     BackingLoop(PathBuf),
     #[error("backing file {}: {error}", .path.display())]
-    Backing { path: PathBuf, error: Box<Qcow2Error> },
+    Backing {
+        path: PathBuf,
+        error: Box<Qcow2Error>,
+    },
 }
 
 /// An open qcow2 image; `ReadAt` serves its virtual disk.
@@ -166,8 +180,12 @@ impl Qcow2Image {
 
         // Bounded by the file size: Header::read checked that the table lies inside it.
         let mut l1_bytes = vec![0u8; (header.l1_entries * 8) as usize];
-        file.read_exact_at(&mut l1_bytes, header.l1_offset).map_err(io_err("L1 table"))?;
-        let l1 = l1_bytes.chunks_exact(8).filter_map(|entry| header::be64(entry, 0)).collect();
+        file.read_exact_at(&mut l1_bytes, header.l1_offset)
+            .map_err(io_err("L1 table"))?;
+        let l1 = l1_bytes
+            .chunks_exact(8)
+            .filter_map(|entry| header::be64(entry, 0))
+            .collect();
 
         let backing = match header.backing {
             Some(backing) => Some(open_backing(path, backing, chain)?),
@@ -239,9 +257,14 @@ impl Qcow2Image {
                 run_end += 1 << coverage_bits;
                 next += 1;
             }
-            return Ok(Extent { mapping: Mapping::Unallocated, len: run_end.min(end) - voff });
+            return Ok(Extent {
+                mapping: Mapping::Unallocated,
+                len: run_end.min(end) - voff,
+            });
         };
-        let table = self.l2_cache.get_or_load(l2_offset, || self.load_l2(l2_offset, voff))?;
+        let table = self
+            .l2_cache
+            .get_or_load(l2_offset, || self.load_l2(l2_offset, voff))?;
         let end = end.min(table_end);
 
         let unit = 1u64 << self.unit_bits();
@@ -249,7 +272,10 @@ impl Qcow2Image {
         let first = self.unit_mapping(&table, unit_start, voff)?;
         if let Mapping::Compressed { .. } = first {
             let cluster_end = (voff | (self.cluster_size() - 1)) + 1;
-            return Ok(Extent { mapping: first, len: cluster_end.min(end) - voff });
+            return Ok(Extent {
+                mapping: first,
+                len: cluster_end.min(end) - voff,
+            });
         }
         let mut run_end = unit_start + unit;
         while run_end < end {
@@ -268,10 +294,15 @@ impl Qcow2Image {
             run_end += unit;
         }
         let mapping = match first {
-            Mapping::Data { host } => Mapping::Data { host: host + (voff - unit_start) },
+            Mapping::Data { host } => Mapping::Data {
+                host: host + (voff - unit_start),
+            },
             other => other,
         };
-        Ok(Extent { mapping, len: run_end.min(end) - voff })
+        Ok(Extent {
+            mapping,
+            len: run_end.min(end) - voff,
+        })
     }
 
     /// The mapping of the unit (cluster or subcluster) starting at `vpos`, from its L2 `table`.
@@ -295,7 +326,9 @@ impl Qcow2Image {
             } else if host == 0 {
                 Mapping::Unallocated
             } else {
-                Mapping::Data { host: self.checked_cluster(host, voff)? }
+                Mapping::Data {
+                    host: self.checked_cluster(host, voff)?,
+                }
             });
         }
         let bitmap = word(index + 1)?;
@@ -304,9 +337,10 @@ impl Qcow2Image {
         let zero = bitmap >> (u64::from(SUBCLUSTERS) + sub) & 1 != 0;
         match (allocated, zero) {
             (true, true) => Err(invalid(voff, "subcluster marked both allocated and zero")),
-            (true, false) if host == 0 => {
-                Err(invalid(voff, "allocated subcluster in an unallocated cluster"))
-            }
+            (true, false) if host == 0 => Err(invalid(
+                voff,
+                "allocated subcluster in an unallocated cluster",
+            )),
             (true, false) => Ok(Mapping::Data {
                 host: self.checked_cluster(host, voff)? + (sub << self.unit_bits()),
             }),
@@ -352,7 +386,9 @@ impl Qcow2Image {
     fn load_l2(&self, offset: u64, voff: u64) -> io::Result<Arc<[u64]>> {
         let size = self.cluster_size();
         if !offset.is_multiple_of(size)
-            || offset.checked_add(size).is_none_or(|end| end > self.file_len)
+            || offset
+                .checked_add(size)
+                .is_none_or(|end| end > self.file_len)
         {
             return Err(invalid(
                 voff,
@@ -364,9 +400,15 @@ impl Qcow2Image {
         }
         let mut bytes = vec![0u8; size as usize];
         self.file.read_exact_at(&mut bytes, offset).map_err(|e| {
-            io::Error::new(e.kind(), format!("reading the L2 table at {offset:#x}: {e}"))
+            io::Error::new(
+                e.kind(),
+                format!("reading the L2 table at {offset:#x}: {e}"),
+            )
         })?;
-        Ok(bytes.chunks_exact(8).filter_map(|word| header::be64(word, 0)).collect())
+        Ok(bytes
+            .chunks_exact(8)
+            .filter_map(|word| header::be64(word, 0))
+            .collect())
     }
 
     /// Reads stored data. Only the cluster holding the file's last byte can reach past the end
@@ -392,8 +434,13 @@ impl Qcow2Image {
             return self.decompress(host, size, voff, buf);
         }
         let cached = {
-            let last = self.last_compressed.lock().unwrap_or_else(|p| p.into_inner());
-            last.as_ref().filter(|(at, _)| *at == host).map(|(_, data)| Arc::clone(data))
+            let last = self
+                .last_compressed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            last.as_ref()
+                .filter(|(at, _)| *at == host)
+                .map(|(_, data)| Arc::clone(data))
         };
         let cluster = match cached {
             Some(cluster) => cluster,
@@ -401,8 +448,10 @@ impl Qcow2Image {
                 let mut cluster = vec![0u8; self.cluster_size() as usize];
                 self.decompress(host, size, voff, &mut cluster)?;
                 let cluster: Arc<[u8]> = cluster.into();
-                *self.last_compressed.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((host, Arc::clone(&cluster)));
+                *self
+                    .last_compressed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some((host, Arc::clone(&cluster)));
                 cluster
             }
         };
@@ -577,8 +626,16 @@ fn open_backing(
 ) -> Result<Backing, Qcow2Error> {
     let name = PathBuf::from(OsString::from_vec(backing.name));
     let path = image.parent().unwrap_or(Path::new("")).join(name);
-    let wrap = |error| Qcow2Error::Backing { path: path.clone(), error: Box::new(error) };
-    let io_err = |error| wrap(Qcow2Error::Io { what: "backing file", error });
+    let wrap = |error| Qcow2Error::Backing {
+        path: path.clone(),
+        error: Box::new(error),
+    };
+    let io_err = |error| {
+        wrap(Qcow2Error::Io {
+            what: "backing file",
+            error,
+        })
+    };
     let format = match backing.format.as_deref() {
         Some("qcow2") => Format::Qcow2,
         Some("raw") => Format::Raw,
@@ -586,9 +643,9 @@ fn open_backing(
         None => super::detect(&path).map_err(io_err)?,
     };
     match format {
-        Format::Qcow2 => {
-            Ok(Backing::Qcow2(Box::new(Qcow2Image::open_in_chain(&path, chain).map_err(wrap)?)))
-        }
+        Format::Qcow2 => Ok(Backing::Qcow2(Box::new(
+            Qcow2Image::open_in_chain(&path, chain).map_err(wrap)?,
+        ))),
         Format::Raw => Ok(Backing::Raw(RawFile::open(&path).map_err(io_err)?)),
         other => Err(Qcow2Error::BackingFormat(other.to_string())),
     }
@@ -596,7 +653,10 @@ fn open_backing(
 
 /// A read error caused by the image's contents, naming the virtual offset being read.
 fn invalid(voff: u64, what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("qcow2 read at offset {voff:#x}: {what}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("qcow2 read at offset {voff:#x}: {what}"),
+    )
 }
 
 #[cfg(test)]
@@ -676,7 +736,12 @@ mod tests {
     fn contiguous_clusters_map_as_one_run() {
         let image = open(&sample()).unwrap();
         let extent = image.map(100, 1 << 20).unwrap();
-        assert_eq!(extent.mapping, Mapping::Data { host: 3 * CLUSTER as u64 + 100 });
+        assert_eq!(
+            extent.mapping,
+            Mapping::Data {
+                host: 3 * CLUSTER as u64 + 100
+            }
+        );
         assert_eq!(extent.len, 2 * CLUSTER as u64 - 100);
     }
 
@@ -694,14 +759,35 @@ mod tests {
     #[test]
     fn refuses_bad_headers() {
         let e = |f: fn(&mut Vec<u8>)| open_patched(f).unwrap_err();
-        assert!(matches!(e(|b| b.truncate(50)), Qcow2Error::Truncated { .. }));
-        assert!(matches!(e(|b| put32(b, 20, 40)), Qcow2Error::ClusterBits(40)));
+        assert!(matches!(
+            e(|b| b.truncate(50)),
+            Qcow2Error::Truncated { .. }
+        ));
+        assert!(matches!(
+            e(|b| put32(b, 20, 40)),
+            Qcow2Error::ClusterBits(40)
+        ));
         assert!(matches!(e(|b| put32(b, 32, 1)), Qcow2Error::Encrypted(1)));
-        assert!(matches!(e(|b| put32(b, 100, 100)), Qcow2Error::HeaderLength(100)));
-        assert!(matches!(e(|b| put64(b, 72, 1 << 2)), Qcow2Error::ExternalDataFile));
-        assert!(matches!(e(|b| put64(b, 72, 1 << 40)), Qcow2Error::UnknownIncompatibleFeatures(_)));
-        assert!(matches!(e(|b| put64(b, 72, 1 << 4)), Qcow2Error::ExtendedL2ClusterBits(9)));
-        assert!(matches!(e(|b| put32(b, 36, 0)), Qcow2Error::L1TooSmall { needed: 1, .. }));
+        assert!(matches!(
+            e(|b| put32(b, 100, 100)),
+            Qcow2Error::HeaderLength(100)
+        ));
+        assert!(matches!(
+            e(|b| put64(b, 72, 1 << 2)),
+            Qcow2Error::ExternalDataFile
+        ));
+        assert!(matches!(
+            e(|b| put64(b, 72, 1 << 40)),
+            Qcow2Error::UnknownIncompatibleFeatures(_)
+        ));
+        assert!(matches!(
+            e(|b| put64(b, 72, 1 << 4)),
+            Qcow2Error::ExtendedL2ClusterBits(9)
+        ));
+        assert!(matches!(
+            e(|b| put32(b, 36, 0)),
+            Qcow2Error::L1TooSmall { needed: 1, .. }
+        ));
         let e2 = |f: fn(&mut Vec<u8>)| open_patched(f).unwrap_err();
         // zstd needs its feature bit; type 7 does not exist.
         assert!(matches!(
@@ -760,7 +846,10 @@ mod tests {
             put32(b, 16, 12);
             b[200..212].copy_from_slice(b"/nonexistent");
         });
-        assert!(matches!(missing, Err(Qcow2Error::Backing { .. })), "{missing:?}");
+        assert!(
+            matches!(missing, Err(Qcow2Error::Backing { .. })),
+            "{missing:?}"
+        );
     }
 
     #[test]
@@ -770,8 +859,11 @@ mod tests {
         let cases: [(Patch, u64); 4] = [
             (|b| put64(b, CLUSTER, 1 << 20), 0), // L2 table past EOF
             (|b| put64(b, 2 * CLUSTER + 32, 1 << 30), 2048), // data past EOF
-            (|b| put64(b, 2 * CLUSTER + 40, L2_COMPRESSED | (1 << 40)), 2560), // compressed past EOF
-            (|b| b[5 * CLUSTER..5 * CLUSTER + 8].fill(0xff), 2560),            // garbage deflate
+            (
+                |b| put64(b, 2 * CLUSTER + 40, L2_COMPRESSED | (1 << 40)),
+                2560,
+            ), // compressed past EOF
+            (|b| b[5 * CLUSTER..5 * CLUSTER + 8].fill(0xff), 2560), // garbage deflate
         ];
         for (patch, offset) in cases {
             let image = open_patched(patch).unwrap();

@@ -48,7 +48,11 @@ impl RawFile {
         if r < 0 {
             let e = io::Error::last_os_error();
             // ENXIO: no data (or hole) at or after offset.
-            return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+            return if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
         }
         Ok(Some(r as u64))
     }
@@ -86,13 +90,18 @@ impl ReadAt for RawFile {
         if offset >= self.len {
             return Ok(None);
         }
-        Ok(self.lseek(offset, libc::SEEK_DATA)?.filter(|&o| o < self.len))
+        Ok(self
+            .lseek(offset, libc::SEEK_DATA)?
+            .filter(|&o| o < self.len))
     }
 
     fn next_hole(&self, offset: u64) -> io::Result<u64> {
         if offset >= self.len {
             return Ok(offset);
         }
-        Ok(self.lseek(offset, libc::SEEK_HOLE)?.unwrap_or(self.len).min(self.len))
+        Ok(self
+            .lseek(offset, libc::SEEK_HOLE)?
+            .unwrap_or(self.len)
+            .min(self.len))
     }
 }

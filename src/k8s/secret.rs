@@ -46,8 +46,14 @@ impl SecretRef {
     /// Parses `namespace/name`, or a bare `name` in `default_namespace`.
     pub fn parse(s: &str, default_namespace: &str) -> Self {
         match s.split_once('/') {
-            Some((ns, name)) => Self { namespace: ns.into(), name: name.into() },
-            None => Self { namespace: default_namespace.into(), name: s.into() },
+            Some((ns, name)) => Self {
+                namespace: ns.into(),
+                name: name.into(),
+            },
+            None => Self {
+                namespace: default_namespace.into(),
+                name: s.into(),
+            },
         }
     }
 }
@@ -55,13 +61,20 @@ impl SecretRef {
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not valid YAML: {message}")]
     Yaml { path: PathBuf, message: String },
     #[error("{path}: a Secret has no metadata.name")]
     NoName { path: PathBuf },
     #[error("{path}: Secret {secret}: data.{key} is not valid base64")]
-    Base64 { path: PathBuf, secret: SecretRef, key: String },
+    Base64 {
+        path: PathBuf,
+        secret: SecretRef,
+        key: String,
+    },
     #[error("{path}: no Secret manifest found")]
     NoSecrets { path: PathBuf },
     #[error("Secret {0} not found")]
@@ -69,9 +82,17 @@ pub enum SecretError {
     #[error("{count} Secrets found ({names}); choose one with --secret-name NAMESPACE/NAME")]
     Ambiguous { count: usize, names: String },
     #[error("Secret {secret}: {key} is missing or empty")]
-    Missing { secret: SecretRef, key: &'static str },
+    Missing {
+        secret: SecretRef,
+        key: &'static str,
+    },
     #[error("Secret {secret}: {key}={value:?} is not supported (expected {expected})")]
-    Invalid { secret: SecretRef, key: &'static str, value: String, expected: &'static str },
+    Invalid {
+        secret: SecretRef,
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("Secret {secret}: unsupported cipher {value:?} in CRYPTO_KEY_CIPHER (bifs supports aes-xts-plain64)")]
     UnsupportedCipher { secret: SecretRef, value: String },
 }
@@ -163,29 +184,47 @@ pub fn parse_secrets(text: &str, path: &Path) -> Result<Vec<Secret>, SecretError
         if m.metadata.name.is_empty() {
             return Err(SecretError::NoName { path: path.into() });
         }
-        let namespace =
-            if m.metadata.namespace.is_empty() { "default".into() } else { m.metadata.namespace };
-        let id = SecretRef { namespace, name: m.metadata.name };
+        let namespace = if m.metadata.namespace.is_empty() {
+            "default".into()
+        } else {
+            m.metadata.namespace
+        };
+        let id = SecretRef {
+            namespace,
+            name: m.metadata.name,
+        };
         let mut data = BTreeMap::new();
         for (k, v) in &m.data {
             let encoded = scalar(v);
-            let decoded = Zeroizing::new(B64.decode(encoded.trim()).map_err(|_| SecretError::Base64 {
-                path: path.into(),
-                secret: id.clone(),
-                key: k.clone(),
-            })?);
+            let decoded =
+                Zeroizing::new(
+                    B64.decode(encoded.trim())
+                        .map_err(|_| SecretError::Base64 {
+                            path: path.into(),
+                            secret: id.clone(),
+                            key: k.clone(),
+                        })?,
+                );
             let mut decoded = decoded;
             // Moves the bytes (no copy); on invalid UTF-8 the rejected bytes are wiped too.
             let text = String::from_utf8(std::mem::take(&mut *decoded)).map_err(|e| {
                 Zeroizing::new(e.into_bytes());
-                SecretError::Base64 { path: path.into(), secret: id.clone(), key: k.clone() }
+                SecretError::Base64 {
+                    path: path.into(),
+                    secret: id.clone(),
+                    key: k.clone(),
+                }
             })?;
             data.insert(k.clone(), Zeroizing::new(text));
         }
         for (k, v) in &m.string_data {
             data.insert(k.clone(), scalar(v));
         }
-        out.push(Secret { id, source: path.into(), data });
+        out.push(Secret {
+            id,
+            source: path.into(),
+            data,
+        });
     }
     Ok(out)
 }
@@ -194,7 +233,10 @@ pub fn parse_secrets(text: &str, path: &Path) -> Result<Vec<Secret>, SecretError
 /// directory. Warns when a file is readable by other users: it holds passphrases.
 pub fn load_secrets(path: &Path) -> Result<Vec<Secret>, SecretError> {
     fn read_err(p: &Path) -> impl FnOnce(std::io::Error) -> SecretError + '_ {
-        move |source| SecretError::Read { path: p.into(), source }
+        move |source| SecretError::Read {
+            path: p.into(),
+            source,
+        }
     }
     let meta = fs::metadata(path).map_err(read_err(path))?;
     let files: Vec<PathBuf> = if meta.is_dir() {
@@ -202,7 +244,10 @@ pub fn load_secrets(path: &Path) -> Result<Vec<Secret>, SecretError> {
             .map_err(read_err(path))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
             })
             .collect();
         v.sort();
@@ -229,21 +274,33 @@ pub fn load_secrets(path: &Path) -> Result<Vec<Secret>, SecretError> {
 /// Picks the Secret named `wanted`, or the only one when none is named.
 pub fn select(secrets: Vec<Secret>, wanted: Option<&SecretRef>) -> Result<Secret, SecretError> {
     match wanted {
-        Some(w) => secrets.into_iter().find(|s| &s.id == w).ok_or_else(|| SecretError::NotFound(w.clone())),
-        None if secrets.len() == 1 => Ok(secrets.into_iter().next().ok_or(SecretError::Ambiguous {
-            count: 0,
-            names: String::new(),
-        })?),
+        Some(w) => secrets
+            .into_iter()
+            .find(|s| &s.id == w)
+            .ok_or_else(|| SecretError::NotFound(w.clone())),
+        None if secrets.len() == 1 => {
+            Ok(secrets.into_iter().next().ok_or(SecretError::Ambiguous {
+                count: 0,
+                names: String::new(),
+            })?)
+        }
         None => Err(SecretError::Ambiguous {
             count: secrets.len(),
-            names: secrets.iter().map(|s| s.id.to_string()).collect::<Vec<_>>().join(", "),
+            names: secrets
+                .iter()
+                .map(|s| s.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
     }
 }
 
 impl Secret {
     fn get(&self, key: &str) -> Option<&str> {
-        self.data.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
+        self.data
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
     }
 
     fn number(&self, key: &'static str) -> Result<Option<u32>, SecretError> {
@@ -265,7 +322,12 @@ impl Secret {
         // The passphrase is used as-is: only the other values are trimmed.
         let passphrase = match self.data.get(KEY_VALUE) {
             Some(v) if !v.is_empty() => Passphrase::new(v.as_bytes()),
-            _ => return Err(SecretError::Missing { secret: id.clone(), key: KEY_VALUE }),
+            _ => {
+                return Err(SecretError::Missing {
+                    secret: id.clone(),
+                    key: KEY_VALUE,
+                })
+            }
         };
         let invalid = |key, value: &str, expected| SecretError::Invalid {
             secret: id.clone(),
@@ -280,21 +342,33 @@ impl Secret {
         match self.get(KEY_CIPHER) {
             None | Some("aes-xts-plain64") => {}
             Some(other) => {
-                return Err(SecretError::UnsupportedCipher { secret: id.clone(), value: other.into() })
+                return Err(SecretError::UnsupportedCipher {
+                    secret: id.clone(),
+                    value: other.into(),
+                })
             }
         }
         let hash = match self.get(KEY_HASH) {
             None => Hash::Sha256,
-            Some(h) => Hash::from_name(h).ok_or_else(|| invalid(KEY_HASH, h, "sha1, sha256 or sha512"))?,
+            Some(h) => {
+                Hash::from_name(h).ok_or_else(|| invalid(KEY_HASH, h, "sha1, sha256 or sha512"))?
+            }
         };
         let key_bits = match self.get(KEY_SIZE) {
             None | Some("256") => 256,
             Some("512") => 512,
-            Some(other) => return Err(invalid(KEY_SIZE, other, "256 (AES-128-XTS) or 512 (AES-256-XTS)")),
+            Some(other) => {
+                return Err(invalid(
+                    KEY_SIZE,
+                    other,
+                    "256 (AES-128-XTS) or 512 (AES-256-XTS)",
+                ))
+            }
         };
         let kind = match self.get(KEY_PBKDF) {
             None => KdfKind::Argon2i,
-            Some(k) => KdfKind::from_name(k).ok_or_else(|| invalid(KEY_PBKDF, k, "argon2i, argon2id or pbkdf2"))?,
+            Some(k) => KdfKind::from_name(k)
+                .ok_or_else(|| invalid(KEY_PBKDF, k, "argon2i, argon2id or pbkdf2"))?,
         };
         let memory_kib = self.number(KEY_PBKDF_MEMORY)?;
         let force_iterations = self.number(KEY_PBKDF_FORCE_ITERATIONS)?;
@@ -303,7 +377,12 @@ impl Secret {
             passphrase,
             hash,
             key_bits,
-            kdf: KdfRequest { kind, hash, force_iterations, memory_kib },
+            kdf: KdfRequest {
+                kind,
+                hash,
+                force_iterations,
+                memory_kib,
+            },
         })
     }
 }
@@ -347,11 +426,17 @@ data:
         let p = s[0].crypto_params().unwrap();
         assert_eq!(p.secret.to_string(), "longhorn-system/longhorn-crypto");
         assert_eq!(p.passphrase.as_bytes(), b"Simple passphrase");
-        assert_eq!((p.hash, p.key_bits, p.kdf.kind), (Hash::Sha512, 512, KdfKind::Pbkdf2));
+        assert_eq!(
+            (p.hash, p.key_bits, p.kdf.kind),
+            (Hash::Sha512, 512, KdfKind::Pbkdf2)
+        );
         assert_eq!(p.kdf.force_iterations, Some(1000));
         assert_eq!(s[1].id.namespace, "default");
         let err = s[1].crypto_params().unwrap_err().to_string();
-        assert!(err.contains("unsupported cipher") && err.contains("aes-cbc-essiv"), "{err}");
+        assert!(
+            err.contains("unsupported cipher") && err.contains("aes-cbc-essiv"),
+            "{err}"
+        );
         assert!(!err.contains("pass\""));
     }
 
@@ -363,7 +448,10 @@ data:
         )
         .unwrap();
         let p = s[0].crypto_params().unwrap();
-        assert_eq!((p.hash, p.key_bits, p.kdf.kind), (Hash::Sha256, 256, KdfKind::Argon2i));
+        assert_eq!(
+            (p.hash, p.key_bits, p.kdf.kind),
+            (Hash::Sha256, 256, KdfKind::Argon2i)
+        );
     }
 
     #[test]
@@ -376,12 +464,17 @@ data:
             ("CRYPTO_PBKDF_MEMORY: lots", "CRYPTO_PBKDF_MEMORY"),
         ] {
             let y = format!("kind: Secret\nmetadata: {{name: x}}\nstringData:\n  CRYPTO_KEY_VALUE: hunter2\n  {extra}\n");
-            let err = parse_secrets(&y, Path::new("x")).unwrap()[0].crypto_params().unwrap_err().to_string();
+            let err = parse_secrets(&y, Path::new("x")).unwrap()[0]
+                .crypto_params()
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{err}");
             assert!(!err.contains("hunter2"), "{err}");
         }
         let y = "kind: Secret\nmetadata: {name: x}\nstringData: {CRYPTO_KEY_HASH: sha1}\n";
-        let err = parse_secrets(y, Path::new("x")).unwrap()[0].crypto_params().unwrap_err();
+        let err = parse_secrets(y, Path::new("x")).unwrap()[0]
+            .crypto_params()
+            .unwrap_err();
         assert!(err.to_string().contains("CRYPTO_KEY_VALUE is missing"));
     }
 }

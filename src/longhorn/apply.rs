@@ -44,9 +44,14 @@ impl Secrets<'_> {
     /// The Secret's LUKS parameters, or a refusal naming `field`.
     fn params(&self, id: &SecretRef, field: &str) -> Result<CryptoParams, FieldError> {
         let secret = self.0.iter().find(|s| &s.id == id).ok_or_else(|| {
-            FieldError::param(field, format!("Secret {id} not found (give its manifest with -f or --secrets)"))
+            FieldError::param(
+                field,
+                format!("Secret {id} not found (give its manifest with -f or --secrets)"),
+            )
         })?;
-        secret.crypto_params().map_err(|e| FieldError::param(field, e.to_string()))
+        secret
+            .crypto_params()
+            .map_err(|e| FieldError::param(field, e.to_string()))
     }
 }
 
@@ -59,7 +64,10 @@ pub fn apply(store: &Store, images: Vec<BackingImage>, secrets: &Secrets<'_>) ->
         let name = image.name().to_string();
         if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
             // Not started: its record (if any) is left as it was.
-            reports.push(Report { name, outcome: Outcome::Failed("interrupted before it was started".into()) });
+            reports.push(Report {
+                name,
+                outcome: Outcome::Failed("interrupted before it was started".into()),
+            });
             continue;
         }
         let outcome = match apply_one(store, &image, secrets) {
@@ -82,19 +90,29 @@ fn order(images: Vec<BackingImage>) -> (Vec<BackingImage>, Vec<Report>) {
             Some(_) => refused.push(Report {
                 name: image.name().into(),
                 outcome: Outcome::Failed(
-                    FieldError::new("metadata.name", format!("{} is given twice with different specs", image.name()))
-                        .to_string(),
+                    FieldError::new(
+                        "metadata.name",
+                        format!("{} is given twice with different specs", image.name()),
+                    )
+                    .to_string(),
                 ),
             }),
             None => unique.push(image),
         }
     }
-    let index: HashMap<String, usize> = unique.iter().enumerate().map(|(i, b)| (b.name().to_string(), i)).collect();
+    let index: HashMap<String, usize> = unique
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.name().to_string(), i))
+        .collect();
     let dep = |b: &BackingImage| -> Option<usize> {
         if b.spec.source_type.trim() != "clone" {
             return None;
         }
-        b.spec.source_parameters.get(PARAM_BACKING_IMAGE).and_then(|s| index.get(s.trim()).copied())
+        b.spec
+            .source_parameters
+            .get(PARAM_BACKING_IMAGE)
+            .and_then(|s| index.get(s.trim()).copied())
     };
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
@@ -135,12 +153,15 @@ fn order(images: Vec<BackingImage>) -> (Vec<BackingImage>, Vec<Report>) {
     let mut slots: Vec<Option<BackingImage>> = unique.into_iter().map(Some).collect();
     let mut ordered = Vec::new();
     for i in out_idx {
-        let Some(image) = slots[i].take() else { continue };
+        let Some(image) = slots[i].take() else {
+            continue;
+        };
         if in_cycle[i] {
             refused.push(Report {
                 name: image.name().into(),
                 outcome: Outcome::Failed(
-                    FieldError::param(PARAM_BACKING_IMAGE, "clones form a dependency cycle").to_string(),
+                    FieldError::param(PARAM_BACKING_IMAGE, "clones form a dependency cycle")
+                        .to_string(),
                 ),
             });
         } else {
@@ -156,7 +177,9 @@ fn state_of(rec: &BackingImage) -> State {
 
 fn is_complete(store: &Store, rec: &BackingImage) -> bool {
     let Some(st) = &rec.status else { return false };
-    st.state == State::Ready && !st.uuid.is_empty() && store.backing_path(rec.name(), &st.uuid).is_file()
+    st.state == State::Ready
+        && !st.uuid.is_empty()
+        && store.backing_path(rec.name(), &st.uuid).is_file()
 }
 
 fn conflict(rec: &BackingImage, spec: &super::manifest::BackingImageSpec) -> Outcome {
@@ -167,7 +190,11 @@ fn conflict(rec: &BackingImage, spec: &super::manifest::BackingImageSpec) -> Out
     ))
 }
 
-fn apply_one(store: &Store, image: &BackingImage, secrets: &Secrets<'_>) -> Result<Outcome, LayoutError> {
+fn apply_one(
+    store: &Store,
+    image: &BackingImage,
+    secrets: &Secrets<'_>,
+) -> Result<Outcome, LayoutError> {
     let name = image.name();
     let spec = image.normalized_spec();
     let source = match image.validate() {
@@ -213,8 +240,16 @@ fn apply_one(store: &Store, image: &BackingImage, secrets: &Secrets<'_>) -> Resu
         status: Some(BackingImageStatus {
             state: State::Pending,
             uuid: uuid.clone(),
-            secret: admitted.secret.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
-            secret_namespace: admitted.secret.as_ref().map(|s| s.namespace.clone()).unwrap_or_default(),
+            secret: admitted
+                .secret
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+            secret_namespace: admitted
+                .secret
+                .as_ref()
+                .map(|s| s.namespace.clone())
+                .unwrap_or_default(),
             ..Default::default()
         }),
         ..image.clone()
@@ -226,7 +261,11 @@ fn apply_one(store: &Store, image: &BackingImage, secrets: &Secrets<'_>) -> Resu
     store.write_record(&rec)?;
     tracing::info!(backing_image = name, plan = admitted.describe(), dir = %dir.display(), "creating");
 
-    let opts = CopyOptions { label: format!("{name} ({})", admitted.describe()), force: false, sha512: true };
+    let opts = CopyOptions {
+        label: format!("{name} ({})", admitted.describe()),
+        force: false,
+        sha512: true,
+    };
     let mut progress = RecordProgress::new(store, rec.clone());
     let mut cb = |done: u64, total: Option<u64>| progress.update(done, total);
     let result = produce(&admitted.plan, &file, tmp, &opts, Some(&mut cb));
@@ -236,7 +275,11 @@ fn apply_one(store: &Store, image: &BackingImage, secrets: &Secrets<'_>) -> Resu
         Ok(c) => c,
         Err(e) => {
             store.discard(name, &uuid);
-            let message = if e.is_interrupted() { "interrupted; apply again to complete it".to_string() } else { e.to_string() };
+            let message = if e.is_interrupted() {
+                "interrupted; apply again to complete it".to_string()
+            } else {
+                e.to_string()
+            };
             fail(&mut rec, message.clone());
             store.write_record(&rec)?;
             return Ok(Outcome::Failed(message));
@@ -249,7 +292,9 @@ fn apply_one(store: &Store, image: &BackingImage, secrets: &Secrets<'_>) -> Resu
             store.discard(name, &uuid);
             let message = FieldError::new(
                 "spec.checksum",
-                format!("checksum mismatch: expected {expected}, got {checksum}; the file was removed"),
+                format!(
+                    "checksum mismatch: expected {expected}, got {checksum}; the file was removed"
+                ),
             )
             .to_string();
             fail(&mut rec, message.clone());
@@ -262,7 +307,10 @@ fn apply_one(store: &Store, image: &BackingImage, secrets: &Secrets<'_>) -> Resu
         uuid: uuid.clone(),
         size: copied.bytes as i64,
         // Longhorn takes the first ready file's checksum as the expected one when none was given.
-        expected_checksum: admitted.expected_checksum.clone().unwrap_or_else(|| checksum.clone()),
+        expected_checksum: admitted
+            .expected_checksum
+            .clone()
+            .unwrap_or_else(|| checksum.clone()),
         current_checksum: checksum.clone(),
     };
     store.commit(&dir, &cfg)?;
@@ -290,7 +338,13 @@ fn refuse(store: &Store, image: &BackingImage, e: FieldError) -> Result<Outcome,
     let _lock = lock_waiting(store, image.name(), LockMode::Exclusive)?;
     match store.read_record(image.name())? {
         Some(rec) if state_of(&rec) != State::Failed => Ok(Outcome::Failed(message)),
-        _ => record_failure(store, image, &image.normalized_spec(), String::new(), message),
+        _ => record_failure(
+            store,
+            image,
+            &image.normalized_spec(),
+            String::new(),
+            message,
+        ),
     }
 }
 
@@ -303,7 +357,12 @@ fn record_failure(
 ) -> Result<Outcome, LayoutError> {
     let rec = BackingImage {
         spec: spec.clone(),
-        status: Some(BackingImageStatus { state: State::Failed, uuid, message: message.clone(), ..Default::default() }),
+        status: Some(BackingImageStatus {
+            state: State::Failed,
+            uuid,
+            message: message.clone(),
+            ..Default::default()
+        }),
         ..image.clone()
     };
     store.write_record(&rec)?;
@@ -329,7 +388,10 @@ fn lock_waiting(store: &Store, name: &str, mode: LockMode) -> Result<Lock, Layou
     if let Some(l) = store.lock(name, mode, false)? {
         return Ok(l);
     }
-    tracing::info!(backing_image = name, "another bifs holds this backing image; waiting for it");
+    tracing::info!(
+        backing_image = name,
+        "another bifs holds this backing image; waiting for it"
+    );
     match store.lock(name, mode, true)? {
         Some(l) => Ok(l),
         // A waiting flock only returns without the lock on error, which `lock` reports.
@@ -365,7 +427,12 @@ impl Admitted {
 }
 
 /// The checks Longhorn's webhook makes against the other objects, with the same meaning.
-fn admit(store: &Store, image: &BackingImage, source: &Source, secrets: &Secrets<'_>) -> Result<Admitted, FieldError> {
+fn admit(
+    store: &Store,
+    image: &BackingImage,
+    source: &Source,
+    secrets: &Secrets<'_>,
+) -> Result<Admitted, FieldError> {
     let store_err = |e: LayoutError| FieldError::new("store", e.to_string());
     match source {
         Source::Download { url } => Ok(Admitted {
@@ -380,32 +447,66 @@ fn admit(store: &Store, image: &BackingImage, source: &Source, secrets: &Secrets
             expected_checksum: image.expected_checksum(),
             source_lock: None,
         }),
-        Source::Clone { backing_image, encryption, secret } => {
+        Source::Clone {
+            backing_image,
+            encryption,
+            secret,
+        } => {
             if backing_image == image.name() {
-                return Err(FieldError::param(PARAM_BACKING_IMAGE, "a backing image cannot be cloned from itself"));
-            }
-            if !super::manifest::valid_name(backing_image) {
-                return Err(FieldError::param(PARAM_BACKING_IMAGE, format!("invalid backing image name {backing_image:?}")));
-            }
-            let source_lock = store.lock(backing_image, LockMode::Shared, true).map_err(store_err)?;
-            let src = store.read_record(backing_image).map_err(store_err)?.ok_or_else(|| {
-                FieldError::param(PARAM_BACKING_IMAGE, format!("backing image {backing_image} not found in the store"))
-            })?;
-            let st = src.status.clone().unwrap_or_default();
-            if !is_complete(store, &src) {
-                let why = if st.message.is_empty() { String::new() } else { format!(": {}", st.message) };
                 return Err(FieldError::param(
                     PARAM_BACKING_IMAGE,
-                    format!("backing image {backing_image} is not ready (state {}){why}", st.state.as_str()),
+                    "a backing image cannot be cloned from itself",
+                ));
+            }
+            if !super::manifest::valid_name(backing_image) {
+                return Err(FieldError::param(
+                    PARAM_BACKING_IMAGE,
+                    format!("invalid backing image name {backing_image:?}"),
+                ));
+            }
+            let source_lock = store
+                .lock(backing_image, LockMode::Shared, true)
+                .map_err(store_err)?;
+            let src = store
+                .read_record(backing_image)
+                .map_err(store_err)?
+                .ok_or_else(|| {
+                    FieldError::param(
+                        PARAM_BACKING_IMAGE,
+                        format!("backing image {backing_image} not found in the store"),
+                    )
+                })?;
+            let st = src.status.clone().unwrap_or_default();
+            if !is_complete(store, &src) {
+                let why = if st.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", st.message)
+                };
+                return Err(FieldError::param(
+                    PARAM_BACKING_IMAGE,
+                    format!(
+                        "backing image {backing_image} is not ready (state {}){why}",
+                        st.state.as_str()
+                    ),
                 ));
             }
             let path = store.backing_path(backing_image, &st.uuid);
-            let source_secret = (!st.secret.is_empty())
-                .then(|| SecretRef { namespace: st.secret_namespace.clone(), name: st.secret.clone() });
-            let given = || secret.clone().ok_or_else(|| FieldError::param(PARAM_SECRET, "required"));
+            let source_secret = (!st.secret.is_empty()).then(|| SecretRef {
+                namespace: st.secret_namespace.clone(),
+                name: st.secret.clone(),
+            });
+            let given = || {
+                secret
+                    .clone()
+                    .ok_or_else(|| FieldError::param(PARAM_SECRET, "required"))
+            };
             if *encryption != Encryption::Ignore && image.expected_checksum().is_some() {
                 // As Longhorn's mutator: a user's checksum cannot be known for a new encryption.
-                tracing::warn!(backing_image = image.name(), "spec.checksum is ignored for encryption {encryption}");
+                tracing::warn!(
+                    backing_image = image.name(),
+                    "spec.checksum is ignored for encryption {encryption}"
+                );
             }
             let (plan, result_secret, expected) = match encryption {
                 Encryption::Ignore => {
@@ -420,7 +521,11 @@ fn admit(store: &Store, image: &BackingImage, source: &Source, secrets: &Secrets
                             ));
                         }
                     }
-                    (Plan::Copy { source: path }, source_secret, Some(st.checksum.clone()))
+                    (
+                        Plan::Copy { source: path },
+                        source_secret,
+                        Some(st.checksum.clone()),
+                    )
                 }
                 Encryption::Encrypt => {
                     if let Some(s) = &source_secret {
@@ -431,7 +536,14 @@ fn admit(store: &Store, image: &BackingImage, source: &Source, secrets: &Secrets
                     }
                     let id = given()?;
                     let params = secrets.params(&id, PARAM_SECRET)?;
-                    (Plan::Encrypt { source: path, params }, Some(id), None)
+                    (
+                        Plan::Encrypt {
+                            source: path,
+                            params,
+                        },
+                        Some(id),
+                        None,
+                    )
                 }
                 Encryption::Decrypt => {
                     if source_secret.is_none() {
@@ -442,7 +554,14 @@ fn admit(store: &Store, image: &BackingImage, source: &Source, secrets: &Secrets
                     }
                     let id = given()?;
                     let params = secrets.params(&id, PARAM_SECRET)?;
-                    (Plan::Decrypt { source: path, params }, None, None)
+                    (
+                        Plan::Decrypt {
+                            source: path,
+                            params,
+                        },
+                        None,
+                        None,
+                    )
                 }
                 Encryption::Rekey => {
                     let Some(old_id) = source_secret else {
@@ -456,10 +575,23 @@ fn admit(store: &Store, image: &BackingImage, source: &Source, secrets: &Secrets
                     let old = secrets.params(&old_id, PARAM_BACKING_IMAGE).map_err(|e| {
                         FieldError::new(e.field, format!("the source's own Secret: {}", e.message))
                     })?;
-                    (Plan::Rekey { source: path, old, new }, Some(id), None)
+                    (
+                        Plan::Rekey {
+                            source: path,
+                            old,
+                            new,
+                        },
+                        Some(id),
+                        None,
+                    )
                 }
             };
-            Ok(Admitted { plan, secret: result_secret, expected_checksum: expected, source_lock })
+            Ok(Admitted {
+                plan,
+                secret: result_secret,
+                expected_checksum: expected,
+                source_lock,
+            })
         }
     }
 }
@@ -475,7 +607,10 @@ fn own_secret(image: &BackingImage) -> Option<SecretRef> {
         "" => image.metadata.namespace.clone(),
         ns => ns.to_string(),
     };
-    Some(SecretRef { namespace: ns, name: name.to_string() })
+    Some(SecretRef {
+        namespace: ns,
+        name: name.to_string(),
+    })
 }
 
 /// Progress into the status record: at most every 250 ms, and only when the percentage moved.
@@ -488,11 +623,18 @@ struct RecordProgress<'a> {
 
 impl<'a> RecordProgress<'a> {
     fn new(store: &'a Store, rec: BackingImage) -> Self {
-        Self { store, rec, last_write: Instant::now(), last_percent: 0 }
+        Self {
+            store,
+            rec,
+            last_write: Instant::now(),
+            last_percent: 0,
+        }
     }
 
     fn update(&mut self, done: u64, total: Option<u64>) {
-        let Some(total) = total.filter(|&t| t > 0) else { return };
+        let Some(total) = total.filter(|&t| t > 0) else {
+            return;
+        };
         let percent = (done.saturating_mul(100) / total).min(100) as u8;
         if percent == self.last_percent || self.last_write.elapsed() < Duration::from_millis(250) {
             return;
@@ -525,8 +667,13 @@ mod tests {
 
     #[test]
     fn clones_come_after_their_sources_and_cycles_are_refused() {
-        let (ordered, refused) =
-            order(vec![bi("c2", Some("c1")), bi("c1", Some("p0")), bi("p0", None), bi("x1", Some("y1")), bi("y1", Some("x1"))]);
+        let (ordered, refused) = order(vec![
+            bi("c2", Some("c1")),
+            bi("c1", Some("p0")),
+            bi("p0", None),
+            bi("x1", Some("y1")),
+            bi("y1", Some("x1")),
+        ]);
         let names: Vec<&str> = ordered.iter().map(|b| b.name()).collect();
         assert_eq!(names, ["p0", "c1", "c2"]);
         assert_eq!(refused.len(), 2);

@@ -36,7 +36,11 @@ pub enum LayoutError {
     #[error("store {}: {source}", .path.display())]
     Store { path: PathBuf, source: io::Error },
     #[error("{what} {}: {source}", .path.display())]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("record {}: {message}", .path.display())]
     Record { path: PathBuf, message: String },
     #[error("invalid backing image name {0:?}")]
@@ -81,12 +85,24 @@ pub enum LockMode {
 impl Store {
     /// Opens an existing directory as a store, creating the layout's directories.
     pub fn open(root: &Path) -> Result<Self, LayoutError> {
-        let store_err = |source| LayoutError::Store { path: root.to_path_buf(), source };
+        let store_err = |source| LayoutError::Store {
+            path: root.to_path_buf(),
+            source,
+        };
         if !fs::metadata(root).map_err(store_err)?.is_dir() {
-            return Err(store_err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
+            return Err(store_err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "not a directory",
+            )));
         }
-        let store = Self { root: root.to_path_buf() };
-        for dir in [store.root.join(IMAGES_DIR), store.records_dir(), store.locks_dir()] {
+        let store = Self {
+            root: root.to_path_buf(),
+        };
+        for dir in [
+            store.root.join(IMAGES_DIR),
+            store.records_dir(),
+            store.locks_dir(),
+        ] {
             fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         }
         Ok(store)
@@ -94,11 +110,19 @@ impl Store {
 
     /// Opens a store for reading only: nothing is created.
     pub fn open_read_only(root: &Path) -> Result<Self, LayoutError> {
-        let store_err = |source| LayoutError::Store { path: root.to_path_buf(), source };
+        let store_err = |source| LayoutError::Store {
+            path: root.to_path_buf(),
+            source,
+        };
         if !fs::metadata(root).map_err(store_err)?.is_dir() {
-            return Err(store_err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
+            return Err(store_err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "not a directory",
+            )));
         }
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -139,15 +163,20 @@ impl Store {
         };
         serde_json::from_slice(&text)
             .map(Some)
-            .map_err(|e| LayoutError::Record { path, message: e.to_string() })
+            .map_err(|e| LayoutError::Record {
+                path,
+                message: e.to_string(),
+            })
     }
 
     /// Replaces the record atomically (unique temporary name + rename): readers never see a
     /// half-written record, and two writers never share a temporary file.
     pub fn write_record(&self, image: &BackingImage) -> Result<(), LayoutError> {
         let path = self.record_path(image.name())?;
-        let json = serde_json::to_vec_pretty(image)
-            .map_err(|e| LayoutError::Record { path: path.clone(), message: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(image).map_err(|e| LayoutError::Record {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         write_atomically(&path, &json)
     }
 
@@ -169,7 +198,12 @@ impl Store {
         };
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .map(str::to_string)
+            })
             .filter(|n| valid_name(n))
             .collect();
         names.sort();
@@ -183,7 +217,12 @@ impl Store {
     }
 
     /// Takes the image's lock, waiting for it unless `wait` is false (then `None` if busy).
-    pub fn lock(&self, name: &str, mode: LockMode, wait: bool) -> Result<Option<Lock>, LayoutError> {
+    pub fn lock(
+        &self,
+        name: &str,
+        mode: LockMode,
+        wait: bool,
+    ) -> Result<Option<Lock>, LayoutError> {
         if !valid_name(name) {
             return Err(LayoutError::Name(name.into()));
         }
@@ -259,8 +298,10 @@ impl Store {
     /// never leaves one.
     pub fn commit(&self, dir: &Path, cfg: &BackingCfg) -> Result<(), LayoutError> {
         let cfg_path = dir.join(BACKING_CFG);
-        let json = serde_json::to_vec(cfg)
-            .map_err(|e| LayoutError::Record { path: cfg_path.clone(), message: e.to_string() })?;
+        let json = serde_json::to_vec(cfg).map_err(|e| LayoutError::Record {
+            path: cfg_path.clone(),
+            message: e.to_string(),
+        })?;
         write_atomically(&cfg_path, &json)?;
         let tmp = dir.join(BACKING_TMP);
         let backing = dir.join(BACKING);
@@ -308,7 +349,10 @@ fn remove_if_exists(path: &Path) -> Result<(), LayoutError> {
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp)?;
@@ -351,8 +395,14 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let a = store.lock("img", LockMode::Shared, false).unwrap();
         assert!(a.is_some());
-        assert!(store.lock("img", LockMode::Shared, false).unwrap().is_some());
-        assert!(store.lock("img", LockMode::Exclusive, false).unwrap().is_none());
+        assert!(store
+            .lock("img", LockMode::Shared, false)
+            .unwrap()
+            .is_some());
+        assert!(store
+            .lock("img", LockMode::Exclusive, false)
+            .unwrap()
+            .is_none());
         drop(a);
         let x = store.lock("img", LockMode::Exclusive, false).unwrap();
         assert!(x.is_some());

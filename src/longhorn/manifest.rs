@@ -30,7 +30,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// `spec.sourceParameters.<key>`.
@@ -42,11 +45,18 @@ impl FieldError {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("reading {}: {source}", .path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: not valid YAML: {message}", .path.display())]
     Yaml { path: PathBuf, message: String },
     #[error("{}: BackingImage {name}: {source}", .path.display())]
-    Field { path: PathBuf, name: String, source: FieldError },
+    Field {
+        path: PathBuf,
+        name: String,
+        source: FieldError,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,9 +213,17 @@ pub struct BackingImage {
 /// The validated meaning of a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    Download { url: String },
-    Upload { path: PathBuf },
-    Clone { backing_image: String, encryption: Encryption, secret: Option<crate::k8s::SecretRef> },
+    Download {
+        url: String,
+    },
+    Upload {
+        path: PathBuf,
+    },
+    Clone {
+        backing_image: String,
+        encryption: Encryption,
+        secret: Option<crate::k8s::SecretRef>,
+    },
 }
 
 impl BackingImage {
@@ -232,29 +250,50 @@ impl BackingImage {
         }
         if let Some(c) = self.expected_checksum() {
             if c.len() != 128 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(FieldError::new("spec.checksum", format!("invalid checksum {c:?}: not a SHA-512 hex digest (128 hex digits)")));
+                return Err(FieldError::new(
+                    "spec.checksum",
+                    format!("invalid checksum {c:?}: not a SHA-512 hex digest (128 hex digits)"),
+                ));
             }
         }
-        let param = |key: &str| self.spec.source_parameters.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let param = |key: &str| {
+            self.spec
+                .source_parameters
+                .get(key)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+        };
         match self.spec.source_type.trim() {
             "download" => {
-                let url = param(PARAM_URL)
-                    .ok_or_else(|| FieldError::param(PARAM_URL, "required for sourceType download"))?;
+                let url = param(PARAM_URL).ok_or_else(|| {
+                    FieldError::param(PARAM_URL, "required for sourceType download")
+                })?;
                 let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
                 match scheme.as_deref() {
-                    Some("http" | "https" | "file") => Ok(Source::Download { url: url.to_string() }),
-                    _ => Err(FieldError::param(PARAM_URL, format!("{url:?}: only http://, https:// and file:// URLs are supported"))),
+                    Some("http" | "https" | "file") => Ok(Source::Download {
+                        url: url.to_string(),
+                    }),
+                    _ => Err(FieldError::param(
+                        PARAM_URL,
+                        format!("{url:?}: only http://, https:// and file:// URLs are supported"),
+                    )),
                 }
             }
             "upload" => {
                 let path = param(PARAM_PATH).ok_or_else(|| {
-                    FieldError::param(PARAM_PATH, "required for sourceType upload: bifs uploads from a local file")
+                    FieldError::param(
+                        PARAM_PATH,
+                        "required for sourceType upload: bifs uploads from a local file",
+                    )
                 })?;
-                Ok(Source::Upload { path: PathBuf::from(path) })
+                Ok(Source::Upload {
+                    path: PathBuf::from(path),
+                })
             }
             "clone" => {
-                let backing_image = param(PARAM_BACKING_IMAGE)
-                    .ok_or_else(|| FieldError::param(PARAM_BACKING_IMAGE, "required for sourceType clone"))?;
+                let backing_image = param(PARAM_BACKING_IMAGE).ok_or_else(|| {
+                    FieldError::param(PARAM_BACKING_IMAGE, "required for sourceType clone")
+                })?;
                 let encryption = match param(PARAM_ENCRYPTION) {
                     None => Encryption::Ignore,
                     Some(e) => Encryption::parse(e).ok_or_else(|| {
@@ -271,13 +310,24 @@ impl BackingImage {
                             FieldError::param(key, format!("required for encryption {encryption}: the Secret that keys the image"))
                         };
                         let name = param(PARAM_SECRET).ok_or_else(|| missing(PARAM_SECRET))?;
-                        let namespace = param(PARAM_SECRET_NAMESPACE).ok_or_else(|| missing(PARAM_SECRET_NAMESPACE))?;
-                        Some(crate::k8s::SecretRef { namespace: namespace.into(), name: name.into() })
+                        let namespace = param(PARAM_SECRET_NAMESPACE)
+                            .ok_or_else(|| missing(PARAM_SECRET_NAMESPACE))?;
+                        Some(crate::k8s::SecretRef {
+                            namespace: namespace.into(),
+                            name: name.into(),
+                        })
                     }
                 };
-                Ok(Source::Clone { backing_image: backing_image.to_string(), encryption, secret })
+                Ok(Source::Clone {
+                    backing_image: backing_image.to_string(),
+                    encryption,
+                    secret,
+                })
             }
-            "" => Err(FieldError::new("spec.sourceType", "required (download, upload or clone)")),
+            "" => Err(FieldError::new(
+                "spec.sourceType",
+                "required (download, upload or clone)",
+            )),
             other => Err(FieldError::new(
                 "spec.sourceType",
                 format!("{other:?} is not supported by bifs (download, upload or clone)"),
@@ -295,7 +345,10 @@ impl BackingImage {
             *v = v.trim().to_string();
         }
         if spec.source_type == "clone" {
-            let e = spec.source_parameters.entry(PARAM_ENCRYPTION.into()).or_default();
+            let e = spec
+                .source_parameters
+                .entry(PARAM_ENCRYPTION.into())
+                .or_default();
             if e.is_empty() {
                 *e = "ignore".into();
             }
@@ -310,8 +363,11 @@ pub fn first_difference(old: &BackingImageSpec, new: &BackingImageSpec) -> Optio
     if old.source_type != new.source_type {
         return Some("spec.sourceType".into());
     }
-    let keys: std::collections::BTreeSet<&String> =
-        old.source_parameters.keys().chain(new.source_parameters.keys()).collect();
+    let keys: std::collections::BTreeSet<&String> = old
+        .source_parameters
+        .keys()
+        .chain(new.source_parameters.keys())
+        .collect();
     for k in keys {
         if old.source_parameters.get(k) != new.source_parameters.get(k) {
             return Some(format!("spec.sourceParameters.{k}"));
@@ -326,8 +382,11 @@ pub fn first_difference(old: &BackingImageSpec, new: &BackingImageSpec) -> Optio
     if old.secret_namespace != new.secret_namespace {
         return Some("spec.secretNamespace".into());
     }
-    let keys: std::collections::BTreeSet<&String> = old.other.keys().chain(new.other.keys()).collect();
-    keys.into_iter().find(|k| old.other.get(*k) != new.other.get(*k)).map(|k| format!("spec.{k}"))
+    let keys: std::collections::BTreeSet<&String> =
+        old.other.keys().chain(new.other.keys()).collect();
+    keys.into_iter()
+        .find(|k| old.other.get(*k) != new.other.get(*k))
+        .map(|k| format!("spec.{k}"))
 }
 
 /// Longhorn's `util.ValidateName` (`^[a-zA-Z0-9][a-zA-Z0-9_.-]+$`), at most 63 characters.
@@ -336,7 +395,8 @@ pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     (2..=63).contains(&b.len())
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 /// YAML scalars as Kubernetes would hold them in a `map[string]string`.
@@ -362,18 +422,28 @@ pub fn parse_backing_images(text: &str, path: &Path) -> Result<Vec<BackingImage>
                 |l| format!("malformed at line {}, column {}", l.line(), l.column()),
             ),
         })?;
-        let Some(map) = value.as_mapping() else { continue };
+        let Some(map) = value.as_mapping() else {
+            continue;
+        };
         if map.get("kind").and_then(|k| k.as_str()) != Some(KIND) {
             continue;
         }
-        let api_version = map.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let api_version = map
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
         let name = map
             .get("metadata")
             .and_then(|m| m.get("name"))
             .and_then(|n| n.as_str())
             .unwrap_or_default()
             .to_string();
-        let field_err = |source| ManifestError::Field { path: path.into(), name: name.clone(), source };
+        let field_err = |source| ManifestError::Field {
+            path: path.into(),
+            name: name.clone(),
+            source,
+        };
         if !api_version.starts_with("longhorn.io/") {
             return Err(field_err(FieldError::new(
                 "apiVersion",
@@ -386,13 +456,18 @@ pub fn parse_backing_images(text: &str, path: &Path) -> Result<Vec<BackingImage>
             .transpose()
             .map_err(|e| field_err(FieldError::new("metadata", e.to_string())))?
             .unwrap_or_default();
-        let spec_value = map.get("spec").cloned().unwrap_or(serde_norway::Value::Null);
+        let spec_value = map
+            .get("spec")
+            .cloned()
+            .unwrap_or(serde_norway::Value::Null);
         let mut spec = BackingImageSpec::default();
         if let Some(spec_map) = spec_value.as_mapping() {
             for (k, v) in spec_map {
                 let Some(key) = k.as_str() else { continue };
                 let text_field = |what: &str| {
-                    scalar(v).ok_or_else(|| field_err(FieldError::new(format!("spec.{what}"), "must be a string")))
+                    scalar(v).ok_or_else(|| {
+                        field_err(FieldError::new(format!("spec.{what}"), "must be a string"))
+                    })
                 };
                 match key {
                     "sourceType" => spec.source_type = text_field("sourceType")?,
@@ -404,17 +479,27 @@ pub fn parse_backing_images(text: &str, path: &Path) -> Result<Vec<BackingImage>
                             if v.is_null() {
                                 continue;
                             }
-                            return Err(field_err(FieldError::new("spec.sourceParameters", "must be a map of strings")));
+                            return Err(field_err(FieldError::new(
+                                "spec.sourceParameters",
+                                "must be a map of strings",
+                            )));
                         };
                         for (pk, pv) in params {
-                            let pk = pk.as_str().map(str::to_string).unwrap_or_else(|| format!("{pk:?}"));
-                            let pv = scalar(pv).ok_or_else(|| field_err(FieldError::param(&pk, "must be a string")))?;
+                            let pk = pk
+                                .as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| format!("{pk:?}"));
+                            let pv = scalar(pv).ok_or_else(|| {
+                                field_err(FieldError::param(&pk, "must be a string"))
+                            })?;
                             spec.source_parameters.insert(pk, pv);
                         }
                     }
                     other => {
-                        let json: serde_json::Value = serde_norway::from_value(v.clone())
-                            .map_err(|e| field_err(FieldError::new(format!("spec.{other}"), e.to_string())))?;
+                        let json: serde_json::Value =
+                            serde_norway::from_value(v.clone()).map_err(|e| {
+                                field_err(FieldError::new(format!("spec.{other}"), e.to_string()))
+                            })?;
                         spec.other.insert(other.to_string(), json);
                     }
                 }
@@ -422,7 +507,13 @@ pub fn parse_backing_images(text: &str, path: &Path) -> Result<Vec<BackingImage>
         } else if !spec_value.is_null() {
             return Err(field_err(FieldError::new("spec", "must be a map")));
         }
-        out.push(BackingImage { api_version, kind: KIND.into(), metadata, spec, status: None });
+        out.push(BackingImage {
+            api_version,
+            kind: KIND.into(),
+            metadata,
+            spec,
+            status: None,
+        });
     }
     Ok(out)
 }
@@ -430,14 +521,22 @@ pub fn parse_backing_images(text: &str, path: &Path) -> Result<Vec<BackingImage>
 /// The files that `-f PATH` names: the file itself, or a directory's `.yaml`/`.yml`/`.json`
 /// files in name order (as `kubectl apply -f DIR`).
 pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
-    let read_err = |source| ManifestError::Read { path: path.into(), source };
+    let read_err = |source| ManifestError::Read {
+        path: path.into(),
+        source,
+    };
     if !std::fs::metadata(path).map_err(read_err)?.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut v: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(read_err)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
         .collect();
     v.sort();
     Ok(v)
@@ -476,10 +575,17 @@ stringData: {CRYPTO_KEY_VALUE: hunter2}
         let bi = parse(DOCS);
         assert_eq!(bi.len(), 1);
         match bi[0].validate().unwrap() {
-            Source::Clone { backing_image, encryption, secret } => {
+            Source::Clone {
+                backing_image,
+                encryption,
+                secret,
+            } => {
                 assert_eq!(backing_image, "parrot");
                 assert_eq!(encryption, Encryption::Encrypt);
-                assert_eq!(secret.unwrap().to_string(), "longhorn-system/longhorn-crypto");
+                assert_eq!(
+                    secret.unwrap().to_string(),
+                    "longhorn-system/longhorn-crypto"
+                );
             }
             other => panic!("{other:?}"),
         }

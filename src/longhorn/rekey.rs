@@ -41,7 +41,11 @@ pub struct RekeyView {
 impl RekeyView {
     /// Unlocks `source` with `old` and formats a header for `new` around the same volume key,
     /// with the source's sector size.
-    pub fn create(source: Arc<dyn ReadAt>, old: &Passphrase, new: &CryptoParams) -> Result<Self, RekeyError> {
+    pub fn create(
+        source: Arc<dyn ReadAt>,
+        old: &Passphrase,
+        new: &CryptoParams,
+    ) -> Result<Self, RekeyError> {
         let header = match LuksHeader::read(&*source) {
             Err(LuksError::NotLuks) => return Err(RekeyError::NotEncrypted),
             other => other?,
@@ -75,7 +79,12 @@ impl RekeyView {
             label: String::new(),
         };
         let region = Luks2Header::format(&params, &key, &new.passphrase)?;
-        Ok(Self { header: MemSource(region), source, data_offset: seg.offset, data_len })
+        Ok(Self {
+            header: MemSource(region),
+            source,
+            data_offset: seg.offset,
+            data_len,
+        })
     }
 
     /// Where the source's ciphertext starts and how long it is.
@@ -100,7 +109,11 @@ impl ReadAt for RekeyView {
         if done < buf.len() && at >= DATA_OFFSET && at - DATA_OFFSET < self.data_len {
             let pos = at - DATA_OFFSET;
             let take = (buf.len() - done).min((self.data_len - pos) as usize);
-            crate::image::read_full_at(&*self.source, self.data_offset + pos, &mut buf[done..done + take])?;
+            crate::image::read_full_at(
+                &*self.source,
+                self.data_offset + pos,
+                &mut buf[done..done + take],
+            )?;
             done += take;
         }
         Ok(done)
@@ -116,7 +129,9 @@ mod tests {
         let y = format!(
             "kind: Secret\nmetadata: {{name: s}}\nstringData: {{CRYPTO_KEY_VALUE: '{pass}', CRYPTO_PBKDF: pbkdf2, CRYPTO_PBKDF_FORCE_ITERATIONS: '1000'}}\n"
         );
-        crate::k8s::secret::parse_secrets(&y, std::path::Path::new("s")).unwrap()[0].crypto_params().unwrap()
+        crate::k8s::secret::parse_secrets(&y, std::path::Path::new("s")).unwrap()[0]
+            .crypto_params()
+            .unwrap()
     }
 
     #[test]
@@ -126,12 +141,22 @@ mod tests {
         let enc = EncryptView::create(Arc::new(MemSource(data)), &old, None).unwrap();
         let mut image = vec![0u8; enc.len() as usize];
         crate::image::read_full_at(&enc, 0, &mut image).unwrap();
-        let view = RekeyView::create(Arc::new(MemSource(image.clone())), &old.passphrase, &params("new")).unwrap();
+        let view = RekeyView::create(
+            Arc::new(MemSource(image.clone())),
+            &old.passphrase,
+            &params("new"),
+        )
+        .unwrap();
         assert_eq!(view.len(), image.len() as u64);
         let mut whole = vec![0u8; image.len()];
         assert_eq!(view.read_at(0, &mut whole).unwrap(), image.len());
         assert_eq!(whole[DATA_OFFSET as usize..], image[DATA_OFFSET as usize..]);
-        for (off, len) in [(DATA_OFFSET - 100, 300), (0, 10), (DATA_OFFSET + 5, 1000), (image.len() as u64 - 10, 100)] {
+        for (off, len) in [
+            (DATA_OFFSET - 100, 300),
+            (0, 10),
+            (DATA_OFFSET + 5, 1000),
+            (image.len() as u64 - 10, 100),
+        ] {
             let mut buf = vec![0u8; len];
             let n = view.read_at(off, &mut buf).unwrap();
             let end = (off as usize + len).min(image.len());
@@ -141,7 +166,11 @@ mod tests {
             LuksHeader::V2(h) => h,
             LuksHeader::V1(_) => unreachable!(),
         };
-        assert!(header.unlock(&view, &Passphrase::new("new"), &KdfLimits::default()).is_ok());
-        assert!(header.unlock(&view, &Passphrase::new("old"), &KdfLimits::default()).is_err());
+        assert!(header
+            .unlock(&view, &Passphrase::new("new"), &KdfLimits::default())
+            .is_ok());
+        assert!(header
+            .unlock(&view, &Passphrase::new("old"), &KdfLimits::default())
+            .is_err());
     }
 }

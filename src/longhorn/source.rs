@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::copier::{copy_stream, copy_view, CopyError, CopyOptions, Copied, ProgressFn};
+use crate::copier::{copy_stream, copy_view, Copied, CopyError, CopyOptions, ProgressFn};
 use crate::image::{self, raw::RawFile, ReadAt};
 use crate::k8s::CryptoParams;
 use crate::kdf::KdfLimits;
@@ -18,13 +18,29 @@ use super::rekey::{RekeyError, RekeyView};
 
 /// What to copy, resolved against the store and the Secrets.
 pub enum Plan {
-    Download { url: String },
-    Upload { path: PathBuf },
+    Download {
+        url: String,
+    },
+    Upload {
+        path: PathBuf,
+    },
     /// An `ignore` clone: the source's bytes as they are.
-    Copy { source: PathBuf },
-    Encrypt { source: PathBuf, params: CryptoParams },
-    Decrypt { source: PathBuf, params: CryptoParams },
-    Rekey { source: PathBuf, old: CryptoParams, new: CryptoParams },
+    Copy {
+        source: PathBuf,
+    },
+    Encrypt {
+        source: PathBuf,
+        params: CryptoParams,
+    },
+    Decrypt {
+        source: PathBuf,
+        params: CryptoParams,
+    },
+    Rekey {
+        source: PathBuf,
+        old: CryptoParams,
+        new: CryptoParams,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,17 +89,28 @@ pub fn produce(
         Plan::Encrypt { source, params } => {
             // The source's raw disk: a qcow2 is read through its reader, never expanded into
             // a temporary raw file.
-            let disk = image::open_virtual_disk(source).map_err(|e| field(PARAM_BACKING_IMAGE, e.to_string()))?;
-            let view = EncryptView::create(disk, params, None)
-                .map_err(|e| field(PARAM_SECRET, format!("encrypting with Secret {}: {e}", params.secret)))?;
+            let disk = image::open_virtual_disk(source)
+                .map_err(|e| field(PARAM_BACKING_IMAGE, e.to_string()))?;
+            let view = EncryptView::create(disk, params, None).map_err(|e| {
+                field(
+                    PARAM_SECRET,
+                    format!("encrypting with Secret {}: {e}", params.secret),
+                )
+            })?;
             Ok(copy_view(&view, file, path, opts, progress)?)
         }
         Plan::Decrypt { source, params } => {
             let raw = open_raw(source, PARAM_BACKING_IMAGE)?;
-            let view = DecryptView::open(raw, &params.passphrase, &KdfLimits::default()).map_err(|e| match e {
-                ViewError::NotEncrypted => field(PARAM_BACKING_IMAGE, e.to_string()),
-                e => field(PARAM_SECRET, format!("Secret {} does not open the source: {e}", params.secret)),
-            })?;
+            let view =
+                DecryptView::open(raw, &params.passphrase, &KdfLimits::default()).map_err(|e| {
+                    match e {
+                        ViewError::NotEncrypted => field(PARAM_BACKING_IMAGE, e.to_string()),
+                        e => field(
+                            PARAM_SECRET,
+                            format!("Secret {} does not open the source: {e}", params.secret),
+                        ),
+                    }
+                })?;
             Ok(copy_view(&view, file, path, opts, progress)?)
         }
         Plan::Rekey { source, old, new } => {
@@ -118,13 +145,17 @@ fn download(
         .timeout_recv_response(Some(Duration::from_secs(60)))
         .build()
         .into();
-    let mut response = agent.get(url).call().map_err(|e| field(PARAM_URL, format!("GET {url}: {e}")))?;
+    let mut response = agent
+        .get(url)
+        .call()
+        .map_err(|e| field(PARAM_URL, format!("GET {url}: {e}")))?;
     let total = response.body().content_length();
     let mut reader = response.body_mut().as_reader();
     match copy_stream(&mut reader, total, file, path, opts, progress) {
-        Err(CopyError::Read { offset, source }) => {
-            Err(field(PARAM_URL, format!("GET {url}: the download broke off after {offset} bytes: {source}")))
-        }
+        Err(CopyError::Read { offset, source }) => Err(field(
+            PARAM_URL,
+            format!("GET {url}: the download broke off after {offset} bytes: {source}"),
+        )),
         other => Ok(other?),
     }
 }
@@ -159,7 +190,9 @@ pub fn file_url_path(url: &str) -> Option<PathBuf> {
 /// The size of the disk an image file holds: a qcow2's virtual size, else the file size.
 pub fn virtual_size(path: &Path, file_size: u64) -> u64 {
     match image::detect(path) {
-        Ok(image::Format::Qcow2) => image::qcow2::Qcow2Image::open(path).map(|q| q.len()).unwrap_or(file_size),
+        Ok(image::Format::Qcow2) => image::qcow2::Qcow2Image::open(path)
+            .map(|q| q.len())
+            .unwrap_or(file_size),
         _ => file_size,
     }
 }
@@ -170,9 +203,18 @@ mod tests {
 
     #[test]
     fn file_urls() {
-        assert_eq!(file_url_path("file:///tmp/a%20b.raw"), Some(PathBuf::from("/tmp/a b.raw")));
-        assert_eq!(file_url_path("FILE://localhost/x"), Some(PathBuf::from("/x")));
+        assert_eq!(
+            file_url_path("file:///tmp/a%20b.raw"),
+            Some(PathBuf::from("/tmp/a b.raw"))
+        );
+        assert_eq!(
+            file_url_path("FILE://localhost/x"),
+            Some(PathBuf::from("/x"))
+        );
         assert_eq!(file_url_path("http://h/x"), None);
-        assert_eq!(file_url_path("file:///bad%zz"), Some(PathBuf::from("/bad%zz")));
+        assert_eq!(
+            file_url_path("file:///bad%zz"),
+            Some(PathBuf::from("/bad%zz"))
+        );
     }
 }

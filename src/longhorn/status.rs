@@ -7,7 +7,8 @@ use super::layout::Store;
 use super::manifest::{BackingImage, State};
 
 /// The message of a record whose apply stopped without finishing (killed, machine down).
-pub const INTERRUPTED: &str = "interrupted: the apply making it stopped before it finished; apply again to complete it";
+pub const INTERRUPTED: &str =
+    "interrupted: the apply making it stopped before it finished; apply again to complete it";
 
 /// The record as it stands: pending/in-progress with nobody holding the image's lock means
 /// the apply died, which is reported as failed (the record itself is left for the next apply).
@@ -22,7 +23,10 @@ pub fn observe(store: &Store, mut rec: BackingImage) -> BackingImage {
 }
 
 /// All records, or the one named; observed.
-pub fn list(store: &Store, name: Option<&str>) -> Result<Vec<BackingImage>, super::layout::LayoutError> {
+pub fn list(
+    store: &Store,
+    name: Option<&str>,
+) -> Result<Vec<BackingImage>, super::layout::LayoutError> {
     let recs = match name {
         Some(n) => store.read_record(n)?.into_iter().collect(),
         None => store.list_records()?,
@@ -34,11 +38,26 @@ pub fn list(store: &Store, name: Option<&str>) -> Result<Vec<BackingImage>, supe
 pub fn table(images: &[BackingImage], header: bool) -> String {
     let mut rows: Vec<[String; 7]> = Vec::new();
     if header {
-        rows.push(["NAME", "STATE", "PROGRESS", "SIZE", "VIRTUAL-SIZE", "SECRET", "MESSAGE"].map(String::from));
+        rows.push(
+            [
+                "NAME",
+                "STATE",
+                "PROGRESS",
+                "SIZE",
+                "VIRTUAL-SIZE",
+                "SECRET",
+                "MESSAGE",
+            ]
+            .map(String::from),
+        );
     }
     for b in images {
         let st = b.status.clone().unwrap_or_default();
-        let secret = if st.secret.is_empty() { "-".into() } else { format!("{}/{}", st.secret_namespace, st.secret) };
+        let secret = if st.secret.is_empty() {
+            "-".into()
+        } else {
+            format!("{}/{}", st.secret_namespace, st.secret)
+        };
         rows.push([
             b.metadata.name.clone(),
             st.state.as_str().into(),
@@ -101,13 +120,21 @@ struct List<'a> {
 pub fn to_yaml(images: &[BackingImage], single: bool) -> Result<String, serde_norway::Error> {
     match images {
         [one] if single => serde_norway::to_string(one),
-        _ => serde_norway::to_string(&List { api_version: "v1", kind: "List", items: images }),
+        _ => serde_norway::to_string(&List {
+            api_version: "v1",
+            kind: "List",
+            items: images,
+        }),
     }
 }
 
 pub fn to_json(images: &[BackingImage], single: bool) -> Result<String, serde_json::Error> {
     match images {
         [one] if single => serde_json::to_string_pretty(one),
-        _ => serde_json::to_string_pretty(&List { api_version: "v1", kind: "List", items: images }),
+        _ => serde_json::to_string_pretty(&List {
+            api_version: "v1",
+            kind: "List",
+            items: images,
+        }),
     }
 }

@@ -49,7 +49,10 @@ pub fn merge(material: &[u8], key_len: usize, stripes: usize, hash: Hash) -> Zer
         xor_into(&mut acc, stripe);
         diffuse(hash, &mut acc);
     }
-    xor_into(&mut acc, &material[key_len * (stripes - 1)..key_len * stripes]);
+    xor_into(
+        &mut acc,
+        &material[key_len * (stripes - 1)..key_len * stripes],
+    );
     acc
 }
 

@@ -10,8 +10,9 @@ pub const MAGIC_SECONDARY: &[u8; 6] = b"SKUL\xba\xbe";
 pub const BINARY_HEADER_SIZE: usize = 4096;
 
 /// The header sizes (binary + JSON) LUKS2 allows; also where a secondary copy may sit.
-pub const HDR_SIZES: [u64; 9] =
-    [0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000];
+pub const HDR_SIZES: [u64; 9] = [
+    0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000,
+];
 
 const OFF_VERSION: usize = 6;
 const OFF_HDR_SIZE: usize = 8;
@@ -66,12 +67,16 @@ fn checksum(area: &[u8]) -> [u8; 32] {
 /// the JSON parser and the validation behind it. Never used on real images.
 #[doc(hidden)]
 pub fn fix_checksum_for_fuzzing(image: &mut [u8], offset: usize) {
-    let Some(head) = image.get(offset..offset.saturating_add(BINARY_HEADER_SIZE)) else { return };
+    let Some(head) = image.get(offset..offset.saturating_add(BINARY_HEADER_SIZE)) else {
+        return;
+    };
     let hdr_size = be_u64(head, OFF_HDR_SIZE);
     if !HDR_SIZES.contains(&hdr_size) {
         return;
     }
-    let Some(area) = image.get_mut(offset..offset.saturating_add(hdr_size as usize)) else { return };
+    let Some(area) = image.get_mut(offset..offset.saturating_add(hdr_size as usize)) else {
+        return;
+    };
     let sum = checksum(area);
     area[OFF_CSUM..OFF_CSUM + 32].copy_from_slice(&sum);
 }
@@ -84,17 +89,27 @@ impl BinaryHeader {
             return Err(LuksError::Truncated("LUKS2 binary header"));
         }
         let magic = &area[..6];
-        let want_magic = if expect_offset == 0 { MAGIC_PRIMARY } else { MAGIC_SECONDARY };
+        let want_magic = if expect_offset == 0 {
+            MAGIC_PRIMARY
+        } else {
+            MAGIC_SECONDARY
+        };
         if magic != want_magic {
-            return Err(LuksError::BadHeader(format!("no LUKS2 magic at offset {expect_offset}")));
+            return Err(LuksError::BadHeader(format!(
+                "no LUKS2 magic at offset {expect_offset}"
+            )));
         }
         let version = u16::from_be_bytes([area[OFF_VERSION], area[OFF_VERSION + 1]]);
         if version != 2 {
-            return Err(LuksError::BadHeader(format!("version {version} where 2 was expected")));
+            return Err(LuksError::BadHeader(format!(
+                "version {version} where 2 was expected"
+            )));
         }
         let hdr_size = be_u64(area, OFF_HDR_SIZE);
         if !HDR_SIZES.contains(&hdr_size) {
-            return Err(LuksError::BadHeader(format!("header size {hdr_size} is not a LUKS2 size")));
+            return Err(LuksError::BadHeader(format!(
+                "header size {hdr_size} is not a LUKS2 size"
+            )));
         }
         let hdr_offset = be_u64(area, OFF_HDR_OFFSET);
         if hdr_offset != expect_offset {
@@ -108,7 +123,9 @@ impl BinaryHeader {
         let area = &area[..hdr_size as usize];
         let alg = c_string(&area[OFF_CSUM_ALG..OFF_SALT]);
         if alg != "sha256" {
-            return Err(LuksError::BadHeader(format!("checksum algorithm {alg:?} (only sha256)")));
+            return Err(LuksError::BadHeader(format!(
+                "checksum algorithm {alg:?} (only sha256)"
+            )));
         }
         if checksum(area)[..] != area[OFF_CSUM..OFF_CSUM + 32] {
             return Err(LuksError::BadHeader(format!(
@@ -137,7 +154,11 @@ impl BinaryHeader {
             )));
         }
         area.fill(0);
-        let magic = if self.hdr_offset == 0 { MAGIC_PRIMARY } else { MAGIC_SECONDARY };
+        let magic = if self.hdr_offset == 0 {
+            MAGIC_PRIMARY
+        } else {
+            MAGIC_SECONDARY
+        };
         area[..6].copy_from_slice(magic);
         area[OFF_VERSION..OFF_VERSION + 2].copy_from_slice(&2u16.to_be_bytes());
         area[OFF_HDR_SIZE..OFF_HDR_SIZE + 8].copy_from_slice(&self.hdr_size.to_be_bytes());
@@ -172,8 +193,14 @@ mod tests {
         let mut area = vec![0u8; 0x4000];
         h.write(&mut area, b"{\"x\":1}").unwrap();
         assert_eq!(BinaryHeader::parse(&area, 0x4000).unwrap(), h);
-        assert!(BinaryHeader::parse(&area, 0).is_err(), "secondary magic at offset 0");
+        assert!(
+            BinaryHeader::parse(&area, 0).is_err(),
+            "secondary magic at offset 0"
+        );
         area[5000] ^= 1;
-        assert!(matches!(BinaryHeader::parse(&area, 0x4000), Err(LuksError::BadHeader(_))));
+        assert!(matches!(
+            BinaryHeader::parse(&area, 0x4000),
+            Err(LuksError::BadHeader(_))
+        ));
     }
 }

@@ -57,14 +57,18 @@ impl Luks1Header {
             .ok_or_else(|| LuksError::Unsupported(format!("LUKS1 hash {hash_name:?}")))?;
         let key_bytes = be32(&h, 108);
         if !(1..=64).contains(&key_bytes) {
-            return Err(LuksError::BadHeader(format!("LUKS1 key size of {key_bytes} bytes")));
+            return Err(LuksError::BadHeader(format!(
+                "LUKS1 key size of {key_bytes} bytes"
+            )));
         }
         let mut keyslots = Vec::with_capacity(8);
         for i in 0..8 {
             let k = &h[208 + i * 48..208 + (i + 1) * 48];
             let state = be32(k, 0);
             if state != KEYSLOT_ACTIVE && state != KEYSLOT_DISABLED {
-                return Err(LuksError::BadHeader(format!("LUKS1 keyslot {i} state {state:#x}")));
+                return Err(LuksError::BadHeader(format!(
+                    "LUKS1 keyslot {i} state {state:#x}"
+                )));
             }
             let mut salt = [0u8; 32];
             salt.copy_from_slice(&k[8..40]);
@@ -117,19 +121,28 @@ impl Luks1Header {
     ) -> Result<VolumeKey, LuksError> {
         let spec = self.cipher();
         if spec != super::CIPHER || (self.key_bytes != 32 && self.key_bytes != 64) {
-            return Err(LuksError::UnsupportedCipher(format!("{spec} with a {}-bit key", self.key_bytes * 8)));
+            return Err(LuksError::UnsupportedCipher(format!(
+                "{spec} with a {}-bit key",
+                self.key_bytes * 8
+            )));
         }
         if self.mk_digest_iterations == 0 {
-            return Err(LuksError::BadHeader("LUKS1 digest has no iterations".into()));
+            return Err(LuksError::BadHeader(
+                "LUKS1 digest has no iterations".into(),
+            ));
         }
         Kdf::check_digest_iterations(self.mk_digest_iterations, limits)?;
         let key_len = self.key_bytes as usize;
         for (i, ks) in self.keyslots.iter().enumerate().filter(|(_, k)| k.active) {
             if ks.stripes != STRIPES {
-                return Err(LuksError::Unsupported(format!("LUKS1 keyslot {i} with {} stripes", ks.stripes)));
+                return Err(LuksError::Unsupported(format!(
+                    "LUKS1 keyslot {i} with {} stripes",
+                    ks.stripes
+                )));
             }
             let material_offset = u64::from(ks.material_sector) * 512;
-            let material_end = material_offset + (key_len * STRIPES as usize).div_ceil(512) as u64 * 512;
+            let material_end =
+                material_offset + (key_len * STRIPES as usize).div_ceil(512) as u64 * 512;
             // The material sits between the header and the payload, as cryptsetup lays it
             // out; past the end of the image it could never open, so fail before the KDF.
             if material_offset < HEADER_LEN as u64 || material_end > self.segment().offset {
@@ -142,12 +155,20 @@ impl Luks1Header {
             if material_end > src.len() {
                 return Err(LuksError::Truncated("LUKS1 keyslot material"));
             }
-            let kdf = Kdf::Pbkdf2 { hash: self.hash, iterations: ks.iterations };
+            let kdf = Kdf::Pbkdf2 {
+                hash: self.hash,
+                iterations: ks.iterations,
+            };
             let mut area_key = Zeroizing::new(vec![0u8; key_len]);
             kdf.derive(passphrase.as_bytes(), &ks.salt, &mut area_key, limits)?;
             let key = open_key_material(src, material_offset, &area_key, key_len, self.hash)?;
             let mut digest = Zeroizing::new([0u8; DIGEST_LEN]);
-            self.hash.pbkdf2(&key, &self.mk_digest_salt, self.mk_digest_iterations, &mut *digest);
+            self.hash.pbkdf2(
+                &key,
+                &self.mk_digest_salt,
+                self.mk_digest_iterations,
+                &mut *digest,
+            );
             if ct_eq(&*digest, &self.mk_digest) {
                 return Ok(VolumeKey::from_bytes(key));
             }

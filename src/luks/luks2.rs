@@ -71,11 +71,15 @@ impl Luks2Header {
             }
         }
         match (primary, secondary) {
-            (Ok(p), Ok(s)) if s.binary.seqid > p.binary.seqid => {
-                Ok(Self { recovered_from_secondary: true, ..s })
-            }
+            (Ok(p), Ok(s)) if s.binary.seqid > p.binary.seqid => Ok(Self {
+                recovered_from_secondary: true,
+                ..s
+            }),
             (Ok(p), _) => Ok(p),
-            (Err(_), Ok(s)) => Ok(Self { recovered_from_secondary: true, ..s }),
+            (Err(_), Ok(s)) => Ok(Self {
+                recovered_from_secondary: true,
+                ..s
+            }),
             (Err(e), Err(_)) => Err(e),
         }
     }
@@ -146,10 +150,15 @@ impl Luks2Header {
     ) -> Result<Vec<u8>, LuksError> {
         let key_len = key.len();
         if key_len != 32 && key_len != 64 {
-            return Err(LuksError::Unsupported(format!("volume key of {key_len} bytes")));
+            return Err(LuksError::Unsupported(format!(
+                "volume key of {key_len} bytes"
+            )));
         }
         if !matches!(params.sector_size, 512 | 1024 | 2048 | 4096) {
-            return Err(LuksError::Unsupported(format!("sector size {}", params.sector_size)));
+            return Err(LuksError::Unsupported(format!(
+                "sector size {}",
+                params.sector_size
+            )));
         }
         let mut region = vec![0u8; DATA_OFFSET as usize];
         let areas_start = 2 * DEFAULT_HDR_SIZE;
@@ -162,7 +171,12 @@ impl Luks2Header {
         let kdf_salt = random_bytes(SALT_LEN)?;
         let mut area_key = Zeroizing::new(vec![0u8; key_len]);
         // Our own parameters: checked against cryptsetup's limits, not a reader's lower cap.
-        params.kdf.derive(passphrase.as_bytes(), &kdf_salt, &mut area_key, &KdfLimits::cryptsetup())?;
+        params.kdf.derive(
+            passphrase.as_bytes(),
+            &kdf_salt,
+            &mut area_key,
+            &KdfLimits::cryptsetup(),
+        )?;
         let mut rng_err = None;
         let mut material = af::split(key.as_bytes(), STRIPES as usize, params.hash, |b| {
             rng_err = getrandom::fill(b).err();
@@ -179,21 +193,42 @@ impl Luks2Header {
 
         let digest_iterations = match params.digest_iterations {
             Some(n) => n,
-            None => crate::kdf::pbkdf2_iterations_for(params.hash, crate::kdf::DIGEST_TARGET, key_len),
+            None => {
+                crate::kdf::pbkdf2_iterations_for(params.hash, crate::kdf::DIGEST_TARGET, key_len)
+            }
         };
         let digest_salt = random_bytes(SALT_LEN)?;
         let mut digest = vec![0u8; params.hash.output_len()];
-        params.hash.pbkdf2(key.as_bytes(), &digest_salt, digest_iterations, &mut digest);
+        params
+            .hash
+            .pbkdf2(key.as_bytes(), &digest_salt, digest_iterations, &mut digest);
 
         let kdf = match params.kdf {
-            Kdf::Pbkdf2 { hash, iterations } => {
-                KdfJson::Pbkdf2 { hash: hash.name().into(), iterations, salt: B64.encode(&kdf_salt) }
-            }
-            Kdf::Argon2 { kind, time, memory_kib, cpus } => {
+            Kdf::Pbkdf2 { hash, iterations } => KdfJson::Pbkdf2 {
+                hash: hash.name().into(),
+                iterations,
+                salt: B64.encode(&kdf_salt),
+            },
+            Kdf::Argon2 {
+                kind,
+                time,
+                memory_kib,
+                cpus,
+            } => {
                 let salt = B64.encode(&kdf_salt);
                 match kind {
-                    Argon2Type::Argon2i => KdfJson::Argon2i { time, memory: memory_kib, cpus, salt },
-                    Argon2Type::Argon2id => KdfJson::Argon2id { time, memory: memory_kib, cpus, salt },
+                    Argon2Type::Argon2i => KdfJson::Argon2i {
+                        time,
+                        memory: memory_kib,
+                        cpus,
+                        salt,
+                    },
+                    Argon2Type::Argon2id => KdfJson::Argon2id {
+                        time,
+                        memory: memory_kib,
+                        cpus,
+                        salt,
+                    },
                 }
             }
         };
@@ -203,7 +238,11 @@ impl Luks2Header {
                 Keyslot {
                     kind: "luks2".into(),
                     key_size: key_len as u32,
-                    af: Some(Af { kind: "luks1".into(), stripes: STRIPES, hash: params.hash.name().into() }),
+                    af: Some(Af {
+                        kind: "luks1".into(),
+                        stripes: STRIPES,
+                        hash: params.hash.name().into(),
+                    }),
                     area: Area {
                         kind: "raw".into(),
                         offset: area_offset,
@@ -249,7 +288,10 @@ impl Luks2Header {
         };
         let json = serde_json::to_vec(&metadata)
             .map_err(|e| LuksError::BadHeader(format!("serializing metadata: {e}")))?;
-        let uuid = params.uuid.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let uuid = params
+            .uuid
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         for hdr_offset in [0, DEFAULT_HDR_SIZE] {
             let bin = BinaryHeader {
                 hdr_size: DEFAULT_HDR_SIZE,
@@ -303,7 +345,13 @@ fn read_copy(src: &dyn ReadAt, offset: u64) -> Result<Luks2Header, LuksError> {
         .get("0")
         .and_then(|s| s.encryption.clone())
         .unwrap_or_default();
-    Ok(Luks2Header { binary, metadata, segment, cipher, recovered_from_secondary: false })
+    Ok(Luks2Header {
+        binary,
+        metadata,
+        segment,
+        cipher,
+        recovered_from_secondary: false,
+    })
 }
 
 /// The checks that make the rest of the code safe on hostile metadata: sizes agree, areas sit
@@ -325,13 +373,16 @@ fn validate(md: &Metadata, hdr_size: u64) -> Result<DataSegment, LuksError> {
         }
     }
     let areas_start = 2 * hdr_size;
-    let areas_end = areas_start.checked_add(md.config.keyslots_size).ok_or_else(|| {
-        LuksError::BadHeader("keyslots_size overflows".into())
-    })?;
+    let areas_end = areas_start
+        .checked_add(md.config.keyslots_size)
+        .ok_or_else(|| LuksError::BadHeader("keyslots_size overflows".into()))?;
     // cryptsetup: at most 32 keyslots, named "0".."31". It also bounds the work an unlock
     // may do (one KDF per keyslot).
     if md.keyslots.len() > MAX_KEYSLOTS {
-        return bad(format!("{} keyslots (LUKS2 has at most {MAX_KEYSLOTS})", md.keyslots.len()));
+        return bad(format!(
+            "{} keyslots (LUKS2 has at most {MAX_KEYSLOTS})",
+            md.keyslots.len()
+        ));
     }
     for (id, ks) in &md.keyslots {
         if id.parse::<usize>().map_or(true, |n| n >= MAX_KEYSLOTS) {
@@ -352,7 +403,10 @@ fn validate(md: &Metadata, hdr_size: u64) -> Result<DataSegment, LuksError> {
         return bad("no segment 0".into());
     };
     if seg.kind != "crypt" {
-        return Err(LuksError::Unsupported(format!("segment type {:?}", seg.kind)));
+        return Err(LuksError::Unsupported(format!(
+            "segment type {:?}",
+            seg.kind
+        )));
     }
     // Another cipher is not an error here: the header can still be described (inspect);
     // unlocking refuses it.
@@ -362,10 +416,16 @@ fn validate(md: &Metadata, hdr_size: u64) -> Result<DataSegment, LuksError> {
         return bad(format!("segment sector size {sector_size}"));
     }
     if seg.offset % 512 != 0 {
-        return bad(format!("segment offset {} is not 512-byte aligned", seg.offset));
+        return bad(format!(
+            "segment offset {} is not 512-byte aligned",
+            seg.offset
+        ));
     }
     if seg.offset < 2 * hdr_size {
-        return bad(format!("segment offset {} overlaps the metadata", seg.offset));
+        return bad(format!(
+            "segment offset {} overlaps the metadata",
+            seg.offset
+        ));
     }
     // As cryptsetup: the data must not overlap the keyslots area (a keyslot write would
     // otherwise destroy data, and data writes a keyslot).
@@ -382,7 +442,9 @@ fn validate(md: &Metadata, hdr_size: u64) -> Result<DataSegment, LuksError> {
     }
     if let SegmentSize::Bytes(n) = seg.size {
         if n % sector_size as u64 != 0 {
-            return bad(format!("segment size {n} is not a multiple of the sector size"));
+            return bad(format!(
+                "segment size {n} is not a multiple of the sector size"
+            ));
         }
     }
     // The segment's key size is the key size of the keyslots its digest binds.
@@ -396,7 +458,10 @@ fn validate(md: &Metadata, hdr_size: u64) -> Result<DataSegment, LuksError> {
         .next()
         .ok_or_else(|| LuksError::BadHeader("no keyslot is bound to segment 0".into()))?;
     if cipher == CIPHER && key_len != 32 && key_len != 64 {
-        return Err(LuksError::UnsupportedCipher(format!("{CIPHER} with a {}-bit key", key_len * 8)));
+        return Err(LuksError::UnsupportedCipher(format!(
+            "{CIPHER} with a {}-bit key",
+            key_len * 8
+        )));
     }
     Ok(DataSegment {
         offset: seg.offset,
@@ -411,7 +476,8 @@ fn validate(md: &Metadata, hdr_size: u64) -> Result<DataSegment, LuksError> {
 }
 
 fn decode_b64(what: &str, s: &str) -> Result<Vec<u8>, LuksError> {
-    B64.decode(s).map_err(|e| LuksError::BadHeader(format!("{what} is not base64: {e}")))
+    B64.decode(s)
+        .map_err(|e| LuksError::BadHeader(format!("{what} is not base64: {e}")))
 }
 
 fn hash_named(what: &str, name: &str) -> Result<Hash, LuksError> {
@@ -420,16 +486,43 @@ fn hash_named(what: &str, name: &str) -> Result<Hash, LuksError> {
 
 fn keyslot_kdf(kdf: &KdfJson) -> Result<(Kdf, Vec<u8>), LuksError> {
     Ok(match kdf {
-        KdfJson::Pbkdf2 { hash, iterations, salt } => (
-            Kdf::Pbkdf2 { hash: hash_named("pbkdf2", hash)?, iterations: *iterations },
+        KdfJson::Pbkdf2 {
+            hash,
+            iterations,
+            salt,
+        } => (
+            Kdf::Pbkdf2 {
+                hash: hash_named("pbkdf2", hash)?,
+                iterations: *iterations,
+            },
             decode_b64("keyslot salt", salt)?,
         ),
-        KdfJson::Argon2i { time, memory, cpus, salt } => (
-            Kdf::Argon2 { kind: Argon2Type::Argon2i, time: *time, memory_kib: *memory, cpus: *cpus },
+        KdfJson::Argon2i {
+            time,
+            memory,
+            cpus,
+            salt,
+        } => (
+            Kdf::Argon2 {
+                kind: Argon2Type::Argon2i,
+                time: *time,
+                memory_kib: *memory,
+                cpus: *cpus,
+            },
             decode_b64("keyslot salt", salt)?,
         ),
-        KdfJson::Argon2id { time, memory, cpus, salt } => (
-            Kdf::Argon2 { kind: Argon2Type::Argon2id, time: *time, memory_kib: *memory, cpus: *cpus },
+        KdfJson::Argon2id {
+            time,
+            memory,
+            cpus,
+            salt,
+        } => (
+            Kdf::Argon2 {
+                kind: Argon2Type::Argon2id,
+                time: *time,
+                memory_kib: *memory,
+                cpus: *cpus,
+            },
             decode_b64("keyslot salt", salt)?,
         ),
     })
@@ -437,21 +530,33 @@ fn keyslot_kdf(kdf: &KdfJson) -> Result<(Kdf, Vec<u8>), LuksError> {
 
 /// The digest's shape and cost, checked before any keyslot work so a hostile digest costs
 /// nothing: pbkdf2, a known hash, a digest of that hash's length, iterations within `limits`.
-fn check_digest_params(digest: &DigestJson, limits: &KdfLimits) -> Result<(Hash, Vec<u8>, Vec<u8>), LuksError> {
+fn check_digest_params(
+    digest: &DigestJson,
+    limits: &KdfLimits,
+) -> Result<(Hash, Vec<u8>, Vec<u8>), LuksError> {
     if digest.kind != "pbkdf2" {
-        return Err(LuksError::Unsupported(format!("digest type {:?}", digest.kind)));
+        return Err(LuksError::Unsupported(format!(
+            "digest type {:?}",
+            digest.kind
+        )));
     }
     let hash = hash_named("digest", &digest.hash)?;
     let want = decode_b64("digest", &digest.digest)?;
     let salt = decode_b64("digest salt", &digest.salt)?;
     if want.len() != hash.output_len() || digest.iterations == 0 {
-        return Err(LuksError::BadHeader("digest has the wrong length or no iterations".into()));
+        return Err(LuksError::BadHeader(
+            "digest has the wrong length or no iterations".into(),
+        ));
     }
     Kdf::check_digest_iterations(digest.iterations, limits)?;
     Ok((hash, want, salt))
 }
 
-fn check_digest(digest: &DigestJson, key: &VolumeKey, limits: &KdfLimits) -> Result<bool, LuksError> {
+fn check_digest(
+    digest: &DigestJson,
+    key: &VolumeKey,
+    limits: &KdfLimits,
+) -> Result<bool, LuksError> {
     let (hash, want, salt) = check_digest_params(digest, limits)?;
     let mut got = Zeroizing::new(vec![0u8; want.len()]);
     hash.pbkdf2(key.as_bytes(), &salt, digest.iterations, &mut got);
@@ -466,9 +571,15 @@ fn open_keyslot(
     limits: &KdfLimits,
 ) -> Result<VolumeKey, LuksError> {
     if ks.kind != "luks2" {
-        return Err(LuksError::Unsupported(format!("keyslot type {:?}", ks.kind)));
+        return Err(LuksError::Unsupported(format!(
+            "keyslot type {:?}",
+            ks.kind
+        )));
     }
-    let af_spec = ks.af.as_ref().ok_or_else(|| LuksError::BadHeader("keyslot has no af".into()))?;
+    let af_spec = ks
+        .af
+        .as_ref()
+        .ok_or_else(|| LuksError::BadHeader("keyslot has no af".into()))?;
     if af_spec.kind != "luks1" || af_spec.stripes != STRIPES {
         return Err(LuksError::Unsupported(format!(
             "AF {:?} with {} stripes",
@@ -477,7 +588,10 @@ fn open_keyslot(
     }
     let af_hash = hash_named("af", &af_spec.hash)?;
     if ks.area.kind != "raw" {
-        return Err(LuksError::Unsupported(format!("keyslot area type {:?}", ks.area.kind)));
+        return Err(LuksError::Unsupported(format!(
+            "keyslot area type {:?}",
+            ks.area.kind
+        )));
     }
     let area_cipher = ks.area.encryption.as_deref().unwrap_or("");
     if area_cipher != CIPHER {
@@ -492,14 +606,24 @@ fn open_keyslot(
     }
     let material_len = (key_len * STRIPES as usize).div_ceil(512) as u64 * 512;
     if material_len > ks.area.size {
-        return Err(LuksError::BadHeader("keyslot area is smaller than its key material".into()));
+        return Err(LuksError::BadHeader(
+            "keyslot area is smaller than its key material".into(),
+        ));
     }
     // Checked before the KDF runs: an area past the end of the image (a truncated or hostile
     // image) could never open, so it must not cost a second of Argon2 first.
-    if ks.area.offset.checked_add(material_len).is_none_or(|end| end > src.len()) {
+    if ks
+        .area
+        .offset
+        .checked_add(material_len)
+        .is_none_or(|end| end > src.len())
+    {
         return Err(LuksError::Truncated("keyslot area"));
     }
-    let kdf_json = ks.kdf.as_ref().ok_or_else(|| LuksError::BadHeader("keyslot has no kdf".into()))?;
+    let kdf_json = ks
+        .kdf
+        .as_ref()
+        .ok_or_else(|| LuksError::BadHeader("keyslot has no kdf".into()))?;
     let (kdf, salt) = keyslot_kdf(kdf_json)?;
     kdf.check(limits)?;
     check_digest_params(digest, limits)?;
@@ -553,9 +677,22 @@ mod tests {
     #[test]
     fn format_parse_unlock_all_kdfs() {
         for kdf in [
-            Kdf::Pbkdf2 { hash: Hash::Sha256, iterations: 1000 },
-            Kdf::Argon2 { kind: Argon2Type::Argon2i, time: 4, memory_kib: 32, cpus: 1 },
-            Kdf::Argon2 { kind: Argon2Type::Argon2id, time: 4, memory_kib: 64, cpus: 2 },
+            Kdf::Pbkdf2 {
+                hash: Hash::Sha256,
+                iterations: 1000,
+            },
+            Kdf::Argon2 {
+                kind: Argon2Type::Argon2i,
+                time: 4,
+                memory_kib: 32,
+                cpus: 1,
+            },
+            Kdf::Argon2 {
+                kind: Argon2Type::Argon2id,
+                time: 4,
+                memory_kib: 64,
+                cpus: 2,
+            },
         ] {
             for key_len in [32, 64] {
                 let (img, key) = image(kdf, key_len);
@@ -576,20 +713,31 @@ mod tests {
 
     #[test]
     fn damaged_primary_is_recovered_from_secondary() {
-        let kdf = Kdf::Pbkdf2 { hash: Hash::Sha256, iterations: 1000 };
+        let kdf = Kdf::Pbkdf2 {
+            hash: Hash::Sha256,
+            iterations: 1000,
+        };
         let (mut img, key) = image(kdf, 32);
         img.0[5000] ^= 0xff; // inside the primary JSON area
         let h = Luks2Header::read(&img).unwrap();
         assert!(h.recovered_from_secondary);
-        let (got, _) = h.unlock(&img, &Passphrase::new("pw"), &KdfLimits::default()).unwrap();
+        let (got, _) = h
+            .unlock(&img, &Passphrase::new("pw"), &KdfLimits::default())
+            .unwrap();
         assert!(got == key);
         img.0[0x4000 + 5000] ^= 0xff; // and the secondary
-        assert!(matches!(Luks2Header::read(&img), Err(LuksError::BadHeader(_))));
+        assert!(matches!(
+            Luks2Header::read(&img),
+            Err(LuksError::BadHeader(_))
+        ));
     }
 
     #[test]
     fn truncated_image_is_an_error() {
-        let kdf = Kdf::Pbkdf2 { hash: Hash::Sha256, iterations: 1000 };
+        let kdf = Kdf::Pbkdf2 {
+            hash: Hash::Sha256,
+            iterations: 1000,
+        };
         let (img, _) = image(kdf, 32);
         let cut = Mem(img.0[..8192].to_vec());
         assert!(Luks2Header::read(&cut).is_err());

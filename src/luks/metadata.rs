@@ -55,11 +55,25 @@ pub struct Area {
 #[serde(tag = "type")]
 pub enum KdfJson {
     #[serde(rename = "pbkdf2")]
-    Pbkdf2 { hash: String, iterations: u32, salt: String },
+    Pbkdf2 {
+        hash: String,
+        iterations: u32,
+        salt: String,
+    },
     #[serde(rename = "argon2i")]
-    Argon2i { time: u32, memory: u32, cpus: u32, salt: String },
+    Argon2i {
+        time: u32,
+        memory: u32,
+        cpus: u32,
+        salt: String,
+    },
     #[serde(rename = "argon2id")]
-    Argon2id { time: u32, memory: u32, cpus: u32, salt: String },
+    Argon2id {
+        time: u32,
+        memory: u32,
+        cpus: u32,
+        salt: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,7 +116,9 @@ impl<'de> Deserialize<'de> for SegmentSize {
             return Ok(SegmentSize::Dynamic);
         }
         s.parse().map(SegmentSize::Bytes).map_err(|_| {
-            serde::de::Error::custom(format!("segment size {s:?} is neither \"dynamic\" nor a number"))
+            serde::de::Error::custom(format!(
+                "segment size {s:?} is neither \"dynamic\" nor a number"
+            ))
         })
     }
 }
@@ -147,6 +163,7 @@ pub mod u64_str {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(|_| serde::de::Error::custom(format!("{s:?} is not a u64 string")))
+        s.parse()
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a u64 string")))
     }
 }

@@ -57,8 +57,19 @@ impl Watched {
         Ok((file, identity))
     }
 
-    pub fn new(inner: Arc<dyn ReadAt>, file: File, path: PathBuf, identity: SourceIdentity) -> Self {
-        Self { inner, file, path, identity, reported: AtomicBool::new(false) }
+    pub fn new(
+        inner: Arc<dyn ReadAt>,
+        file: File,
+        path: PathBuf,
+        identity: SourceIdentity,
+    ) -> Self {
+        Self {
+            inner,
+            file,
+            path,
+            identity,
+            reported: AtomicBool::new(false),
+        }
     }
 
     fn check(&self) -> io::Result<()> {

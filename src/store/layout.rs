@@ -87,7 +87,9 @@ fn scan_flat(root: &Path, state: &Path) -> io::Result<Vec<(String, PathBuf)>> {
 
 fn scan_longhorn(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
     let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut dirs: Vec<PathBuf> = fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut dirs: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     dirs.sort();
     for d in dirs {
         let backing = d.join("backing");
@@ -120,7 +122,12 @@ fn longhorn_name(dir: &Path) -> Option<String> {
         .filter(|n| !n.is_empty());
     let name = from_cfg.or_else(|| {
         let dir_name = dir.file_name()?.to_str()?;
-        Some(dir_name.rsplit_once('-').map_or(dir_name, |(n, _)| n).to_owned())
+        Some(
+            dir_name
+                .rsplit_once('-')
+                .map_or(dir_name, |(n, _)| n)
+                .to_owned(),
+        )
     })?;
     valid_component(&name).then_some(name)
 }

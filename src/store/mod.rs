@@ -48,19 +48,28 @@ pub struct Store {
 impl Store {
     /// Opens the store at `root`; the state directory defaults to `root/.bifs`.
     pub fn open(root: &Path, state: Option<&Path>) -> Result<Self, StoreError> {
-        let meta = fs::metadata(root)
-            .map_err(|error| StoreError::Open { path: root.to_owned(), error })?;
+        let meta = fs::metadata(root).map_err(|error| StoreError::Open {
+            path: root.to_owned(),
+            error,
+        })?;
         if !meta.is_dir() {
             return Err(StoreError::NotADirectory(root.to_owned()));
         }
-        let root = root
-            .canonicalize()
-            .map_err(|error| StoreError::Open { path: root.to_owned(), error })?;
+        let root = root.canonicalize().map_err(|error| StoreError::Open {
+            path: root.to_owned(),
+            error,
+        })?;
         let layout = Layout::detect(&root);
         let state_path = state.map_or_else(|| root.join(DEFAULT_STATE_DIR), Path::to_path_buf);
-        let state = StateDir::open(&state_path)
-            .map_err(|error| StoreError::State { path: state_path.clone(), error })?;
-        Ok(Self { root, layout, state })
+        let state = StateDir::open(&state_path).map_err(|error| StoreError::State {
+            path: state_path.clone(),
+            error,
+        })?;
+        Ok(Self {
+            root,
+            layout,
+            state,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -82,7 +91,9 @@ impl Store {
         for (name, path) in self.layout.scan(&self.root, self.state.path())? {
             match image::detect(&path) {
                 Ok(format) => out.push(StoredImage { name, path, format }),
-                Err(e) => tracing::warn!(image = %path.display(), error = %e, "skipping unreadable image"),
+                Err(e) => {
+                    tracing::warn!(image = %path.display(), error = %e, "skipping unreadable image")
+                }
             }
         }
         Ok(out)
@@ -94,7 +105,11 @@ impl Store {
             return Ok(None);
         };
         match image::detect(&path) {
-            Ok(format) => Ok(Some(StoredImage { name: name.to_owned(), path, format })),
+            Ok(format) => Ok(Some(StoredImage {
+                name: name.to_owned(),
+                path,
+                format,
+            })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -137,7 +152,11 @@ mod tests {
         let one = bi.join("ubuntu-3f2a");
         fs::create_dir_all(&one).unwrap();
         fs::write(one.join("backing"), vec![1u8; 512]).unwrap();
-        fs::write(one.join("backing.cfg"), r#"{"name":"ubuntu","uuid":"3f2a","size":512}"#).unwrap();
+        fs::write(
+            one.join("backing.cfg"),
+            r#"{"name":"ubuntu","uuid":"3f2a","size":512}"#,
+        )
+        .unwrap();
         let two = bi.join("no-cfg-77aa");
         fs::create_dir_all(&two).unwrap();
         fs::write(two.join("backing"), vec![1u8; 512]).unwrap();
@@ -146,6 +165,9 @@ mod tests {
         assert_eq!(store.layout(), Layout::Longhorn);
         let names: Vec<_> = store.list().unwrap().into_iter().map(|i| i.name).collect();
         assert_eq!(names, ["no-cfg", "ubuntu"]);
-        assert_eq!(store.find("ubuntu").unwrap().unwrap().path, one.canonicalize().unwrap().join("backing"));
+        assert_eq!(
+            store.find("ubuntu").unwrap().unwrap().path,
+            one.canonicalize().unwrap().join("backing")
+        );
     }
 }

@@ -39,7 +39,9 @@ impl StateDir {
         if mode & 0o077 != 0 {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         }
-        Ok(Self { dir: dir.canonicalize()? })
+        Ok(Self {
+            dir: dir.canonicalize()?,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -49,11 +51,21 @@ impl StateDir {
     /// `(header, record)` paths for `image` under `secret`; `None` for names that cannot be
     /// one path component (never true for names the store and manifests hand out).
     pub fn header_paths(&self, image: &str, secret: &SecretRef) -> Option<(PathBuf, PathBuf)> {
-        if ![image, &secret.namespace, &secret.name].iter().all(|c| valid_component(c)) {
+        if ![image, &secret.namespace, &secret.name]
+            .iter()
+            .all(|c| valid_component(c))
+        {
             return None;
         }
-        let dir = self.dir.join("headers").join(&secret.namespace).join(&secret.name);
-        Some((dir.join(format!("{image}.luks")), dir.join(format!("{image}.json"))))
+        let dir = self
+            .dir
+            .join("headers")
+            .join(&secret.namespace)
+            .join(&secret.name);
+        Some((
+            dir.join(format!("{image}.luks")),
+            dir.join(format!("{image}.json")),
+        ))
     }
 
     /// The persisted header region of `image` under `secret` and its record, if both exist.
@@ -94,10 +106,16 @@ impl StateDir {
         record: &HeaderRecord,
     ) -> io::Result<File> {
         let (header_path, record_path) = self.header_paths(image, secret).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "image or Secret name is not a path component")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "image or Secret name is not a path component",
+            )
         })?;
         if let Some(parent) = header_path.parent() {
-            DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
         }
         write_atomic(&header_path, header)?;
         let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
@@ -106,7 +124,12 @@ impl StateDir {
     }
 
     /// Updates only the record (the source changed but its header still fits).
-    pub fn save_record(&self, image: &str, secret: &SecretRef, record: &HeaderRecord) -> io::Result<()> {
+    pub fn save_record(
+        &self,
+        image: &str,
+        secret: &SecretRef,
+        record: &HeaderRecord,
+    ) -> io::Result<()> {
         let Some((_, record_path)) = self.header_paths(image, secret) else {
             return Ok(());
         };
@@ -120,7 +143,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -143,18 +171,32 @@ mod tests {
     fn save_and_load_roundtrip_with_private_modes() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(&dir.path().join("st")).unwrap();
-        let secret = SecretRef { namespace: "ns".into(), name: "s".into() };
+        let secret = SecretRef {
+            namespace: "ns".into(),
+            name: "s".into(),
+        };
         assert!(state.load_header("img", &secret).unwrap().is_none());
         let record = HeaderRecord {
-            source: SourceIdentity { size: 1, mtime_ns: 2, dev: 3, ino: 4 },
+            source: SourceIdentity {
+                size: 1,
+                mtime_ns: 2,
+                dev: 3,
+                ino: 4,
+            },
             padded_len: 512,
         };
         state.save_header("img", &secret, b"hdr", &record).unwrap();
         let (_, got) = state.load_header("img", &secret).unwrap().unwrap();
         assert_eq!(got, record);
         let (h, _) = state.header_paths("img", &secret).unwrap();
-        assert_eq!(fs::metadata(&h).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::metadata(state.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&h).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(state.path()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         assert!(state.header_paths("..", &secret).is_none());
     }
 }

@@ -66,7 +66,6 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
 }
 
-
 /// Reads all of `plain`, hashing it, and compares its first `source.len()` bytes with `source`
 /// when given. The comparison stops at the first difference; hashing goes on so the digest is
 /// of the whole plaintext.

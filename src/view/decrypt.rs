@@ -105,7 +105,9 @@ impl ReadAt for DecryptView {
         if offset >= self.data.len {
             return Ok(offset);
         }
-        Ok(self.find_sector(offset, true)?.map_or(self.data.len, |p| p.max(offset)))
+        Ok(self
+            .find_sector(offset, true)?
+            .map_or(self.data.len, |p| p.max(offset)))
     }
 }
 
@@ -118,13 +120,25 @@ mod tests {
     #[test]
     fn holes_are_verified_zero_sectors() {
         let y = "kind: Secret\nmetadata: {name: s}\nstringData: {CRYPTO_KEY_VALUE: pw, CRYPTO_PBKDF: pbkdf2, CRYPTO_PBKDF_FORCE_ITERATIONS: '1000'}\n";
-        let params = parse_secrets(y, std::path::Path::new("s")).unwrap()[0].crypto_params().unwrap();
+        let params = parse_secrets(y, std::path::Path::new("s")).unwrap()[0]
+            .crypto_params()
+            .unwrap();
         let mut plain = vec![7u8; 64 * 1024];
         plain[8192..40960].fill(0);
-        let enc = crate::view::EncryptView::create(Arc::new(MemSource(plain.clone())), &params, Some(4096)).unwrap();
+        let enc = crate::view::EncryptView::create(
+            Arc::new(MemSource(plain.clone())),
+            &params,
+            Some(4096),
+        )
+        .unwrap();
         let mut image = vec![0u8; enc.len() as usize];
         crate::image::read_full_at(&enc, 0, &mut image).unwrap();
-        let view = DecryptView::open(Arc::new(MemSource(image)), &params.passphrase, &KdfLimits::default()).unwrap();
+        let view = DecryptView::open(
+            Arc::new(MemSource(image)),
+            &params.passphrase,
+            &KdfLimits::default(),
+        )
+        .unwrap();
         assert_eq!(view.next_hole(0).unwrap(), 8192);
         assert_eq!(view.next_hole(9000).unwrap(), 9000);
         assert_eq!(view.next_data(8192).unwrap(), Some(40960));

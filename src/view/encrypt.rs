@@ -55,7 +55,10 @@ impl EncryptView {
         let parsed = match LuksHeader::read(&*header)? {
             LuksHeader::V2(h) => h,
             LuksHeader::V1(_) => {
-                return Err(crate::luks::LuksError::Unsupported("a LUKS1 header for an encrypt view".into()).into())
+                return Err(crate::luks::LuksError::Unsupported(
+                    "a LUKS1 header for an encrypt view".into(),
+                )
+                .into())
             }
         };
         if parsed.segment.offset != DATA_OFFSET || header.len() != DATA_OFFSET {

@@ -17,7 +17,11 @@ pub fn bifs_bin() -> &'static str {
 }
 
 pub fn bifs(args: &[&str]) -> Output {
-    Command::new(bifs_bin()).args(args).env("BIFS_LOG", "warn").output().expect("run bifs")
+    Command::new(bifs_bin())
+        .args(args)
+        .env("BIFS_LOG", "warn")
+        .output()
+        .expect("run bifs")
 }
 
 /// Runs bifs and expects success; returns stdout.
@@ -35,15 +39,18 @@ pub fn ok(args: &[&str]) -> String {
 /// Runs bifs and expects failure; returns stderr.
 pub fn fails(args: &[&str]) -> String {
     let out = bifs(args);
-    assert!(!out.status.success(), "bifs {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "bifs {args:?} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 pub fn tool(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("`{cmd}` could not run ({e}); the apply tests need cryptsetup-bin and qemu-utils"))
+    Command::new(cmd).args(args).output().unwrap_or_else(|e| {
+        panic!("`{cmd}` could not run ({e}); the apply tests need cryptsetup-bin and qemu-utils")
+    })
 }
 
 pub fn tool_ok(cmd: &str, args: &[&str]) -> String {
@@ -68,7 +75,12 @@ pub fn cryptsetup_opens(image: &Path, pass: &str) -> bool {
         .stderr(Stdio::null())
         .spawn()
         .expect("cryptsetup (apt-get install cryptsetup-bin)");
-    child.stdin.take().unwrap().write_all(pass.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pass.as_bytes())
+        .unwrap();
     child.wait().unwrap().success()
 }
 
@@ -136,7 +148,9 @@ impl HttpServer {
             .spawn()
             .expect("python3 for the test HTTP server");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let port = line.trim().parse().expect("server port");
         Self { child, port }
     }
@@ -216,7 +230,9 @@ pub fn backing_image(name: &str, spec: &str) -> String {
 pub fn clone_spec(source: &str, encryption: &str, secret: Option<&str>) -> String {
     let mut s = format!("  sourceType: clone\n  sourceParameters:\n    backing-image: {source}\n    encryption: {encryption}\n");
     if let Some(sec) = secret {
-        s.push_str(&format!("    secret: {sec}\n    secret-namespace: longhorn-system\n"));
+        s.push_str(&format!(
+            "    secret: {sec}\n    secret-namespace: longhorn-system\n"
+        ));
     }
     s
 }
@@ -229,13 +245,22 @@ pub fn record(store: &Path, name: &str) -> serde_json::Value {
 
 /// `bifs get NAME -o yaml`, parsed.
 pub fn get_yaml(store: &Path, name: &str) -> serde_json::Value {
-    let out = ok(&["get", name, "--store", store.to_str().unwrap(), "-o", "yaml"]);
+    let out = ok(&[
+        "get",
+        name,
+        "--store",
+        store.to_str().unwrap(),
+        "-o",
+        "yaml",
+    ]);
     serde_norway::from_str(&out).unwrap()
 }
 
 /// The directories `backing-images/<name>-<uuid>` of `name` (exactly `name`, not a prefix).
 pub fn image_dirs(store: &Path, name: &str) -> Vec<PathBuf> {
-    let Ok(rd) = fs::read_dir(store.join("backing-images")) else { return Vec::new() };
+    let Ok(rd) = fs::read_dir(store.join("backing-images")) else {
+        return Vec::new();
+    };
     rd.filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
@@ -248,13 +273,21 @@ pub fn image_dirs(store: &Path, name: &str) -> Vec<PathBuf> {
 
 /// `backing` of a ready image.
 pub fn backing(store: &Path, name: &str) -> PathBuf {
-    let uuid = record(store, name)["status"]["uuid"].as_str().unwrap().to_string();
-    store.join("backing-images").join(format!("{name}-{uuid}")).join("backing")
+    let uuid = record(store, name)["status"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    store
+        .join("backing-images")
+        .join(format!("{name}-{uuid}"))
+        .join("backing")
 }
 
 /// Whether any `backing` file exists for `name`.
 pub fn has_backing(store: &Path, name: &str) -> bool {
-    image_dirs(store, name).iter().any(|d| d.join("backing").exists())
+    image_dirs(store, name)
+        .iter()
+        .any(|d| d.join("backing").exists())
 }
 
 /// Bytes allocated under `dir` (what `du` counts).
@@ -263,7 +296,9 @@ pub fn usage(dir: &Path) -> u64 {
     let mut total = 0;
     let Ok(rd) = fs::read_dir(dir) else { return 0 };
     for e in rd.flatten() {
-        let Ok(m) = e.path().symlink_metadata() else { continue };
+        let Ok(m) = e.path().symlink_metadata() else {
+            continue;
+        };
         if m.is_dir() {
             total += usage(&e.path());
         } else {

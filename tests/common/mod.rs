@@ -51,13 +51,19 @@ pub fn require_tools() {
         if !ok("qemu-img", &["--version"]) {
             missing.push("`qemu-img` not found or not runnable (apt-get install qemu-utils)");
         }
-        if !ok(PYTHON, &["-c", "import cryptography.hazmat.primitives.ciphers"]) {
+        if !ok(
+            PYTHON,
+            &["-c", "import cryptography.hazmat.primitives.ciphers"],
+        ) {
             missing.push(
                 "`/usr/bin/python3` with the `cryptography` package is missing \
                  (apt-get install python3 python3-cryptography)",
             );
         } else {
-            let o = Command::new(PYTHON).arg(oracle_script()).arg("selftest").output();
+            let o = Command::new(PYTHON)
+                .arg(oracle_script())
+                .arg("selftest")
+                .output();
             match o {
                 Ok(o) if o.status.success() => {}
                 Ok(o) => missing.push(Box::leak(
@@ -132,7 +138,11 @@ where
 
 fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let desc = format!("{cmd:?}");
     let mut child = cmd
         .spawn()
@@ -143,7 +153,9 @@ fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
         let _ = si.write_all(data);
         drop(si);
     }
-    child.wait_with_output().unwrap_or_else(|e| panic!("waiting for {desc}: {e}"))
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {desc}: {e}"))
 }
 
 /// "exit=N stdout=... stderr=..." for assertion messages.
@@ -159,7 +171,11 @@ pub fn describe(o: &Output) -> String {
 /// Asserts success, naming `what` (the case and the command) on failure.
 #[track_caller]
 pub fn assert_ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what}: command failed\n{}", describe(o));
+    assert!(
+        o.status.success(),
+        "{what}: command failed\n{}",
+        describe(o)
+    );
 }
 
 pub fn stderr_of(o: &Output) -> String {
@@ -240,15 +256,23 @@ pub fn standard_payload(path: &Path, seed: u64) -> u64 {
     payload_file(
         path,
         seed,
-        &[Region::Random(2 * MIB), Region::Zero(640 * KIB), Region::Random(384 * KIB)],
+        &[
+            Region::Random(2 * MIB),
+            Region::Zero(640 * KIB),
+            Region::Random(384 * KIB),
+        ],
     )
 }
 
 /// Compares `actual` with `expected` followed by `zero_tail` zero bytes. Returns a description
 /// of the first difference.
 pub fn compare_files(actual: &Path, expected: &Path, zero_tail: u64) -> Result<(), String> {
-    let alen = fs::metadata(actual).map_err(|e| format!("{}: {e}", actual.display()))?.len();
-    let elen = fs::metadata(expected).map_err(|e| format!("{}: {e}", expected.display()))?.len();
+    let alen = fs::metadata(actual)
+        .map_err(|e| format!("{}: {e}", actual.display()))?
+        .len();
+    let elen = fs::metadata(expected)
+        .map_err(|e| format!("{}: {e}", expected.display()))?
+        .len();
     if alen != elen + zero_tail {
         return Err(format!(
             "size mismatch: {} is {alen} bytes, expected {} ({} + {zero_tail} zero bytes)",
@@ -278,7 +302,11 @@ pub fn compare_files(actual: &Path, expected: &Path, zero_tail: u64) -> Result<(
             return Err(format!(
                 "content differs at byte {at} (sector512 {}, in {}): got {:02x?}, expected {:02x?}",
                 at / 512,
-                if at < elen { "source data" } else { "zero padding" },
+                if at < elen {
+                    "source data"
+                } else {
+                    "zero padding"
+                },
                 &ab[i..n.min(i + 8)],
                 &eb[i..n.min(i + 8)]
             ));
@@ -293,7 +321,10 @@ pub fn compare_files(actual: &Path, expected: &Path, zero_tail: u64) -> Result<(
 pub fn compare_prefix(actual: &Path, expected: &Path, actual_len: u64) -> Result<(), String> {
     let alen = file_len(actual);
     if alen != actual_len {
-        return Err(format!("size mismatch: {} is {alen} bytes, expected {actual_len}", actual.display()));
+        return Err(format!(
+            "size mismatch: {} is {alen} bytes, expected {actual_len}",
+            actual.display()
+        ));
     }
     let elen = file_len(expected);
     let a = File::open(actual).unwrap();
@@ -335,7 +366,9 @@ pub fn assert_same(actual: &Path, expected: &Path, zero_tail: u64, case: &str) {
 }
 
 pub fn file_len(p: &Path) -> u64 {
-    fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).len()
+    fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .len()
 }
 
 pub fn write_file(p: &Path, data: &[u8]) {
@@ -456,7 +489,11 @@ impl SecretParams {
         let q = |s: &str| serde_json::to_string(s).unwrap();
         let mut y = String::new();
         y.push_str("apiVersion: v1\nkind: Secret\nmetadata:\n");
-        y.push_str(&format!("  name: {}\n  namespace: {}\n", q(&self.name), q(&self.namespace)));
+        y.push_str(&format!(
+            "  name: {}\n  namespace: {}\n",
+            q(&self.name),
+            q(&self.namespace)
+        ));
         y.push_str("type: Opaque\n");
         match self.encoding {
             SecretEncoding::StringData => {
@@ -551,7 +588,10 @@ impl Case {
 
     /// A short tag usable in file names.
     pub fn tag(&self) -> String {
-        format!("k{}-s{}-{}-{}", self.key_bits, self.sector, self.kdf, self.hash)
+        format!(
+            "k{}-s{}-{}-{}",
+            self.key_bits, self.sector, self.kdf, self.hash
+        )
     }
 }
 
@@ -563,7 +603,12 @@ pub fn matrix() -> Vec<Case> {
         for sector in [512, 4096] {
             for kdf in ["pbkdf2", "argon2i", "argon2id"] {
                 for hash in ["sha256", "sha512"] {
-                    v.push(Case { key_bits, sector, kdf, hash });
+                    v.push(Case {
+                        key_bits,
+                        sector,
+                        kdf,
+                        hash,
+                    });
                 }
             }
         }
@@ -578,7 +623,10 @@ where
     T: fmt::Display + Sync,
     F: Fn(&T) + Sync,
 {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 4);
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::<String>::new());
     std::thread::scope(|s| {
@@ -665,7 +713,12 @@ pub fn make_luks2_with_cryptsetup_ext(
     let plen = file_len(payload);
     let path = dir.join(format!("{stem}.luks2"));
     fs::copy(payload, &path).unwrap();
-    OpenOptions::new().write(true).open(&path).unwrap().set_len(plen + 16 * MIB).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(plen + 16 * MIB)
+        .unwrap();
     let keyfile = write_keyfile(dir, stem, passphrase);
     let mut args: Vec<String> = [
         "reencrypt",
@@ -692,7 +745,11 @@ pub fn make_luks2_with_cryptsetup_ext(
     ]);
     args.extend(case.cryptsetup_cost_args());
     args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(["--batch-mode".into(), "--key-file".into(), keyfile.display().to_string()]);
+    args.extend([
+        "--batch-mode".into(),
+        "--key-file".into(),
+        keyfile.display().to_string(),
+    ]);
     args.push(path.display().to_string());
     let o = cryptsetup(&args);
     assert_ok(&o, &what);
@@ -701,15 +758,29 @@ pub fn make_luks2_with_cryptsetup_ext(
     let seg = &meta["segments"]["0"];
     let data_offset: u64 = seg["offset"].as_str().unwrap().parse().unwrap();
     assert_eq!(seg["size"], "dynamic", "{what}: unexpected segment {seg}");
-    assert_eq!(data_offset, 8 * MIB, "{what}: cryptsetup placed the segment unexpectedly: {seg}");
+    assert_eq!(
+        data_offset,
+        8 * MIB,
+        "{what}: cryptsetup placed the segment unexpectedly: {seg}"
+    );
     let flen = file_len(&path);
     let unwritten_tail = if trim {
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(data_offset + plen).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(data_offset + plen)
+            .unwrap();
         0
     } else {
         flen - data_offset - plen
     };
-    ToolImage { path, keyfile, data_offset, unwritten_tail }
+    ToolImage {
+        path,
+        keyfile,
+        data_offset,
+        unwritten_tail,
+    }
 }
 
 /// Makes a LUKS1 image of `payload` with `qemu-img convert -O luks`, e.g. `cipher_alg` =
@@ -740,14 +811,22 @@ pub fn make_luks1_with_qemu(
             break o;
         }
     };
-    assert_ok(&o, &format!("qemu-img convert -O luks ({cipher_alg}, {hash_alg}) of {stem}"));
+    assert_ok(
+        &o,
+        &format!("qemu-img convert -O luks ({cipher_alg}, {hash_alg}) of {stem}"),
+    );
     let data_offset = luks1_payload_offset(&path);
     assert_eq!(
         file_len(&path) - data_offset,
         file_len(payload),
         "qemu-img LUKS1 image {stem}: data segment is not exactly the payload"
     );
-    ToolImage { path, keyfile, data_offset, unwritten_tail: 0 }
+    ToolImage {
+        path,
+        keyfile,
+        data_offset,
+        unwritten_tail: 0,
+    }
 }
 
 fn qemu_luks1_convert(
@@ -788,7 +867,12 @@ pub fn make_luks1_with_cryptsetup(
     hash: &'static str,
     passphrase: &str,
 ) -> ToolImage {
-    let case = Case { key_bits, sector: 512, kdf: "pbkdf2", hash };
+    let case = Case {
+        key_bits,
+        sector: 512,
+        kdf: "pbkdf2",
+        hash,
+    };
     let img = make_luks2_with_cryptsetup(dir, stem, payload, &case, passphrase, true);
     let path = img.path.with_extension("luks1");
     fs::rename(&img.path, &path).unwrap();
@@ -801,17 +885,40 @@ pub fn make_luks1_with_cryptsetup(
     ]);
     assert_ok(&o, &format!("cryptsetup convert --type luks1 of {stem}"));
     let data_offset = luks1_payload_offset(&path);
-    assert_eq!(data_offset, img.data_offset, "cryptsetup convert moved the data segment of {stem}");
-    assert_eq!(file_len(&path) - data_offset, file_len(payload), "LUKS1 image {stem}: segment size");
-    ToolImage { path, keyfile: img.keyfile, data_offset, unwritten_tail: 0 }
+    assert_eq!(
+        data_offset, img.data_offset,
+        "cryptsetup convert moved the data segment of {stem}"
+    );
+    assert_eq!(
+        file_len(&path) - data_offset,
+        file_len(payload),
+        "LUKS1 image {stem}: segment size"
+    );
+    ToolImage {
+        path,
+        keyfile: img.keyfile,
+        data_offset,
+        unwritten_tail: 0,
+    }
 }
 
 /// `cryptsetup luksDump --dump-json-metadata` (LUKS2 only), parsed.
 pub fn luks2_json(img: &Path) -> serde_json::Value {
-    let o = cryptsetup([OsStr::new("luksDump"), OsStr::new("--dump-json-metadata"), img.as_os_str()]);
-    assert_ok(&o, &format!("cryptsetup luksDump --dump-json-metadata {}", img.display()));
+    let o = cryptsetup([
+        OsStr::new("luksDump"),
+        OsStr::new("--dump-json-metadata"),
+        img.as_os_str(),
+    ]);
+    assert_ok(
+        &o,
+        &format!("cryptsetup luksDump --dump-json-metadata {}", img.display()),
+    );
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!("luksDump JSON of {} does not parse: {e}\n{}", img.display(), describe(&o))
+        panic!(
+            "luksDump JSON of {} does not parse: {e}\n{}",
+            img.display(),
+            describe(&o)
+        )
     })
 }
 
@@ -823,7 +930,12 @@ pub fn luks1_payload_offset(img: &Path) -> u64 {
     let line = text
         .lines()
         .find(|l| l.starts_with("Payload offset:"))
-        .unwrap_or_else(|| panic!("no Payload offset in luksDump of {}:\n{text}", img.display()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no Payload offset in luksDump of {}:\n{text}",
+                img.display()
+            )
+        });
     let sectors: u64 = line["Payload offset:".len()..].trim().parse().unwrap();
     sectors * 512
 }
@@ -845,7 +957,10 @@ pub fn volume_key(img: &Path, keyfile: &Path) -> Vec<u8> {
         keyfile.as_os_str(),
         img.as_os_str(),
     ]);
-    assert_ok(&o, &format!("cryptsetup luksDump --dump-volume-key {}", img.display()));
+    assert_ok(
+        &o,
+        &format!("cryptsetup luksDump --dump-volume-key {}", img.display()),
+    );
     let text = String::from_utf8_lossy(&o.stdout);
     let mut key = Vec::new();
     let mut in_dump = false;
@@ -860,7 +975,9 @@ pub fn volume_key(img: &Path, keyfile: &Path) -> Vec<u8> {
         };
         let toks: Vec<&str> = rest.split_whitespace().collect();
         if toks.is_empty()
-            || !toks.iter().all(|t| t.len() == 2 && t.chars().all(|c| c.is_ascii_hexdigit()))
+            || !toks
+                .iter()
+                .all(|t| t.len() == 2 && t.chars().all(|c| c.is_ascii_hexdigit()))
         {
             break;
         }
@@ -939,11 +1056,18 @@ pub fn bifs_inspect_json(img: &Path) -> serde_json::Value {
     let o = bifs([OsStr::new("inspect"), OsStr::new("--json"), img.as_os_str()]);
     assert_ok(&o, &format!("bifs inspect --json {}", img.display()));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!("bifs inspect --json {} is not JSON: {e}\n{}", img.display(), describe(&o))
+        panic!(
+            "bifs inspect --json {} is not JSON: {e}\n{}",
+            img.display(),
+            describe(&o)
+        )
     })
 }
 
 /// A fresh temporary directory (removed on drop).
 pub fn tempdir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("bifs-{prefix}-")).tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix(&format!("bifs-{prefix}-"))
+        .tempdir()
+        .unwrap()
 }

@@ -15,7 +15,10 @@ pub const BIFS: &str = env!("CARGO_BIN_EXE_bifs");
 pub fn require_tools(tools: &[&str]) {
     let mut missing = Vec::new();
     if !Path::new("/dev/fuse").exists() {
-        missing.push("/dev/fuse (load the fuse module, or run the container with --device /dev/fuse)".to_string());
+        missing.push(
+            "/dev/fuse (load the fuse module, or run the container with --device /dev/fuse)"
+                .to_string(),
+        );
     }
     for t in tools {
         let found = Command::new("sh")
@@ -36,7 +39,9 @@ pub fn require_tools(tools: &[&str]) {
 
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}\n{}",
@@ -61,7 +66,9 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
 }
 
 pub fn is_mountpoint(path: &Path) -> bool {
-    let (Ok(m), Some(parent)) = (fs::metadata(path), path.parent()) else { return false };
+    let (Ok(m), Some(parent)) = (fs::metadata(path), path.parent()) else {
+        return false;
+    };
     fs::metadata(parent).is_ok_and(|p| p.dev() != m.dev())
 }
 
@@ -74,18 +81,35 @@ pub struct Mounted {
 }
 
 impl Mounted {
-    pub fn start(store: &Path, secrets: &Path, state: Option<&Path>, mnt: &Path, extra: &[&str]) -> Self {
+    pub fn start(
+        store: &Path,
+        secrets: &Path,
+        state: Option<&Path>,
+        mnt: &Path,
+        extra: &[&str],
+    ) -> Self {
         fs::create_dir_all(mnt).unwrap();
         let log = mnt.with_extension(format!("log{}", std::process::id()));
         let log_file = fs::File::create(&log).unwrap();
         let mut cmd = Command::new(BIFS);
-        cmd.args(["--log", "bifs=debug,info", "mount", "--store"]).arg(store).arg("--secrets").arg(secrets);
+        cmd.args(["--log", "bifs=debug,info", "mount", "--store"])
+            .arg(store)
+            .arg("--secrets")
+            .arg(secrets);
         if let Some(s) = state {
             cmd.arg("--state").arg(s);
         }
-        cmd.args(extra).arg(mnt).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
+        cmd.args(extra)
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
         let child = cmd.spawn().expect("spawn bifs mount");
-        let mut m = Mounted { mnt: mnt.to_owned(), log, child: Some(child) };
+        let mut m = Mounted {
+            mnt: mnt.to_owned(),
+            log,
+            child: Some(child),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !is_mountpoint(mnt) {
             if let Some(c) = m.child.as_mut() {
@@ -94,7 +118,11 @@ impl Mounted {
                     panic!("bifs mount exited early ({status}):\n{}", m.log_text());
                 }
             }
-            assert!(Instant::now() < deadline, "bifs mount did not mount in time:\n{}", m.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "bifs mount did not mount in time:\n{}",
+                m.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         m
@@ -107,7 +135,9 @@ impl Mounted {
 
     /// Whether the daemon is still running.
     pub fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -128,10 +158,18 @@ impl Mounted {
             if let Some(s) = child.try_wait().unwrap() {
                 break s;
             }
-            assert!(Instant::now() < deadline, "bifs mount ignored SIGTERM:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "bifs mount ignored SIGTERM:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
-        assert!(status.success(), "bifs mount exited with {status}:\n{}", self.log_text());
+        assert!(
+            status.success(),
+            "bifs mount exited with {status}:\n{}",
+            self.log_text()
+        );
         assert!(!is_mountpoint(&self.mnt), "still mounted after SIGTERM");
         self.log_text()
     }
@@ -140,9 +178,16 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if is_mountpoint(&self.mnt) {
-            let ok = Command::new("fusermount3").arg("-u").arg(&self.mnt).status().is_ok_and(|s| s.success());
+            let ok = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .status()
+                .is_ok_and(|s| s.success());
             if !ok {
-                let _ = Command::new("fusermount3").arg("-uz").arg(&self.mnt).status();
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&self.mnt)
+                    .status();
             }
         }
         if let Some(mut c) = self.child.take() {
@@ -178,7 +223,11 @@ pub fn walk(root: &Path) -> Vec<String> {
 
 pub fn sha512(path: &Path) -> String {
     let out = run(Command::new("sha512sum").arg(path));
-    String::from_utf8_lossy(&out).split_whitespace().next().unwrap_or_default().to_owned()
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The errno of opening `path` for reading (0 when it opens).

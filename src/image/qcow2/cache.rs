@@ -18,7 +18,10 @@ struct Inner {
 
 impl L2Cache {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), inner: Mutex::default() }
+        Self {
+            capacity: capacity.max(1),
+            inner: Mutex::default(),
+        }
     }
 
     /// Returns the table at `offset`, loading it with `load` on a miss. The lock is not held
@@ -41,7 +44,11 @@ impl L2Cache {
         let table = load()?;
         let mut inner = self.lock();
         if inner.tables.len() >= self.capacity && !inner.tables.contains_key(&offset) {
-            let oldest = inner.tables.iter().min_by_key(|(_, (_, used))| *used).map(|(&k, _)| k);
+            let oldest = inner
+                .tables
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(&k, _)| k);
             if let Some(oldest) = oldest {
                 inner.tables.remove(&oldest);
             }
@@ -54,7 +61,9 @@ impl L2Cache {
     /// The cache holds no invariant a panicking thread could break, so a poisoned lock is
     /// still usable.
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -73,14 +82,18 @@ mod tests {
         cache.get_or_load(2, || table(2)).unwrap();
         cache.get_or_load(1, || panic!("1 is cached")).unwrap();
         cache.get_or_load(3, || table(3)).unwrap(); // evicts 2
-        cache.get_or_load(1, || panic!("1 is still cached")).unwrap();
+        cache
+            .get_or_load(1, || panic!("1 is still cached"))
+            .unwrap();
         assert_eq!(cache.get_or_load(2, || table(22)).unwrap()[0], 22);
     }
 
     #[test]
     fn load_errors_are_not_cached() {
         let cache = L2Cache::new(2);
-        assert!(cache.get_or_load(1, || Err(io::Error::other("boom"))).is_err());
+        assert!(cache
+            .get_or_load(1, || Err(io::Error::other("boom")))
+            .is_err());
         assert_eq!(cache.get_or_load(1, || table(1)).unwrap()[0], 1);
     }
 }

@@ -31,7 +31,10 @@ pub fn inflate(input: &[u8], out: &mut [u8]) -> Result<(), DecompressError> {
         .map_err(|e| DecompressError::Deflate(e.to_string()))?;
     match inflater.total_out() {
         got if got == out.len() as u64 => Ok(()),
-        got => Err(DecompressError::Short { got, want: out.len() as u64 }),
+        got => Err(DecompressError::Short {
+            got,
+            want: out.len() as u64,
+        }),
     }
 }
 
@@ -50,6 +53,9 @@ pub fn unzstd(mut input: &[u8], out: &mut [u8]) -> Result<(), DecompressError> {
     }
     match done {
         got if got == out.len() => Ok(()),
-        got => Err(DecompressError::Short { got: got as u64, want: out.len() as u64 }),
+        got => Err(DecompressError::Short {
+            got: got as u64,
+            want: out.len() as u64,
+        }),
     }
 }

@@ -107,10 +107,14 @@ impl Header {
             return Err(Qcow2Error::ExternalDataFile);
         }
         if incompatible & !INCOMPAT_KNOWN != 0 {
-            return Err(Qcow2Error::UnknownIncompatibleFeatures(incompatible & !INCOMPAT_KNOWN));
+            return Err(Qcow2Error::UnknownIncompatibleFeatures(
+                incompatible & !INCOMPAT_KNOWN,
+            ));
         }
         let compression_type = if header_len as usize > COMPRESSION_TYPE_AT {
-            *fixed.get(COMPRESSION_TYPE_AT).ok_or(Qcow2Error::Truncated { len: file_len })?
+            *fixed
+                .get(COMPRESSION_TYPE_AT)
+                .ok_or(Qcow2Error::Truncated { len: file_len })?
         } else {
             0
         };
@@ -134,12 +138,20 @@ impl Header {
             return Err(Qcow2Error::VirtualSizeTooLarge(virtual_size));
         }
         if l1_entries > u64::from(l1_size) {
-            return Err(Qcow2Error::L1TooSmall { virtual_size, needed: l1_entries, l1_size });
+            return Err(Qcow2Error::L1TooSmall {
+                virtual_size,
+                needed: l1_entries,
+                l1_size,
+            });
         }
         let l1_end = l1_offset.checked_add(l1_entries * 8);
         if l1_entries > 0 && (l1_offset % cluster_size != 0 || l1_end.is_none_or(|e| e > file_len))
         {
-            return Err(Qcow2Error::L1Table { offset: l1_offset, entries: l1_entries, file_len });
+            return Err(Qcow2Error::L1Table {
+                offset: l1_offset,
+                entries: l1_entries,
+                file_len,
+            });
         }
 
         // Header extensions and the backing file name live in the first cluster.
@@ -148,7 +160,11 @@ impl Header {
         head.truncate(got);
         let backing_offset = field64(8)?;
         let backing_len = field32(16)?;
-        let extensions_end = if backing_offset != 0 { backing_offset } else { cluster_size };
+        let extensions_end = if backing_offset != 0 {
+            backing_offset
+        } else {
+            cluster_size
+        };
         let backing_format = read_backing_format(&head, header_len as usize, extensions_end)?;
 
         let backing = if backing_offset != 0 && backing_len != 0 {
@@ -156,8 +172,14 @@ impl Header {
                 .ok()
                 .filter(|_| backing_len <= MAX_BACKING_NAME)
                 .and_then(|start| head.get(start..start.checked_add(backing_len as usize)?))
-                .ok_or(Qcow2Error::BackingName { offset: backing_offset, len: backing_len })?;
-            Some(BackingRef { name: name.to_vec(), format: backing_format })
+                .ok_or(Qcow2Error::BackingName {
+                    offset: backing_offset,
+                    len: backing_len,
+                })?;
+            Some(BackingRef {
+                name: name.to_vec(),
+                format: backing_format,
+            })
         } else {
             None
         };
@@ -210,16 +232,25 @@ fn read_up_to(file: &File, offset: u64, buf: &mut [u8]) -> Result<usize, Qcow2Er
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(Qcow2Error::Io { what: "header", error }),
+            Err(error) => {
+                return Err(Qcow2Error::Io {
+                    what: "header",
+                    error,
+                })
+            }
         }
     }
     Ok(done)
 }
 
 pub(super) fn be32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_be_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 pub(super) fn be64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_be_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
 }

@@ -21,7 +21,37 @@ use crate::luks::{Luks2Header, LuksError, LuksHeader, DATA_OFFSET};
 use crate::store::{HeaderRecord, SourceIdentity, Store, StoredImage, Watched};
 use crate::view::{encrypt, DecryptView, EncryptView, ViewError};
 
-use super::tree::Mode;
+/// The four views of an image: one top-level directory each in the mount, one path prefix
+/// each over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    Ignore,
+    Raw,
+    Encrypt,
+    Decrypt,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Ignore, Mode::Raw, Mode::Encrypt, Mode::Decrypt];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Ignore => "ignore",
+            Mode::Raw => "raw",
+            Mode::Encrypt => "encrypt",
+            Mode::Decrypt => "decrypt",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Mode::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Whether the mode needs a Secret (images sit under `<namespace>/<secret>/`).
+    pub fn keyed(self) -> bool {
+        matches!(self, Mode::Encrypt | Mode::Decrypt)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -32,7 +62,11 @@ pub enum CatalogError {
     #[error("no Secret in namespace {0:?} was loaded from --secrets")]
     UnknownNamespace(String),
     #[error("image {image:?} is {format}: {refusal}")]
-    Refused { image: String, format: image::Format, refusal: ViewError },
+    Refused {
+        image: String,
+        format: image::Format,
+        refusal: ViewError,
+    },
     #[error("image {image:?}: Secret {secret}'s passphrase opens no keyslot")]
     WrongPassphrase { image: String, secret: SecretRef },
     #[error("image {image:?}: {error}")]
@@ -52,13 +86,15 @@ impl CatalogError {
             | CatalogError::UnknownNamespace(_) => libc::ENOENT,
             CatalogError::Refused { .. } => libc::EINVAL,
             CatalogError::WrongPassphrase { .. } => libc::EACCES,
-            CatalogError::View { error: ViewError::Io(e), .. } | CatalogError::Io { error: e, .. } => {
-                match e.raw_os_error() {
-                    Some(libc::ENOENT) => libc::EIO,
-                    Some(n) => n,
-                    None => libc::EIO,
-                }
+            CatalogError::View {
+                error: ViewError::Io(e),
+                ..
             }
+            | CatalogError::Io { error: e, .. } => match e.raw_os_error() {
+                Some(libc::ENOENT) => libc::EIO,
+                Some(n) => n,
+                None => libc::EIO,
+            },
             CatalogError::View { .. } => libc::EIO,
         }
     }
@@ -74,9 +110,20 @@ pub struct FileInfo {
 }
 
 enum Cached {
-    Encrypt { padded_len: u64, header: Arc<RawFile>, parsed: Luks2Header, key: VolumeKey },
-    Decrypt { identity: SourceIdentity, header: LuksHeader, key: VolumeKey },
-    WrongPassphrase { identity: SourceIdentity },
+    Encrypt {
+        padded_len: u64,
+        header: Arc<RawFile>,
+        parsed: Luks2Header,
+        key: VolumeKey,
+    },
+    Decrypt {
+        identity: SourceIdentity,
+        header: LuksHeader,
+        key: VolumeKey,
+    },
+    WrongPassphrase {
+        identity: SourceIdentity,
+    },
 }
 
 type Slot = Arc<Mutex<Option<Cached>>>;
@@ -100,10 +147,17 @@ impl Catalog {
                         tracing::warn!(secret = %s.id, "Secret defined twice; the last one wins");
                     }
                 }
-                Err(e) => tracing::warn!(secret = %s.id, error = %e, "Secret left out of the mount"),
+                Err(e) => {
+                    tracing::warn!(secret = %s.id, error = %e, "Secret left out of the mount")
+                }
             }
         }
-        Self { store, secrets: map, limits: KdfLimits::default(), keys: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            secrets: map,
+            limits: KdfLimits::default(),
+            keys: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -130,16 +184,21 @@ impl Catalog {
     }
 
     pub fn check_secret(&self, secret: &SecretRef) -> Result<&CryptoParams, CatalogError> {
-        self.secrets.get(secret).ok_or_else(|| CatalogError::UnknownSecret(secret.clone()))
+        self.secrets
+            .get(secret)
+            .ok_or_else(|| CatalogError::UnknownSecret(secret.clone()))
     }
 
     /// The images listed under `mode`: encrypt only non-LUKS images, decrypt only LUKS ones.
     pub fn images(&self, mode: Mode) -> Result<Vec<StoredImage>, CatalogError> {
-        let all = self
-            .store
-            .list()
-            .map_err(|error| CatalogError::Io { image: String::new(), error })?;
-        Ok(all.into_iter().filter(|i| refusal(mode, i).is_none()).collect())
+        let all = self.store.list().map_err(|error| CatalogError::Io {
+            image: String::new(),
+            error,
+        })?;
+        Ok(all
+            .into_iter()
+            .filter(|i| refusal(mode, i).is_none())
+            .collect())
     }
 
     /// The image behind `mode/[secret/]name`, or why there is none.
@@ -155,17 +214,27 @@ impl Catalog {
         let img = self
             .store
             .find(name)
-            .map_err(|error| CatalogError::Io { image: name.to_owned(), error })?
+            .map_err(|error| CatalogError::Io {
+                image: name.to_owned(),
+                error,
+            })?
             .ok_or_else(|| CatalogError::NoImage(name.to_owned()))?;
         if let Some(refusal) = refusal(mode, &img) {
-            return Err(CatalogError::Refused { image: img.name, format: img.format, refusal });
+            return Err(CatalogError::Refused {
+                image: img.name,
+                format: img.format,
+                refusal,
+            });
         }
         Ok(img)
     }
 
     /// Size and allocation of the file `mode` makes of `img`, without unlocking anything.
     pub fn info(&self, mode: Mode, img: &StoredImage) -> Result<FileInfo, CatalogError> {
-        let io_err = |error| CatalogError::Io { image: img.name.clone(), error };
+        let io_err = |error| CatalogError::Io {
+            image: img.name.clone(),
+            error,
+        };
         let meta = fs::metadata(&img.path).map_err(io_err)?;
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         let file_blocks = meta.blocks();
@@ -182,11 +251,18 @@ impl Catalog {
                 let size = header
                     .segment()
                     .len_in(file.len())
-                    .map_err(|e| CatalogError::View { image: img.name.clone(), error: e.into() })?;
+                    .map_err(|e| CatalogError::View {
+                        image: img.name.clone(),
+                        error: e.into(),
+                    })?;
                 (size, file_blocks.saturating_sub(DATA_OFFSET / 512))
             }
         };
-        Ok(FileInfo { size, blocks: blocks.min(size.div_ceil(512)), mtime })
+        Ok(FileInfo {
+            size,
+            blocks: blocks.min(size.div_ceil(512)),
+            mtime,
+        })
     }
 
     fn virtual_len(&self, img: &StoredImage) -> Result<u64, CatalogError> {
@@ -195,8 +271,14 @@ impl Catalog {
 
     fn open_disk(&self, img: &StoredImage) -> Result<Arc<dyn ReadAt>, CatalogError> {
         image::open_virtual_disk(&img.path).map_err(|e| match e {
-            image::OpenError::Io { error, .. } => CatalogError::Io { image: img.name.clone(), error },
-            other => CatalogError::Io { image: img.name.clone(), error: io::Error::other(other.to_string()) },
+            image::OpenError::Io { error, .. } => CatalogError::Io {
+                image: img.name.clone(),
+                error,
+            },
+            other => CatalogError::Io {
+                image: img.name.clone(),
+                error: io::Error::other(other.to_string()),
+            },
         })
     }
 
@@ -208,10 +290,15 @@ impl Catalog {
         secret: Option<&SecretRef>,
         img: &StoredImage,
     ) -> Result<(Arc<dyn ReadAt>, SourceIdentity), CatalogError> {
-        let io_err = |error| CatalogError::Io { image: img.name.clone(), error };
+        let io_err = |error| CatalogError::Io {
+            image: img.name.clone(),
+            error,
+        };
         let (file, identity) = Watched::open(&img.path).map_err(io_err)?;
         let stored = || -> Result<Arc<dyn ReadAt>, CatalogError> {
-            Ok(Arc::new(RawFile::from_file(file.try_clone().map_err(io_err)?).map_err(io_err)?))
+            Ok(Arc::new(
+                RawFile::from_file(file.try_clone().map_err(io_err)?).map_err(io_err)?,
+            ))
         };
         let view: Arc<dyn ReadAt> = match (mode, secret) {
             (Mode::Ignore, _) => stored()?,
@@ -220,12 +307,17 @@ impl Catalog {
             (Mode::Decrypt, Some(secret)) => self.open_decrypt(img, secret, identity, stored()?)?,
             (_, None) => return Err(CatalogError::NoImage(img.name.clone())),
         };
-        Ok((Arc::new(Watched::new(view, file, img.path.clone(), identity)), identity))
+        Ok((
+            Arc::new(Watched::new(view, file, img.path.clone(), identity)),
+            identity,
+        ))
     }
 
     fn slot(&self, mode: Mode, img: &StoredImage, secret: &SecretRef) -> Slot {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        keys.entry((mode, img.name.clone(), secret.clone())).or_default().clone()
+        keys.entry((mode, img.name.clone(), secret.clone()))
+            .or_default()
+            .clone()
     }
 
     fn open_encrypt(
@@ -237,19 +329,33 @@ impl Catalog {
         let params = self.check_secret(secret)?;
         let disk = self.open_disk(img)?;
         let padded = encrypt::padded_len(disk.len());
-        let view_err = |error| CatalogError::View { image: img.name.clone(), error };
+        let view_err = |error| CatalogError::View {
+            image: img.name.clone(),
+            error,
+        };
         let slot = self.slot(Mode::Encrypt, img, secret);
         // Held while a header is loaded or made: two first opens must not make two headers.
         let mut cached = slot.lock().unwrap_or_else(|e| e.into_inner());
-        let fits = matches!(&*cached, Some(Cached::Encrypt { padded_len, .. }) if *padded_len == padded);
+        let fits =
+            matches!(&*cached, Some(Cached::Encrypt { padded_len, .. }) if *padded_len == padded);
         if !fits {
             *cached = Some(self.encrypt_header(img, params, disk.len(), identity)?);
         }
-        let Some(Cached::Encrypt { header, parsed, key, .. }) = &*cached else {
-            return Err(view_err(ViewError::Io(io::Error::other("key cache in an impossible state"))));
+        let Some(Cached::Encrypt {
+            header,
+            parsed,
+            key,
+            ..
+        }) = &*cached
+        else {
+            return Err(view_err(ViewError::Io(io::Error::other(
+                "key cache in an impossible state",
+            ))));
         };
         let header: Arc<dyn ReadAt> = header.clone();
-        Ok(Arc::new(EncryptView::with_key(disk, header, parsed, key).map_err(view_err)?))
+        Ok(Arc::new(
+            EncryptView::with_key(disk, header, parsed, key).map_err(view_err)?,
+        ))
     }
 
     /// The persisted header when it still fits the source and opens with the Secret, else a
@@ -263,10 +369,19 @@ impl Catalog {
     ) -> Result<Cached, CatalogError> {
         let secret = &params.secret;
         let state = self.store.state();
-        let io_err = |error| CatalogError::Io { image: img.name.clone(), error };
-        let view_err = |error| CatalogError::View { image: img.name.clone(), error };
+        let io_err = |error| CatalogError::Io {
+            image: img.name.clone(),
+            error,
+        };
+        let view_err = |error| CatalogError::View {
+            image: img.name.clone(),
+            error,
+        };
         let padded_len = encrypt::padded_len(source_len);
-        let record = HeaderRecord { source: identity, padded_len };
+        let record = HeaderRecord {
+            source: identity,
+            padded_len,
+        };
         match state.load_header(&img.name, secret).map_err(io_err)? {
             Some((file, old)) if old.padded_len == padded_len => {
                 match self.unlock_persisted(file, params) {
@@ -276,9 +391,16 @@ impl Catalog {
                                 image = %img.name, %secret,
                                 "source changed but its size did not; reusing its persisted LUKS2 header"
                             );
-                            state.save_record(&img.name, secret, &record).map_err(io_err)?;
+                            state
+                                .save_record(&img.name, secret, &record)
+                                .map_err(io_err)?;
                         }
-                        return Ok(Cached::Encrypt { padded_len, header, parsed, key });
+                        return Ok(Cached::Encrypt {
+                            padded_len,
+                            header,
+                            parsed,
+                            key,
+                        });
                     }
                     Err(e) => tracing::warn!(
                         image = %img.name, %secret, error = %e,
@@ -290,14 +412,24 @@ impl Catalog {
                 image = %img.name, %secret, old_size = old.padded_len, new_size = padded_len,
                 "source size changed; making a new LUKS2 header"
             ),
-            None => tracing::info!(image = %img.name, %secret, "making the LUKS2 header of a new encrypt view"),
+            None => {
+                tracing::info!(image = %img.name, %secret, "making the LUKS2 header of a new encrypt view")
+            }
         }
-        let (bytes, key) = encrypt::new_header_and_key(params, source_len, None).map_err(view_err)?;
-        let file = state.save_header(&img.name, secret, &bytes, &record).map_err(io_err)?;
+        let (bytes, key) =
+            encrypt::new_header_and_key(params, source_len, None).map_err(view_err)?;
+        let file = state
+            .save_header(&img.name, secret, &bytes, &record)
+            .map_err(io_err)?;
         drop(bytes);
         let header = Arc::new(RawFile::from_file(file).map_err(io_err)?);
         let parsed = Luks2Header::read(&*header).map_err(|e| view_err(e.into()))?;
-        Ok(Cached::Encrypt { padded_len, header, parsed, key })
+        Ok(Cached::Encrypt {
+            padded_len,
+            header,
+            parsed,
+            key,
+        })
     }
 
     fn unlock_persisted(
@@ -307,7 +439,11 @@ impl Catalog {
     ) -> Result<(Arc<RawFile>, Luks2Header, VolumeKey), ViewError> {
         let header = Arc::new(RawFile::from_file(file)?);
         if header.len() != DATA_OFFSET {
-            return Err(LuksError::BadHeader(format!("{} bytes, expected {DATA_OFFSET}", header.len())).into());
+            return Err(LuksError::BadHeader(format!(
+                "{} bytes, expected {DATA_OFFSET}",
+                header.len()
+            ))
+            .into());
         }
         let parsed = Luks2Header::read(&*header)?;
         if parsed.segment.offset != DATA_OFFSET {
@@ -325,22 +461,40 @@ impl Catalog {
         image: Arc<dyn ReadAt>,
     ) -> Result<Arc<dyn ReadAt>, CatalogError> {
         let params = self.check_secret(secret)?;
-        let view_err = |error| CatalogError::View { image: img.name.clone(), error };
-        let wrong = || CatalogError::WrongPassphrase { image: img.name.clone(), secret: secret.clone() };
+        let view_err = |error| CatalogError::View {
+            image: img.name.clone(),
+            error,
+        };
+        let wrong = || CatalogError::WrongPassphrase {
+            image: img.name.clone(),
+            secret: secret.clone(),
+        };
         let slot = self.slot(Mode::Decrypt, img, secret);
         let mut cached = slot.lock().unwrap_or_else(|e| e.into_inner());
         match &*cached {
-            Some(Cached::Decrypt { identity: id, header, key }) if *id == identity => {
-                return Ok(Arc::new(DecryptView::with_key(image, header.clone(), key).map_err(view_err)?));
+            Some(Cached::Decrypt {
+                identity: id,
+                header,
+                key,
+            }) if *id == identity => {
+                return Ok(Arc::new(
+                    DecryptView::with_key(image, header.clone(), key).map_err(view_err)?,
+                ));
             }
-            Some(Cached::WrongPassphrase { identity: id }) if *id == identity => return Err(wrong()),
+            Some(Cached::WrongPassphrase { identity: id }) if *id == identity => {
+                return Err(wrong())
+            }
             _ => {}
         }
         let header = read_luks(img, &*image)?;
         match header.unlock(&*image, &params.passphrase, &self.limits) {
             Ok(key) => {
                 let view = DecryptView::with_key(image, header.clone(), &key).map_err(view_err)?;
-                *cached = Some(Cached::Decrypt { identity, header, key });
+                *cached = Some(Cached::Decrypt {
+                    identity,
+                    header,
+                    key,
+                });
                 Ok(Arc::new(view))
             }
             Err(LuksError::WrongPassphrase) => {
@@ -356,7 +510,11 @@ impl Catalog {
 fn refusal(mode: Mode, img: &StoredImage) -> Option<ViewError> {
     match mode {
         Mode::Encrypt if img.format.is_luks() => Some(ViewError::AlreadyEncrypted(
-            if img.format == image::Format::Luks1 { "LUKS1" } else { "LUKS2" },
+            if img.format == image::Format::Luks1 {
+                "LUKS1"
+            } else {
+                "LUKS2"
+            },
         )),
         Mode::Decrypt if !img.format.is_luks() => Some(ViewError::NotEncrypted),
         _ => None,
@@ -370,6 +528,9 @@ fn read_luks(img: &StoredImage, src: &dyn ReadAt) -> Result<LuksHeader, CatalogE
             format: img.format,
             refusal: ViewError::NotEncrypted,
         },
-        other => CatalogError::View { image: img.name.clone(), error: other.into() },
+        other => CatalogError::View {
+            image: img.name.clone(),
+            error: other.into(),
+        },
     })
 }
