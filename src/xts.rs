@@ -139,7 +139,7 @@ fn check_geometry(len: usize, sector_size: usize) -> Result<(), XtsError> {
     if !sector_size.is_power_of_two() || !(IV_UNIT..=MAX_SECTOR_SIZE).contains(&sector_size) {
         return Err(XtsError::SectorSize(sector_size));
     }
-    if len % sector_size != 0 {
+    if !len.is_multiple_of(sector_size) {
         return Err(XtsError::Unaligned { len, sector_size });
     }
     Ok(())
@@ -244,7 +244,7 @@ impl BlockCipherDecClosure for Pass<'_> {
 fn chunk_blocks(par: usize) -> usize {
     let par = par.max(1);
     let mut step = par;
-    while step % LANES != 0 {
+    while !step.is_multiple_of(LANES) {
         step += par;
     }
     let chunk = step * 64usize.div_ceil(step);

@@ -140,16 +140,15 @@ fn mount_fstype(path: &Path) -> Option<(String, String)> {
     let want = path.to_str()?;
     // Fields: id parent major:minor root MOUNTPOINT options... - FSTYPE SOURCE superoptions.
     // Octal escapes (\040 for a space) in the mount point are undone before comparing.
-    info.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mnt = unescape_mountinfo(left.split(' ').nth(4)?);
-            let mut it = right.split(' ');
-            let fstype = it.next()?;
-            let source = it.next().unwrap_or_default();
-            (mnt == want).then(|| (fstype.to_string(), source.to_string()))
-        })
-        .last()
+    // The last match is the mount on top, hence rev().find_map.
+    info.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mnt = unescape_mountinfo(left.split(' ').nth(4)?);
+        let mut it = right.split(' ');
+        let fstype = it.next()?;
+        let source = it.next().unwrap_or_default();
+        (mnt == want).then(|| (fstype.to_string(), source.to_string()))
+    })
 }
 
 fn unescape_mountinfo(s: &str) -> String {

@@ -13,6 +13,7 @@ use raw::RawFile;
 
 /// A read-only random-access byte source: a stored file, a qcow2 virtual disk, or a transform
 /// view. Shared across threads (FUSE workers read concurrently), hence `&self` and `Send + Sync`.
+#[allow(clippy::len_without_is_empty)] // a source is never asked whether it is empty
 pub trait ReadAt: Send + Sync {
     /// Total length in bytes.
     fn len(&self) -> u64;

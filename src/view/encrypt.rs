@@ -17,7 +17,7 @@ use super::ViewError;
 
 /// cryptsetup's choice for a regular file: 4096-byte sectors when the data allows, else 512.
 pub fn default_sector_size(data_len: u64) -> usize {
-    if data_len % 4096 == 0 {
+    if data_len.is_multiple_of(4096) {
         4096
     } else {
         512
@@ -80,7 +80,7 @@ impl EncryptView {
     ) -> Result<Self, ViewError> {
         let len = padded_len(source.len());
         let sector_size = parsed.segment.sector_size;
-        if len % sector_size as u64 != 0 {
+        if !len.is_multiple_of(sector_size as u64) {
             return Err(crate::luks::LuksError::BadHeader(format!(
                 "the header's {sector_size}-byte sectors do not divide the {len}-byte source"
             ))
@@ -121,7 +121,7 @@ pub fn new_header_and_key(
 ) -> Result<(Vec<u8>, VolumeKey), ViewError> {
     let data_len = padded_len(source_len);
     let sector_size = sector_size.unwrap_or_else(|| default_sector_size(data_len));
-    if data_len % sector_size as u64 != 0 {
+    if !data_len.is_multiple_of(sector_size as u64) {
         return Err(crate::luks::LuksError::Unsupported(format!(
             "sector size {sector_size} for {data_len} bytes of data (not a multiple)"
         ))
