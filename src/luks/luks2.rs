@@ -28,6 +28,8 @@ const DEFAULT_HDR_SIZE: u64 = 0x4000;
 /// cryptsetup's default keyslots area: 16 MiB minus both metadata copies.
 const DEFAULT_KEYSLOTS_SIZE: u64 = DATA_OFFSET - 2 * DEFAULT_HDR_SIZE;
 const SALT_LEN: usize = 32;
+/// cryptsetup's LUKS2_KEYSLOTS_MAX.
+const MAX_KEYSLOTS: usize = 32;
 /// json-c's default nesting limit: deeper JSON does not parse for cryptsetup.
 const MAX_JSON_DEPTH: usize = 32;
 
@@ -181,11 +183,11 @@ impl Luks2Header {
                 if nothing_anywhere && is_no_magic(&p) {
                     return Err(LuksError::NotLuks);
                 }
-                return Err(Invalid::BothCopies {
-                    primary: Box::new(p),
-                    secondary: Box::new(s),
+                // The same fault in both copies (an edit written twice) is reported once.
+                if p.to_string() == s.to_string() {
+                    return Err(p.into());
                 }
-                .into());
+                return Err(Invalid::BothCopies { primary: Box::new(p), secondary: Box::new(s) }.into());
             }
         };
         let chosen = if use_secondary { secondary } else { primary };
@@ -306,7 +308,9 @@ impl Luks2Header {
         let mut last_err = LuksError::WrongPassphrase;
         for priority in [2, 1] {
             for (id, ks) in &md.keyslots {
-                if ks.priority.unwrap_or(1) != priority
+                // cryptsetup opens keyslots 0..31 only; this also bounds the KDF runs.
+                if id.parse::<usize>().map_or(true, |n| n >= MAX_KEYSLOTS)
+                    || ks.priority.unwrap_or(1) != priority
                     || md.digest_of_keyslot(id).map(|(d, _)| d) != Some(digest_id)
                 {
                     continue;
