@@ -849,7 +849,7 @@ mod tests {
         img.0[0x4000 + 5000] ^= 0xff; // and the secondary
         assert!(matches!(
             Luks2Header::read(&img),
-            Err(LuksError::BadHeader(_))
+            Err(LuksError::Invalid(Invalid::BothCopies { .. }))
         ));
     }
 
@@ -862,5 +862,31 @@ mod tests {
         let (img, _) = image(kdf, 32);
         let cut = Mem(img.0[..8192].to_vec());
         assert!(Luks2Header::read(&cut).is_err());
+    }
+
+    #[test]
+    fn wiped_primary_recovered_from_any_legal_offset_and_unbound_keyslot_never_opens() {
+        let kdf = Kdf::Pbkdf2 { hash: Hash::Sha256, iterations: 1000 };
+        let (mut img, _) = image(kdf, 32);
+        img.0[..4096].fill(0);
+        let h = Luks2Header::read(&img).unwrap();
+        assert!(h.recovered_from_secondary);
+        // No LUKS magic anywhere: not LUKS at all.
+        img.0[0x4000..0x4000 + 6].fill(0);
+        assert!(matches!(Luks2Header::read(&img), Err(LuksError::NotLuks)));
+    }
+
+    #[test]
+    fn unbound_keyslot_is_not_tried() {
+        let kdf = Kdf::Pbkdf2 { hash: Hash::Sha256, iterations: 1000 };
+        let (img, _) = image(kdf, 32);
+        let mut h = Luks2Header::read(&img).unwrap();
+        // Unbind keyslot 0: its digest no longer names segment 0.
+        for d in h.metadata.digests.values_mut() {
+            d.segments.clear();
+        }
+        assert!(!h.metadata.keyslot_is_bound("0"));
+        let r = h.unlock(&img, &Passphrase::new("pw"), &KdfLimits::default());
+        assert!(matches!(r, Err(LuksError::Unsupported(Unsupported::NoBoundKeyslot))), "{r:?}");
     }
 }
