@@ -187,7 +187,11 @@ impl Luks2Header {
                 if p.to_string() == s.to_string() {
                     return Err(p.into());
                 }
-                return Err(Invalid::BothCopies { primary: Box::new(p), secondary: Box::new(s) }.into());
+                return Err(Invalid::BothCopies {
+                    primary: Box::new(p),
+                    secondary: Box::new(s),
+                }
+                .into());
             }
         };
         let chosen = if use_secondary { secondary } else { primary };
@@ -866,7 +870,10 @@ mod tests {
 
     #[test]
     fn wiped_primary_recovered_from_any_legal_offset_and_unbound_keyslot_never_opens() {
-        let kdf = Kdf::Pbkdf2 { hash: Hash::Sha256, iterations: 1000 };
+        let kdf = Kdf::Pbkdf2 {
+            hash: Hash::Sha256,
+            iterations: 1000,
+        };
         let (mut img, _) = image(kdf, 32);
         img.0[..4096].fill(0);
         let h = Luks2Header::read(&img).unwrap();
@@ -878,7 +885,10 @@ mod tests {
 
     #[test]
     fn unbound_keyslot_is_not_tried() {
-        let kdf = Kdf::Pbkdf2 { hash: Hash::Sha256, iterations: 1000 };
+        let kdf = Kdf::Pbkdf2 {
+            hash: Hash::Sha256,
+            iterations: 1000,
+        };
         let (img, _) = image(kdf, 32);
         let mut h = Luks2Header::read(&img).unwrap();
         // Unbind keyslot 0: its digest no longer names segment 0.
@@ -887,6 +897,9 @@ mod tests {
         }
         assert!(!h.metadata.keyslot_is_bound("0"));
         let r = h.unlock(&img, &Passphrase::new("pw"), &KdfLimits::default());
-        assert!(matches!(r, Err(LuksError::Unsupported(Unsupported::NoBoundKeyslot))), "{r:?}");
+        assert!(
+            matches!(r, Err(LuksError::Unsupported(Unsupported::NoBoundKeyslot))),
+            "{r:?}"
+        );
     }
 }
