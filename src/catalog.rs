@@ -17,7 +17,7 @@ use crate::image::{self, raw::RawFile, ReadAt};
 use crate::k8s::{CryptoParams, Secret, SecretRef};
 use crate::kdf::KdfLimits;
 use crate::keys::VolumeKey;
-use crate::luks::{Luks2Header, LuksError, LuksHeader, DATA_OFFSET};
+use crate::luks::{Layout, Luks2Header, LuksError, LuksHeader, DATA_OFFSET};
 use crate::store::{HeaderRecord, SourceIdentity, Store, StoredImage, Watched};
 use crate::view::{encrypt, DecryptView, EncryptView, ViewError};
 
@@ -438,16 +438,15 @@ impl Catalog {
         params: &CryptoParams,
     ) -> Result<(Arc<RawFile>, Luks2Header, VolumeKey), ViewError> {
         let header = Arc::new(RawFile::from_file(file)?);
-        if header.len() != DATA_OFFSET {
-            return Err(LuksError::BadHeader(format!(
-                "{} bytes, expected {DATA_OFFSET}",
-                header.len()
-            ))
-            .into());
-        }
         let parsed = Luks2Header::read(&*header)?;
-        if parsed.segment.offset != DATA_OFFSET {
-            return Err(LuksError::BadHeader("data segment not at 16 MiB".into()).into());
+        if header.len() != DATA_OFFSET || parsed.segment.offset != DATA_OFFSET {
+            let (len, data_offset) = (header.len(), parsed.segment.offset);
+            return Err(LuksError::from(Layout::Region {
+                len,
+                data_offset,
+                expected: DATA_OFFSET,
+            })
+            .into());
         }
         let (key, _) = parsed.unlock(&*header, &params.passphrase, &self.limits)?;
         Ok((header, parsed, key))

@@ -10,8 +10,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let src = MemSource(data.to_vec());
-    let Ok(header) = Luks1Header::read(&src) else { return };
+    let Ok(header) = Luks1Header::read(&src) else {
+        return;
+    };
     let _ = (header.cipher(), header.segment().len_in(data.len() as u64));
+    let _ = bifs::luks::dump::luks1(&header, "fuzz");
     let limits = KdfLimits {
         max_argon2_memory_kib: 64,
         max_argon2_time: 4,

@@ -18,9 +18,18 @@ fuzz_target!(|data: &[u8]| {
         binary::fix_checksum_for_fuzzing(&mut img, off as usize);
     }
     let src = MemSource(img);
-    let Ok(header) = LuksHeader::read(&src) else { return };
+    let Ok(header) = LuksHeader::read(&src) else {
+        return;
+    };
     // Describing a parsed header must not panic either (inspect does this).
-    let _ = (header.version(), header.uuid(), header.cipher(), header.segment().len_in(src.0.len() as u64));
+    let _ = (
+        header.version(),
+        header.uuid(),
+        header.cipher(),
+        header.segment().len_in(src.0.len() as u64),
+    );
+    // Nor must its luksDump text (inspect prints it).
+    let _ = bifs::luks::dump::luks_dump(&header, "fuzz");
     let limits = KdfLimits {
         max_argon2_memory_kib: 64,
         max_argon2_time: 4,

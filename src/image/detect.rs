@@ -5,6 +5,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::luks::binary::{HDR_SIZES, MAGIC_PRIMARY, MAGIC_SECONDARY};
+
 /// What a stored image file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -20,14 +22,15 @@ impl Format {
         matches!(self, Format::Luks1 | Format::Luks2)
     }
 
-    /// Detects the format from the first bytes of an image.
+    /// Detects the format from the first bytes of an image. A LUKS magic with any version
+    /// is LUKS: cryptsetup takes version 1 as LUKS1 and every other as LUKS2 (or refuses it),
+    /// never as plain data. [`detect`] also finds LUKS2 images whose primary header is gone.
     pub fn from_magic(head: &[u8]) -> Format {
-        if head.len() >= 8 && &head[..6] == b"LUKS\xba\xbe" {
-            match u16::from_be_bytes([head[6], head[7]]) {
-                1 => return Format::Luks1,
-                2 => return Format::Luks2,
-                _ => {}
-            }
+        if head.len() >= 8 && &head[..6] == MAGIC_PRIMARY {
+            return match u16::from_be_bytes([head[6], head[7]]) {
+                1 => Format::Luks1,
+                _ => Format::Luks2,
+            };
         }
         if head.len() >= 8 && &head[..4] == b"QFI\xfb" {
             let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
@@ -50,16 +53,33 @@ impl fmt::Display for Format {
     }
 }
 
-/// Detects the format of the file at `path`.
-pub fn detect(path: &Path) -> io::Result<Format> {
-    let file = super::open_image_file(path)?;
+/// Reads up to 8 bytes at `offset`; fewer at the end of the file.
+fn read_head(file: &std::fs::File, offset: u64) -> io::Result<Vec<u8>> {
     let mut head = [0u8; 8];
     let mut n = 0;
     while n < head.len() {
-        match file.read_at(&mut head[n..], n as u64)? {
+        match file.read_at(&mut head[n..], offset + n as u64)? {
             0 => break,
             k => n += k,
         }
     }
-    Ok(Format::from_magic(&head[..n]))
+    Ok(head[..n].to_vec())
+}
+
+/// Detects the format of the file at `path`. Like cryptsetup, an image without a primary
+/// LUKS header but with a secondary LUKS2 header at any of the offsets where one may sit
+/// (16 KiB to 4 MiB) is LUKS2: its header is recovered from that copy or refused, and the
+/// image is never taken for plain data (to be encrypted a second time).
+pub fn detect(path: &Path) -> io::Result<Format> {
+    let file = super::open_image_file(path)?;
+    let format = Format::from_magic(&read_head(&file, 0)?);
+    if format != Format::Raw {
+        return Ok(format);
+    }
+    for offset in HDR_SIZES {
+        if read_head(&file, offset)?.starts_with(MAGIC_SECONDARY) {
+            return Ok(Format::Luks2);
+        }
+    }
+    Ok(Format::Raw)
 }

@@ -1,9 +1,9 @@
 //! The LUKS2 binary header: 4096 bytes before each copy of the JSON area, big-endian fields,
 //! a SHA-256 checksum over the binary header and its JSON area.
 
-use sha2::{Digest, Sha256};
-
+use super::error::Invalid;
 use super::LuksError;
+use crate::kdf::Hash;
 
 pub const MAGIC_PRIMARY: &[u8; 6] = b"LUKS\xba\xbe";
 pub const MAGIC_SECONDARY: &[u8; 6] = b"SKUL\xba\xbe";
@@ -54,12 +54,13 @@ fn put_str(dst: &mut [u8], s: &str) {
     dst[..n].copy_from_slice(&s.as_bytes()[..n]);
 }
 
-fn checksum(area: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(&area[..OFF_CSUM]);
-    h.update([0u8; CSUM_LEN]);
-    h.update(&area[OFF_CSUM + CSUM_LEN..]);
-    h.finalize().into()
+/// The header checksum: the copy hashed with its checksum field zeroed.
+fn checksum(hash: Hash, area: &[u8]) -> Vec<u8> {
+    hash.digest(&[
+        &area[..OFF_CSUM],
+        &[0u8; CSUM_LEN],
+        &area[OFF_CSUM + CSUM_LEN..],
+    ])
 }
 
 /// Recomputes the checksum of the header copy at `offset` in `image`, when a copy with a legal
@@ -77,8 +78,48 @@ pub fn fix_checksum_for_fuzzing(image: &mut [u8], offset: usize) {
     let Some(area) = image.get_mut(offset..offset.saturating_add(hdr_size as usize)) else {
         return;
     };
-    let sum = checksum(area);
+    let sum = checksum(Hash::Sha256, area);
     area[OFF_CSUM..OFF_CSUM + 32].copy_from_slice(&sum);
+}
+
+/// cryptsetup's checks of a binary header before its checksum (`hdr_disk_sanity_check_pre`):
+/// magic for the copy (primary at 0, secondary elsewhere), version 2, the copy's own offset,
+/// a size of 16 KiB to 4 MiB, and a secondary copy sitting right after a primary of its size.
+/// Returns the header size.
+pub fn check_pre(head: &[u8], offset: u64) -> Result<u64, Invalid> {
+    let Some(head) = head.get(..BINARY_HEADER_SIZE) else {
+        return Err(Invalid::NoCopyAt {
+            offset,
+            found: "the image ends before it",
+        });
+    };
+    let want_magic = if offset == 0 {
+        MAGIC_PRIMARY
+    } else {
+        MAGIC_SECONDARY
+    };
+    if &head[..6] != want_magic {
+        return Err(Invalid::NoCopyAt {
+            offset,
+            found: "no magic",
+        });
+    }
+    let version = u16::from_be_bytes([head[OFF_VERSION], head[OFF_VERSION + 1]]);
+    if version != 2 {
+        return Err(Invalid::Version { offset, version });
+    }
+    let claimed = be_u64(head, OFF_HDR_OFFSET);
+    if claimed != offset {
+        return Err(Invalid::CopyOffset { offset, claimed });
+    }
+    let size = be_u64(head, OFF_HDR_SIZE);
+    if !(HDR_SIZES[0]..=HDR_SIZES[HDR_SIZES.len() - 1]).contains(&size) {
+        return Err(Invalid::HeaderSize { offset, size });
+    }
+    if offset != 0 && offset != size {
+        return Err(Invalid::SecondarySize { offset, size });
+    }
+    Ok(size)
 }
 
 impl BinaryHeader {
@@ -88,49 +129,24 @@ impl BinaryHeader {
         if area.len() < BINARY_HEADER_SIZE {
             return Err(LuksError::Truncated("LUKS2 binary header"));
         }
-        let magic = &area[..6];
-        let want_magic = if expect_offset == 0 {
-            MAGIC_PRIMARY
-        } else {
-            MAGIC_SECONDARY
-        };
-        if magic != want_magic {
-            return Err(LuksError::BadHeader(format!(
-                "no LUKS2 magic at offset {expect_offset}"
-            )));
-        }
-        let version = u16::from_be_bytes([area[OFF_VERSION], area[OFF_VERSION + 1]]);
-        if version != 2 {
-            return Err(LuksError::BadHeader(format!(
-                "version {version} where 2 was expected"
-            )));
-        }
-        let hdr_size = be_u64(area, OFF_HDR_SIZE);
-        if !HDR_SIZES.contains(&hdr_size) {
-            return Err(LuksError::BadHeader(format!(
-                "header size {hdr_size} is not a LUKS2 size"
-            )));
-        }
-        let hdr_offset = be_u64(area, OFF_HDR_OFFSET);
-        if hdr_offset != expect_offset {
-            return Err(LuksError::BadHeader(format!(
-                "header copy at {expect_offset} claims offset {hdr_offset}"
-            )));
-        }
+        let hdr_size = check_pre(area, expect_offset)?;
         if (area.len() as u64) < hdr_size {
             return Err(LuksError::Truncated("LUKS2 JSON area"));
         }
         let area = &area[..hdr_size as usize];
         let alg = c_string(&area[OFF_CSUM_ALG..OFF_SALT]);
-        if alg != "sha256" {
-            return Err(LuksError::BadHeader(format!(
-                "checksum algorithm {alg:?} (only sha256)"
-            )));
-        }
-        if checksum(area)[..] != area[OFF_CSUM..OFF_CSUM + 32] {
-            return Err(LuksError::BadHeader(format!(
-                "checksum mismatch in header copy at offset {expect_offset}"
-            )));
+        let hash = Hash::from_name(&alg)
+            .filter(|_| alg == alg.to_ascii_lowercase())
+            .ok_or_else(|| Invalid::ChecksumAlgorithm {
+                offset: expect_offset,
+                alg: alg.clone(),
+            })?;
+        let sum = checksum(hash, area);
+        if sum[..] != area[OFF_CSUM..OFF_CSUM + sum.len()] {
+            return Err(Invalid::Checksum {
+                offset: expect_offset,
+            }
+            .into());
         }
         Ok(Self {
             hdr_size,
@@ -138,7 +154,7 @@ impl BinaryHeader {
             label: c_string(&area[OFF_LABEL..OFF_CSUM_ALG]),
             uuid: c_string(&area[OFF_UUID..OFF_SUBSYSTEM]),
             subsystem: c_string(&area[OFF_SUBSYSTEM..OFF_HDR_OFFSET]),
-            hdr_offset,
+            hdr_offset: expect_offset,
         })
     }
 
@@ -148,10 +164,10 @@ impl BinaryHeader {
         let json_area = self.hdr_size as usize - BINARY_HEADER_SIZE;
         // The JSON must leave room for at least one terminating NUL.
         if json.len() >= json_area || area.len() != self.hdr_size as usize {
-            return Err(LuksError::BadHeader(format!(
-                "JSON metadata of {} bytes does not fit a {json_area}-byte area",
-                json.len()
-            )));
+            return Err(LuksError::Layout(super::error::Layout::JsonTooLarge {
+                json_len: json.len(),
+                area: json_area,
+            }));
         }
         area.fill(0);
         let magic = if self.hdr_offset == 0 {
@@ -170,7 +186,7 @@ impl BinaryHeader {
         put_str(&mut area[OFF_SUBSYSTEM..OFF_HDR_OFFSET], &self.subsystem);
         area[OFF_HDR_OFFSET..OFF_HDR_OFFSET + 8].copy_from_slice(&self.hdr_offset.to_be_bytes());
         area[BINARY_HEADER_SIZE..BINARY_HEADER_SIZE + json.len()].copy_from_slice(json);
-        let sum = checksum(area);
+        let sum = checksum(Hash::Sha256, area);
         area[OFF_CSUM..OFF_CSUM + 32].copy_from_slice(&sum);
         Ok(())
     }
@@ -200,7 +216,7 @@ mod tests {
         area[5000] ^= 1;
         assert!(matches!(
             BinaryHeader::parse(&area, 0x4000),
-            Err(LuksError::BadHeader(_))
+            Err(LuksError::Invalid(Invalid::Checksum { offset: 0x4000 }))
         ));
     }
 }

@@ -4,18 +4,21 @@
 //! [`ReadAt`], and a new header is produced as bytes. Only `aes-xts-plain64` is supported for
 //! data and keyslot areas, which is what Longhorn and cryptsetup's defaults use.
 
-use std::io;
-
 use crate::image::{read_full_at, ReadAt};
-use crate::kdf::{KdfError, KdfLimits};
+use crate::kdf::KdfLimits;
 use crate::keys::{Passphrase, VolumeKey};
 
 pub mod af;
 pub mod binary;
+pub mod dump;
+pub mod error;
+pub mod json;
 pub mod luks1;
 pub mod luks2;
 pub mod metadata;
+pub mod validate;
 
+pub use error::{Invalid, Layout, LuksError, Unsupported};
 pub use luks1::Luks1Header;
 pub use luks2::{FormatParams, Luks2Header};
 
@@ -25,28 +28,6 @@ pub const CIPHER: &str = "aes-xts-plain64";
 pub const DATA_OFFSET: u64 = 16 * 1024 * 1024;
 /// cryptsetup's AF stripes; cryptsetup refuses any other value.
 pub const STRIPES: u32 = 4000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum LuksError {
-    #[error("not a LUKS image (no LUKS magic at offset 0)")]
-    NotLuks,
-    #[error("truncated LUKS header: the image ends inside the {0}")]
-    Truncated(&'static str),
-    #[error("corrupt LUKS header: {0}")]
-    BadHeader(String),
-    #[error("unsupported cipher {0:?}: bifs supports only aes-xts-plain64")]
-    UnsupportedCipher(String),
-    #[error("unsupported LUKS feature: {0}")]
-    Unsupported(String),
-    #[error("no keyslot opens with this passphrase")]
-    WrongPassphrase,
-    #[error("keyslot KDF: {0}")]
-    Kdf(#[from] KdfError),
-    #[error("reading the LUKS header: {0}")]
-    Io(#[from] io::Error),
-    #[error("the OS random number generator failed: {0}")]
-    Random(getrandom::Error),
-}
 
 /// A parsed LUKS header of either version.
 #[derive(Debug, Clone)]
@@ -70,18 +51,20 @@ pub struct DataSegment {
 impl DataSegment {
     /// Bytes of ciphertext in an image of `image_len` bytes: whole sectors only.
     pub fn len_in(&self, image_len: u64) -> Result<u64, LuksError> {
-        let avail = image_len.checked_sub(self.offset).ok_or_else(|| {
-            LuksError::BadHeader(format!(
-                "data segment at {} starts past the end of the {image_len}-byte image",
-                self.offset
-            ))
-        })?;
+        let avail = image_len
+            .checked_sub(self.offset)
+            .ok_or(Invalid::DataPastEnd {
+                offset: self.offset,
+                image_len,
+            })?;
         let len = match self.size {
             Some(size) if size > avail => {
-                return Err(LuksError::BadHeader(format!(
-                    "data segment of {size} bytes at {} runs past the end of the {image_len}-byte image",
-                    self.offset
-                )))
+                return Err(Invalid::DataTooLong {
+                    offset: self.offset,
+                    size,
+                    image_len,
+                }
+                .into())
             }
             Some(size) => size,
             None => avail,
@@ -91,21 +74,22 @@ impl DataSegment {
 }
 
 impl LuksHeader {
-    /// Parses the header at the start of `src`.
+    /// Parses and validates the header of `src` as cryptsetup loads it: LUKS1 when the
+    /// primary magic says version 1; otherwise LUKS2, whose primary copy may be damaged or
+    /// wiped and recovered from a secondary one.
     pub fn read(src: &dyn ReadAt) -> Result<Self, LuksError> {
         let mut head = [0u8; 8];
         read_full_at(src, 0, &mut head)?;
-        if &head[..6] != binary::MAGIC_PRIMARY {
-            // A LUKS2 image whose primary header is wiped may still have its secondary.
-            return match Luks2Header::read(src) {
-                Ok(h) => Ok(LuksHeader::V2(h)),
-                Err(_) => Err(LuksError::NotLuks),
-            };
-        }
-        match u16::from_be_bytes([head[6], head[7]]) {
+        let version = if &head[..6] == binary::MAGIC_PRIMARY {
+            u16::from_be_bytes([head[6], head[7]])
+        } else {
+            // cryptsetup reads "no primary magic" as version 0 and tries LUKS2's secondary.
+            0
+        };
+        match version {
             1 => Ok(LuksHeader::V1(Luks1Header::read(src)?)),
-            2 => Ok(LuksHeader::V2(Luks2Header::read(src)?)),
-            v => Err(LuksError::Unsupported(format!("LUKS version {v}"))),
+            0 | 2 => Ok(LuksHeader::V2(Luks2Header::read(src)?)),
+            v => Err(Unsupported::Version(v).into()),
         }
     }
 
@@ -168,10 +152,7 @@ pub(crate) fn open_key_material(
     if n < padded {
         return Err(LuksError::Truncated("keyslot area"));
     }
-    let xts = crate::xts::Xts::new(area_key)
-        .map_err(|e| LuksError::BadHeader(format!("keyslot key: {e}")))?;
-    xts.decrypt_sectors(&mut material, 512, 0)
-        .map_err(|e| LuksError::BadHeader(format!("keyslot area: {e}")))?;
+    crate::xts::Xts::new(area_key)?.decrypt_sectors(&mut material, 512, 0)?;
     Ok(af::merge(&material, key_len, STRIPES as usize, hash))
 }
 

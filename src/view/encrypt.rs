@@ -9,7 +9,9 @@ use crate::image::{MemSource, ReadAt};
 use crate::k8s::CryptoParams;
 use crate::kdf::KdfLimits;
 use crate::keys::{Passphrase, VolumeKey};
-use crate::luks::{FormatParams, Luks2Header, LuksHeader, DATA_OFFSET};
+use crate::luks::{
+    FormatParams, Layout, Luks2Header, LuksError, LuksHeader, Unsupported, DATA_OFFSET,
+};
 use crate::xts::Xts;
 
 use super::sectors::{Direction, SectorTransform};
@@ -54,17 +56,15 @@ impl EncryptView {
     ) -> Result<Self, ViewError> {
         let parsed = match LuksHeader::read(&*header)? {
             LuksHeader::V2(h) => h,
-            LuksHeader::V1(_) => {
-                return Err(crate::luks::LuksError::Unsupported(
-                    "a LUKS1 header for an encrypt view".into(),
-                )
-                .into())
-            }
+            LuksHeader::V1(_) => return Err(LuksError::from(Unsupported::Luks1EncryptView).into()),
         };
         if parsed.segment.offset != DATA_OFFSET || header.len() != DATA_OFFSET {
-            return Err(crate::luks::LuksError::BadHeader(format!(
-                "encrypt view header region must be {DATA_OFFSET} bytes with data at {DATA_OFFSET}"
-            ))
+            let (len, data_offset) = (header.len(), parsed.segment.offset);
+            return Err(LuksError::from(Layout::Region {
+                len,
+                data_offset,
+                expected: DATA_OFFSET,
+            })
             .into());
         }
         let (key, _) = parsed.unlock(&*header, passphrase, &KdfLimits::default())?;
@@ -81,10 +81,7 @@ impl EncryptView {
         let len = padded_len(source.len());
         let sector_size = parsed.segment.sector_size;
         if !len.is_multiple_of(sector_size as u64) {
-            return Err(crate::luks::LuksError::BadHeader(format!(
-                "the header's {sector_size}-byte sectors do not divide the {len}-byte source"
-            ))
-            .into());
+            return Err(LuksError::from(Layout::SectorSize { sector_size, len }).into());
         }
         let data = SectorTransform {
             inner: source,
@@ -122,9 +119,10 @@ pub fn new_header_and_key(
     let data_len = padded_len(source_len);
     let sector_size = sector_size.unwrap_or_else(|| default_sector_size(data_len));
     if !data_len.is_multiple_of(sector_size as u64) {
-        return Err(crate::luks::LuksError::Unsupported(format!(
-            "sector size {sector_size} for {data_len} bytes of data (not a multiple)"
-        ))
+        return Err(LuksError::from(Unsupported::SectorSizeFor {
+            sector_size,
+            data_len,
+        })
         .into());
     }
     let key = VolumeKey::random(params.key_bytes()).map_err(ViewError::Random)?;
