@@ -537,11 +537,16 @@ fn clone_source(store: &Store, backing_image: &str) -> Result<CloneSource, Field
         )
     };
     if let Some(src) = status::read(store, backing_image).map_err(|e| store_err(e.to_string()))? {
-        let src = revalidate(store, src);
         let st = src.status.clone().unwrap_or_default();
         let file = st.file();
         if file.state != State::Ready || !store.backing_path(backing_image, &st.uuid).is_file() {
             return Err(not_ready(file.state.as_str(), &file.message));
+        }
+        if status::file_changed(store, backing_image, &st.uuid) {
+            return Err(not_ready(
+                State::Unknown.as_str(),
+                "its file changed since it was made and was not validated again yet",
+            ));
         }
         return Ok(CloneSource {
             path: store.backing_path(backing_image, &st.uuid),
@@ -599,6 +604,11 @@ fn admit_clone(
             PARAM_BACKING_IMAGE,
             format!("invalid backing image name {backing_image:?}"),
         ));
+    }
+    // Validated again (if its file changed) before the shared lock, which would keep the
+    // validation, needing the exclusive lock, from running.
+    if let Ok(Some(rec)) = status::read(store, backing_image) {
+        revalidate(store, rec);
     }
     let source_lock = store
         .lock(backing_image, LockMode::Shared, true)

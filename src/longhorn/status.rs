@@ -235,6 +235,16 @@ pub fn revalidate(store: &Store, rec: BackingImage) -> BackingImage {
     rec
 }
 
+/// Whether `backing`'s mtime is no longer the one its `backing.cfg` recorded.
+pub fn file_changed(store: &Store, name: &str, uuid: &str) -> bool {
+    let Some(cfg) = store.read_cfg(name, uuid) else {
+        return false;
+    };
+    !cfg.modification_time.is_empty()
+        && modification_time(&store.backing_path(name, uuid))
+            .is_ok_and(|now| now != cfg.modification_time)
+}
+
 pub(crate) fn sha512_file(path: &std::path::Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut h = crate::sha512::Sha512::new().map_err(std::io::Error::other)?;
