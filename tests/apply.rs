@@ -182,10 +182,20 @@ fn longhorns_examples_in_order() {
         serde_json::from_str(&golden("backing.cfg.json", &subst)).unwrap();
     let got: serde_json::Value = serde_json::from_str(&cfg_text).unwrap();
     assert_shape(&want, &got, "backing.cfg");
-    // Compact, in the Go struct's field order (json.Marshal's).
-    let keys: Vec<String> = want.as_object().unwrap().keys().cloned().collect();
+    // Compact, in the Go struct's field order (json.Marshal's): backing-image-manager
+    // pkg/util/util.go, SyncingFileConfig.
+    let keys = [
+        "name",
+        "uuid",
+        "size",
+        "virtualSize",
+        "realSize",
+        "expectedChecksum",
+        "currentChecksum",
+        "modificationTime",
+    ];
     let mut at = 0;
-    for k in &keys {
+    for k in keys {
         let pos = cfg_text[at..]
             .find(&format!("\"{k}\":"))
             .unwrap_or_else(|| panic!("{k} out of order: {cfg_text}"));
