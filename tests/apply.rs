@@ -96,18 +96,24 @@ fn longhorns_examples_in_order() {
         .unwrap()
         .to_string();
     assert_eq!(
-        cfg,
-        serde_json::json!({"name": "parrot", "uuid": uuid, "size": sd.parrot.len(),
-            "expectedChecksum": sd.checksum, "currentChecksum": sd.checksum})
+        cfg["name"],
+        parrot_file.canonicalize().unwrap().to_str().unwrap()
     );
+    assert_eq!(cfg["uuid"], uuid.as_str());
+    assert_eq!(cfg["size"], sd.parrot.len());
+    assert_eq!(cfg["virtualSize"], sd.parrot.len());
+    assert_eq!(cfg["expectedChecksum"], sd.checksum.as_str());
+    assert_eq!(cfg["currentChecksum"], sd.checksum.as_str());
     assert!(!parrot_file.with_file_name("backing.tmp").exists());
 
     // parrot-cloned (ignore): byte-identical, same checksum, no secret.
     let cloned = backing(store, "parrot-cloned");
     assert_eq!(fs::read(&cloned).unwrap(), sd.parrot);
-    let st = &get_yaml(store, "parrot-cloned")["status"];
-    assert_eq!(st["checksum"], sd.checksum.as_str());
-    assert_eq!(st["secret"], "");
+    let y = get_yaml(store, "parrot-cloned");
+    assert_eq!(y["status"]["checksum"], sd.checksum.as_str());
+    // As Longhorn's mutator: the ignore clone's spec takes its source's checksum and Secret.
+    assert_eq!(y["spec"]["checksum"], sd.checksum.as_str());
+    assert_eq!(y["spec"]["secret"], "");
 
     // parrot-cloned-encrypted: what cryptsetup reads, opens and what decrypts to parrot.
     let enc = backing(store, "parrot-cloned-encrypted");
@@ -132,28 +138,96 @@ fn longhorns_examples_in_order() {
     let enc_bytes = fs::read(&enc).unwrap();
     let y = get_yaml(store, "parrot-cloned-encrypted");
     let st = &y["status"];
-    assert_eq!(st["state"], "ready");
-    assert_eq!(st["progress"], 100);
+    assert_eq!(file_status(&y)["state"], "ready");
+    assert_eq!(file_status(&y)["progress"], 100);
     assert_eq!(st["size"], 16 * MIB + sd.parrot.len() as u64);
     assert_eq!(st["virtualSize"], 16 * MIB + sd.parrot.len() as u64);
     assert_eq!(st["checksum"], sha512_hex(&enc_bytes).as_str());
     assert_eq!(
-        (st["secret"].as_str(), st["secretNamespace"].as_str()),
+        (
+            y["spec"]["secret"].as_str(),
+            y["spec"]["secretNamespace"].as_str()
+        ),
         (Some("longhorn-crypto"), Some("longhorn-system"))
     );
+    assert_eq!(y["spec"]["checksum"], "");
     assert_eq!(y["spec"]["sourceParameters"]["encryption"], "encrypt");
     assert_eq!(y["apiVersion"], "longhorn.io/v1beta2");
     assert_eq!(y["kind"], "BackingImage");
 
-    // parrot-cloned-decrypt == parrot, holes kept, no secret.
+    // parrot-cloned-decrypt == parrot, holes kept, no secret: the design proposal's own check,
+    // the decrypt clone of an encrypt clone of parrot has the checksum of parrot.
     let dec = backing(store, "parrot-cloned-decrypt");
     assert_eq!(fs::read(&dec).unwrap(), sd.parrot);
-    let st = &get_yaml(store, "parrot-cloned-decrypt")["status"];
+    let y = get_yaml(store, "parrot-cloned-decrypt");
+    let st = &y["status"];
     assert_eq!(st["checksum"], sd.checksum.as_str());
-    assert_eq!(st["secret"], "");
+    assert_eq!(y["spec"]["secret"], "");
+    assert_eq!(y["spec"]["checksum"], "");
     assert!(
         st["realSize"].as_u64().unwrap() < sd.parrot.len() as u64 * 3 / 4,
         "holes were filled: {st}"
+    );
+
+    // Golden shapes: backing.cfg, longhorn-disk.cfg and `get -o yaml`, field by field with
+    // the Go structs' JSON names (tests/golden/README.md says where each comes from).
+    let disk = disk_uuid(store);
+    let parrot_path = parrot_file.canonicalize().unwrap();
+    let subst = [
+        ("<disk>", disk.as_str()),
+        ("<backing>", parrot_path.to_str().unwrap()),
+    ];
+    let cfg_text = fs::read_to_string(parrot_file.with_file_name("backing.cfg")).unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&golden("backing.cfg.json", &subst)).unwrap();
+    let got: serde_json::Value = serde_json::from_str(&cfg_text).unwrap();
+    assert_shape(&want, &got, "backing.cfg");
+    // Compact, in the Go struct's field order (json.Marshal's): backing-image-manager
+    // pkg/util/util.go, SyncingFileConfig.
+    let keys = [
+        "name",
+        "uuid",
+        "size",
+        "virtualSize",
+        "realSize",
+        "expectedChecksum",
+        "currentChecksum",
+        "modificationTime",
+    ];
+    let mut at = 0;
+    for k in keys {
+        let pos = cfg_text[at..]
+            .find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("{k} out of order: {cfg_text}"));
+        at += pos;
+    }
+    assert!(
+        !cfg_text.contains('\n') && !cfg_text.contains(": "),
+        "{cfg_text}"
+    );
+    let mtime = fs::metadata(&parrot_file).unwrap().modified().unwrap();
+    let secs = mtime
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let t = got["modificationTime"].as_str().unwrap();
+    assert!(t.ends_with(" +0000 UTC") && t.len() >= 29, "{t}");
+    let date = tool_ok(
+        "date",
+        &["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d %H:%M:%S"],
+    );
+    assert!(t.starts_with(date.trim()), "{t} vs {date}");
+    let want: serde_json::Value =
+        serde_json::from_str(&golden("longhorn-disk.cfg.json", &subst)).unwrap();
+    let got: serde_json::Value =
+        serde_json::from_slice(&fs::read(store.join("longhorn-disk.cfg")).unwrap()).unwrap();
+    assert_shape(&want, &got, "longhorn-disk.cfg");
+    let want: serde_json::Value =
+        serde_norway::from_str(&golden("backingimage.yaml", &subst)).unwrap();
+    assert_shape(
+        &want,
+        &get_yaml(store, "parrot-cloned-encrypted"),
+        "get -o yaml",
     );
 
     // The table lists all four, ready.
@@ -214,7 +288,7 @@ fn longhorns_examples_in_order() {
         err.contains("spec.sourceParameters.url") && err.contains("already exists"),
         "{err}"
     );
-    assert_eq!(get_yaml(store, "parrot")["status"]["state"], "ready");
+    assert_eq!(state(store, "parrot"), "ready");
     assert_eq!(fs::read(backing(store, "parrot")).unwrap(), sd.parrot);
 
     // Delete removes the directory and the record.
@@ -224,8 +298,8 @@ fn longhorns_examples_in_order() {
     assert!(has_backing(store, "parrot-cloned-encrypted"));
 }
 
-/// Applies `yaml` (with the test Secret) and expects a refusal naming `field`; checks that no
-/// `backing` exists for `name` and that its status record says failed with the same message.
+/// Applies `yaml` (with the test Secret) and expects a refusal naming `field`: as a webhook
+/// refusal leaves no object, nothing is left for `name` (no record, no directory).
 fn refused(sd: &Seeded, name: &str, yaml: &str, field: &str, words: &str) {
     let s = sd.store.to_str().unwrap();
     let m = write(&sd.dir, &format!("{name}.yaml"), yaml);
@@ -239,15 +313,14 @@ fn refused(sd: &Seeded, name: &str, yaml: &str, field: &str, words: &str) {
         s,
     ]);
     assert!(
-        err.contains(&format!("{field}: ")) && err.contains(words),
+        err.contains(&format!("{field}: ")) && err.contains(words) && err.contains("refused"),
         "{name}: expected {field} / {words}: {err}"
     );
-    assert!(!has_backing(&sd.store, name), "{name} left a backing file");
-    let y = get_yaml(&sd.store, name);
-    assert_eq!(y["status"]["state"], "failed", "{y}");
-    let msg = y["status"]["message"].as_str().unwrap();
-    assert!(msg.starts_with(field) && msg.contains(words), "{msg}");
-    assert_eq!(y["metadata"]["name"], name);
+    assert!(
+        image_dirs(&sd.store, name).is_empty(),
+        "{name} left a directory"
+    );
+    assert!(fails(&["get", name, "--store", s]).contains("not found"));
 }
 
 #[test]
@@ -255,15 +328,30 @@ fn longhorns_refusals_name_the_field() {
     let sd = seed();
     let url = sd._server.url("parrot.raw");
     let wrong = "ab".repeat(64);
-    refused(
-        &sd,
-        "parrot-wrong-sum",
+    // A checksum mismatch is found after admission: the record says failed on the disk, and
+    // the failed download's directory is gone entirely.
+    let s = sd.store.to_str().unwrap();
+    let m = write(
+        &sd.dir,
+        "parrot-wrong-sum.yaml",
         &backing_image("parrot-wrong-sum", &format!("  sourceType: download\n  sourceParameters:\n    url: {url}\n  checksum: {wrong}\n")),
-        "spec.checksum",
-        "mismatch",
     );
-    // The failed download's directory is gone entirely.
+    let err = fails(&["apply", "-f", m.to_str().unwrap(), "--store", s]);
+    assert!(
+        err.contains("spec.checksum: checksum mismatch") && err.contains(" failed: "),
+        "{err}"
+    );
     assert!(image_dirs(&sd.store, "parrot-wrong-sum").is_empty());
+    let y = get_yaml(&sd.store, "parrot-wrong-sum");
+    let f = file_status(&y);
+    assert_eq!(f["state"], "failed", "{y}");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.checksum: checksum mismatch"),
+        "{y}"
+    );
     refused(
         &sd,
         "parrot-twice-encrypted",
@@ -338,9 +426,10 @@ fn longhorns_refusals_name_the_field() {
         "spec.sourceParameters.backing-image",
         "no-such-image not found",
     );
-    refused(
-        &sd,
-        "parrot-ignore-bad-sum",
+    // An ignore clone's checksum is its source's (Longhorn's mutator replaces a given one).
+    let m = write(
+        &sd.dir,
+        "parrot-ignore-bad-sum.yaml",
         &backing_image(
             "parrot-ignore-bad-sum",
             &format!(
@@ -348,8 +437,33 @@ fn longhorns_refusals_name_the_field() {
                 clone_spec("parrot", "ignore", None)
             ),
         ),
-        "spec.checksum",
-        "source's checksum",
+    );
+    ok(&["apply", "-f", m.to_str().unwrap(), "--store", s]);
+    assert_eq!(
+        get_yaml(&sd.store, "parrot-ignore-bad-sum")["spec"]["checksum"],
+        sd.checksum.as_str()
+    );
+    // Names as Longhorn's webhook treats them: lower-cased (and said so), then validated.
+    let m = write(
+        &sd.dir,
+        "upper.yaml",
+        &backing_image("Parrot-Upper", &clone_spec("parrot", "ignore", None)),
+    );
+    let out = bifs(&["apply", "-f", m.to_str().unwrap(), "--store", s]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("\"Parrot-Upper\" auto-corrected to \"parrot-upper\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(&sd.store, "parrot-upper"), "ready");
+    refused(
+        &sd,
+        "_parrot",
+        &backing_image("_parrot", &clone_spec("parrot", "ignore", None)),
+        "metadata.name",
+        "invalid name",
     );
 
     // `get -o json` lists the failures beside the good images.
@@ -359,13 +473,13 @@ fn longhorns_refusals_name_the_field() {
     let items = list["items"].as_array().unwrap();
     let failed = items
         .iter()
-        .filter(|i| i["status"]["state"] == "failed")
+        .filter(|i| file_status(i)["state"] == "failed")
         .count();
     let ready = items
         .iter()
-        .filter(|i| i["status"]["state"] == "ready")
+        .filter(|i| file_status(i)["state"] == "ready")
         .count();
-    assert_eq!((failed, ready), (9, 4), "{out}");
+    assert_eq!((failed, ready), (1, 6), "{out}");
     // The good images are untouched by the refusals.
     assert_eq!(fs::read(backing(&sd.store, "parrot")).unwrap(), sd.parrot);
 
@@ -531,6 +645,163 @@ fn qcow2_encrypted_without_a_temporary_raw_copy() {
         fs::read(&plain).unwrap() == raw,
         "decrypted image differs from qemu-img's raw rendering"
     );
+    // The design proposal's check: the decrypt clone of the encrypt clone of a qcow2 has the
+    // checksum of its raw conversion.
+    let dec_yaml = write(
+        dir,
+        "dec.yaml",
+        &backing_image(
+            "vm-decrypted",
+            &clone_spec("vm-encrypted", "decrypt", Some("longhorn-crypto")),
+        ),
+    );
+    ok(&[
+        "apply",
+        "-f",
+        dec_yaml.to_str().unwrap(),
+        "--secrets",
+        secret.to_str().unwrap(),
+        "--store",
+        s,
+    ]);
+    assert_eq!(
+        get_yaml(&store, "vm-decrypted")["status"]["checksum"],
+        sha512_hex(&raw).as_str()
+    );
+}
+
+/// A ready file that changes: `get` sees its mtime move, hashes it again, and shows it ready
+/// (same bytes; backing.cfg takes the new time) or failed with Longhorn's message.
+#[test]
+fn a_ready_file_that_changes_is_validated_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let store = dir.join("store");
+    fs::create_dir_all(&store).unwrap();
+    let s = store.to_str().unwrap();
+    let data = disk_image(MIB as usize, 3);
+    let src = write(dir, "src.raw", "");
+    fs::write(&src, &data).unwrap();
+    let m = write(
+        dir,
+        "img.yaml",
+        &backing_image(
+            "img",
+            &format!(
+                "  sourceType: upload\n  sourceParameters:\n    path: {}\n",
+                src.display()
+            ),
+        ),
+    );
+    ok(&["apply", "-f", m.to_str().unwrap(), "--store", s]);
+    let b = backing(&store, "img");
+    let cfg_time = |b: &Path| -> String {
+        let v: serde_json::Value =
+            serde_json::from_slice(&fs::read(b.with_file_name("backing.cfg")).unwrap()).unwrap();
+        v["modificationTime"].as_str().unwrap().to_string()
+    };
+    let before = cfg_time(&b);
+    // Same bytes, new mtime: ready again, and the cfg records the new time.
+    std::thread::sleep(Duration::from_millis(20));
+    fs::write(&b, &data).unwrap();
+    assert_eq!(state(&store, "img"), "ready");
+    assert_ne!(cfg_time(&b), before);
+    // Other bytes: failed, never a silent ready; a re-apply makes it again.
+    let mut other = data.clone();
+    other[0] ^= 1;
+    std::thread::sleep(Duration::from_millis(20));
+    fs::write(&b, &other).unwrap();
+    let f = file_status(&get_yaml(&store, "img"));
+    assert_eq!(f["state"], "failed", "{f}");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("with a different checksum"),
+        "{f}"
+    );
+    let out = ok(&["apply", "-f", m.to_str().unwrap(), "--store", s]);
+    assert!(out.contains("img created"), "{out}");
+    assert_eq!(fs::read(backing(&store, "img")).unwrap(), data);
+}
+
+/// A disk as backing-image-manager writes it (cfg `name` is a path, a download in progress,
+/// two uuids of one name): `apply` clones from its images, which have no bifs record.
+#[test]
+fn apply_clones_from_a_real_longhorn_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("disk");
+    let bi = store.join("backing-images");
+    fs::create_dir_all(&bi).unwrap();
+    let disk = "0f8f2e6c-8a1b-4a49-9d36-3b4b0e1d2c3a";
+    let disk_cfg = format!(
+        "{{\"diskName\":\"default-disk-fd00\",\"diskUUID\":\"{disk}\",\"diskDriver\":\"\",\"state\":\"ready\"}}"
+    );
+    fs::write(store.join("longhorn-disk.cfg"), &disk_cfg).unwrap();
+    let lay = |dir: &str, uuid: &str, data: &[u8], cfg_sum: &str| {
+        let d = bi.join(dir);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("backing"), data).unwrap();
+        let m = d.join("backing").metadata().unwrap();
+        let t = tool_ok(
+            "date",
+            &[
+                "-u",
+                "-r",
+                d.join("backing").to_str().unwrap(),
+                "+%Y-%m-%d %H:%M:%S.%N",
+            ],
+        );
+        let t = t
+            .trim()
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + " +0000 UTC";
+        let cfg = serde_json::json!({"name": format!("/data/backing-images/{dir}/backing"),
+            "uuid": uuid, "size": m.len(), "virtualSize": m.len(), "realSize": 4096,
+            "expectedChecksum": "", "currentChecksum": cfg_sum, "modificationTime": t});
+        fs::write(d.join("backing.cfg"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    };
+    let a = disk_image(MIB as usize, 21);
+    let b = disk_image(MIB as usize, 22);
+    lay("src-1a2b3c4d", "1a2b3c4d", &a, &sha512_hex(&a));
+    // A stale copy of `twin` (its cfg's checksum is wrong and its time is not the file's) and
+    // the ready one.
+    lay("twin-00000001", "00000001", &b, "00");
+    std::thread::sleep(Duration::from_millis(20));
+    fs::write(bi.join("twin-00000001/backing"), &a).unwrap();
+    lay("twin-00000002", "00000002", &b, &sha512_hex(&b));
+    fs::create_dir_all(bi.join("downloading-5e6f7a8b")).unwrap();
+    fs::write(bi.join("downloading-5e6f7a8b/backing.tmp"), b"partial").unwrap();
+    let s = store.to_str().unwrap();
+    let m = write(
+        tmp.path(),
+        "clones.yaml",
+        &format!(
+            "{}---\n{}",
+            backing_image("src-copy", &clone_spec("src", "ignore", None)),
+            backing_image("twin-copy", &clone_spec("twin", "ignore", None)),
+        ),
+    );
+    ok(&["apply", "-f", m.to_str().unwrap(), "--store", s]);
+    assert_eq!(fs::read(backing(&store, "src-copy")).unwrap(), a);
+    assert_eq!(fs::read(backing(&store, "twin-copy")).unwrap(), b);
+    let y = get_yaml(&store, "twin-copy");
+    assert_eq!(y["spec"]["checksum"], sha512_hex(&b).as_str());
+    assert!(y["status"]["diskFileStatusMap"][disk].is_object(), "{y}");
+    // The disk's own config is kept.
+    assert_eq!(
+        fs::read_to_string(store.join("longhorn-disk.cfg")).unwrap(),
+        disk_cfg
+    );
+    let m = write(
+        tmp.path(),
+        "dl.yaml",
+        &backing_image("dl-copy", &clone_spec("downloading", "ignore", None)),
+    );
+    let err = fails(&["apply", "-f", m.to_str().unwrap(), "--store", s]);
+    assert!(err.contains("downloading not found"), "{err}");
 }
 
 #[test]
@@ -719,9 +990,12 @@ fn rekey_wraps_the_same_key_and_keeps_the_data() {
     assert!(cryptsetup_opens(&r, "new passphrase"));
     assert!(!cryptsetup_opens(&r, "old passphrase"));
     assert!(fs::read(&r).unwrap()[16 * MIB as usize..] == e[16 * MIB as usize..]);
-    let st = &get_yaml(&store, "img-rekeyed")["status"];
+    let y = get_yaml(&store, "img-rekeyed");
     assert_eq!(
-        (st["secret"].as_str(), st["state"].as_str()),
+        (
+            y["spec"]["secret"].as_str(),
+            file_status(&y)["state"].as_str()
+        ),
         (Some("new-key"), Some("ready"))
     );
     // Rekeying an image with no secret is refused, naming the field.
@@ -813,8 +1087,8 @@ fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
         !has_backing(&store, "big"),
         "a killed apply left a backing file"
     );
-    assert_eq!(record(&store, "big")["status"]["state"], "in-progress");
-    let st = &get_yaml(&store, "big")["status"];
+    assert_eq!(file_status(&record(&store, "big"))["state"], "in-progress");
+    let st = &file_status(&get_yaml(&store, "big"));
     assert_eq!(st["state"], "failed", "{st}");
     assert!(
         st["message"].as_str().unwrap().contains("interrupted"),
@@ -830,7 +1104,7 @@ fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
         .unwrap();
     // Until the new apply holds the image, `get` reports the dead one's record as failed.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while get_yaml(&store, "big")["status"]["state"] != "in-progress" {
+    while state(&store, "big") != "in-progress" {
         assert!(Instant::now() < deadline, "the second apply never started");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -864,9 +1138,12 @@ fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
     let b = backing(&store, "big");
     assert!(fs::read(&b).unwrap() == big);
     assert!(!b.with_file_name("backing.tmp").exists());
-    let st = &get_yaml(&store, "big")["status"];
+    let y = get_yaml(&store, "big");
     assert_eq!(
-        (st["state"].as_str(), st["checksum"].as_str()),
+        (
+            file_status(&y)["state"].as_str(),
+            y["status"]["checksum"].as_str()
+        ),
         (Some("ready"), Some(sum.as_str()))
     );
 

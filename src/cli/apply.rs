@@ -1,7 +1,6 @@
 //! `bifs apply`, `bifs get`, `bifs delete` (the Longhorn workflow on a store) and `bifs rekey`
 //! (one file). Argument handling and printing only; the work is in [`bifs::longhorn`].
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +12,10 @@ use super::copy::{check_destination, materialize, CopyOptions};
 use bifs::image::raw::RawFile;
 use bifs::image::ReadAt;
 use bifs::k8s::{self, Secret, SecretRef};
-use bifs::longhorn::layout::LockMode;
 use bifs::longhorn::manifest::{manifest_files, parse_backing_images, BackingImage};
 use bifs::longhorn::rekey::RekeyView;
-use bifs::longhorn::{self, status, Outcome, Store};
+use bifs::longhorn::{self, status, Outcome};
+use bifs::store::Store;
 
 const RESOURCE: &str = "backingimage.longhorn.io";
 
@@ -47,16 +46,26 @@ pub fn apply(files: &[PathBuf], store: &Path, secrets: &[PathBuf]) -> anyhow::Re
     if images.is_empty() {
         bail!("no BackingImage manifest found in {}", display_list(files));
     }
-    let store = Store::open(store)?;
+    let store = Store::open_disk(store)?;
     let reports = longhorn::apply(&store, images, &longhorn::Secrets(&known));
     let mut failed = 0;
     for r in &reports {
+        if let Some(from) = &r.renamed_from {
+            eprintln!(
+                "bifs: backing image name {from:?} auto-corrected to {:?} (as Longhorn's webhook does)",
+                r.name
+            );
+        }
         match &r.outcome {
             Outcome::Created => println!("{RESOURCE}/{} created", r.name),
             Outcome::Unchanged => println!("{RESOURCE}/{} unchanged", r.name),
             Outcome::Failed(m) => {
                 failed += 1;
                 eprintln!("bifs: {RESOURCE}/{} failed: {m}", r.name);
+            }
+            Outcome::Refused(m) => {
+                failed += 1;
+                eprintln!("bifs: {RESOURCE}/{} refused: {m}", r.name);
             }
             Outcome::Conflict(m) => {
                 failed += 1;
@@ -94,10 +103,10 @@ pub fn get(
     if watch {
         return watch_loop(&store, name);
     }
-    let images = status::list(&store, name)?;
-    if let (Some(n), true) = (name, images.is_empty()) {
-        bail!("backing image {n} not found in {}", store.root().display());
-    }
+    let images = match name {
+        Some(n) => vec![status::get(&store, n)?],
+        None => status::list(&store, None)?,
+    };
     match output {
         Some(Output::Yaml) => print!("{}", status::to_yaml(&images, name.is_some())?),
         Some(Output::Json) => println!("{}", status::to_json(&images, name.is_some())?),
@@ -110,52 +119,18 @@ pub fn get(
 /// Prints a row whenever an image's state, progress or message changes; returns once every
 /// watched image is ready or failed (the named one, or all of them).
 fn watch_loop(store: &Store, name: Option<&str>) -> anyhow::Result<()> {
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut header = true;
-    loop {
-        let images = status::list(store, name)?;
-        let mut changed = Vec::new();
-        for b in &images {
-            let key = serde_json::to_string(&b.status).unwrap_or_default();
-            if seen.get(b.metadata.name.as_str()) != Some(&key) {
-                seen.insert(b.metadata.name.clone(), key);
-                changed.push(b.clone());
-            }
-        }
-        if !changed.is_empty() {
-            print!("{}", status::table(&changed, header));
-            header = false;
-        }
-        let settled = images
-            .iter()
-            .all(|b| b.status.as_ref().is_some_and(|s| s.state.is_settled()));
-        if !images.is_empty() && settled {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    status::watch(store, name, Duration::from_millis(300), true, |changed| {
+        print!("{}", status::table(changed, header));
+        header = false;
+        true
+    })?;
+    Ok(())
 }
 
 pub fn delete(store: &Path, name: &str) -> anyhow::Result<()> {
-    let store = Store::open(store)?;
-    let Some(_lock) = store.lock(name, LockMode::Exclusive, false)? else {
-        bail!("backing image {name} is busy (being applied, or cloned from); try again when that is done");
-    };
-    let Some(rec) = store.read_record(name)? else {
-        bail!(
-            "backing image {name} not found in {}",
-            store.root().display()
-        );
-    };
-    if let Some(uuid) = rec
-        .status
-        .as_ref()
-        .map(|s| s.uuid.as_str())
-        .filter(|u| !u.is_empty())
-    {
-        store.remove_dir(name, uuid)?;
-    }
-    store.remove_record(name)?;
+    let store = Store::open_disk(store)?;
+    status::delete(&store, name)?;
     println!("{RESOURCE}/{name} deleted");
     Ok(())
 }

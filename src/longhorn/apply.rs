@@ -1,10 +1,15 @@
 //! The apply engine: BackingImage manifests in, ready backing images (or failed records that
 //! say why) out.
 //!
-//! Per image: the manifest checks, then under the image's exclusive lock the checks Longhorn's
-//! webhook makes against other objects (source ready, encryption rules, Secret present), then
-//! one copy into `backing.tmp` with its SHA-512, then `backing.cfg` and the rename to
-//! `backing`. The record moves pending → in-progress → ready | failed on the way.
+//! Per image, in steps: the name auto-corrected and the manifest checks ([`BackingImage::validate`]);
+//! the existing record compared ([`existing`]); under the image's exclusive lock, admission:
+//! the checks and mutations Longhorn's webhook makes against other objects ([`admit`]). A
+//! refusal up to here leaves nothing behind, as a webhook refusal leaves no object. Then the
+//! record and one copy into `backing.tmp` with its SHA-512, `backing.cfg` and the rename to
+//! `backing` ([`create`]); the disk file moves pending → starting → in-progress → ready |
+//! failed on the way.
+//!
+//! Library entry point: [`apply`] (one manifest or several, in dependency order).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,20 +17,26 @@ use std::time::{Duration, Instant};
 use crate::copier::CopyOptions;
 use crate::k8s::{CryptoParams, Secret, SecretRef};
 
-use super::layout::{allocated, BackingCfg, LayoutError, Lock, LockMode, Store};
+use crate::store::{allocated, BackingCfg, Lock, LockMode, Store, StoreError};
+
 use super::manifest::{
-    first_difference, BackingImage, BackingImageStatus, Encryption, FieldError, Source, State,
-    PARAM_BACKING_IMAGE, PARAM_ENCRYPTION, PARAM_SECRET,
+    auto_correct_name, first_difference, BackingImage, BackingImageSpec, BackingImageStatus,
+    Encryption, FieldError, Source, SourceFacts, SourceType, State, PARAM_BACKING_IMAGE,
+    PARAM_ENCRYPTION, PARAM_SECRET,
 };
-use super::source::{produce, virtual_size, Plan};
+use super::source::{file_url_path, produce, virtual_size, Plan};
+use super::status::{self, revalidate};
 
 /// What became of one applied image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Created,
     Unchanged,
-    /// Refused before any byte was written, or failed while writing; the message names the
-    /// field. The store's record (when one could be written) says the same.
+    /// Refused by admission (the manifest, or the rules against other objects): nothing was
+    /// written, no record made. The message names the field.
+    Refused(String),
+    /// Failed after admission (download error, checksum mismatch, wrong passphrase): the
+    /// record says `failed` on the disk with the same message.
     Failed(String),
     /// A changed spec for an image that exists: refused, the existing image left as it is.
     Conflict(String),
@@ -33,7 +44,10 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
+    /// The name as applied (after Longhorn's auto-correction).
     pub name: String,
+    /// The name as the manifest gave it, when auto-correction changed it.
+    pub renamed_from: Option<String>,
     pub outcome: Outcome,
 }
 
@@ -57,6 +71,19 @@ impl Secrets<'_> {
 
 /// Applies `images` in dependency order (a clone after its source) and reports on each.
 pub fn apply(store: &Store, images: Vec<BackingImage>, secrets: &Secrets<'_>) -> Vec<Report> {
+    let mut renamed: HashMap<String, String> = HashMap::new();
+    let images = images
+        .into_iter()
+        .map(|mut b| {
+            let corrected = auto_correct_name(&b.metadata.name);
+            if corrected != b.metadata.name {
+                tracing::warn!(from = %b.metadata.name, to = %corrected, "backing image name auto-corrected, as Longhorn's webhook does");
+                renamed.insert(corrected.clone(), b.metadata.name.clone());
+                b.metadata.name = corrected;
+            }
+            b
+        })
+        .collect();
     let (ordered, mut reports) = order(images);
     // Registered up front so that Ctrl-C anywhere in the apply is handled, not only mid-copy.
     let interrupted = crate::copier::interrupt_flag();
@@ -66,6 +93,7 @@ pub fn apply(store: &Store, images: Vec<BackingImage>, secrets: &Secrets<'_>) ->
             // Not started: its record (if any) is left as it was.
             reports.push(Report {
                 name,
+                renamed_from: None,
                 outcome: Outcome::Failed("interrupted before it was started".into()),
             });
             continue;
@@ -74,7 +102,14 @@ pub fn apply(store: &Store, images: Vec<BackingImage>, secrets: &Secrets<'_>) ->
             Ok(o) => o,
             Err(e) => Outcome::Failed(format!("store: {e}")),
         };
-        reports.push(Report { name, outcome });
+        reports.push(Report {
+            name,
+            renamed_from: None,
+            outcome,
+        });
+    }
+    for r in &mut reports {
+        r.renamed_from = renamed.get(&r.name).cloned();
     }
     reports
 }
@@ -86,10 +121,11 @@ fn order(images: Vec<BackingImage>) -> (Vec<BackingImage>, Vec<Report>) {
     let mut unique: Vec<BackingImage> = Vec::new();
     for image in images {
         match unique.iter().find(|u| u.name() == image.name()) {
-            Some(u) if u.normalized_spec() == image.normalized_spec() => {}
+            Some(u) if u.mutated_spec(None, "") == image.mutated_spec(None, "") => {}
             Some(_) => refused.push(Report {
                 name: image.name().into(),
-                outcome: Outcome::Failed(
+                renamed_from: None,
+                outcome: Outcome::Refused(
                     FieldError::new(
                         "metadata.name",
                         format!("{} is given twice with different specs", image.name()),
@@ -106,7 +142,7 @@ fn order(images: Vec<BackingImage>) -> (Vec<BackingImage>, Vec<Report>) {
         .map(|(i, b)| (b.name().to_string(), i))
         .collect();
     let dep = |b: &BackingImage| -> Option<usize> {
-        if b.spec.source_type.trim() != "clone" {
+        if SourceType::parse(&b.spec.source_type) != Some(SourceType::Clone) {
             return None;
         }
         b.spec
@@ -159,7 +195,8 @@ fn order(images: Vec<BackingImage>) -> (Vec<BackingImage>, Vec<Report>) {
         if in_cycle[i] {
             refused.push(Report {
                 name: image.name().into(),
-                outcome: Outcome::Failed(
+                renamed_from: None,
+                outcome: Outcome::Refused(
                     FieldError::param(PARAM_BACKING_IMAGE, "clones form a dependency cycle")
                         .to_string(),
                 ),
@@ -171,94 +208,107 @@ fn order(images: Vec<BackingImage>) -> (Vec<BackingImage>, Vec<Report>) {
     (ordered, refused)
 }
 
-fn state_of(rec: &BackingImage) -> State {
-    rec.status.as_ref().map(|s| s.state).unwrap_or_default()
+/// The record of an image, if there is one and its state counts (a failed record does not
+/// pin the spec: a corrected manifest replaces it).
+fn live_record(store: &Store, name: &str) -> Result<Option<BackingImage>, StoreError> {
+    let rec = status::read(store, name).map_err(status_to_store)?;
+    Ok(rec.filter(|r| r.status.as_ref().map(|s| s.state()) != Some(State::Failed)))
 }
 
+fn status_to_store(e: status::StatusError) -> StoreError {
+    match e {
+        status::StatusError::Store(e) => e,
+        other => StoreError::Record {
+            path: std::path::PathBuf::from("records"),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Whether a ready record's file is there and (validated again if its mtime moved) ready.
 fn is_complete(store: &Store, rec: &BackingImage) -> bool {
+    let rec = revalidate(store, rec.clone());
     let Some(st) = &rec.status else { return false };
-    st.state == State::Ready
+    st.state() == State::Ready
         && !st.uuid.is_empty()
         && store.backing_path(rec.name(), &st.uuid).is_file()
 }
 
-fn conflict(rec: &BackingImage, spec: &super::manifest::BackingImageSpec) -> Outcome {
-    let field = first_difference(&rec.spec, spec).unwrap_or_else(|| "spec".into());
-    Outcome::Conflict(format!(
-        "{field}: backing image {} already exists with a different spec; its spec is immutable (delete it first)",
-        rec.name()
-    ))
+/// What an existing record makes of a new apply: a conflict when the spec changed (as
+/// Longhorn's mutator would leave it, the source facts being the record's own), unchanged
+/// when it is the same and complete; `None` to go on.
+fn existing(store: &Store, image: &BackingImage) -> Result<Option<Outcome>, StoreError> {
+    let Some(rec) = live_record(store, image.name())? else {
+        return Ok(None);
+    };
+    let facts = SourceFacts {
+        secret: rec.spec.secret.clone(),
+        secret_namespace: rec.spec.secret_namespace.clone(),
+        checksum: rec.spec.checksum.clone(),
+    };
+    let spec = image.mutated_spec(Some(&facts), store.disk_uuid());
+    if rec.spec != spec {
+        let field = first_difference(&rec.spec, &spec).unwrap_or_else(|| "spec".into());
+        return Ok(Some(Outcome::Conflict(format!(
+            "{field}: backing image {} already exists with a different spec; its spec is immutable (delete it first)",
+            rec.name()
+        ))));
+    }
+    Ok(is_complete(store, &rec).then_some(Outcome::Unchanged))
 }
 
 fn apply_one(
     store: &Store,
     image: &BackingImage,
     secrets: &Secrets<'_>,
-) -> Result<Outcome, LayoutError> {
-    let name = image.name();
-    let spec = image.normalized_spec();
+) -> Result<Outcome, StoreError> {
     let source = match image.validate() {
         Ok(s) => s,
-        Err(e) => return refuse(store, image, e),
+        Err(e) => return Ok(Outcome::Refused(e.to_string())),
     };
     // Without the lock first: re-applying a ready image must not wait for clones reading it.
-    if let Some(rec) = store.read_record(name)? {
-        if rec.spec != spec && state_of(&rec) != State::Failed {
-            return Ok(conflict(&rec, &spec));
-        }
-        if rec.spec == spec && is_complete(store, &rec) {
-            return Ok(Outcome::Unchanged);
-        }
+    if let Some(done) = existing(store, image)? {
+        return Ok(done);
     }
-    let _lock = lock_waiting(store, name, LockMode::Exclusive)?;
-    let existing = store.read_record(name)?;
-    if let Some(rec) = &existing {
-        if rec.spec != spec && state_of(rec) != State::Failed {
-            return Ok(conflict(rec, &spec));
-        }
-        if rec.spec == spec && is_complete(store, rec) {
-            return Ok(Outcome::Unchanged);
-        }
+    let _lock = lock_waiting(store, image.name(), LockMode::Exclusive)?;
+    if let Some(done) = existing(store, image)? {
+        return Ok(done);
     }
-    // A retry keeps the directory name of the earlier attempt and starts it afresh.
-    let uuid = existing
-        .as_ref()
-        .and_then(|r| r.status.as_ref())
-        .map(|s| s.uuid.clone())
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(new_uuid);
-
     let admitted = match admit(store, image, &source, secrets) {
         Ok(a) => a,
-        Err(e) => {
-            store.discard(name, &uuid);
-            return record_failure(store, image, &spec, String::new(), e.to_string());
-        }
+        Err(e) => return Ok(Outcome::Refused(e.to_string())),
     };
+    create(store, image, admitted)
+}
+
+/// Makes the admitted image: record, copy, verification, `backing.cfg`, rename.
+fn create(store: &Store, image: &BackingImage, admitted: Admitted) -> Result<Outcome, StoreError> {
+    let name = image.name();
+    let disk = store.disk_uuid().to_string();
+    // A retry keeps the directory name of the earlier attempt and starts it afresh.
+    let uuid = status::read(store, name)
+        .ok()
+        .flatten()
+        .and_then(|r| r.status)
+        .map(|s| s.uuid)
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(new_uuid);
+    let mut status = BackingImageStatus {
+        owner_id: node_name(),
+        uuid: uuid.clone(),
+        ..Default::default()
+    };
+    status.set_file(&disk, State::Pending, 0, "");
     let mut rec = BackingImage {
-        spec: spec.clone(),
-        status: Some(BackingImageStatus {
-            state: State::Pending,
-            uuid: uuid.clone(),
-            secret: admitted
-                .secret
-                .as_ref()
-                .map(|s| s.name.clone())
-                .unwrap_or_default(),
-            secret_namespace: admitted
-                .secret
-                .as_ref()
-                .map(|s| s.namespace.clone())
-                .unwrap_or_default(),
-            ..Default::default()
-        }),
+        spec: admitted.spec.clone(),
+        status: Some(status),
         ..image.clone()
     };
-    store.write_record(&rec)?;
+    store.write_record(name, &rec)?;
     let dir = store.prepare_dir(name, &uuid)?;
     let (file, tmp) = store.create_tmp(&dir)?;
-    set_state(&mut rec, State::InProgress, 0, "");
-    store.write_record(&rec)?;
+    set_state(&mut rec, &disk, State::Starting, 0, "");
+    store.write_record(name, &rec)?;
     tracing::info!(backing_image = name, plan = admitted.describe(), dir = %dir.display(), "creating");
 
     let opts = CopyOptions {
@@ -266,30 +316,30 @@ fn apply_one(
         force: false,
         sha512: true,
     };
+    set_state(&mut rec, &disk, State::InProgress, 0, "");
+    store.write_record(name, &rec)?;
     let mut progress = RecordProgress::new(store, rec.clone());
     let mut cb = |done: u64, total: Option<u64>| progress.update(done, total);
     let result = produce(&admitted.plan, &file, tmp, &opts, Some(&mut cb));
     drop(file);
     drop(admitted.source_lock);
+    let fail = |rec: &mut BackingImage, message: String| -> Result<Outcome, StoreError> {
+        store.discard(name, &uuid);
+        set_state(rec, &disk, State::Failed, 0, &message);
+        store.write_record(name, rec)?;
+        Ok(Outcome::Failed(message))
+    };
     let copied = match result {
         Ok(c) => c,
-        Err(e) => {
-            store.discard(name, &uuid);
-            let message = if e.is_interrupted() {
-                "interrupted; apply again to complete it".to_string()
-            } else {
-                e.to_string()
-            };
-            fail(&mut rec, message.clone());
-            store.write_record(&rec)?;
-            return Ok(Outcome::Failed(message));
+        Err(e) if e.is_interrupted() => {
+            return fail(&mut rec, "interrupted; apply again to complete it".into())
         }
+        Err(e) => return fail(&mut rec, e.to_string()),
     };
     // Always computed here (`sha512: true` above): a backing image's checksum is its identity.
     let checksum = copied.sha512.clone().unwrap_or_default();
     if let Some(expected) = &admitted.expected_checksum {
         if *expected != checksum {
-            store.discard(name, &uuid);
             let message = FieldError::new(
                 "spec.checksum",
                 format!(
@@ -297,94 +347,48 @@ fn apply_one(
                 ),
             )
             .to_string();
-            fail(&mut rec, message.clone());
-            store.write_record(&rec)?;
-            return Ok(Outcome::Failed(message));
+            return fail(&mut rec, message);
         }
     }
+    let tmp_path = dir.join(crate::store::layout::BACKING_TMP);
+    let virtual_size = virtual_size(&tmp_path, copied.bytes);
+    let real_size = allocated(&tmp_path).unwrap_or(copied.bytes);
     let cfg = BackingCfg {
-        name: name.to_string(),
         uuid: uuid.clone(),
         size: copied.bytes as i64,
+        virtual_size: virtual_size as i64,
+        real_size: real_size as i64,
         // Longhorn takes the first ready file's checksum as the expected one when none was given.
         expected_checksum: admitted
             .expected_checksum
             .clone()
             .unwrap_or_else(|| checksum.clone()),
         current_checksum: checksum.clone(),
+        ..Default::default()
     };
-    store.commit(&dir, &cfg)?;
-    let backing = store.backing_path(name, &uuid);
+    store.commit(&dir, cfg)?;
     if let Some(st) = rec.status.as_mut() {
-        st.state = State::Ready;
-        st.progress = 100;
         st.size = copied.bytes;
-        st.virtual_size = virtual_size(&backing, copied.bytes);
-        st.real_size = allocated(&backing).unwrap_or(copied.bytes);
+        st.virtual_size = virtual_size;
+        st.real_size = real_size;
         st.checksum = checksum;
-        st.message.clear();
+        st.set_file(&disk, State::Ready, 100, "");
+        // No replica uses it yet: Longhorn records when a disk's file was last referenced.
+        st.disk_last_ref_at_map
+            .entry(disk.clone())
+            .or_insert_with(crate::store::cfg::rfc3339_now);
     }
-    store.write_record(&rec)?;
+    store.write_record(name, &rec)?;
     Ok(Outcome::Created)
 }
 
-/// Refused by the manifest checks: recorded as failed unless that would overwrite an image
-/// that exists (a refused re-apply must not hide a good image).
-fn refuse(store: &Store, image: &BackingImage, e: FieldError) -> Result<Outcome, LayoutError> {
-    let message = e.to_string();
-    if !super::manifest::valid_name(image.name()) {
-        return Ok(Outcome::Failed(message));
-    }
-    let _lock = lock_waiting(store, image.name(), LockMode::Exclusive)?;
-    match store.read_record(image.name())? {
-        Some(rec) if state_of(&rec) != State::Failed => Ok(Outcome::Failed(message)),
-        _ => record_failure(
-            store,
-            image,
-            &image.normalized_spec(),
-            String::new(),
-            message,
-        ),
-    }
-}
-
-fn record_failure(
-    store: &Store,
-    image: &BackingImage,
-    spec: &super::manifest::BackingImageSpec,
-    uuid: String,
-    message: String,
-) -> Result<Outcome, LayoutError> {
-    let rec = BackingImage {
-        spec: spec.clone(),
-        status: Some(BackingImageStatus {
-            state: State::Failed,
-            uuid,
-            message: message.clone(),
-            ..Default::default()
-        }),
-        ..image.clone()
-    };
-    store.write_record(&rec)?;
-    Ok(Outcome::Failed(message))
-}
-
-fn set_state(rec: &mut BackingImage, state: State, progress: u8, message: &str) {
+fn set_state(rec: &mut BackingImage, disk: &str, state: State, progress: u8, message: &str) {
     if let Some(st) = rec.status.as_mut() {
-        st.state = state;
-        st.progress = progress;
-        st.message = message.to_string();
+        st.set_file(disk, state, progress, message);
     }
 }
 
-fn fail(rec: &mut BackingImage, message: String) {
-    if let Some(st) = rec.status.as_mut() {
-        st.state = State::Failed;
-        st.message = message;
-    }
-}
-
-fn lock_waiting(store: &Store, name: &str, mode: LockMode) -> Result<Lock, LayoutError> {
+fn lock_waiting(store: &Store, name: &str, mode: LockMode) -> Result<Lock, StoreError> {
     if let Some(l) = store.lock(name, mode, false)? {
         return Ok(l);
     }
@@ -395,7 +399,7 @@ fn lock_waiting(store: &Store, name: &str, mode: LockMode) -> Result<Lock, Layou
     match store.lock(name, mode, true)? {
         Some(l) => Ok(l),
         // A waiting flock only returns without the lock on error, which `lock` reports.
-        None => Err(LayoutError::Name(name.into())),
+        None => Err(StoreError::Name(name.into())),
     }
 }
 
@@ -404,10 +408,24 @@ fn new_uuid() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
-/// An admitted apply: what to copy, what the result will be keyed by, what it must hash to.
+/// `status.ownerID`: the node's name (`NODE_NAME`, as Longhorn's pods get it, else the host
+/// name).
+fn node_name() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// An admitted apply: what to copy, the spec as admission leaves it, what it must hash to.
 struct Admitted {
     plan: Plan,
-    secret: Option<SecretRef>,
+    spec: BackingImageSpec,
     expected_checksum: Option<String>,
     /// Shared lock on a clone's source, held while it is read: no delete meanwhile.
     source_lock: Option<Lock>,
@@ -426,191 +444,286 @@ impl Admitted {
     }
 }
 
-/// The checks Longhorn's webhook makes against the other objects, with the same meaning.
+/// The checks and mutations Longhorn's webhook makes against the other objects.
 fn admit(
     store: &Store,
     image: &BackingImage,
     source: &Source,
     secrets: &Secrets<'_>,
 ) -> Result<Admitted, FieldError> {
-    let store_err = |e: LayoutError| FieldError::new("store", e.to_string());
     match source {
-        Source::Download { url } => Ok(Admitted {
-            plan: Plan::Download { url: url.clone() },
-            secret: own_secret(image),
-            expected_checksum: image.expected_checksum(),
-            source_lock: None,
-        }),
-        Source::Upload { path } => Ok(Admitted {
-            plan: Plan::Upload { path: path.clone() },
-            secret: own_secret(image),
-            expected_checksum: image.expected_checksum(),
-            source_lock: None,
-        }),
+        Source::Download { url } => {
+            if file_url_path(url).is_some() || is_loopback(url) {
+                tracing::info!(backing_image = image.name(), url, "file:// and loopback URLs are a bifs extension (Longhorn's webhook refuses them)");
+            }
+            admit_own(store, image, secrets, Plan::Download { url: url.clone() })
+        }
+        Source::Upload { path } => {
+            admit_own(store, image, secrets, Plan::Upload { path: path.clone() })
+        }
         Source::Clone {
             backing_image,
             encryption,
             secret,
-        } => {
-            if backing_image == image.name() {
-                return Err(FieldError::param(
-                    PARAM_BACKING_IMAGE,
-                    "a backing image cannot be cloned from itself",
-                ));
-            }
-            if !super::manifest::valid_name(backing_image) {
-                return Err(FieldError::param(
-                    PARAM_BACKING_IMAGE,
-                    format!("invalid backing image name {backing_image:?}"),
-                ));
-            }
-            let source_lock = store
-                .lock(backing_image, LockMode::Shared, true)
-                .map_err(store_err)?;
-            let src = store
-                .read_record(backing_image)
-                .map_err(store_err)?
-                .ok_or_else(|| {
-                    FieldError::param(
-                        PARAM_BACKING_IMAGE,
-                        format!("backing image {backing_image} not found in the store"),
-                    )
-                })?;
-            let st = src.status.clone().unwrap_or_default();
-            if !is_complete(store, &src) {
-                let why = if st.message.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", st.message)
-                };
-                return Err(FieldError::param(
-                    PARAM_BACKING_IMAGE,
-                    format!(
-                        "backing image {backing_image} is not ready (state {}){why}",
-                        st.state.as_str()
-                    ),
-                ));
-            }
-            let path = store.backing_path(backing_image, &st.uuid);
-            let source_secret = (!st.secret.is_empty()).then(|| SecretRef {
-                namespace: st.secret_namespace.clone(),
-                name: st.secret.clone(),
-            });
-            let given = || {
-                secret
-                    .clone()
-                    .ok_or_else(|| FieldError::param(PARAM_SECRET, "required"))
-            };
-            if *encryption != Encryption::Ignore && image.expected_checksum().is_some() {
-                // As Longhorn's mutator: a user's checksum cannot be known for a new encryption.
-                tracing::warn!(
-                    backing_image = image.name(),
-                    "spec.checksum is ignored for encryption {encryption}"
-                );
-            }
-            let (plan, result_secret, expected) = match encryption {
-                Encryption::Ignore => {
-                    if let Some(want) = image.expected_checksum() {
-                        if want != st.checksum {
-                            return Err(FieldError::new(
-                                "spec.checksum",
-                                format!(
-                                    "an ignore clone has its source's checksum: {backing_image} has {}, the manifest says {want}",
-                                    st.checksum
-                                ),
-                            ));
-                        }
-                    }
-                    (
-                        Plan::Copy { source: path },
-                        source_secret,
-                        Some(st.checksum.clone()),
-                    )
-                }
-                Encryption::Encrypt => {
-                    if let Some(s) = &source_secret {
-                        return Err(FieldError::param(
-                            PARAM_ENCRYPTION,
-                            format!("cannot re-encrypt the backing image, {backing_image} is already encrypted (Secret {s})"),
-                        ));
-                    }
-                    let id = given()?;
-                    let params = secrets.params(&id, PARAM_SECRET)?;
-                    (
-                        Plan::Encrypt {
-                            source: path,
-                            params,
-                        },
-                        Some(id),
-                        None,
-                    )
-                }
-                Encryption::Decrypt => {
-                    if source_secret.is_none() {
-                        return Err(FieldError::param(
-                            PARAM_ENCRYPTION,
-                            format!("cannot re-decrypt the backing image, {backing_image} is already decrypted (it has no secret)"),
-                        ));
-                    }
-                    let id = given()?;
-                    let params = secrets.params(&id, PARAM_SECRET)?;
-                    (
-                        Plan::Decrypt {
-                            source: path,
-                            params,
-                        },
-                        None,
-                        None,
-                    )
-                }
-                Encryption::Rekey => {
-                    let Some(old_id) = source_secret else {
-                        return Err(FieldError::param(
-                            PARAM_ENCRYPTION,
-                            format!("cannot rekey the backing image, {backing_image} is not encrypted (it has no secret)"),
-                        ));
-                    };
-                    let id = given()?;
-                    let new = secrets.params(&id, PARAM_SECRET)?;
-                    let old = secrets.params(&old_id, PARAM_BACKING_IMAGE).map_err(|e| {
-                        FieldError::new(e.field, format!("the source's own Secret: {}", e.message))
-                    })?;
-                    (
-                        Plan::Rekey {
-                            source: path,
-                            old,
-                            new,
-                        },
-                        Some(id),
-                        None,
-                    )
-                }
-            };
-            Ok(Admitted {
-                plan,
-                secret: result_secret,
-                expected_checksum: expected,
-                source_lock,
-            })
-        }
+        } => admit_clone(store, image, backing_image, *encryption, secret, secrets),
     }
 }
 
-/// A downloaded or uploaded image is encrypted only if its spec says by which Secret.
-fn own_secret(image: &BackingImage) -> Option<SecretRef> {
-    let name = image.spec.secret.trim();
-    if name.is_empty() {
-        return None;
+fn is_loopback(url: &str) -> bool {
+    let host = url
+        .split_once("://")
+        .map(|(_, r)| r.split(['/', '?', '#']).next().unwrap_or(""))
+        .unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.split_once(']'))
+        .map_or_else(
+            || host.rsplit_once(':').map_or(host, |(h, _)| h),
+            |(h, _)| h,
+        );
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A download or upload: encrypted only if its spec says by which Secret, which must exist.
+fn admit_own(
+    store: &Store,
+    image: &BackingImage,
+    secrets: &Secrets<'_>,
+    plan: Plan,
+) -> Result<Admitted, FieldError> {
+    let spec = image.mutated_spec(None, store.disk_uuid());
+    if !spec.secret.is_empty() {
+        let id = SecretRef {
+            namespace: spec.secret_namespace.clone(),
+            name: spec.secret.clone(),
+        };
+        secrets
+            .params(&id, PARAM_SECRET)
+            .map_err(|e| FieldError::new("spec.secret", e.message))?;
     }
-    let ns = match image.spec.secret_namespace.trim() {
-        "" if image.metadata.namespace.is_empty() => "default".to_string(),
-        "" => image.metadata.namespace.clone(),
-        ns => ns.to_string(),
-    };
-    Some(SecretRef {
-        namespace: ns,
-        name: name.to_string(),
+    let expected_checksum = (!spec.checksum.is_empty()).then(|| spec.checksum.clone());
+    Ok(Admitted {
+        plan,
+        spec,
+        expected_checksum,
+        source_lock: None,
     })
+}
+
+/// A clone's source as admission sees it: its file and the facts its spec carries.
+struct CloneSource {
+    path: std::path::PathBuf,
+    facts: SourceFacts,
+}
+
+/// The source of a clone: a ready record of this store, else a complete image directory of
+/// the disk that bifs did not make (a Longhorn disk's own), whose checksum is its cfg's when
+/// the cfg describes the file, else computed now.
+fn clone_source(store: &Store, backing_image: &str) -> Result<CloneSource, FieldError> {
+    let store_err = |e: String| FieldError::new("store", e);
+    let not_ready = |state: &str, message: &str| {
+        let why = if message.is_empty() {
+            String::new()
+        } else {
+            format!(": {message}")
+        };
+        FieldError::param(
+            PARAM_BACKING_IMAGE,
+            format!("backing image {backing_image} is not ready (state {state}){why}"),
+        )
+    };
+    if let Some(src) = status::read(store, backing_image).map_err(|e| store_err(e.to_string()))? {
+        let st = src.status.clone().unwrap_or_default();
+        let file = st.file();
+        if file.state != State::Ready || !store.backing_path(backing_image, &st.uuid).is_file() {
+            return Err(not_ready(file.state.as_str(), &file.message));
+        }
+        if status::file_changed(store, backing_image, &st.uuid) {
+            return Err(not_ready(
+                State::Unknown.as_str(),
+                "its file changed since it was made and was not validated again yet",
+            ));
+        }
+        return Ok(CloneSource {
+            path: store.backing_path(backing_image, &st.uuid),
+            facts: SourceFacts {
+                secret: src.spec.secret.clone(),
+                secret_namespace: src.spec.secret_namespace.clone(),
+                checksum: st.checksum.clone(),
+            },
+        });
+    }
+    let images = store.disk_images().map_err(|e| store_err(e.to_string()))?;
+    let Some(found) = images.into_iter().find(|i| i.name == backing_image) else {
+        return Err(FieldError::param(
+            PARAM_BACKING_IMAGE,
+            format!("backing image {backing_image} not found in the store"),
+        ));
+    };
+    let checksum = match found.cfg.as_ref() {
+        Some(c) if found.cfg_current() && !c.current_checksum.is_empty() => {
+            c.current_checksum.clone()
+        }
+        _ => status::sha512_file(&found.backing()).map_err(|e| {
+            FieldError::param(
+                PARAM_BACKING_IMAGE,
+                format!("reading {}: {e}", found.backing().display()),
+            )
+        })?,
+    };
+    tracing::info!(backing_image, dir = %found.dir.display(), "cloning from a backing image of the disk that has no bifs record");
+    Ok(CloneSource {
+        path: found.backing(),
+        facts: SourceFacts {
+            checksum,
+            ..Default::default()
+        },
+    })
+}
+
+fn admit_clone(
+    store: &Store,
+    image: &BackingImage,
+    backing_image: &str,
+    encryption: Encryption,
+    secret: &Option<SecretRef>,
+    secrets: &Secrets<'_>,
+) -> Result<Admitted, FieldError> {
+    if backing_image == image.name() {
+        return Err(FieldError::param(
+            PARAM_BACKING_IMAGE,
+            "a backing image cannot be cloned from itself",
+        ));
+    }
+    if !super::manifest::valid_name(backing_image) {
+        return Err(FieldError::param(
+            PARAM_BACKING_IMAGE,
+            format!("invalid backing image name {backing_image:?}"),
+        ));
+    }
+    // Validated again (if its file changed) before the shared lock, which would keep the
+    // validation, needing the exclusive lock, from running.
+    if let Ok(Some(rec)) = status::read(store, backing_image) {
+        revalidate(store, rec);
+    }
+    let source_lock = store
+        .lock(backing_image, LockMode::Shared, true)
+        .map_err(|e| FieldError::new("store", e.to_string()))?;
+    let src = clone_source(store, backing_image)?;
+    let spec = image.mutated_spec(Some(&src.facts), store.disk_uuid());
+    let plan = clone_plan(image, backing_image, encryption, secret, secrets, &src)?;
+    if encryption != Encryption::Ignore && image.expected_checksum().is_some() {
+        // As Longhorn's mutator: a user's checksum cannot be known for a new encryption.
+        tracing::warn!(
+            backing_image = image.name(),
+            "spec.checksum is cleared for encryption {encryption}, as Longhorn's webhook does"
+        );
+    }
+    if encryption == Encryption::Ignore {
+        if let Some(want) = image.expected_checksum().filter(|w| *w != spec.checksum) {
+            tracing::warn!(
+                backing_image = image.name(),
+                given = %want,
+                "spec.checksum replaced by the source's checksum, as Longhorn's webhook does"
+            );
+        }
+    }
+    let expected_checksum = (!spec.checksum.is_empty()).then(|| spec.checksum.clone());
+    Ok(Admitted {
+        plan,
+        spec,
+        expected_checksum,
+        source_lock,
+    })
+}
+
+/// Longhorn's encryption rules (its validator reads "encrypted" from the source's
+/// `spec.secret`) and the plan they lead to.
+fn clone_plan(
+    image: &BackingImage,
+    backing_image: &str,
+    encryption: Encryption,
+    secret: &Option<SecretRef>,
+    secrets: &Secrets<'_>,
+    src: &CloneSource,
+) -> Result<Plan, FieldError> {
+    let source_secret = (!src.facts.secret.is_empty()).then(|| SecretRef {
+        namespace: src.facts.secret_namespace.clone(),
+        name: src.facts.secret.clone(),
+    });
+    let given = || -> Result<(SecretRef, CryptoParams), FieldError> {
+        let id = secret
+            .clone()
+            .ok_or_else(|| FieldError::param(PARAM_SECRET, "required"))?;
+        let params = secrets.params(&id, PARAM_SECRET)?;
+        note_kdf_costs(image.name(), &params);
+        Ok((id, params))
+    };
+    let path = src.path.clone();
+    Ok(match encryption {
+        Encryption::Ignore => Plan::Copy { source: path },
+        Encryption::Encrypt => {
+            if let Some(s) = &source_secret {
+                return Err(FieldError::param(
+                    PARAM_ENCRYPTION,
+                    format!("cannot re-encrypt the backing image, {backing_image} is already encrypted (Secret {s})"),
+                ));
+            }
+            let (_, params) = given()?;
+            Plan::Encrypt {
+                source: path,
+                params,
+            }
+        }
+        Encryption::Decrypt => {
+            if source_secret.is_none() {
+                return Err(FieldError::param(
+                    PARAM_ENCRYPTION,
+                    format!("cannot re-decrypt the backing image, {backing_image} is already decrypted (it has no secret)"),
+                ));
+            }
+            let (_, params) = given()?;
+            Plan::Decrypt {
+                source: path,
+                params,
+            }
+        }
+        Encryption::Rekey => {
+            let Some(old_id) = source_secret else {
+                return Err(FieldError::param(
+                    PARAM_ENCRYPTION,
+                    format!("cannot rekey the backing image, {backing_image} is not encrypted (it has no secret)"),
+                ));
+            };
+            let (_, new) = given()?;
+            let old = secrets.params(&old_id, PARAM_BACKING_IMAGE).map_err(|e| {
+                FieldError::new(e.field, format!("the source's own Secret: {}", e.message))
+            })?;
+            Plan::Rekey {
+                source: path,
+                old,
+                new,
+            }
+        }
+    })
+}
+
+/// Longhorn does not pass `CRYPTO_PBKDF_MEMORY`/`CRYPTO_PBKDF_FORCE_ITERATIONS` to cryptsetup
+/// for backing images; bifs honours them, and says so.
+fn note_kdf_costs(image: &str, params: &CryptoParams) {
+    if params.kdf.memory_kib.is_some() || params.kdf.force_iterations.is_some() {
+        tracing::info!(
+            backing_image = image,
+            secret = %params.secret,
+            memory_kib = ?params.kdf.memory_kib,
+            iterations = ?params.kdf.force_iterations,
+            "the Secret's CRYPTO_PBKDF_MEMORY/CRYPTO_PBKDF_FORCE_ITERATIONS are honoured (a bifs extension: Longhorn does not pass them to cryptsetup for backing images)"
+        );
+    }
 }
 
 /// Progress into the status record: at most every 250 ms, and only when the percentage moved.
@@ -642,9 +755,9 @@ impl<'a> RecordProgress<'a> {
         self.last_percent = percent;
         self.last_write = Instant::now();
         if let Some(st) = self.rec.status.as_mut() {
-            st.progress = percent;
+            st.set_progress(percent);
         }
-        if let Err(e) = self.store.write_record(&self.rec) {
+        if let Err(e) = self.store.write_record(&self.rec.metadata.name, &self.rec) {
             tracing::warn!(error = %e, "could not update the status record");
         }
     }
@@ -677,6 +790,6 @@ mod tests {
         let names: Vec<&str> = ordered.iter().map(|b| b.name()).collect();
         assert_eq!(names, ["p0", "c1", "c2"]);
         assert_eq!(refused.len(), 2);
-        assert!(refused.iter().all(|r| matches!(&r.outcome, Outcome::Failed(m) if m.contains("spec.sourceParameters.backing-image"))));
+        assert!(refused.iter().all(|r| matches!(&r.outcome, Outcome::Refused(m) if m.contains("spec.sourceParameters.backing-image"))));
     }
 }

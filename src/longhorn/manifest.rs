@@ -76,6 +76,15 @@ pub enum SourceType {
 }
 
 impl SourceType {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "download" => Some(SourceType::Download),
+            "upload" => Some(SourceType::Upload),
+            "clone" => Some(SourceType::Clone),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SourceType::Download => "download",
@@ -125,78 +134,176 @@ impl fmt::Display for Encryption {
     }
 }
 
-/// The spec as applied. Unknown fields (`minNumberOfCopies`, `dataEngine`, …) are kept so that
-/// `get -o yaml` shows what was applied and a change to them counts as a change.
+/// The spec as applied, with every field of longhorn-manager's `BackingImageSpec`
+/// (`k8s/pkg/apis/longhorn/v1beta2/backingimage.go`), filled in as its mutator and controller
+/// leave them. Unknown fields are kept so that `get -o yaml` shows what was applied and a
+/// change to them counts as a change.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackingImageSpec {
     #[serde(default)]
+    pub disks: BTreeMap<String, String>,
+    #[serde(default)]
+    pub disk_file_spec_map: BTreeMap<String, DiskFileSpec>,
+    #[serde(default)]
+    pub checksum: String,
+    #[serde(default)]
     pub source_type: String,
     #[serde(default)]
     pub source_parameters: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub checksum: String,
-    /// Set by the user only for a download/upload of an image that is already encrypted.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
+    pub min_number_of_copies: i64,
+    #[serde(default)]
+    pub disk_selector: Option<Vec<String>>,
+    #[serde(default)]
+    pub node_selector: Option<Vec<String>>,
+    /// The Secret that opens the image; empty when it is not encrypted (Longhorn reads
+    /// "encrypted" from here).
+    #[serde(default)]
     pub secret: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
     pub secret_namespace: String,
+    #[serde(default)]
+    pub data_engine: String,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskFileSpec {
+    #[serde(default)]
+    pub eviction_requested: bool,
+    #[serde(default)]
+    pub data_engine: String,
+}
+
+/// Longhorn's `BackingImageState`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     #[default]
     Pending,
+    Starting,
     InProgress,
+    ReadyForTransfer,
     Ready,
     Failed,
+    FailedAndCleanup,
+    Unknown,
 }
 
 impl State {
     pub fn as_str(self) -> &'static str {
         match self {
             State::Pending => "pending",
+            State::Starting => "starting",
             State::InProgress => "in-progress",
+            State::ReadyForTransfer => "ready-for-transfer",
             State::Ready => "ready",
             State::Failed => "failed",
+            State::FailedAndCleanup => "failed-and-cleanup",
+            State::Unknown => "unknown",
         }
     }
 
     pub fn is_settled(self) -> bool {
-        matches!(self, State::Ready | State::Failed)
+        matches!(self, State::Ready | State::Failed | State::FailedAndCleanup)
     }
 }
 
-/// What bifs reports about a backing image (Longhorn's status fields, flattened to one disk).
+/// One disk's file of a backing image: longhorn-manager's `BackingImageDiskFileStatus`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskFileStatus {
+    #[serde(default)]
+    pub data_engine: String,
+    #[serde(default)]
+    pub state: State,
+    /// Percent of the bytes written, 0–100.
+    #[serde(default)]
+    pub progress: u8,
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339, set when `state` changes.
+    #[serde(default)]
+    pub last_state_transition_time: String,
+}
+
+/// longhorn-manager's `BackingImageStatus`, every field, for the one disk a store is.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackingImageStatus {
-    pub state: State,
-    /// Percent of the bytes written, 0–100.
-    pub progress: u8,
+    /// The node that made it (Longhorn: the node whose controller owns the object).
+    #[serde(default, rename = "ownerID")]
+    pub owner_id: String,
     /// The `<uuid>` of `backing-images/<name>-<uuid>/`, kept across retries.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
     pub uuid: String,
     /// File size of `backing`.
+    #[serde(default)]
     pub size: u64,
     /// Size of the disk it holds (a qcow2's virtual size; else the file size).
+    #[serde(default)]
     pub virtual_size: u64,
     /// Bytes allocated on disk (holes not counted).
+    #[serde(default)]
     pub real_size: u64,
-    /// SHA-512 of `backing`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// SHA-512 of `backing`; immutable once set.
+    #[serde(default)]
     pub checksum: String,
-    /// The Secret whose passphrase opens the image; empty when it is not encrypted.
+    /// Keyed by the disk's UUID (`longhorn-disk.cfg`).
     #[serde(default)]
-    pub secret: String,
+    pub disk_file_status_map: BTreeMap<String, DiskFileStatus>,
     #[serde(default)]
-    pub secret_namespace: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub message: String,
+    pub disk_last_ref_at_map: BTreeMap<String, String>,
+    #[serde(default)]
+    pub v2_first_copy_status: String,
+    #[serde(default)]
+    pub v2_first_copy_disk: String,
 }
+
+impl BackingImageStatus {
+    /// The file on this store's disk (the only one a store has).
+    pub fn file(&self) -> DiskFileStatus {
+        self.disk_file_status_map
+            .values()
+            .next()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn state(&self) -> State {
+        self.file().state
+    }
+
+    /// Sets the disk file's state, progress and message; the transition time moves only
+    /// when the state changes (as longhorn-manager's `updateStatusWithFileInfo`).
+    pub fn set_file(&mut self, disk: &str, state: State, progress: u8, message: &str) {
+        let f = self
+            .disk_file_status_map
+            .entry(disk.to_string())
+            .or_insert_with(|| DiskFileStatus {
+                data_engine: DATA_ENGINE_V1.into(),
+                ..Default::default()
+            });
+        if f.state != state || f.last_state_transition_time.is_empty() {
+            f.last_state_transition_time = crate::store::cfg::rfc3339_now();
+        }
+        f.state = state;
+        f.progress = progress;
+        f.message = message.to_string();
+    }
+
+    pub fn set_progress(&mut self, progress: u8) {
+        if let Some(f) = self.disk_file_status_map.values_mut().next() {
+            f.progress = progress;
+        }
+    }
+}
+
+/// Longhorn's only data engine for backing image files.
+pub const DATA_ENGINE_V1: &str = "v1";
 
 /// A BackingImage object: what `-f` files hold, and (with `status`) what the store records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -237,13 +344,14 @@ impl BackingImage {
         (!c.is_empty()).then(|| c.to_ascii_lowercase())
     }
 
-    /// The checks Longhorn's webhook makes without looking at other objects.
+    /// The checks Longhorn's webhook makes without looking at other objects (on a name
+    /// already auto-corrected, see [`auto_correct_name`]).
     pub fn validate(&self) -> Result<Source, FieldError> {
         if !valid_name(&self.metadata.name) {
             return Err(FieldError::new(
                 "metadata.name",
                 format!(
-                    "invalid name {:?}: 2 to 63 characters, letters, digits, '_', '.', '-', starting with a letter or digit",
+                    "invalid name {:?}: lower-case letters, digits, '_', '.', '-', at least 2 characters, starting with a letter or digit",
                     self.metadata.name
                 ),
             ));
@@ -256,6 +364,27 @@ impl BackingImage {
                 ));
             }
         }
+        match self.spec.data_engine.trim() {
+            "" | DATA_ENGINE_V1 => {}
+            "v2" => {
+                return Err(FieldError::new(
+                    "spec.dataEngine",
+                    "v2 backing image is not supported",
+                ))
+            }
+            other => {
+                return Err(FieldError::new(
+                    "spec.dataEngine",
+                    format!("{other:?} is not a data engine (v1)"),
+                ))
+            }
+        }
+        if self.spec.min_number_of_copies < 0 {
+            return Err(FieldError::new(
+                "spec.minNumberOfCopies",
+                "must not be negative",
+            ));
+        }
         let param = |key: &str| {
             self.spec
                 .source_parameters
@@ -263,8 +392,21 @@ impl BackingImage {
                 .map(|v| v.trim())
                 .filter(|v| !v.is_empty())
         };
-        match self.spec.source_type.trim() {
-            "download" => {
+        let source_type = self.spec.source_type.trim();
+        if source_type.is_empty() {
+            return Err(FieldError::new(
+                "spec.sourceType",
+                "required (download, upload or clone)",
+            ));
+        }
+        let Some(source_type) = SourceType::parse(source_type) else {
+            return Err(FieldError::new(
+                "spec.sourceType",
+                format!("{source_type:?} is not supported by bifs (download, upload or clone)"),
+            ));
+        };
+        match source_type {
+            SourceType::Download => {
                 let url = param(PARAM_URL).ok_or_else(|| {
                     FieldError::param(PARAM_URL, "required for sourceType download")
                 })?;
@@ -279,7 +421,7 @@ impl BackingImage {
                     )),
                 }
             }
-            "upload" => {
+            SourceType::Upload => {
                 let path = param(PARAM_PATH).ok_or_else(|| {
                     FieldError::param(
                         PARAM_PATH,
@@ -290,7 +432,7 @@ impl BackingImage {
                     path: PathBuf::from(path),
                 })
             }
-            "clone" => {
+            SourceType::Clone => {
                 let backing_image = param(PARAM_BACKING_IMAGE).ok_or_else(|| {
                     FieldError::param(PARAM_BACKING_IMAGE, "required for sourceType clone")
                 })?;
@@ -324,38 +466,106 @@ impl BackingImage {
                     secret,
                 })
             }
-            "" => Err(FieldError::new(
-                "spec.sourceType",
-                "required (download, upload or clone)",
-            )),
-            other => Err(FieldError::new(
-                "spec.sourceType",
-                format!("{other:?} is not supported by bifs (download, upload or clone)"),
-            )),
         }
     }
 
-    /// The spec as Longhorn's mutator leaves it: values trimmed, `encryption` defaulted to
-    /// `ignore` for a clone, checksum in lower case. Two applies of the same image compare
-    /// equal on this.
-    pub fn normalized_spec(&self) -> BackingImageSpec {
+    /// The spec as Longhorn's mutator and controller leave it, for a clone whose source
+    /// has `source` (its spec's Secret and its status checksum) on the disk `disk_uuid`:
+    /// values trimmed; a clone's `encryption` defaulted to `ignore`; an `ignore` clone takes
+    /// the source's Secret and checksum, `encrypt` (and bifs's `rekey`) the parameters'
+    /// Secret and no checksum, `decrypt` neither; `disks`, `diskFileSpecMap`,
+    /// `minNumberOfCopies` and `dataEngine` defaulted. bifs also lower-cases the checksum.
+    pub fn mutated_spec(&self, source: Option<&SourceFacts>, disk_uuid: &str) -> BackingImageSpec {
         let mut spec = self.spec.clone();
         spec.source_type = spec.source_type.trim().to_string();
         for v in spec.source_parameters.values_mut() {
             *v = v.trim().to_string();
         }
-        if spec.source_type == "clone" {
+        spec.checksum = spec.checksum.trim().to_ascii_lowercase();
+        spec.secret = spec.secret.trim().to_string();
+        spec.secret_namespace = spec.secret_namespace.trim().to_string();
+        if SourceType::parse(&spec.source_type) == Some(SourceType::Clone) {
             let e = spec
                 .source_parameters
                 .entry(PARAM_ENCRYPTION.into())
                 .or_default();
             if e.is_empty() {
-                *e = "ignore".into();
+                *e = Encryption::Ignore.as_str().into();
             }
+            let param = |k: &str| spec.source_parameters.get(k).cloned().unwrap_or_default();
+            match Encryption::parse(&param(PARAM_ENCRYPTION)) {
+                Some(Encryption::Ignore) => {
+                    if let Some(src) = source {
+                        spec.secret = src.secret.clone();
+                        spec.secret_namespace = src.secret_namespace.clone();
+                        spec.checksum = src.checksum.clone();
+                    }
+                }
+                Some(Encryption::Encrypt | Encryption::Rekey) => {
+                    spec.secret = param(PARAM_SECRET);
+                    spec.secret_namespace = param(PARAM_SECRET_NAMESPACE);
+                    spec.checksum.clear();
+                }
+                Some(Encryption::Decrypt) => {
+                    spec.secret.clear();
+                    spec.secret_namespace.clear();
+                    spec.checksum.clear();
+                }
+                None => {}
+            }
+        } else if !spec.secret.is_empty() && spec.secret_namespace.is_empty() {
+            // A download/upload that is already encrypted: the Secret in the object's namespace.
+            spec.secret_namespace = if self.metadata.namespace.is_empty() {
+                "default".into()
+            } else {
+                self.metadata.namespace.clone()
+            };
         }
-        spec.checksum = spec.checksum.trim().to_ascii_lowercase();
+        if spec.min_number_of_copies == 0 {
+            spec.min_number_of_copies = DEFAULT_MIN_NUMBER_OF_COPIES;
+        }
+        if spec.data_engine.trim().is_empty() {
+            spec.data_engine = DATA_ENGINE_V1.into();
+        }
+        if !disk_uuid.is_empty() {
+            spec.disk_file_spec_map
+                .entry(disk_uuid.to_string())
+                .or_insert_with(|| DiskFileSpec {
+                    eviction_requested: false,
+                    data_engine: DATA_ENGINE_V1.into(),
+                });
+        }
         spec
     }
+}
+
+/// What a clone's spec takes from its source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceFacts {
+    pub secret: String,
+    pub secret_namespace: String,
+    pub checksum: String,
+}
+
+/// Longhorn's default for the setting `default-min-number-of-backing-image-copies`.
+pub const DEFAULT_MIN_NUMBER_OF_COPIES: i64 = 1;
+
+/// longhorn-manager's `datastore.NameMaximumLength`.
+pub const NAME_MAXIMUM_LENGTH: usize = 40;
+
+/// Longhorn's `util.AutoCorrectName(name, 40)`: lower case, and a name longer than 40 bytes
+/// cut to end in `-` and the first 8 hex digits of the SHA-512 of the name as given.
+pub fn auto_correct_name(name: &str) -> String {
+    let lower = name.to_lowercase();
+    if name.len() <= NAME_MAXIMUM_LENGTH {
+        return lower;
+    }
+    use sha2::Digest;
+    let sum = crate::copier::hex(&sha2::Sha512::digest(name.as_bytes()));
+    let suffix = format!("-{}", &sum[..8]);
+    let cut = NAME_MAXIMUM_LENGTH - suffix.len();
+    let prefix = String::from_utf8_lossy(&lower.as_bytes()[..cut.min(lower.len())]).into_owned();
+    format!("{}{suffix}", prefix.trim_end_matches('-'))
 }
 
 /// The first field where two specs differ, for "changed spec" refusals.
@@ -382,6 +592,18 @@ pub fn first_difference(old: &BackingImageSpec, new: &BackingImageSpec) -> Optio
     if old.secret_namespace != new.secret_namespace {
         return Some("spec.secretNamespace".into());
     }
+    if old.min_number_of_copies != new.min_number_of_copies {
+        return Some("spec.minNumberOfCopies".into());
+    }
+    if old.data_engine != new.data_engine {
+        return Some("spec.dataEngine".into());
+    }
+    if old.disk_selector != new.disk_selector {
+        return Some("spec.diskSelector".into());
+    }
+    if old.node_selector != new.node_selector {
+        return Some("spec.nodeSelector".into());
+    }
     let keys: std::collections::BTreeSet<&String> =
         old.other.keys().chain(new.other.keys()).collect();
     keys.into_iter()
@@ -389,14 +611,15 @@ pub fn first_difference(old: &BackingImageSpec, new: &BackingImageSpec) -> Optio
         .map(|k| format!("spec.{k}"))
 }
 
-/// Longhorn's `util.ValidateName` (`^[a-zA-Z0-9][a-zA-Z0-9_.-]+$`), at most 63 characters.
-/// The name becomes a directory name, so this also keeps it a single path component.
+/// Longhorn's `util.ValidateName`: `^[a-z0-9][a-z0-9_.-]+$`. The name becomes a directory
+/// name, so this also keeps it a single path component.
 pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
-    (2..=63).contains(&b.len())
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    b.len() >= 2
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|&c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        })
 }
 
 /// YAML scalars as Kubernetes would hold them in a `map[string]string`.
@@ -493,6 +716,31 @@ pub fn parse_backing_images(text: &str, path: &Path) -> Result<Vec<BackingImage>
                                 field_err(FieldError::param(&pk, "must be a string"))
                             })?;
                             spec.source_parameters.insert(pk, pv);
+                        }
+                    }
+                    "disks" | "diskFileSpecMap" | "minNumberOfCopies" | "diskSelector"
+                    | "nodeSelector" | "dataEngine" => {
+                        let bad = |e: String| field_err(FieldError::new(format!("spec.{key}"), e));
+                        let json: serde_json::Value =
+                            serde_norway::from_value(v.clone()).map_err(|e| bad(e.to_string()))?;
+                        let typed = |e: serde_json::Error| bad(e.to_string());
+                        match key {
+                            "disks" => spec.disks = serde_json::from_value(json).map_err(typed)?,
+                            "diskFileSpecMap" => {
+                                spec.disk_file_spec_map =
+                                    serde_json::from_value(json).map_err(typed)?
+                            }
+                            "minNumberOfCopies" => {
+                                spec.min_number_of_copies =
+                                    serde_json::from_value(json).map_err(typed)?
+                            }
+                            "diskSelector" => {
+                                spec.disk_selector = serde_json::from_value(json).map_err(typed)?
+                            }
+                            "nodeSelector" => {
+                                spec.node_selector = serde_json::from_value(json).map_err(typed)?
+                            }
+                            _ => spec.data_engine = serde_json::from_value(json).map_err(typed)?,
                         }
                     }
                     other => {
@@ -620,22 +868,73 @@ stringData: {CRYPTO_KEY_VALUE: hunter2}
     }
 
     #[test]
-    fn normalized_specs_compare_as_longhorn_would() {
+    fn mutated_specs_compare_as_longhorn_would() {
         let a = parse("kind: BackingImage\napiVersion: longhorn.io/v1beta2\nmetadata: {name: ab}\nspec: {sourceType: clone, sourceParameters: {backing-image: ' p '}}\n");
         let b = parse("kind: BackingImage\napiVersion: longhorn.io/v1beta2\nmetadata: {name: ab}\nspec: {sourceType: clone, sourceParameters: {backing-image: p, encryption: ignore}}\n");
-        assert_eq!(a[0].normalized_spec(), b[0].normalized_spec());
+        let src = SourceFacts {
+            secret: "s".into(),
+            secret_namespace: "ns".into(),
+            checksum: "c".into(),
+        };
+        let ma = a[0].mutated_spec(Some(&src), "disk-1");
+        assert_eq!(ma, b[0].mutated_spec(Some(&src), "disk-1"));
+        // An ignore clone takes its source's Secret and checksum; defaults as the mutator.
+        assert_eq!(
+            (
+                ma.secret.as_str(),
+                ma.secret_namespace.as_str(),
+                ma.checksum.as_str()
+            ),
+            ("s", "ns", "c")
+        );
+        assert_eq!(
+            (ma.min_number_of_copies, ma.data_engine.as_str()),
+            (1, "v1")
+        );
+        assert_eq!(ma.disk_file_spec_map["disk-1"].data_engine, "v1");
         let c = parse("kind: BackingImage\napiVersion: longhorn.io/v1beta2\nmetadata: {name: ab}\nspec: {sourceType: clone, sourceParameters: {backing-image: q}}\n");
         assert_eq!(
-            first_difference(&a[0].normalized_spec(), &c[0].normalized_spec()).as_deref(),
+            first_difference(&ma, &c[0].mutated_spec(Some(&src), "disk-1")).as_deref(),
             Some("spec.sourceParameters.backing-image")
         );
+        // encrypt: the parameters' Secret, no checksum; decrypt: neither.
+        let e = &parse(DOCS)[0];
+        let me = e.mutated_spec(Some(&src), "d");
+        assert_eq!(
+            (
+                me.secret.as_str(),
+                me.secret_namespace.as_str(),
+                me.checksum.as_str()
+            ),
+            ("longhorn-crypto", "longhorn-system", "")
+        );
+        let d = parse(&DOCS.replace("encryption: encrypt", "encryption: decrypt"));
+        let md = d[0].mutated_spec(Some(&src), "d");
+        assert_eq!((md.secret.as_str(), md.checksum.as_str()), ("", ""));
     }
 
     #[test]
     fn names() {
         assert!(valid_name("parrot-cloned-encrypted"));
-        for bad in ["", "a", "-a", "a/b", "../x", "a b"] {
+        for bad in ["", "a", "-a", "a/b", "../x", "a b", "Parrot"] {
             assert!(!valid_name(bad), "{bad}");
         }
+        assert_eq!(auto_correct_name("Parrot"), "parrot");
+        let long = "a-very-long-backing-image-name-that-is-over-forty";
+        let fixed = auto_correct_name(long);
+        use sha2::Digest;
+        let sum = crate::copier::hex(&sha2::Sha512::digest(long.as_bytes()));
+        assert_eq!(
+            fixed,
+            format!("a-very-long-backing-image-name-{}", &sum[..8])
+        );
+        assert_eq!(fixed.len(), 39);
+        // A cut that ends in '-' loses it, as Go's TrimRight.
+        let dash = "abcdefghijklmnopqrstuvwxyzabcd-efghijklmnop";
+        let sum = crate::copier::hex(&sha2::Sha512::digest(dash.as_bytes()));
+        assert_eq!(
+            auto_correct_name(dash),
+            format!("abcdefghijklmnopqrstuvwxyzabcd-{}", &sum[..8])
+        );
     }
 }

@@ -2,19 +2,21 @@
 //! disk, with status records, `get`, `delete`, and key rotation.
 //!
 //! - [`manifest`]: the BackingImage object, parsing and the manifest-only checks.
-//! - [`layout`]: the store on disk (the only module that knows or writes it), locks.
 //! - [`source`]: download, upload and clone plans, each one pass of the copier.
 //! - [`apply`]: the engine (dependency order, Longhorn's webhook rules, states).
-//! - [`status`]: what `get` shows.
+//! - [`status`]: records (upgraded from the previous format), observation, `get`, `delete`.
 //! - [`rekey`]: a new header around the same volume key, data copied unchanged.
+//!
+//! The disk itself (image directories, `backing.cfg`, records, locks) is [`crate::store`]'s.
+//! Entry points for front ends: [`apply()`] (admit and make), [`status::list`] /
+//! [`status::get`], [`status::watch`], [`status::delete`].
 
 pub mod apply;
-pub mod layout;
 pub mod manifest;
 pub mod rekey;
 pub mod source;
 pub mod status;
 
 pub use apply::{apply, Outcome, Report, Secrets};
-pub use layout::Store;
 pub use manifest::{BackingImage, FieldError};
+pub use status::{delete, get, list, watch, StatusError};

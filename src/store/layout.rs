@@ -1,14 +1,23 @@
-//! The two on-disk layouts of a store.
+//! The two on-disk layouts of a store, and how a Longhorn disk's image directories are read.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::cfg::{modification_time, BackingCfg};
 use super::valid_component;
 
 /// Longhorn keeps backing images under this directory of a disk.
-pub const LONGHORN_DIR: &str = "backing-images";
+pub const IMAGES_DIR: &str = "backing-images";
+/// The complete image file of a backing image directory.
+pub const BACKING: &str = "backing";
+/// The image while it is being written (a download in progress on a Longhorn disk).
+pub const BACKING_TMP: &str = "backing.tmp";
+/// backing-image-manager's `SyncingFileConfig` of `backing`.
+pub const BACKING_CFG: &str = "backing.cfg";
+/// longhorn-manager's disk config at the disk root.
+pub const DISK_CFG: &str = "longhorn-disk.cfg";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -18,31 +27,67 @@ pub enum Layout {
     Longhorn,
 }
 
-#[derive(serde::Deserialize)]
-struct BackingCfg {
-    #[serde(default)]
-    name: String,
+/// One complete image directory of a Longhorn disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskImage {
+    pub name: String,
+    pub uuid: String,
+    pub dir: PathBuf,
+    pub cfg: Option<BackingCfg>,
+}
+
+impl DiskImage {
+    pub fn backing(&self) -> PathBuf {
+        self.dir.join(BACKING)
+    }
+
+    /// Whether `backing.cfg` describes the file as it is now (its recorded mtime is the
+    /// file's): what backing-image-manager calls a ready file that was not modified.
+    pub fn cfg_current(&self) -> bool {
+        self.cfg.as_ref().is_some_and(|c| {
+            !c.modification_time.is_empty()
+                && modification_time(&self.backing()).is_ok_and(|t| t == c.modification_time)
+        })
+    }
 }
 
 impl Layout {
     pub fn detect(root: &Path) -> Self {
-        if root.join(LONGHORN_DIR).is_dir() {
+        if root.join(IMAGES_DIR).is_dir() {
             Layout::Longhorn
         } else {
             Layout::Flat
         }
     }
 
-    /// (name, path) of every image, sorted by name.
-    pub fn scan(self, root: &Path, state: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    /// (name, path) of every image, sorted by name. `preferred` names the uuid bifs's own
+    /// record gives an image, if any: that copy wins when a name has several.
+    pub fn scan(
+        self,
+        root: &Path,
+        state: &Path,
+        preferred: &dyn Fn(&str) -> Option<String>,
+    ) -> io::Result<Vec<(String, PathBuf)>> {
         match self {
             Layout::Flat => scan_flat(root, state),
-            Layout::Longhorn => scan_longhorn(&root.join(LONGHORN_DIR)),
+            Layout::Longhorn => Ok(scan_disk(root, preferred)?
+                .into_iter()
+                .map(|i| {
+                    let p = i.backing();
+                    (i.name, p)
+                })
+                .collect()),
         }
     }
 
-    /// The path of image `name`, without listing the whole store when the layout allows it.
-    pub fn locate(self, root: &Path, state: &Path, name: &str) -> io::Result<Option<PathBuf>> {
+    /// The path of image `name`, if the store has it.
+    pub fn locate(
+        self,
+        root: &Path,
+        state: &Path,
+        name: &str,
+        preferred: &dyn Fn(&str) -> Option<String>,
+    ) -> io::Result<Option<PathBuf>> {
         if !valid_component(name) {
             return Ok(None);
         }
@@ -51,10 +96,10 @@ impl Layout {
                 let path = root.join(name);
                 Ok(flat_entry(&path, name, state).then_some(path))
             }
-            Layout::Longhorn => Ok(scan_longhorn(&root.join(LONGHORN_DIR))?
+            Layout::Longhorn => Ok(scan_disk(root, preferred)?
                 .into_iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, p)| p)),
+                .find(|i| i.name == name)
+                .map(|i| i.backing())),
         }
     }
 }
@@ -85,49 +130,107 @@ fn scan_flat(root: &Path, state: &Path) -> io::Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-fn scan_longhorn(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
-    let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut dirs: Vec<PathBuf> = fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+/// Every complete image directory of the disk at `root`, one per name, sorted by name.
+///
+/// A directory counts once `backing` exists (one holding only `backing.tmp` is a download in
+/// progress). Its name is the directory's `<name>-<uuid>` with the uuid taken from
+/// `backing.cfg` (both formats) and checked against it. When several uuids of one name are
+/// complete, the ready copy is kept: the one bifs's record names, else one whose cfg matches
+/// its file, else the newest file.
+pub fn scan_disk(
+    root: &Path,
+    preferred: &dyn Fn(&str) -> Option<String>,
+) -> io::Result<Vec<DiskImage>> {
+    let dir = root.join(IMAGES_DIR);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     dirs.sort();
+    let mut by_name: BTreeMap<String, Vec<DiskImage>> = BTreeMap::new();
     for d in dirs {
-        let backing = d.join("backing");
-        // A directory without a finished `backing` file is a download or copy in progress.
-        if !fs::metadata(&backing).is_ok_and(|m| m.is_file()) {
+        if !fs::metadata(d.join(BACKING)).is_ok_and(|m| m.is_file()) {
             continue;
         }
-        let Some(name) = longhorn_name(&d) else {
-            tracing::warn!(dir = %d.display(), "skipping a backing image without a usable name");
-            continue;
-        };
-        if let Some(first) = by_name.get(&name) {
-            tracing::warn!(
-                name, kept = %first.display(), skipped = %backing.display(),
-                "two backing images share a name; keeping the first"
-            );
-            continue;
+        if let Some(image) = read_image_dir(&d) {
+            by_name.entry(image.name.clone()).or_default().push(image);
         }
-        by_name.insert(name, backing);
     }
-    Ok(by_name.into_iter().collect())
+    Ok(by_name
+        .into_iter()
+        .filter_map(|(name, copies)| pick_ready(&name, copies, preferred(&name)))
+        .collect())
 }
 
-/// The name from `backing.cfg`, else the directory name without its `-<uuid>` suffix.
-fn longhorn_name(dir: &Path) -> Option<String> {
-    let from_cfg = fs::read(dir.join("backing.cfg"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<BackingCfg>(&b).ok())
-        .map(|c| c.name)
-        .filter(|n| !n.is_empty());
-    let name = from_cfg.or_else(|| {
-        let dir_name = dir.file_name()?.to_str()?;
-        Some(
-            dir_name
-                .rsplit_once('-')
-                .map_or(dir_name, |(n, _)| n)
-                .to_owned(),
-        )
-    })?;
-    valid_component(&name).then_some(name)
+/// The image of one directory with a `backing` file, or `None` (with a warning) when its
+/// name cannot be told or contradicts its cfg.
+fn read_image_dir(d: &Path) -> Option<DiskImage> {
+    let Some(dir_name) = d.file_name().and_then(|n| n.to_str()) else {
+        tracing::warn!(dir = %d.display(), "skipping a backing image directory whose name is not UTF-8");
+        return None;
+    };
+    let cfg = BackingCfg::read(&d.join(BACKING_CFG));
+    let split = match cfg.as_ref().filter(|c| !c.uuid.is_empty()) {
+        Some(c) => match dir_name.strip_suffix(&format!("-{}", c.uuid)) {
+            Some(name) => Some((name.to_owned(), c.uuid.clone())),
+            None => {
+                tracing::warn!(dir = %d.display(), uuid = %c.uuid, "skipping a backing image whose directory does not end in the uuid of its backing.cfg");
+                return None;
+            }
+        },
+        None => dir_name
+            .rsplit_once('-')
+            .map(|(n, u)| (n.to_owned(), u.to_owned())),
+    };
+    let Some((name, uuid)) = split.filter(|(n, _)| valid_component(n) && !n.is_empty()) else {
+        tracing::warn!(dir = %d.display(), "skipping a backing image directory not named <name>-<uuid>");
+        return None;
+    };
+    if let Some(legacy) = cfg.as_ref().and_then(|c| c.legacy_name()) {
+        if legacy != name {
+            tracing::warn!(dir = %d.display(), cfg_name = legacy, "skipping a backing image whose backing.cfg names another image");
+            return None;
+        }
+    }
+    Some(DiskImage {
+        name,
+        uuid,
+        dir: d.to_path_buf(),
+        cfg,
+    })
+}
+
+fn pick_ready(
+    name: &str,
+    mut copies: Vec<DiskImage>,
+    preferred: Option<String>,
+) -> Option<DiskImage> {
+    if copies.len() <= 1 {
+        return copies.pop();
+    }
+    let mtime = |i: &DiskImage| fs::metadata(i.backing()).and_then(|m| m.modified()).ok();
+    let pos = preferred
+        .and_then(|u| copies.iter().position(|i| i.uuid == u))
+        .or_else(|| {
+            copies
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.cfg_current())
+                .max_by_key(|(_, i)| mtime(i))
+                .map(|(p, _)| p)
+        })
+        .or_else(|| {
+            copies
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, i)| mtime(i))
+                .map(|(p, _)| p)
+        })?;
+    let kept = copies.swap_remove(pos);
+    for other in &copies {
+        tracing::debug!(name, kept = %kept.dir.display(), skipped = %other.dir.display(), "several copies of one backing image; showing the ready one");
+    }
+    Some(kept)
 }

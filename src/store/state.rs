@@ -6,13 +6,14 @@
 //! (a [`HeaderRecord`]: what the header was made for). Directories 0700, files 0600, each
 //! written to a temporary file and renamed into place so a crash never leaves half a header.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder, File};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::atomic::write_atomic;
 use super::identity::SourceIdentity;
 use super::valid_component;
 use crate::k8s::SecretRef;
@@ -27,6 +28,7 @@ pub struct HeaderRecord {
     pub padded_len: u64,
 }
 
+#[derive(Debug)]
 pub struct StateDir {
     dir: PathBuf,
 }
@@ -42,6 +44,13 @@ impl StateDir {
         Ok(Self {
             dir: dir.canonicalize()?,
         })
+    }
+
+    /// The state directory at `dir`, not created (for read-only use).
+    pub fn at(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -117,9 +126,9 @@ impl StateDir {
                 .mode(0o700)
                 .create(parent)?;
         }
-        write_atomic(&header_path, header)?;
+        write_atomic(&header_path, header, 0o600)?;
         let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        write_atomic(&record_path, &json)?;
+        write_atomic(&record_path, &json, 0o600)?;
         File::open(&header_path)
     }
 
@@ -134,33 +143,8 @@ impl StateDir {
             return Ok(());
         };
         let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        write_atomic(&record_path, &json)
+        write_atomic(&record_path, &json, 0o600)
     }
-}
-
-/// Writes `bytes` to a 0600 temporary file beside `path`, syncs it and renames it into place.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(parent) = path.parent() {
-            File::open(parent)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

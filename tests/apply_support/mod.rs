@@ -307,3 +307,60 @@ pub fn usage(dir: &Path) -> u64 {
     }
     total
 }
+
+/// The store's disk UUID (`longhorn-disk.cfg`).
+pub fn disk_uuid(store: &Path) -> String {
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(store.join("longhorn-disk.cfg")).unwrap()).unwrap();
+    cfg["diskUUID"].as_str().unwrap().to_string()
+}
+
+/// The one disk file status of a BackingImage object (`status.diskFileStatusMap.<disk>`).
+pub fn file_status(object: &serde_json::Value) -> serde_json::Value {
+    let map = object["status"]["diskFileStatusMap"].as_object().unwrap();
+    assert_eq!(map.len(), 1, "{object}");
+    map.values().next().unwrap().clone()
+}
+
+/// The disk file state of `name` as `get -o yaml` shows it.
+pub fn state(store: &Path, name: &str) -> String {
+    file_status(&get_yaml(store, name))["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Compares `actual` with a golden shape: the same keys everywhere (in the same order for
+/// objects when `ordered`), equal leaves except where the golden has `"<any>"`. `subst` turns
+/// placeholders (`<disk>`, `<backing>`) into this run's values first.
+pub fn assert_shape(golden: &serde_json::Value, actual: &serde_json::Value, at: &str) {
+    use serde_json::Value;
+    match (golden, actual) {
+        (Value::String(g), _) if g == "<any>" => {}
+        (Value::Object(g), Value::Object(a)) => {
+            let gk: Vec<&String> = g.keys().collect();
+            let ak: Vec<&String> = a.keys().collect();
+            let (mut gs, mut as_) = (gk.clone(), ak.clone());
+            gs.sort();
+            as_.sort();
+            assert_eq!(gs, as_, "fields of {at}");
+            for (k, gv) in g {
+                assert_shape(gv, &a[k], &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(golden, actual, "{at}"),
+    }
+}
+
+pub fn golden(file: &str, subst: &[(&str, &str)]) -> String {
+    let mut text = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(file),
+    )
+    .unwrap();
+    for (from, to) in subst {
+        text = text.replace(from, to);
+    }
+    text
+}
