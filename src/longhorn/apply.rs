@@ -59,7 +59,7 @@ impl Secrets<'_> {
 pub fn apply(store: &Store, images: Vec<BackingImage>, secrets: &Secrets<'_>) -> Vec<Report> {
     let (ordered, mut reports) = order(images);
     // Registered up front so that Ctrl-C anywhere in the apply is handled, not only mid-copy.
-    let interrupted = crate::copier::interrupt_flag();
+    let interrupted = crate::signals::stop_flag();
     for image in ordered {
         let name = image.name().to_string();
         if interrupted.load(std::sync::atomic::Ordering::Relaxed) {

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{valid_name, BackingImage};
-use crate::copier::sync_dir;
+use crate::fsutil::sync_dir;
 
 pub const IMAGES_DIR: &str = "backing-images";
 pub const BACKING: &str = "backing";
