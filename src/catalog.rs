@@ -417,7 +417,7 @@ impl Catalog {
             }
         }
         let (bytes, key) =
-            encrypt::new_header_and_key(params, source_len, None).map_err(view_err)?;
+            encrypt::new_header_and_key(&params.luks, source_len, None).map_err(view_err)?;
         let file = state
             .save_header(&img.name, secret, &bytes, &record)
             .map_err(io_err)?;
@@ -448,7 +448,7 @@ impl Catalog {
             })
             .into());
         }
-        let (key, _) = parsed.unlock(&*header, &params.passphrase, &self.limits)?;
+        let (key, _) = parsed.unlock(&*header, &params.luks.passphrase, &self.limits)?;
         Ok((header, parsed, key))
     }
 
@@ -486,7 +486,7 @@ impl Catalog {
             _ => {}
         }
         let header = read_luks(img, &*image)?;
-        match header.unlock(&*image, &params.passphrase, &self.limits) {
+        match header.unlock(&*image, &params.luks.passphrase, &self.limits) {
             Ok(key) => {
                 let view = DecryptView::with_key(image, header.clone(), &key).map_err(view_err)?;
                 *cached = Some(Cached::Decrypt {

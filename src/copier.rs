@@ -1,7 +1,7 @@
 //! The one copier: bytes from a view or a stream into an open file, sequentially. All-zero
 //! blocks are skipped (holes), SHA-512 is computed over every byte as it is written (no second
 //! pass), progress goes to a terminal bar or periodic log lines and to an optional callback
-//! (status records), and SIGINT/SIGTERM stop it between chunks.
+//! (status records), and SIGINT/SIGTERM ([`crate::signals::stop_flag`]) stop it between chunks.
 //!
 //! Where the bytes land (a temporary name beside the destination, `backing.tmp` in a Longhorn
 //! directory) and when they are renamed into place is the caller's business: the CLI's
@@ -12,22 +12,19 @@ use std::io::{self, IsTerminal, Read};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
 use crate::image::ReadAt;
+use crate::signals::Interrupted;
 
 /// Bytes per read from the view: large enough for the XTS engine and the page cache to
 /// stream, small enough that memory stays bounded.
 pub const CHUNK: usize = 8 * 1024 * 1024;
 /// Hole granularity: a block of zeros this large is not written.
 pub const HOLE_BLOCK: usize = 64 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted")]
-pub struct Interrupted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -74,20 +71,6 @@ pub struct CopyOptions {
 /// Called with (bytes done, total when known) after each chunk.
 pub type ProgressFn<'a> = &'a mut dyn FnMut(u64, Option<u64>);
 
-/// Set by SIGINT/SIGTERM once the first copy registered the handlers. A copy that sees it
-/// returns [`Interrupted`] and its caller removes its temporary file.
-pub fn interrupt_flag() -> Arc<AtomicBool> {
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    Arc::clone(FLAG.get_or_init(|| {
-        let flag = Arc::new(AtomicBool::new(false));
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            // Registration only fails for forbidden signals; these two are allowed.
-            let _ = signal_hook::flag::register(sig, Arc::clone(&flag));
-        }
-        flag
-    }))
-}
-
 /// The write side: sequential sparse writes, hashing and progress.
 struct Writer<'f, 'c> {
     file: &'f File,
@@ -119,7 +102,7 @@ impl<'f, 'c> Writer<'f, 'c> {
             pos: 0,
             hasher,
             callback,
-            interrupted: interrupt_flag(),
+            interrupted: crate::signals::stop_flag(),
         })
     }
 
@@ -157,7 +140,8 @@ impl<'f, 'c> Writer<'f, 'c> {
         self.file.sync_all().map_err(sync_err)?;
         self.progress.finish(self.pos);
         let sha512 = match self.hasher {
-            Some(h) => Some(hex(&h.finish()?)),
+            // Lower-case hex, as Longhorn writes checksums.
+            Some(h) => Some(hex::encode(h.finish()?)),
             None => None,
         };
         Ok(Copied {
@@ -332,24 +316,6 @@ fn write_sparse(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// A rename is durable only once its directory is synced; failure to sync is not fatal.
-pub fn sync_dir(dir: &std::path::Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Lower-case hex, as Longhorn writes checksums.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
 /// A progress bar on a terminal; periodic log lines otherwise.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
@@ -424,7 +390,7 @@ mod tests {
         let mut data = vec![0u8; 3 * HOLE_BLOCK + 100];
         data[HOLE_BLOCK + 7] = 9;
         data[3 * HOLE_BLOCK + 50] = 1;
-        let want = hex(&Sha512::digest(&data));
+        let want = hex::encode(Sha512::digest(&data));
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         let hashed = CopyOptions {

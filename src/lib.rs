@@ -1,6 +1,6 @@
 //! bifs: clone disk images as-is, into LUKS2, or out of LUKS2, by reading through views.
 //!
-//! Data flows one way: a Secret manifest becomes [`k8s::CryptoParams`]; an image file becomes an
+//! Data flows one way: a Secret manifest becomes [`view::LuksParams`] (in [`k8s`]); an image file becomes an
 //! [`image::ReadAt`] source; a [`view`] transforms a source into another `ReadAt` (LUKS2 of it,
 //! plaintext of it); the [`catalog`] names the views of a store; the FUSE adapter (and the CLI, in the
 //! binary) only route reads to views.
@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod copier;
 pub mod fs;
+pub mod fsutil;
 pub mod image;
 pub mod k8s;
 pub mod kdf;
@@ -15,6 +16,7 @@ pub mod keys;
 pub mod longhorn;
 pub mod luks;
 pub mod sha512;
+pub mod signals;
 pub mod store;
 pub mod verify;
 pub mod view;

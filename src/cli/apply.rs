@@ -13,9 +13,9 @@ use bifs::image::raw::RawFile;
 use bifs::image::ReadAt;
 use bifs::k8s::{self, Secret, SecretRef};
 use bifs::longhorn::manifest::{manifest_files, parse_backing_images, BackingImage};
-use bifs::longhorn::rekey::RekeyView;
 use bifs::longhorn::{self, status, Outcome};
 use bifs::store::Store;
+use bifs::view::RekeyView;
 
 const RESOURCE: &str = "backingimage.longhorn.io";
 
@@ -73,8 +73,8 @@ pub fn apply(files: &[PathBuf], store: &Path, secrets: &[PathBuf]) -> anyhow::Re
             }
         }
     }
-    if bifs::copier::interrupt_flag().load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(bifs::copier::Interrupted.into());
+    if bifs::signals::stop_flag().load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(bifs::signals::Interrupted.into());
     }
     if failed > 0 {
         bail!(
@@ -160,7 +160,7 @@ pub fn rekey(a: &RekeyArgs<'_>) -> anyhow::Result<()> {
     check_destination(a.dst, a.force)?;
     let src: Arc<dyn ReadAt> =
         Arc::new(RawFile::open(a.src).with_context(|| format!("opening {}", a.src.display()))?);
-    let view = RekeyView::create(src, &old.passphrase, &new).with_context(|| {
+    let view = RekeyView::create(src, &old.luks.passphrase, &new.luks).with_context(|| {
         format!(
             "rekeying {} from Secret {} to Secret {}",
             a.src.display(),

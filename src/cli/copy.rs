@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use bifs::copier::sync_dir;
+pub use bifs::copier::CopyOptions;
 use bifs::copier::{copy_view, Copied, CopyError};
-pub use bifs::copier::{CopyOptions, Interrupted};
+use bifs::fsutil::sync_dir;
 use bifs::image::ReadAt;
+pub use bifs::signals::Interrupted;
 
 /// Removes the temporary file unless the copy completed.
 struct TempGuard {

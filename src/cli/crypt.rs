@@ -59,9 +59,9 @@ pub fn encrypt(
     }
     tracing::info!(
         source = %src.display(), format = %format, secret = %params.secret,
-        key_bits = params.key_bits, hash = params.hash.name(), "formatting LUKS2 header"
+        key_bits = params.luks.key_bits, hash = params.luks.hash.name(), "formatting LUKS2 header"
     );
-    let view = EncryptView::create(disk, &params, sector_size)
+    let view = EncryptView::create(disk, &params.luks, sector_size)
         .with_context(|| format!("encrypting {} with Secret {}", src.display(), params.secret))?;
     let opts = CopyOptions {
         force,
@@ -91,7 +91,7 @@ pub fn decrypt(
         image::raw::RawFile::open(src).with_context(|| format!("opening {}", src.display()))?,
     );
     check_destination(dst, force)?;
-    let view = DecryptView::open(image, &params.passphrase, &KdfLimits::default())
+    let view = DecryptView::open(image, &params.luks.passphrase, &KdfLimits::default())
         .with_context(|| format!("decrypting {} with Secret {}", src.display(), params.secret))?;
     let opts = CopyOptions {
         force,

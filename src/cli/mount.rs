@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 use bifs::fs::{BifsFs, CacheMode, Catalog, MountOptions};
 use bifs::k8s;
@@ -66,20 +64,17 @@ pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
             )
         })?;
     let mut unmounter = session.unmount_callable();
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
-    let signals_handle = signals.handle();
     let mountpoint = args.mountpoint.clone();
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            tracing::info!(signal = sig, mountpoint = %mountpoint.display(), "unmounting");
-            if let Err(e) = unmounter.unmount() {
-                tracing::error!(error = %e, "unmount failed; try `bifs umount` (busy mount?)");
-            }
+    let stop = bifs::signals::on_stop(move |sig| {
+        tracing::info!(signal = sig, mountpoint = %mountpoint.display(), "unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::error!(error = %e, "unmount failed; try `bifs umount` (busy mount?)");
         }
-    });
+    })
+    .context("installing signal handlers")?;
     tracing::info!(mountpoint = %args.mountpoint.display(), "mounted; Ctrl-C or `bifs umount` to stop");
     let result = session.run().context("FUSE session");
-    signals_handle.close();
+    stop.close();
     tracing::info!(mountpoint = %args.mountpoint.display(), "unmounted");
     result
 }

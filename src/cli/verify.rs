@@ -1,8 +1,6 @@
 //! `bifs verify`: CLI glue around [`bifs::verify`]; picks the exit code.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
@@ -36,15 +34,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     let params = super::crypt::load_params(&args.secret)?;
     // Ctrl-C or SIGTERM set the flag instead of killing us, so a dm-crypt mapping is always
     // removed by its guard on the way out.
-    let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&cancel))
-            .context("installing signal handlers")?;
-    }
+    let cancel = bifs::signals::stop_flag();
     let opts = VerifyOptions {
         image: &args.image,
         against: args.against.as_deref(),
-        passphrase: &params.passphrase,
+        passphrase: &params.luks.passphrase,
         method: match args.method {
             MethodArg::Auto => Method::Auto,
             MethodArg::DmCrypt => Method::DmCrypt,

@@ -1,4 +1,6 @@
-//! Kubernetes manifests: Secrets that carry LUKS parameters (Longhorn's `CRYPTO_*` keys).
+//! Kubernetes manifests: Secrets that carry LUKS parameters (Longhorn's `CRYPTO_*` keys). A
+//! Secret becomes plain [`crate::view::LuksParams`] here (inside [`CryptoParams`], with the
+//! Secret's name for messages): the views take those and never see a Kubernetes type.
 
 pub mod secret;
 

@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::kdf::{Hash, KdfKind, KdfRequest};
 use crate::keys::Passphrase;
+use crate::view::LuksParams;
 
 const KEY_VALUE: &str = "CRYPTO_KEY_VALUE";
 const KEY_PROVIDER: &str = "CRYPTO_KEY_PROVIDER";
@@ -113,21 +114,12 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// What a Secret asks of LUKS: the passphrase and the format parameters.
+/// What a Secret asks of LUKS: plain LUKS parameters (what the views take), and the Secret
+/// they came from (for messages).
 #[derive(Debug, Clone)]
 pub struct CryptoParams {
     pub secret: SecretRef,
-    pub passphrase: Passphrase,
-    pub hash: Hash,
-    /// Bits of the whole XTS key: 256 (AES-128-XTS) or 512 (AES-256-XTS).
-    pub key_bits: u32,
-    pub kdf: KdfRequest,
-}
-
-impl CryptoParams {
-    pub fn key_bytes(&self) -> usize {
-        self.key_bits as usize / 8
-    }
+    pub luks: LuksParams,
 }
 
 #[derive(Deserialize)]
@@ -374,14 +366,16 @@ impl Secret {
         let force_iterations = self.number(KEY_PBKDF_FORCE_ITERATIONS)?;
         Ok(CryptoParams {
             secret: id.clone(),
-            passphrase,
-            hash,
-            key_bits,
-            kdf: KdfRequest {
-                kind,
+            luks: LuksParams {
+                passphrase,
                 hash,
-                force_iterations,
-                memory_kib,
+                key_bits,
+                kdf: KdfRequest {
+                    kind,
+                    hash,
+                    force_iterations,
+                    memory_kib,
+                },
             },
         })
     }
@@ -423,8 +417,8 @@ data:
     fn string_data_and_base64_data() {
         let s = parse_secrets(TWO, Path::new("t.yaml")).unwrap();
         assert_eq!(s.len(), 2);
-        let p = s[0].crypto_params().unwrap();
-        assert_eq!(p.secret.to_string(), "longhorn-system/longhorn-crypto");
+        let CryptoParams { secret, luks: p } = s[0].crypto_params().unwrap();
+        assert_eq!(secret.to_string(), "longhorn-system/longhorn-crypto");
         assert_eq!(p.passphrase.as_bytes(), b"Simple passphrase");
         assert_eq!(
             (p.hash, p.key_bits, p.kdf.kind),
@@ -447,7 +441,7 @@ data:
             Path::new("x"),
         )
         .unwrap();
-        let p = s[0].crypto_params().unwrap();
+        let p = s[0].crypto_params().unwrap().luks;
         assert_eq!(
             (p.hash, p.key_bits, p.kdf.kind),
             (Hash::Sha256, 256, KdfKind::Argon2i)

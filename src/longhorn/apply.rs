@@ -86,7 +86,7 @@ pub fn apply(store: &Store, images: Vec<BackingImage>, secrets: &Secrets<'_>) ->
         .collect();
     let (ordered, mut reports) = order(images);
     // Registered up front so that Ctrl-C anywhere in the apply is handled, not only mid-copy.
-    let interrupted = crate::copier::interrupt_flag();
+    let interrupted = crate::signals::stop_flag();
     for image in ordered {
         let name = image.name().to_string();
         if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
@@ -715,12 +715,12 @@ fn clone_plan(
 /// Longhorn does not pass `CRYPTO_PBKDF_MEMORY`/`CRYPTO_PBKDF_FORCE_ITERATIONS` to cryptsetup
 /// for backing images; bifs honours them, and says so.
 fn note_kdf_costs(image: &str, params: &CryptoParams) {
-    if params.kdf.memory_kib.is_some() || params.kdf.force_iterations.is_some() {
+    if params.luks.kdf.memory_kib.is_some() || params.luks.kdf.force_iterations.is_some() {
         tracing::info!(
             backing_image = image,
             secret = %params.secret,
-            memory_kib = ?params.kdf.memory_kib,
-            iterations = ?params.kdf.force_iterations,
+            memory_kib = ?params.luks.kdf.memory_kib,
+            iterations = ?params.luks.kdf.force_iterations,
             "the Secret's CRYPTO_PBKDF_MEMORY/CRYPTO_PBKDF_FORCE_ITERATIONS are honoured (a bifs extension: Longhorn does not pass them to cryptsetup for backing images)"
         );
     }

@@ -11,10 +11,9 @@ use crate::copier::{copy_stream, copy_view, Copied, CopyError, CopyOptions, Prog
 use crate::image::{self, raw::RawFile, ReadAt};
 use crate::k8s::CryptoParams;
 use crate::kdf::KdfLimits;
-use crate::view::{DecryptView, EncryptView, ViewError};
+use crate::view::{DecryptView, EncryptView, RekeyError, RekeyView, ViewError};
 
 use super::manifest::{FieldError, PARAM_BACKING_IMAGE, PARAM_PATH, PARAM_SECRET, PARAM_URL};
-use super::rekey::{RekeyError, RekeyView};
 
 /// What to copy, resolved against the store and the Secrets.
 pub enum Plan {
@@ -91,7 +90,7 @@ pub fn produce(
             // a temporary raw file.
             let disk = image::open_virtual_disk(source)
                 .map_err(|e| field(PARAM_BACKING_IMAGE, e.to_string()))?;
-            let view = EncryptView::create(disk, params, None).map_err(|e| {
+            let view = EncryptView::create(disk, &params.luks, None).map_err(|e| {
                 field(
                     PARAM_SECRET,
                     format!("encrypting with Secret {}: {e}", params.secret),
@@ -101,28 +100,29 @@ pub fn produce(
         }
         Plan::Decrypt { source, params } => {
             let raw = open_raw(source, PARAM_BACKING_IMAGE)?;
-            let view =
-                DecryptView::open(raw, &params.passphrase, &KdfLimits::default()).map_err(|e| {
-                    match e {
-                        ViewError::NotEncrypted => field(PARAM_BACKING_IMAGE, e.to_string()),
-                        e => field(
-                            PARAM_SECRET,
-                            format!("Secret {} does not open the source: {e}", params.secret),
-                        ),
-                    }
+            let view = DecryptView::open(raw, &params.luks.passphrase, &KdfLimits::default())
+                .map_err(|e| match e {
+                    ViewError::NotEncrypted => field(PARAM_BACKING_IMAGE, e.to_string()),
+                    e => field(
+                        PARAM_SECRET,
+                        format!("Secret {} does not open the source: {e}", params.secret),
+                    ),
                 })?;
             Ok(copy_view(&view, file, path, opts, progress)?)
         }
         Plan::Rekey { source, old, new } => {
             let raw = open_raw(source, PARAM_BACKING_IMAGE)?;
-            let view = RekeyView::create(raw, &old.passphrase, new).map_err(|e| match e {
-                RekeyError::Unlock(e) => field(
-                    PARAM_BACKING_IMAGE,
-                    format!("the source's Secret {} does not open it: {e}", old.secret),
-                ),
-                RekeyError::Kdf(e) => field(PARAM_SECRET, format!("Secret {}: {e}", new.secret)),
-                e => field(PARAM_BACKING_IMAGE, e.to_string()),
-            })?;
+            let view =
+                RekeyView::create(raw, &old.luks.passphrase, &new.luks).map_err(|e| match e {
+                    RekeyError::Unlock(e) => field(
+                        PARAM_BACKING_IMAGE,
+                        format!("the source's Secret {} does not open it: {e}", old.secret),
+                    ),
+                    RekeyError::Kdf(e) => {
+                        field(PARAM_SECRET, format!("Secret {}: {e}", new.secret))
+                    }
+                    e => field(PARAM_BACKING_IMAGE, e.to_string()),
+                })?;
             Ok(copy_view(&view, file, path, opts, progress)?)
         }
     }

@@ -256,7 +256,7 @@ pub(crate) fn sha512_file(path: &std::path::Path) -> std::io::Result<String> {
         }
         h.update(&buf[..n]).map_err(std::io::Error::other)?;
     }
-    Ok(crate::copier::hex(
+    Ok(hex::encode(
         &h.finish().map_err(std::io::Error::other)?,
     ))
 }

@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::copier::sync_dir;
+use crate::fsutil::sync_dir;
 
 /// Writes `bytes` to `path` atomically with permission bits `mode` (before the umask).
 /// On error the temporary file is removed and `path` is unchanged.

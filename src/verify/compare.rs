@@ -7,7 +7,6 @@ use sha2::{Digest, Sha512};
 
 use super::plain::Plaintext;
 use super::VerifyError;
-use crate::copier::hex;
 use crate::image::{read_full_at, ReadAt};
 
 /// Bytes per read: a multiple of every sector size, large enough to stream.
@@ -134,11 +133,11 @@ pub fn run(
     }
     Ok(Outcome {
         plaintext_len: len,
-        sha512: hex(&hasher.finalize()),
+        sha512: hex::encode(hasher.finalize()),
         mismatch,
         past_source: source_len.map_or(0, |s| len.saturating_sub(s)),
         past_source_nonzero,
-        compared_sha512: prefix_hasher.map(|h| hex(&h.finalize())),
+        compared_sha512: prefix_hasher.map(|h| hex::encode(h.finalize())),
     })
 }
 
@@ -169,7 +168,7 @@ mod tests {
         let data: Vec<u8> = (0..CHUNK * 2 + 512).map(|i| (i * 7) as u8).collect();
         let out = go(data.clone(), data.clone());
         assert_eq!(out.mismatch, None);
-        assert_eq!(out.sha512, hex(&Sha512::digest(&data)));
+        assert_eq!(out.sha512, hex::encode(Sha512::digest(&data)));
         assert_eq!(out.compared_sha512, None);
     }
 
@@ -198,7 +197,10 @@ mod tests {
             (out.mismatch, out.past_source, out.past_source_nonzero),
             (None, 3096, None)
         );
-        assert_eq!(out.compared_sha512, Some(hex(&Sha512::digest([9u8; 1000]))));
+        assert_eq!(
+            out.compared_sha512,
+            Some(hex::encode(Sha512::digest([9u8; 1000])))
+        );
         plain[3000] = 1;
         let out = go(plain, vec![9u8; 1000]);
         assert_eq!((out.mismatch, out.past_source_nonzero), (None, Some(3000)));

@@ -26,7 +26,8 @@ pub mod plain;
 pub use compare::{Mismatch, MismatchKind, Outcome};
 pub use libcs::Geometry;
 
-use plain::{DeviceFile, MappedDevice, XtsPlaintext};
+use crate::image::raw::RawFile;
+use plain::{MappedDevice, XtsPlaintext};
 
 /// What the plain statement of the fallback says, word for word (tests and CI grep for it).
 pub const NO_DM_MESSAGE: &str =
@@ -68,6 +69,8 @@ pub enum VerifyError {
     },
     #[error(transparent)]
     OpenSource(#[from] image::OpenError),
+    #[error("libcryptsetup's volume key: {0}")]
+    XtsKey(#[from] plain::XtsKeyError),
     #[error("interrupted")]
     Interrupted,
 }
@@ -169,14 +172,28 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> VerifyError {
     move |source| VerifyError::Io { what, source }
 }
 
+fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
 /// Opens a file or block device as a source of bytes; regular files through
 /// `open_virtual_disk` so a qcow2 SOURCE is compared by its virtual disk.
 fn open_source(path: &Path) -> Result<Arc<dyn ReadAt>, VerifyError> {
-    if DeviceFile::is_block_device(path) {
-        let dev = DeviceFile::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+    if is_block_device(path) {
+        let dev = RawFile::open(path).map_err(io_err(format!("opening {}", path.display())))?;
         return Ok(Arc::new(dev));
     }
     Ok(image::open_virtual_disk(path)?)
+}
+
+/// The report's lines, written as they are found.
+struct Lines<'a>(&'a mut dyn Write);
+
+impl Lines<'_> {
+    fn say(&mut self, line: impl std::fmt::Display) -> Result<(), VerifyError> {
+        writeln!(self.0, "{line}").map_err(io_err("writing the report"))
+    }
 }
 
 /// Runs the whole check, writing what it finds to `out` line by line. A mismatch is not an
@@ -186,27 +203,16 @@ pub fn verify(
     cancel: &AtomicBool,
     out: &mut dyn Write,
 ) -> Result<Report, VerifyError> {
-    let mut say = |line: String| -> Result<(), VerifyError> {
-        writeln!(out, "{line}").map_err(io_err("writing the report"))
-    };
+    let mut out = Lines(out);
     libcs::init_logging();
-    let image_path = opts.image;
-    say(format!("image: {}", image_path.display()))?;
+    out.say(format!("image: {}", opts.image.display()))?;
 
     // 1. libcryptsetup's view of the header, and its volume key.
-    let mut lib = libcs::LibImage::load(image_path)?;
+    let mut lib = libcs::LibImage::load(opts.image)?;
     let geo = lib.geometry()?;
-    say(format!(
-        "header (libcryptsetup): {}, cipher {}, {}-bit key, sector size {}, data offset {} bytes, segment {}",
-        geo.luks_type,
-        geo.cipher_spec(),
-        geo.key_bytes * 8,
-        geo.sector_size,
-        geo.data_offset,
-        geo.segment_size.map_or_else(|| "dynamic".to_string(), |s| format!("{s} bytes")),
-    ))?;
+    out.say(describe_geometry(&geo))?;
     let (keyslot, lib_key) = lib.volume_key(opts.passphrase.as_bytes(), geo.key_bytes)?;
-    say(format!(
+    out.say(format!(
         "passphrase: opens keyslot {keyslot} (libcryptsetup)"
     ))?;
     if cancel.load(std::sync::atomic::Ordering::Relaxed) {
@@ -214,23 +220,93 @@ pub fn verify(
     }
 
     // 2. Our engine must reach the same key and the same geometry.
-    let image_file = DeviceFile::open(image_path)
-        .map_err(io_err(format!("opening {}", image_path.display())))?;
-    let image_len = image_file.len();
-    let ours = LuksHeader::read(&image_file).map_err(VerifyError::EngineFailed)?;
+    let image_file =
+        RawFile::open(opts.image).map_err(io_err(format!("opening {}", opts.image.display())))?;
+    let our_slot = engine_agrees(&image_file, opts, &geo, &lib_key)?;
+    out.say(format!(
+        "bifs engine: same volume key{}, same data segment geometry",
+        our_slot
+            .map(|s| format!(" (opened keyslot {s})"))
+            .unwrap_or_default()
+    ))?;
+
+    // 3. The plaintext, by dm-crypt or by the independent XTS path.
+    let source = opts.against.map(open_source).transpose()?;
+    let use_dm = use_dm(opts.method)?;
+    let seg_len = geo.segment_len(image_file.len())?;
+    let (method, outcome) = if use_dm {
+        drop(image_file);
+        let outcome = through_dm_crypt(
+            lib,
+            lib_key,
+            opts.image,
+            seg_len,
+            source.as_deref(),
+            cancel,
+            &mut out,
+        )?;
+        (UsedMethod::DmCrypt, outcome)
+    } else {
+        drop(lib);
+        if opts.method == Method::Auto {
+            out.say(NO_DM_MESSAGE)?;
+        }
+        let outcome = through_xts(
+            &image_file,
+            &lib_key,
+            &geo,
+            seg_len,
+            source.as_deref(),
+            cancel,
+            &mut out,
+        )?;
+        (UsedMethod::Xts, outcome)
+    };
+
+    // 4. What was checked.
+    report_outcome(&outcome, opts.against, &mut out)?;
+    Ok(Report {
+        geometry: geo,
+        keyslot,
+        method,
+        outcome,
+    })
+}
+
+/// What libcryptsetup says of the header, as one report line.
+fn describe_geometry(geo: &Geometry) -> String {
+    format!(
+        "header (libcryptsetup): {}, cipher {}, {}-bit key, sector size {}, data offset {} bytes, segment {}",
+        geo.luks_type,
+        geo.cipher_spec(),
+        geo.key_bytes * 8,
+        geo.sector_size,
+        geo.data_offset,
+        geo.segment_size.map_or_else(|| "dynamic".to_string(), |s| format!("{s} bytes")),
+    )
+}
+
+/// Step 2: bifs's engine unlocks the same volume key as libcryptsetup and reads the same data
+/// segment geometry. Returns the LUKS2 keyslot our engine opened.
+fn engine_agrees(
+    image: &RawFile,
+    opts: &VerifyOptions<'_>,
+    geo: &Geometry,
+    lib_key: &[u8],
+) -> Result<Option<u32>, VerifyError> {
+    let ours = LuksHeader::read(image).map_err(VerifyError::EngineFailed)?;
     let (our_key, our_slot) = match &ours {
         LuksHeader::V2(h) => h
-            .unlock(&image_file, opts.passphrase, &opts.limits)
+            .unlock(image, opts.passphrase, &opts.limits)
             .map(|(k, s)| (k, Some(s))),
         LuksHeader::V1(_) => ours
-            .unlock(&image_file, opts.passphrase, &opts.limits)
+            .unlock(image, opts.passphrase, &opts.limits)
             .map(|k| (k, None)),
     }
     .map_err(VerifyError::EngineFailed)?;
-    if !crate::luks::ct_eq(our_key.as_bytes(), &lib_key) {
+    if !crate::luks::ct_eq(our_key.as_bytes(), lib_key) {
         return Err(VerifyError::KeyMismatch);
     }
-    drop(our_key);
     let seg = ours.segment();
     let mut diffs = Vec::new();
     if seg.offset != geo.data_offset {
@@ -260,116 +336,126 @@ pub fn verify(
     if !diffs.is_empty() {
         return Err(VerifyError::GeometryMismatch(diffs.join("; ")));
     }
-    say(format!(
-        "bifs engine: same volume key{}, same data segment geometry",
-        our_slot
-            .map(|s| format!(" (opened keyslot {s})"))
-            .unwrap_or_default()
-    ))?;
+    Ok(our_slot)
+}
 
-    // 3. The plaintext, by dm-crypt or by the independent XTS path.
-    let source = opts.against.map(open_source).transpose()?;
-    let use_dm = match opts.method {
-        Method::Auto => dm_available(),
-        Method::DmCrypt if dm_available() => true,
-        Method::DmCrypt => {
-            return Err(VerifyError::DeviceMapper(
-                "not available here (no device-mapper in this kernel, or not root)".into(),
-            ))
-        }
-        Method::Xts => false,
-    };
-    let seg_len = geo.segment_len(image_len)?;
-    let (method, outcome) = if use_dm {
-        drop(image_file);
-        let name = mapping_name();
-        let mapping = lib.activate_read_only(&name, &lib_key)?;
-        drop(lib_key);
-        let path = mapping.path()?;
-        // libcryptsetup puts a loop device under a regular file; a block device is mapped as is.
-        let under = if DeviceFile::is_block_device(image_path) {
-            format!("on {}", image_path.display())
-        } else {
-            "on a read-only loop device".to_string()
-        };
-        say(format!(
-            "method: dm-crypt (read-only mapping {} {under}, decrypted by the kernel)",
-            path.display()
-        ))?;
-        if mapping.size() != seg_len {
-            say(format!(
-                "note: the mapping is {} bytes; libcryptsetup's geometry implies {seg_len}",
-                mapping.size()
-            ))?;
-        }
-        let outcome = {
-            let dev =
-                DeviceFile::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
-            let plain = MappedDevice {
-                len: mapping.size(),
-                dev,
-            };
-            compare::run(&plain, source.as_deref(), cancel)?
-            // `plain` closes here, before the mapping is removed.
-        };
-        mapping.deactivate()?;
-        (UsedMethod::DmCrypt, outcome)
-    } else {
-        drop(lib);
-        if opts.method == Method::Auto {
-            say(NO_DM_MESSAGE.to_string())?;
-        }
-        say("method: xts (libcryptsetup's volume key and geometry, decrypted by the xts-mode crate)".to_string())?;
-        if geo.cipher != "aes" || geo.cipher_mode != "xts-plain64" {
-            return Err(VerifyError::Unsupported(format!(
-                "cipher {} on the XTS path (only aes-xts-plain64)",
-                geo.cipher_spec()
-            )));
-        }
-        let plain = XtsPlaintext::new(
-            &image_file,
-            &lib_key,
-            geo.data_offset,
-            seg_len,
-            geo.sector_size,
-            geo.iv_offset,
-        )
-        .map_err(VerifyError::Unsupported)?;
-        let outcome = compare::run(&plain, source.as_deref(), cancel)?;
-        (UsedMethod::Xts, outcome)
-    };
-
-    // 4. What was checked.
-    say(format!("plaintext: {} bytes", outcome.plaintext_len))?;
-    say(format!("plaintext SHA-512: {}", outcome.sha512))?;
-    if let Some(against) = opts.against {
-        match &outcome.mismatch {
-            None => say(format!("against {}: identical", against.display()))?,
-            Some(m) => say(format!("against {}: MISMATCH: {m}", against.display()))?,
-        }
-        if outcome.past_source > 0 {
-            let what = match outcome.past_source_nonzero {
-                None => "all zeros".to_string(),
-                Some(at) => format!("not all zeros, first non-zero at offset {at}"),
-            };
-            say(format!(
-                "past the end of SOURCE: {} more plaintext bytes, not compared ({what})",
-                outcome.past_source
-            ))?;
-        }
-        if let Some(h) = &outcome.compared_sha512 {
-            say(format!(
-                "compared part SHA-512 (first {} bytes): {h}",
-                outcome.plaintext_len - outcome.past_source
-            ))?;
-        }
+/// Whether step 3 goes through dm-crypt.
+fn use_dm(method: Method) -> Result<bool, VerifyError> {
+    match method {
+        Method::Auto => Ok(dm_available()),
+        Method::DmCrypt if dm_available() => Ok(true),
+        Method::DmCrypt => Err(VerifyError::DeviceMapper(
+            "not available here (no device-mapper in this kernel, or not root)".into(),
+        )),
+        Method::Xts => Ok(false),
     }
-    Ok(Report {
-        geometry: geo,
-        keyslot,
-        method,
-        outcome,
-    })
+}
+
+/// Step 3 by dm-crypt: a read-only mapping, read while it exists, removed after.
+fn through_dm_crypt(
+    lib: libcs::LibImage,
+    lib_key: zeroize::Zeroizing<Vec<u8>>,
+    image_path: &Path,
+    seg_len: u64,
+    source: Option<&dyn ReadAt>,
+    cancel: &AtomicBool,
+    out: &mut Lines<'_>,
+) -> Result<Outcome, VerifyError> {
+    let name = mapping_name();
+    let mapping = lib.activate_read_only(&name, &lib_key)?;
+    drop(lib_key);
+    let path = mapping.path()?;
+    // libcryptsetup puts a loop device under a regular file; a block device is mapped as is.
+    let under = if is_block_device(image_path) {
+        format!("on {}", image_path.display())
+    } else {
+        "on a read-only loop device".to_string()
+    };
+    out.say(format!(
+        "method: dm-crypt (read-only mapping {} {under}, decrypted by the kernel)",
+        path.display()
+    ))?;
+    if mapping.size() != seg_len {
+        out.say(format!(
+            "note: the mapping is {} bytes; libcryptsetup's geometry implies {seg_len}",
+            mapping.size()
+        ))?;
+    }
+    let outcome = {
+        let dev = RawFile::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
+        let plain = MappedDevice {
+            len: mapping.size(),
+            dev,
+        };
+        compare::run(&plain, source, cancel)?
+        // `plain` closes here, before the mapping is removed.
+    };
+    mapping.deactivate()?;
+    Ok(outcome)
+}
+
+/// Step 3 without device-mapper: libcryptsetup's key and geometry, the `xts-mode` crate.
+fn through_xts(
+    image: &RawFile,
+    lib_key: &[u8],
+    geo: &Geometry,
+    seg_len: u64,
+    source: Option<&dyn ReadAt>,
+    cancel: &AtomicBool,
+    out: &mut Lines<'_>,
+) -> Result<Outcome, VerifyError> {
+    out.say(
+        "method: xts (libcryptsetup's volume key and geometry, decrypted by the xts-mode crate)",
+    )?;
+    if geo.cipher != "aes" || geo.cipher_mode != "xts-plain64" {
+        return Err(VerifyError::Unsupported(format!(
+            "cipher {} on the XTS path (only aes-xts-plain64)",
+            geo.cipher_spec()
+        )));
+    }
+    let plain = XtsPlaintext::new(
+        image,
+        lib_key,
+        geo.data_offset,
+        seg_len,
+        geo.sector_size,
+        geo.iv_offset,
+    )?;
+    compare::run(&plain, source, cancel)
+}
+
+/// Step 4: what was checked, and what was found.
+fn report_outcome(
+    outcome: &Outcome,
+    against: Option<&Path>,
+    out: &mut Lines<'_>,
+) -> Result<(), VerifyError> {
+    out.say(format!("plaintext: {} bytes", outcome.plaintext_len))?;
+    out.say(format!("plaintext SHA-512: {}", outcome.sha512))?;
+    let Some(against) = against else {
+        return Ok(());
+    };
+    match &outcome.mismatch {
+        None => out.say(format!("against {}: identical", against.display()))?,
+        Some(m) => out.say(format!("against {}: MISMATCH: {m}", against.display()))?,
+    }
+    if outcome.past_source > 0 {
+        let what = match outcome.past_source_nonzero {
+            None => "all zeros".to_string(),
+            Some(at) => format!("not all zeros, first non-zero at offset {at}"),
+        };
+        out.say(format!(
+            "past the end of SOURCE: {} more plaintext bytes, not compared ({what})",
+            outcome.past_source
+        ))?;
+    }
+    if let Some(h) = &outcome.compared_sha512 {
+        out.say(format!(
+            "compared part SHA-512 (first {} bytes): {h}",
+            outcome.plaintext_len - outcome.past_source
+        ))?;
+    }
+    Ok(())
 }
 
 /// A mapping name unique to this run, recognizably ours if ever left behind.

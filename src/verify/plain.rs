@@ -2,15 +2,13 @@
 //! and the data segment decrypted by the `xts-mode` crate (not our `crate::xts`) with the key
 //! and geometry libcryptsetup gave.
 
-use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::io;
 
 use aes::{Aes128, Aes256};
 use cipher::KeyInit;
 use xts_mode::{get_tweak_default, Xts128};
 
+use crate::image::raw::RawFile;
 use crate::image::ReadAt;
 
 /// A plaintext stream read in aligned chunks: `pos` and `buf.len()` are multiples of the
@@ -21,64 +19,9 @@ pub trait Plaintext {
     fn read_chunk(&self, pos: u64, buf: &mut [u8]) -> io::Result<()>;
 }
 
-/// A file or block device read with `pread`. `RawFile` takes its length from the metadata,
-/// which is 0 for block devices; this takes it from the end of the device.
-pub struct DeviceFile {
-    file: File,
-    len: u64,
-}
-
-impl DeviceFile {
-    pub fn open(path: &Path) -> io::Result<Self> {
-        let mut file = File::open(path)?;
-        let len = file.seek(SeekFrom::End(0))?;
-        Ok(Self { file, len })
-    }
-
-    pub fn is_block_device(path: &Path) -> bool {
-        use std::os::unix::fs::FileTypeExt;
-        std::fs::metadata(path)
-            .map(|m| m.file_type().is_block_device())
-            .unwrap_or(false)
-    }
-}
-
-impl ReadAt for DeviceFile {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        if offset >= self.len {
-            return Ok(0);
-        }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.len - offset).unwrap_or(usize::MAX));
-        let mut done = 0;
-        while done < want {
-            match self
-                .file
-                .read_at(&mut buf[done..want], offset + done as u64)
-            {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "device shrank while read",
-                    ))
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
-    }
-}
-
 /// The dm-crypt mapping: its bytes are the kernel's plaintext.
 pub struct MappedDevice {
-    pub dev: DeviceFile,
+    pub dev: RawFile,
     /// The mapping's size as libcryptsetup reports it.
     pub len: u64,
 }
@@ -99,6 +42,11 @@ impl Plaintext for MappedDevice {
         Ok(())
     }
 }
+
+/// libcryptsetup handed out a volume key of a length no AES-XTS key has.
+#[derive(Debug, thiserror::Error)]
+#[error("a {0}-byte key is not an AES-XTS key (32 or 64 bytes)")]
+pub struct XtsKeyError(pub usize);
 
 // Boxed: the expanded AES-256 key schedules make the variants very unequal in size.
 enum Cipher {
@@ -127,10 +75,10 @@ impl<'a> XtsPlaintext<'a> {
         len: u64,
         sector_size: usize,
         iv_offset: u64,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, XtsKeyError> {
         let half = key.len() / 2;
         let (k1, k2) = key.split_at(half);
-        let bad = |_| format!("a {}-byte key is not an AES-XTS key", key.len());
+        let bad = |_| XtsKeyError(key.len());
         let cipher = match key.len() {
             32 => Cipher::Aes128(Box::new(Xts128::new(
                 Aes128::new_from_slice(k1).map_err(bad)?,
@@ -140,11 +88,7 @@ impl<'a> XtsPlaintext<'a> {
                 Aes256::new_from_slice(k1).map_err(bad)?,
                 Aes256::new_from_slice(k2).map_err(bad)?,
             ))),
-            n => {
-                return Err(format!(
-                    "a {n}-byte key is not an AES-XTS key (32 or 64 bytes)"
-                ))
-            }
+            n => return Err(XtsKeyError(n)),
         };
         Ok(Self {
             image,

@@ -122,7 +122,8 @@ mod tests {
         let y = "kind: Secret\nmetadata: {name: s}\nstringData: {CRYPTO_KEY_VALUE: pw, CRYPTO_PBKDF: pbkdf2, CRYPTO_PBKDF_FORCE_ITERATIONS: '1000'}\n";
         let params = parse_secrets(y, std::path::Path::new("s")).unwrap()[0]
             .crypto_params()
-            .unwrap();
+            .unwrap()
+            .luks;
         let mut plain = vec![7u8; 64 * 1024];
         plain[8192..40960].fill(0);
         let enc = crate::view::EncryptView::create(

@@ -6,7 +6,6 @@ use std::io;
 use std::sync::Arc;
 
 use crate::image::{MemSource, ReadAt};
-use crate::k8s::CryptoParams;
 use crate::kdf::KdfLimits;
 use crate::keys::{Passphrase, VolumeKey};
 use crate::luks::{
@@ -15,7 +14,7 @@ use crate::luks::{
 use crate::xts::Xts;
 
 use super::sectors::{Direction, SectorTransform};
-use super::ViewError;
+use super::{LuksParams, ViewError};
 
 /// cryptsetup's choice for a regular file: 4096-byte sectors when the data allows, else 512.
 pub fn default_sector_size(data_len: u64) -> usize {
@@ -40,7 +39,7 @@ impl EncryptView {
     /// A new LUKS2 image of `source` under `params` (new random volume key, new header).
     pub fn create(
         source: Arc<dyn ReadAt>,
-        params: &CryptoParams,
+        params: &LuksParams,
         sector_size: Option<usize>,
     ) -> Result<Self, ViewError> {
         let header = new_header(params, source.len(), sector_size)?;
@@ -102,7 +101,7 @@ impl EncryptView {
 
 /// Formats a header region for a source of `source_len` bytes.
 pub fn new_header(
-    params: &CryptoParams,
+    params: &LuksParams,
     source_len: u64,
     sector_size: Option<usize>,
 ) -> Result<Vec<u8>, ViewError> {
@@ -112,7 +111,7 @@ pub fn new_header(
 /// [`new_header`] that also hands back the new volume key, so a caller that keeps the view
 /// (the filesystem) does not run the KDF a second time to unlock what it just made.
 pub fn new_header_and_key(
-    params: &CryptoParams,
+    params: &LuksParams,
     source_len: u64,
     sector_size: Option<usize>,
 ) -> Result<(Vec<u8>, VolumeKey), ViewError> {

@@ -1,16 +1,22 @@
 //! Transform views: each turns a source into another [`ReadAt`] — LUKS2 of a raw disk
-//! ([`EncryptView`]) or the plaintext of a LUKS image ([`DecryptView`]). A read through a view
-//! *is* the transform; nothing is materialized unless a caller copies it.
+//! ([`EncryptView`]), the plaintext of a LUKS image ([`DecryptView`]), or a LUKS image under a
+//! new header around the same volume key ([`RekeyView`]). A read through a view *is* the
+//! transform; nothing is materialized unless a caller copies it. Views take plain
+//! [`LuksParams`], never Kubernetes types.
 
 use crate::kdf::KdfError;
 use crate::luks::LuksError;
 
 pub mod decrypt;
 pub mod encrypt;
+pub mod params;
+pub mod rekey;
 pub mod sectors;
 
 pub use decrypt::DecryptView;
 pub use encrypt::EncryptView;
+pub use params::LuksParams;
+pub use rekey::{RekeyError, RekeyView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {

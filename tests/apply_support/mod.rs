@@ -85,7 +85,7 @@ pub fn cryptsetup_opens(image: &Path, pass: &str) -> bool {
 }
 
 pub fn sha512_hex(bytes: &[u8]) -> String {
-    bifs::copier::hex(&Sha512::digest(bytes))
+    hex::encode(Sha512::digest(bytes))
 }
 
 /// Deterministic incompressible bytes (xorshift).

@@ -11,10 +11,11 @@ use std::io;
 use std::sync::Arc;
 
 use crate::image::{MemSource, ReadAt};
-use crate::k8s::CryptoParams;
 use crate::kdf::KdfLimits;
 use crate::keys::Passphrase;
 use crate::luks::{FormatParams, Luks2Header, LuksError, LuksHeader, DATA_OFFSET};
+
+use super::LuksParams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RekeyError {
@@ -44,7 +45,7 @@ impl RekeyView {
     pub fn create(
         source: Arc<dyn ReadAt>,
         old: &Passphrase,
-        new: &CryptoParams,
+        new: &LuksParams,
     ) -> Result<Self, RekeyError> {
         let header = match LuksHeader::read(&*source) {
             Err(LuksError::NotLuks) => return Err(RekeyError::NotEncrypted),
@@ -60,12 +61,12 @@ impl RekeyView {
         let data_len = seg.len_in(source.len())?;
         if key.len() != new.key_bytes() {
             // The volume key is what it is: rekeying cannot change its size without
-            // re-encrypting. The Secret's CRYPTO_KEY_SIZE only matters for new images.
+            // re-encrypting. The requested size (a Secret's CRYPTO_KEY_SIZE) only matters for
+            // new images.
             tracing::warn!(
-                secret = %new.secret,
                 source_key_bits = key.len() * 8,
-                secret_key_bits = new.key_bits,
-                "the Secret's CRYPTO_KEY_SIZE differs from the source's volume key; keeping the source's"
+                requested_key_bits = new.key_bits,
+                "the requested key size (CRYPTO_KEY_SIZE) differs from the source's volume key; keeping the source's"
             );
         }
         let kdf = new.kdf.resolve(key.len())?;
@@ -125,13 +126,18 @@ mod tests {
     use super::*;
     use crate::view::EncryptView;
 
-    fn params(pass: &str) -> CryptoParams {
-        let y = format!(
-            "kind: Secret\nmetadata: {{name: s}}\nstringData: {{CRYPTO_KEY_VALUE: '{pass}', CRYPTO_PBKDF: pbkdf2, CRYPTO_PBKDF_FORCE_ITERATIONS: '1000'}}\n"
-        );
-        crate::k8s::secret::parse_secrets(&y, std::path::Path::new("s")).unwrap()[0]
-            .crypto_params()
-            .unwrap()
+    fn params(pass: &str) -> LuksParams {
+        LuksParams {
+            passphrase: Passphrase::new(pass),
+            hash: crate::kdf::Hash::Sha256,
+            key_bits: 256,
+            kdf: crate::kdf::KdfRequest {
+                kind: crate::kdf::KdfKind::Pbkdf2,
+                hash: crate::kdf::Hash::Sha256,
+                force_iterations: Some(1000),
+                memory_kib: None,
+            },
+        }
     }
 
     #[test]
