@@ -52,7 +52,11 @@ impl fmt::Display for Format {
 
 /// Detects the format of the file at `path`.
 pub fn detect(path: &Path) -> io::Result<Format> {
-    let file = super::open_image_file(path)?;
+    detect_file(&super::open_image_file(path)?)
+}
+
+/// Detects the format of an open file from its first bytes.
+pub fn detect_file(file: &std::fs::File) -> io::Result<Format> {
     let mut head = [0u8; 8];
     let mut n = 0;
     while n < head.len() {
