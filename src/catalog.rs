@@ -585,10 +585,15 @@ mod tests {
             secret_yaml("ns", "good", "right horse", ""),
             secret_yaml("ns", "wrong", "wrong horse", ""),
             secret_yaml("other", "s", "x", ""),
-            secret_yaml("ns", "bad", "x", "  CRYPTO_KEY_CIPHER: aes-cbc-essiv:sha256\n"),
+            secret_yaml(
+                "ns",
+                "bad",
+                "x",
+                "  CRYPTO_KEY_CIPHER: aes-cbc-essiv:sha256\n",
+            ),
         ]
         .concat();
-        let secrets = crate::k8s::parse_secrets(&yaml, Path::new("test.yaml")).unwrap();
+        let secrets = crate::k8s::secret::parse_secrets(&yaml, Path::new("test.yaml")).unwrap();
         Catalog::new(Store::open(dir, None).unwrap(), secrets)
     }
 
@@ -704,10 +709,15 @@ mod tests {
             .collect();
         assert_eq!(decrypt, ["enc.img"]);
 
-        let img = catalog.image(Mode::Decrypt, Some(&wrong), "enc.img").unwrap();
+        let img = catalog
+            .image(Mode::Decrypt, Some(&wrong), "enc.img")
+            .unwrap();
         for _ in 0..2 {
             // The second answer comes from the cache, with the same error.
-            let e = catalog.open(Mode::Decrypt, Some(&wrong), &img).err().unwrap();
+            let e = catalog
+                .open(Mode::Decrypt, Some(&wrong), &img)
+                .err()
+                .unwrap();
             assert!(matches!(e, CatalogError::WrongPassphrase { .. }), "{e}");
             assert_eq!(e.errno(), libc::EACCES);
         }
@@ -722,14 +732,22 @@ mod tests {
         // The persisted header makes the encrypt view the same bytes on every open.
         let img = catalog.image(Mode::Encrypt, Some(&good), "a.img").unwrap();
         let (again, _) = catalog.open(Mode::Encrypt, Some(&good), &img).unwrap();
-        assert!(read_all(&*again) == first, "encrypt view changed between opens");
+        assert!(
+            read_all(&*again) == first,
+            "encrypt view changed between opens"
+        );
 
-        let img = catalog.image(Mode::Decrypt, Some(&good), "enc.img").unwrap();
+        let img = catalog
+            .image(Mode::Decrypt, Some(&good), "enc.img")
+            .unwrap();
         let info = catalog.info(Mode::Decrypt, &img).unwrap();
         assert_eq!(info.size, 256 << 10);
         let (view, identity) = catalog.open(Mode::Decrypt, Some(&good), &img).unwrap();
         assert_eq!(identity, SourceIdentity::of_path(&img.path).unwrap());
-        assert!(read_all(&*view) == noise(1, 256 << 10), "decrypt(encrypt(a)) != a");
+        assert!(
+            read_all(&*view) == noise(1, 256 << 10),
+            "decrypt(encrypt(a)) != a"
+        );
     }
 
     #[test]
