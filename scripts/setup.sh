@@ -26,3 +26,7 @@ if [[ ${#missing[@]} -gt 0 || "${CI:-}" == "true" ]]; then
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install a Rust toolchain (rustup)" >&2; exit 1; }
+# scripts/test.sh runs `cargo fmt --check` and `cargo clippy`.
+for c in rustfmt clippy; do
+  cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$c"
+done

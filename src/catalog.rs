@@ -235,18 +235,21 @@ impl Catalog {
             image: img.name.clone(),
             error,
         };
-        let meta = fs::metadata(&img.path).map_err(io_err)?;
+        // One descriptor for the metadata and the bytes: a rename in between must not mix
+        // one file's size with another's content.
+        let file = image::open_image_file(&img.path).map_err(io_err)?;
+        let meta = file.metadata().map_err(io_err)?;
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         let file_blocks = meta.blocks();
         let (size, blocks) = match mode {
             Mode::Ignore => (meta.len(), file_blocks),
-            Mode::Raw => (self.virtual_len(img)?, file_blocks),
+            Mode::Raw => (self.disk_of(img, file)?.len(), file_blocks),
             Mode::Encrypt => {
-                let size = DATA_OFFSET + encrypt::padded_len(self.virtual_len(img)?);
+                let size = DATA_OFFSET + encrypt::padded_len(self.disk_of(img, file)?.len());
                 (size, size / 512)
             }
             Mode::Decrypt => {
-                let file = Arc::new(RawFile::open(&img.path).map_err(io_err)?);
+                let file = Arc::new(RawFile::from_file(file).map_err(io_err)?);
                 let header = read_luks(img, &*file)?;
                 let size = header
                     .segment()
@@ -265,12 +268,9 @@ impl Catalog {
         })
     }
 
-    fn virtual_len(&self, img: &StoredImage) -> Result<u64, CatalogError> {
-        Ok(self.open_disk(img)?.len())
-    }
-
-    fn open_disk(&self, img: &StoredImage) -> Result<Arc<dyn ReadAt>, CatalogError> {
-        image::open_virtual_disk(&img.path).map_err(|e| match e {
+    /// The disk `img` holds, read through `file` (a descriptor of `img.path`).
+    fn disk_of(&self, img: &StoredImage, file: fs::File) -> Result<Arc<dyn ReadAt>, CatalogError> {
+        image::virtual_disk_of(file, &img.path).map_err(|e| match e {
             image::OpenError::Io { error, .. } => CatalogError::Io {
                 image: img.name.clone(),
                 error,
@@ -294,16 +294,18 @@ impl Catalog {
             image: img.name.clone(),
             error,
         };
+        // The identity and every byte come from this one descriptor (see `Watched::open`).
         let (file, identity) = Watched::open(&img.path).map_err(io_err)?;
+        let dup = || file.try_clone().map_err(io_err);
         let stored = || -> Result<Arc<dyn ReadAt>, CatalogError> {
-            Ok(Arc::new(
-                RawFile::from_file(file.try_clone().map_err(io_err)?).map_err(io_err)?,
-            ))
+            Ok(Arc::new(RawFile::from_file(dup()?).map_err(io_err)?))
         };
         let view: Arc<dyn ReadAt> = match (mode, secret) {
             (Mode::Ignore, _) => stored()?,
-            (Mode::Raw, _) => self.open_disk(img)?,
-            (Mode::Encrypt, Some(secret)) => self.open_encrypt(img, secret, identity)?,
+            (Mode::Raw, _) => self.disk_of(img, dup()?)?,
+            (Mode::Encrypt, Some(secret)) => {
+                self.open_encrypt(img, secret, identity, self.disk_of(img, dup()?)?)?
+            }
             (Mode::Decrypt, Some(secret)) => self.open_decrypt(img, secret, identity, stored()?)?,
             (_, None) => return Err(CatalogError::NoImage(img.name.clone())),
         };
@@ -325,9 +327,9 @@ impl Catalog {
         img: &StoredImage,
         secret: &SecretRef,
         identity: SourceIdentity,
+        disk: Arc<dyn ReadAt>,
     ) -> Result<Arc<dyn ReadAt>, CatalogError> {
         let params = self.check_secret(secret)?;
-        let disk = self.open_disk(img)?;
         let padded = encrypt::padded_len(disk.len());
         let view_err = |error| CatalogError::View {
             image: img.name.clone(),
@@ -532,4 +534,252 @@ fn read_luks(img: &StoredImage, src: &dyn ReadAt) -> Result<LuksHeader, CatalogE
             error: other.into(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+
+    fn secret_yaml(namespace: &str, name: &str, passphrase: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+             stringData:\n  CRYPTO_KEY_VALUE: \"{passphrase}\"\n  CRYPTO_KEY_PROVIDER: secret\n  \
+             CRYPTO_PBKDF: pbkdf2\n  CRYPTO_PBKDF_FORCE_ITERATIONS: \"1000\"\n{extra}---\n"
+        )
+    }
+
+    fn secret(namespace: &str, name: &str) -> SecretRef {
+        SecretRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn read_all(view: &dyn ReadAt) -> Vec<u8> {
+        let mut buf = vec![0u8; usize::try_from(view.len()).unwrap()];
+        image::read_full_at(view, 0, &mut buf).unwrap();
+        buf
+    }
+
+    /// A store with two raw images and a catalog with Secrets ns/good and ns/wrong (another
+    /// passphrase), other/s, and ns/bad (an unsupported cipher: left out).
+    fn fixture(dir: &Path) -> Catalog {
+        fs::write(dir.join("a.img"), noise(1, 256 << 10)).unwrap();
+        fs::write(dir.join("b.img"), noise(2, 64 << 10)).unwrap();
+        let yaml = [
+            secret_yaml("ns", "good", "right horse", ""),
+            secret_yaml("ns", "wrong", "wrong horse", ""),
+            secret_yaml("other", "s", "x", ""),
+            secret_yaml(
+                "ns",
+                "bad",
+                "x",
+                "  CRYPTO_KEY_CIPHER: aes-cbc-essiv:sha256\n",
+            ),
+        ]
+        .concat();
+        let secrets = crate::k8s::secret::parse_secrets(&yaml, Path::new("test.yaml")).unwrap();
+        Catalog::new(Store::open(dir, None).unwrap(), secrets)
+    }
+
+    /// Materializes the encrypt view of a.img as `enc.img`: a LUKS2 image made by bifs's own
+    /// format code (pbkdf2, 1000 iterations).
+    fn add_luks_image(catalog: &Catalog, dir: &Path) -> Vec<u8> {
+        let good = secret("ns", "good");
+        let img = catalog.image(Mode::Encrypt, Some(&good), "a.img").unwrap();
+        let (view, _) = catalog.open(Mode::Encrypt, Some(&good), &img).unwrap();
+        let bytes = read_all(&*view);
+        fs::write(dir.join("enc.img"), &bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn secrets_are_listed_by_namespace_and_bad_ones_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = fixture(dir.path());
+        assert_eq!(catalog.namespaces(), ["ns", "other"]);
+        assert_eq!(catalog.secrets_in("ns").unwrap(), ["good", "wrong"]);
+        assert_eq!(catalog.secrets_in("other").unwrap(), ["s"]);
+        let e = catalog.secrets_in("nope").unwrap_err();
+        assert!(matches!(e, CatalogError::UnknownNamespace(_)), "{e}");
+        assert_eq!(e.errno(), libc::ENOENT);
+        assert!(catalog.check_secret(&secret("ns", "good")).is_ok());
+        let e = catalog.check_secret(&secret("ns", "bad")).unwrap_err();
+        assert!(matches!(e, CatalogError::UnknownSecret(_)), "{e}");
+        assert_eq!(e.errno(), libc::ENOENT);
+    }
+
+    #[test]
+    fn names_resolve_to_images_and_misses_are_enoent() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = fixture(dir.path());
+        let names = |mode| -> Vec<String> {
+            catalog
+                .images(mode)
+                .unwrap()
+                .into_iter()
+                .map(|i| i.name)
+                .collect()
+        };
+        assert_eq!(names(Mode::Ignore), ["a.img", "b.img"]);
+        assert_eq!(names(Mode::Raw), ["a.img", "b.img"]);
+        assert_eq!(names(Mode::Encrypt), ["a.img", "b.img"]);
+        assert!(names(Mode::Decrypt).is_empty());
+
+        let img = catalog.image(Mode::Raw, None, "a.img").unwrap();
+        assert_eq!(img.path, dir.path().canonicalize().unwrap().join("a.img"));
+        let info = catalog.info(Mode::Raw, &img).unwrap();
+        assert_eq!(info.size, 256 << 10);
+        let info = catalog.info(Mode::Encrypt, &img).unwrap();
+        assert_eq!(info.size, DATA_OFFSET + (256 << 10));
+
+        let e = catalog.image(Mode::Raw, None, "nope.img").unwrap_err();
+        assert!(matches!(e, CatalogError::NoImage(_)), "{e}");
+        assert_eq!(e.errno(), libc::ENOENT);
+        let e = catalog
+            .image(Mode::Encrypt, Some(&secret("ns", "nope")), "a.img")
+            .unwrap_err();
+        assert!(matches!(e, CatalogError::UnknownSecret(_)), "{e}");
+        assert_eq!(e.errno(), libc::ENOENT);
+
+        // A source that vanished after it was found is EIO (the name existed), not ENOENT.
+        fs::remove_file(&img.path).unwrap();
+        let e = catalog.info(Mode::Raw, &img).unwrap_err();
+        assert_eq!(e.errno(), libc::EIO, "{e}");
+        let e = catalog.open(Mode::Ignore, None, &img).err().unwrap();
+        assert_eq!(e.errno(), libc::EIO, "{e}");
+    }
+
+    #[test]
+    fn refusals_are_einval_and_a_wrong_passphrase_eacces() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = fixture(dir.path());
+        add_luks_image(&catalog, dir.path());
+        let good = secret("ns", "good");
+        let wrong = secret("ns", "wrong");
+
+        let e = catalog
+            .image(Mode::Encrypt, Some(&good), "enc.img")
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CatalogError::Refused {
+                    refusal: ViewError::AlreadyEncrypted("LUKS2"),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(e.errno(), libc::EINVAL);
+        let e = catalog
+            .image(Mode::Decrypt, Some(&good), "a.img")
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CatalogError::Refused {
+                    refusal: ViewError::NotEncrypted,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(e.errno(), libc::EINVAL);
+        let decrypt: Vec<String> = catalog
+            .images(Mode::Decrypt)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(decrypt, ["enc.img"]);
+
+        let img = catalog
+            .image(Mode::Decrypt, Some(&wrong), "enc.img")
+            .unwrap();
+        for _ in 0..2 {
+            // The second answer comes from the cache, with the same error.
+            let e = catalog
+                .open(Mode::Decrypt, Some(&wrong), &img)
+                .err()
+                .unwrap();
+            assert!(matches!(e, CatalogError::WrongPassphrase { .. }), "{e}");
+            assert_eq!(e.errno(), libc::EACCES);
+        }
+    }
+
+    #[test]
+    fn decrypt_of_encrypt_is_the_source_and_the_header_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = fixture(dir.path());
+        let first = add_luks_image(&catalog, dir.path());
+        let good = secret("ns", "good");
+        // The persisted header makes the encrypt view the same bytes on every open.
+        let img = catalog.image(Mode::Encrypt, Some(&good), "a.img").unwrap();
+        let (again, _) = catalog.open(Mode::Encrypt, Some(&good), &img).unwrap();
+        assert!(
+            read_all(&*again) == first,
+            "encrypt view changed between opens"
+        );
+
+        let img = catalog
+            .image(Mode::Decrypt, Some(&good), "enc.img")
+            .unwrap();
+        let info = catalog.info(Mode::Decrypt, &img).unwrap();
+        assert_eq!(info.size, 256 << 10);
+        let (view, identity) = catalog.open(Mode::Decrypt, Some(&good), &img).unwrap();
+        assert_eq!(identity, SourceIdentity::of_path(&img.path).unwrap());
+        assert!(
+            read_all(&*view) == noise(1, 256 << 10),
+            "decrypt(encrypt(a)) != a"
+        );
+    }
+
+    #[test]
+    fn a_source_changed_in_place_fails_reads_with_eio() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = fixture(dir.path());
+        let img = catalog.image(Mode::Raw, None, "b.img").unwrap();
+        let (view, _) = catalog.open(Mode::Raw, None, &img).unwrap();
+        let mut buf = [0u8; 512];
+        view.read_at(0, &mut buf).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&img.path)
+            .unwrap()
+            .write_all_at(b"more", 64 << 10)
+            .unwrap();
+        let e = view.read_at(0, &mut buf).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    }
+
+    #[test]
+    fn a_view_reads_the_file_it_was_opened_on_after_a_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = fixture(dir.path());
+        let img = catalog.image(Mode::Raw, None, "b.img").unwrap();
+        let (view, identity) = catalog.open(Mode::Raw, None, &img).unwrap();
+        // Replace b.img by rename: the open view keeps the old inode, consistently.
+        let new = dir.path().join("new.tmp");
+        fs::write(&new, noise(3, 64 << 10)).unwrap();
+        fs::rename(&new, &img.path).unwrap();
+        assert!(read_all(&*view) == noise(2, 64 << 10));
+        let (view, now) = catalog.open(Mode::Raw, None, &img).unwrap();
+        assert_ne!(now, identity);
+        assert!(read_all(&*view) == noise(3, 64 << 10));
+    }
 }

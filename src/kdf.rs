@@ -376,17 +376,14 @@ fn default_argon2_cpus() -> u32 {
 
 /// cryptsetup: 1 GiB, but at most half of physical memory.
 fn default_argon2_max_memory_kib() -> u32 {
-    // SAFETY: sysconf has no memory effects.
-    let (pages, page_size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if pages <= 0 || page_size <= 0 {
+    // What sysconf(_SC_PHYS_PAGES) × page size reports: sysinfo's total RAM.
+    let info = rustix::system::sysinfo();
+    #[allow(clippy::useless_conversion)] // the kernel's unsigned long: u32 on 32-bit targets
+    let total = u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit));
+    if total == 0 {
         return ARGON2_DEFAULT_MAX_MEMORY_KIB;
     }
-    let half_kib = (pages as u64 * page_size as u64 / 1024 / 2).min(u64::from(u32::MAX)) as u32;
+    let half_kib = (total / 1024 / 2).min(u64::from(u32::MAX)) as u32;
     ARGON2_DEFAULT_MAX_MEMORY_KIB.min(half_kib)
 }
 

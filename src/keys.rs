@@ -36,10 +36,7 @@ impl Drop for LockedBytes {
         // Wipe first, then unlock: the bytes are gone before the pages may be swapped.
         self.bytes.zeroize();
         if self.locked {
-            // SAFETY: munlock only changes the pages' residency; the range is our allocation.
-            // Pages shared with another locked key get unlocked too (mlock does not nest):
-            // accepted, this is best-effort defence against swap, not a guarantee.
-            unsafe { libc::munlock(self.bytes.as_ptr().cast(), self.bytes.capacity().max(1)) };
+            memlock::unlock(&self.bytes, self.bytes.capacity());
         }
     }
 }
@@ -50,39 +47,62 @@ fn lock(bytes: &[u8]) -> bool {
     if bytes.is_empty() {
         return false;
     }
-    // SAFETY: mlock only changes residency of pages of a live allocation we own.
-    let r = unsafe { libc::mlock(bytes.as_ptr().cast(), bytes.len()) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        tracing::debug!(error = %e, len = bytes.len(), "mlock of key material failed; it may be swapped");
-        return false;
+    match memlock::lock(bytes) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, len = bytes.len(), "mlock of key material failed; it may be swapped");
+            false
+        }
     }
-    true
+}
+
+/// The one audited unsafe block outside the XTS kernels and the C libraries' FFI: neither
+/// rustix nor std offers `mlock` as a safe function (it takes a raw address range).
+#[allow(unsafe_code)]
+mod memlock {
+    /// Locks the pages holding `bytes` in RAM.
+    pub(super) fn lock(bytes: &[u8]) -> std::io::Result<()> {
+        // SAFETY: mlock only changes the residency of the pages of a live allocation borrowed
+        // for the duration of the call; it neither reads nor writes the memory.
+        unsafe { rustix::mm::mlock(bytes.as_ptr().cast_mut().cast(), bytes.len()) }
+            .map_err(std::io::Error::from)
+    }
+
+    /// Unlocks the pages of the allocation starting at `bytes` (`capacity` bytes long, at
+    /// least what `lock` locked). Best effort, errors ignored.
+    pub(super) fn unlock(bytes: &[u8], capacity: usize) {
+        // SAFETY: as for `lock`, residency only; the range (the `Vec`'s capacity, which the
+        // caller passes) is our own live allocation. Pages
+        // shared with another locked key get unlocked too (mlock does not nest): accepted,
+        // this is best-effort defence against swap, not a guarantee.
+        let _ = unsafe { rustix::mm::munlock(bytes.as_ptr().cast_mut().cast(), capacity.max(1)) };
+    }
 }
 
 /// Makes this process non-dumpable (no core file, no ptrace attach by other users, /proc/PID
 /// files owned by root) and sets the core size limit to 0, so a crash never writes key
-/// material to disk. Called first thing by the CLI. Errors are logged, not fatal.
+/// material to disk. Called by the CLI right after logging is set up, before any key exists.
+/// Errors are logged, not fatal.
 pub fn harden_process() {
-    // SAFETY: prctl(PR_SET_DUMPABLE) and setrlimit take plain integers/structs.
-    unsafe {
-        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "prctl(PR_SET_DUMPABLE, 0) failed");
-        }
-        let zero = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "setrlimit(RLIMIT_CORE, 0) failed");
-        }
+    use rustix::process::{set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
+    if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+        tracing::warn!(error = %std::io::Error::from(e), "prctl(PR_SET_DUMPABLE, 0) failed");
+    }
+    let zero = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(e) = setrlimit(Resource::Core, zero) {
+        tracing::debug!(error = %std::io::Error::from(e), "setrlimit(RLIMIT_CORE, 0) failed");
     }
 }
 
 /// Whether the process is dumpable (for tests and `bifs` diagnostics).
 pub fn is_dumpable() -> bool {
-    // SAFETY: PR_GET_DUMPABLE takes no pointers.
-    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) != 0 }
+    !matches!(
+        rustix::process::dumpable_behavior(),
+        Ok(rustix::process::DumpableBehavior::NotDumpable)
+    )
 }
 
 /// A LUKS volume key (the XTS key of the data segment). Its bytes live only in memory, are
@@ -178,27 +198,40 @@ mod tests {
     fn keys_are_locked_when_allowed() {
         // As root (the tests' CI) mlock always succeeds; elsewhere RLIMIT_MEMLOCK may refuse.
         let key = VolumeKey::random(64).unwrap();
-        if unsafe { libc::geteuid() } == 0 {
+        if rustix::process::geteuid().is_root() {
             assert!(key.is_locked());
             assert!(key.clone().is_locked());
         }
     }
 
+    /// Set in the child run by `harden_process_makes_it_non_dumpable`.
+    const HARDEN_CHILD: &str = "BIFS_TEST_HARDEN_CHILD";
+
     #[test]
     fn harden_process_makes_it_non_dumpable() {
-        // In a child process: PR_SET_DUMPABLE would also affect the test harness.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            harden_process();
-            let code = if is_dumpable() { 1 } else { 0 };
-            unsafe { libc::_exit(code) };
-        }
-        let mut status = 0;
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        // PR_SET_DUMPABLE would also affect the test harness, so the check runs in a child:
+        // this test binary again, running only `harden_child`.
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "keys::tests::harden_child", "--nocapture"])
+            .env(HARDEN_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "still dumpable"
+            out.status.success() && stdout.contains("1 passed"),
+            "child: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    #[test]
+    fn harden_child() {
+        if std::env::var_os(HARDEN_CHILD).is_none() {
+            return; // only meaningful in the child process above
+        }
+        assert!(is_dumpable());
+        harden_process();
+        assert!(!is_dumpable(), "still dumpable");
     }
 }

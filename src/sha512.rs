@@ -7,6 +7,9 @@
 //! picks its portable code on this CPU). bifs links
 //! libcrypto already (libcryptsetup needs it; libcryptsetup-dev pulls in libssl-dev), so this
 //! adds no dependency. `sha2` stays for the small hashes elsewhere and as the tests' oracle.
+//!
+//! Unsafe code is allowed here (the libcrypto FFI); each block says why with `SAFETY:`.
+#![allow(unsafe_code)]
 
 use std::ffi::c_void;
 use std::ptr::NonNull;

@@ -8,6 +8,10 @@
 //! chains at a time (AVX-512 where the CPU has it), and the XOR-encrypt-XOR runs on small
 //! chunks inside the `aes` backend while they sit in L1 (see "Performance" in the
 //! README for the measurements). `xts-mode` stays in the tests as an independent oracle.
+//!
+//! Unsafe code is allowed here, and only in the AVX-512 tweak kernels (`wide`): each block
+//! says with `SAFETY:` why its pointer arithmetic stays in bounds and the CPU has the features.
+#![allow(unsafe_code)]
 
 use aes::{Aes128, Aes256};
 use cipher::consts::U16;
@@ -315,7 +319,9 @@ impl Pass<'_> {
         for chunk in self.blocks.chunks_mut(chunk_len) {
             let tw = &mut tweaks[..chunk.len()];
             if wide {
-                // SAFETY: `available` checked the CPU features the kernel is compiled for.
+                // SAFETY: `available` checked the CPU features the kernel is compiled for;
+                // `tw` is sliced to `chunk`'s length, and sectors hold a multiple of 32
+                // blocks, so every chunk is a multiple of 16 blocks.
                 unsafe { wide::pre_xor(chunk, tw, &mut state) };
             } else {
                 portable::pre_xor(chunk, tw, &mut state);
@@ -468,10 +474,14 @@ mod wide {
         false
     }
 
+    /// # Safety
+    /// None needed (portable code); `unsafe` only to match the x86-64 signature.
     pub(super) unsafe fn pre_xor(chunk: &mut [Block], tw: &mut [u128], st: &mut TweakState<'_>) {
         super::portable::pre_xor(chunk, tw, st)
     }
 
+    /// # Safety
+    /// As [`pre_xor`].
     pub(super) unsafe fn xor(chunk: &mut [Block], tw: &[u128]) {
         super::portable::xor(chunk, tw)
     }

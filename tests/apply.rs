@@ -5,6 +5,8 @@
 //! Needs `python3` (the HTTP server), `cryptsetup` (cryptsetup-bin) and `qemu-img`/`qemu-io`
 //! (qemu-utils).
 
+#[macro_use]
+mod tier;
 mod apply_support;
 
 use std::fs;
@@ -81,6 +83,7 @@ fn seed() -> Seeded {
 
 #[test]
 fn longhorns_examples_in_order() {
+    full_tier_only!("cryptsetup and python3 (a local HTTP server)");
     let sd = seed();
     let store = &sd.store;
     let s = store.to_str().unwrap();
@@ -547,6 +550,7 @@ fn make_qcow2(dir: &Path, virtual_mib: u64) -> (std::path::PathBuf, Vec<u8>) {
 
 #[test]
 fn qcow2_encrypted_without_a_temporary_raw_copy() {
+    full_tier_only!("cryptsetup, qemu-img and python3");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let store = dir.join("store");
@@ -806,6 +810,7 @@ fn apply_clones_from_a_real_longhorn_disk() {
 
 #[test]
 fn rekey_wraps_the_same_key_and_keeps_the_data() {
+    full_tier_only!("cryptsetup");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let old = pbkdf2_secret(dir, "old-key", "old passphrase");
@@ -1034,6 +1039,7 @@ fn rekey_wraps_the_same_key_and_keeps_the_data() {
 
 #[test]
 fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
+    full_tier_only!("python3 (a local HTTP server)");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let www = dir.join("www");

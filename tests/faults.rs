@@ -4,6 +4,8 @@
 //!
 //! Needs root (tmpfs mounts), /dev/fuse, fusermount3, cryptsetup; fails loudly without them.
 
+#[macro_use]
+mod tier;
 mod mount_support;
 
 use std::fs;
@@ -61,6 +63,7 @@ fn bifs(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn source_truncated_or_removed_while_mounted() {
+    full_tier_only!("root (tmpfs mounts), root, /dev/fuse and fusermount3, cryptsetup");
     let fx = fixture(&[("a.img", 8 * MIB), ("b.img", 4 * MIB), ("c.img", 4 * MIB)]);
     let src = fx.root.join("b.src");
     fs::write(&src, noise(9, 4 * MIB)).unwrap();
@@ -130,6 +133,7 @@ fn source_truncated_or_removed_while_mounted() {
 
 #[test]
 fn daemon_killed_during_cp_then_restart_cleans_the_stale_mount() {
+    full_tier_only!("root (tmpfs mounts), root, /dev/fuse and fusermount3, cryptsetup");
     let fx = fixture(&[("big.img", 256 * MIB)]);
     let mnt = fx.root.join("mnt");
     let m = Mounted::start(&fx.store, &fx.secrets, None, &mnt, &[]);
@@ -189,6 +193,7 @@ fn daemon_killed_during_cp_then_restart_cleans_the_stale_mount() {
 
 #[test]
 fn stale_mount_of_another_filesystem_is_not_touched() {
+    full_tier_only!("root (tmpfs mounts), root, /dev/fuse and fusermount3, cryptsetup");
     // Only a dead bifs mount is detached; a healthy directory is left as it is.
     let fx = fixture(&[("x.img", MIB)]);
     let m = Mounted::start(&fx.store, &fx.secrets, None, &fx.root.join("mnt"), &[]);
@@ -198,6 +203,7 @@ fn stale_mount_of_another_filesystem_is_not_touched() {
 
 #[test]
 fn sixteen_concurrent_cp_of_many_views() {
+    full_tier_only!("root (tmpfs mounts), root, /dev/fuse and fusermount3, cryptsetup");
     let fx = fixture(&[
         ("p1.img", 6 * MIB + 1000),
         ("p2.img", 5 * MIB),
@@ -308,6 +314,7 @@ fn backings(store: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn disk_full_during_apply_fails_clearly_and_loses_nothing() {
+    full_tier_only!("root (tmpfs mounts), root, /dev/fuse and fusermount3, cryptsetup");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let store = dir.join("store");
@@ -371,6 +378,7 @@ fn disk_full_during_apply_fails_clearly_and_loses_nothing() {
 
 #[test]
 fn read_only_store_during_apply_fails_clearly() {
+    full_tier_only!("root (tmpfs mounts), root, /dev/fuse and fusermount3, cryptsetup");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let store = dir.join("store");
@@ -413,6 +421,7 @@ fn read_only_store_during_apply_fails_clearly() {
 
 #[test]
 fn read_only_state_dir_while_a_header_is_persisted() {
+    full_tier_only!("root (tmpfs mounts), root, /dev/fuse and fusermount3, cryptsetup");
     let fx = fixture(&[("p.img", 2 * MIB)]);
     let state = fx.root.join("state");
     let tfs = Tmpfs::new(&state, "size=1m,mode=0700");

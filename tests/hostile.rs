@@ -3,6 +3,9 @@
 //! metadata in both copies (checksums recomputed, as an attacker would) and then parses and
 //! unlocks it. Timing bounds are generous (seconds) against costs that would take hours.
 
+#[macro_use]
+mod tier;
+
 use std::time::{Duration, Instant};
 
 use bifs::image::{MemSource, ReadAt};
@@ -85,6 +88,7 @@ fn valid_image_opens() {
 
 #[test]
 fn argon2_memory_beyond_cryptsetup_cap_is_refused_before_allocating() {
+    full_tier_only!("cryptsetup");
     let img = with_json(luks2_image(), |v| {
         set_kdf(
             v,
@@ -104,6 +108,7 @@ fn argon2_memory_beyond_cryptsetup_cap_is_refused_before_allocating() {
 
 #[test]
 fn argon2_memory_beyond_a_lowered_cap_is_refused() {
+    full_tier_only!("cryptsetup");
     // 64 MiB is a fine keyslot for cryptsetup; a node that set --max-kdf-memory 1024 refuses it.
     let img = with_json(luks2_image(), |v| {
         set_kdf(
@@ -385,6 +390,7 @@ fn luks1_hostile_headers() {
 
 #[test]
 fn kdf_limits_defaults_are_cryptsetups() {
+    full_tier_only!("cryptsetup");
     let l = KdfLimits::default();
     assert_eq!(l.max_argon2_memory_kib, 4 * 1024 * 1024);
     assert_eq!(l.max_argon2_cpus, 4);
@@ -401,6 +407,7 @@ fn kdf_limits_defaults_are_cryptsetups() {
 
 #[test]
 fn qcow2_backing_fifo_is_refused_without_hanging() {
+    full_tier_only!("qemu-img");
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();

@@ -4,6 +4,9 @@
 //! Every test calls `require_tools()` first: a missing cryptsetup / qemu-img / python3 +
 //! cryptography FAILS the test with an install hint, it never passes silently.
 
+#[macro_use]
+mod tier;
+#[macro_use]
 mod common;
 
 use common::*;
@@ -12,6 +15,9 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+/// What these tests need beyond bifs (the full tier, scripts/test.sh).
+const NEEDS: &str = "cryptsetup, qemu-img and python3-cryptography (the AES-XTS oracle)";
 
 const WRONG_PASSPHRASE: &str = "Wr0ng-Horse-Battery-Staple-4471";
 
@@ -73,85 +79,92 @@ fn s(v: &Value) -> String {
 /// For all 24 cases, a cryptsetup-made LUKS2 image (untrimmed: payload + zero tail) decrypted by
 /// the Python oracle with the volume key from `luksDump --dump-volume-key` equals the payload;
 /// same for qemu-img and cryptsetup LUKS1 images. Proves the oracle and the image helpers.
-#[test]
-fn oracle_decrypts_cryptsetup_images() {
+fn oracle_decrypts_cryptsetup_images(case: &Case) {
+    full_tier_only!(NEEDS);
     require_tools();
     let dir = tempdir("oracle");
     let payload = dir.path().join("payload.raw");
     standard_payload(&payload, 1);
-    let cases = matrix();
-    run_cases(&cases, |case| {
-        let what = case.to_string();
-        let img = make_luks2_with_cryptsetup(
-            dir.path(),
-            &case.tag(),
-            &payload,
-            case,
-            &passphrase_for(case),
-            false,
-        );
-        let meta = luks2_json(&img.path);
-        let sector = meta["segments"]["0"]["sector_size"].as_u64().unwrap() as u32;
-        assert_eq!(sector, case.sector, "{what}: sector size in header");
-        let key = volume_key(&img.path, &img.keyfile);
-        assert_eq!(
-            key.len() * 8,
-            case.key_bits as usize,
-            "{what}: volume key length"
-        );
-        let out = dir.path().join(format!("{}.oracle", case.tag()));
-        let seg_len = file_len(&img.path) - img.data_offset;
-        assert_eq!(
-            seg_len,
-            file_len(&payload) + 8 * MIB,
-            "{what}: segment length"
-        );
-        assert_eq!(img.unwritten_tail, 8 * MIB, "{what}: unwritten tail");
-        oracle_decrypt(&img.path, &out, &key, img.data_offset, sector, seg_len);
-        assert_prefix(
-            &out,
-            &payload,
-            seg_len,
-            &format!("{what}: oracle vs payload"),
-        );
-        // Sanity: the ciphertext is not the plaintext (cryptsetup really encrypted it).
-        let mut head = [0u8; 64];
-        fs::File::open(&img.path)
-            .unwrap()
-            .read_exact_at(&mut head, img.data_offset)
-            .unwrap();
-        let mut phead = [0u8; 64];
-        fs::File::open(&payload)
-            .unwrap()
-            .read_exact_at(&mut phead, 0)
-            .unwrap();
-        assert_ne!(head, phead, "{what}: data segment is not encrypted");
-        fs::remove_file(&out).unwrap();
-        fs::remove_file(&img.path).unwrap();
-    });
-
-    let luks1: Vec<&str> = vec!["qemu aes-128 sha256", "cryptsetup luks1 512 sha1"];
-    run_cases(&luks1, |which| {
-        let pass = format!("luks1 {which}");
-        let img = match *which {
-            "qemu aes-128 sha256" => {
-                make_luks1_with_qemu(dir.path(), "q128", &payload, "aes-128", "sha256", &pass)
-            }
-            _ => make_luks1_with_cryptsetup(dir.path(), "c1", &payload, 512, "sha1", &pass),
-        };
-        let key = volume_key(&img.path, &img.keyfile);
-        let out = img.path.with_extension("oracle");
-        oracle_decrypt(
-            &img.path,
-            &out,
-            &key,
-            img.data_offset,
-            512,
-            file_len(&img.path) - img.data_offset,
-        );
-        assert_same(&out, &payload, 0, &format!("{which}: oracle vs payload"));
-    });
+    let what = case.to_string();
+    let img = make_luks2_with_cryptsetup(
+        dir.path(),
+        &case.tag(),
+        &payload,
+        case,
+        &passphrase_for(case),
+        false,
+    );
+    let meta = luks2_json(&img.path);
+    let sector = meta["segments"]["0"]["sector_size"].as_u64().unwrap() as u32;
+    assert_eq!(sector, case.sector, "{what}: sector size in header");
+    let key = volume_key(&img.path, &img.keyfile);
+    assert_eq!(
+        key.len() * 8,
+        case.key_bits as usize,
+        "{what}: volume key length"
+    );
+    let out = dir.path().join(format!("{}.oracle", case.tag()));
+    let seg_len = file_len(&img.path) - img.data_offset;
+    assert_eq!(
+        seg_len,
+        file_len(&payload) + 8 * MIB,
+        "{what}: segment length"
+    );
+    assert_eq!(img.unwritten_tail, 8 * MIB, "{what}: unwritten tail");
+    oracle_decrypt(&img.path, &out, &key, img.data_offset, sector, seg_len);
+    assert_prefix(
+        &out,
+        &payload,
+        seg_len,
+        &format!("{what}: oracle vs payload"),
+    );
+    // Sanity: the ciphertext is not the plaintext (cryptsetup really encrypted it).
+    let mut head = [0u8; 64];
+    fs::File::open(&img.path)
+        .unwrap()
+        .read_exact_at(&mut head, img.data_offset)
+        .unwrap();
+    let mut phead = [0u8; 64];
+    fs::File::open(&payload)
+        .unwrap()
+        .read_exact_at(&mut phead, 0)
+        .unwrap();
+    assert_ne!(head, phead, "{what}: data segment is not encrypted");
+    fs::remove_file(&out).unwrap();
+    fs::remove_file(&img.path).unwrap();
 }
+matrix_tests!(oracle_decrypts_cryptsetup_images);
+
+/// The LUKS1 half of the above: qemu-img and cryptsetup LUKS1 images.
+fn oracle_decrypts_luks1_images(which: &&str) {
+    full_tier_only!(NEEDS);
+    require_tools();
+    let dir = tempdir("oracle");
+    let payload = dir.path().join("payload.raw");
+    standard_payload(&payload, 1);
+    let pass = format!("luks1 {which}");
+    let img = match *which {
+        "qemu aes-128 sha256" => {
+            make_luks1_with_qemu(dir.path(), "q128", &payload, "aes-128", "sha256", &pass)
+        }
+        _ => make_luks1_with_cryptsetup(dir.path(), "c1", &payload, 512, "sha1", &pass),
+    };
+    let key = volume_key(&img.path, &img.keyfile);
+    let out = img.path.with_extension("oracle");
+    oracle_decrypt(
+        &img.path,
+        &out,
+        &key,
+        img.data_offset,
+        512,
+        file_len(&img.path) - img.data_offset,
+    );
+    assert_same(&out, &payload, 0, &format!("{which}: oracle vs payload"));
+}
+per_case_tests!(oracle_decrypts_luks1_images:
+    qemu_aes128_sha256 => "qemu aes-128 sha256",
+    cryptsetup_luks1_512_sha1 => "cryptsetup luks1 512 sha1",
+);
 
 // =============================================================================================
 // 1. Real cryptsetup / qemu-img -> bifs decrypt
@@ -162,67 +175,65 @@ fn oracle_decrypts_cryptsetup_images() {
 /// payload: output == payload exactly. sha512 cases are left as cryptsetup made them (segment =
 /// payload + 8 MiB never written by cryptsetup): output == payload ++ the oracle's decryption of
 /// that tail, i.e. the whole segment, byte for byte.
-#[test]
-fn cryptsetup_luks2_to_bifs_decrypt() {
+fn cryptsetup_luks2_to_bifs_decrypt(case: &Case) {
+    full_tier_only!(NEEDS);
     require_tools();
     let dir = tempdir("cs2bifs");
     let payload = dir.path().join("payload.raw");
     standard_payload(&payload, 2);
-    let cases = matrix();
-    run_cases(&cases, |case| {
-        let what = case.to_string();
-        let pass = passphrase_for(case);
-        let trim = case.hash == "sha256";
-        let img = make_luks2_with_cryptsetup(dir.path(), &case.tag(), &payload, case, &pass, trim);
-        let secret = write_secret(
-            dir.path(),
-            &case.tag(),
-            &SecretParams::for_case(case, &pass),
+    let what = case.to_string();
+    let pass = passphrase_for(case);
+    let trim = case.hash == "sha256";
+    let img = make_luks2_with_cryptsetup(dir.path(), &case.tag(), &payload, case, &pass, trim);
+    let secret = write_secret(
+        dir.path(),
+        &case.tag(),
+        &SecretParams::for_case(case, &pass),
+    );
+    let out = dir.path().join(format!("{}.plain", case.tag()));
+    bifs_decrypt(&secret, &img.path, &out, &what);
+    if trim {
+        assert_same(
+            &out,
+            &payload,
+            0,
+            &format!("{what} (trimmed): bifs decrypt vs payload"),
         );
-        let out = dir.path().join(format!("{}.plain", case.tag()));
-        bifs_decrypt(&secret, &img.path, &out, &what);
-        if trim {
-            assert_same(
-                &out,
-                &payload,
-                0,
-                &format!("{what} (trimmed): bifs decrypt vs payload"),
-            );
-        } else {
-            let seg_len = file_len(&img.path) - img.data_offset;
-            assert_prefix(
-                &out,
-                &payload,
-                seg_len,
-                &format!("{what} (untrimmed): bifs decrypt vs payload"),
-            );
-            let key = volume_key(&img.path, &img.keyfile);
-            let oracle = dir.path().join(format!("{}.oracle", case.tag()));
-            oracle_decrypt(
-                &img.path,
-                &oracle,
-                &key,
-                img.data_offset,
-                case.sector,
-                seg_len,
-            );
-            assert_same(
-                &out,
-                &oracle,
-                0,
-                &format!("{what} (untrimmed): bifs decrypt vs oracle, whole segment"),
-            );
-            fs::remove_file(&oracle).unwrap();
-        }
-        fs::remove_file(&out).unwrap();
-        fs::remove_file(&img.path).unwrap();
-    });
+    } else {
+        let seg_len = file_len(&img.path) - img.data_offset;
+        assert_prefix(
+            &out,
+            &payload,
+            seg_len,
+            &format!("{what} (untrimmed): bifs decrypt vs payload"),
+        );
+        let key = volume_key(&img.path, &img.keyfile);
+        let oracle = dir.path().join(format!("{}.oracle", case.tag()));
+        oracle_decrypt(
+            &img.path,
+            &oracle,
+            &key,
+            img.data_offset,
+            case.sector,
+            seg_len,
+        );
+        assert_same(
+            &out,
+            &oracle,
+            0,
+            &format!("{what} (untrimmed): bifs decrypt vs oracle, whole segment"),
+        );
+        fs::remove_file(&oracle).unwrap();
+    }
+    fs::remove_file(&out).unwrap();
+    fs::remove_file(&img.path).unwrap();
 }
+matrix_tests!(cryptsetup_luks2_to_bifs_decrypt);
 
 /// LUKS1 images from `qemu-img convert -O luks` (aes-256 and aes-128 XTS, plain64, sha256; plus
 /// aes-256/sha512) and from cryptsetup (`--type luks1`, sha1) -> `bifs decrypt` == original.
-#[test]
-fn luks1_to_bifs_decrypt() {
+fn luks1_to_bifs_decrypt(which: &&str) {
+    full_tier_only!(NEEDS);
     require_tools();
     let dir = tempdir("luks1");
     let payload = dir.path().join("payload.raw");
@@ -236,52 +247,50 @@ fn luks1_to_bifs_decrypt() {
             Region::Random(2560),
         ],
     );
-    let which: Vec<&str> = vec![
-        "qemu aes-256 sha256",
-        "qemu aes-128 sha256",
-        "qemu aes-256 sha512",
-        "cryptsetup luks1 key=256 sha1",
-    ];
-    run_cases(&which, |which| {
-        let pass = format!("LUKS1 {which}");
-        let (img, hash) = match *which {
-            "qemu aes-256 sha256" => (
-                make_luks1_with_qemu(dir.path(), "q256", &payload, "aes-256", "sha256", &pass),
-                "sha256",
-            ),
-            "qemu aes-128 sha256" => (
-                make_luks1_with_qemu(dir.path(), "q128", &payload, "aes-128", "sha256", &pass),
-                "sha256",
-            ),
-            "qemu aes-256 sha512" => (
-                make_luks1_with_qemu(dir.path(), "q256s512", &payload, "aes-256", "sha512", &pass),
-                "sha512",
-            ),
-            _ => (
-                make_luks1_with_cryptsetup(dir.path(), "c1", &payload, 256, "sha1", &pass),
-                "sha1",
-            ),
-        };
-        let stem = img.path.file_stem().unwrap().to_str().unwrap().to_string();
-        let secret = write_secret(
-            dir.path(),
-            &stem,
-            &SecretParams {
-                hash: Some(hash.into()),
-                pbkdf: Some("pbkdf2".into()),
-                ..SecretParams::cheap(&pass)
-            },
-        );
-        let out = dir.path().join(format!("{stem}.plain"));
-        bifs_decrypt(&secret, &img.path, &out, which);
-        assert_same(
-            &out,
-            &payload,
-            0,
-            &format!("{which}: bifs decrypt of LUKS1"),
-        );
-    });
+    let pass = format!("LUKS1 {which}");
+    let (img, hash) = match *which {
+        "qemu aes-256 sha256" => (
+            make_luks1_with_qemu(dir.path(), "q256", &payload, "aes-256", "sha256", &pass),
+            "sha256",
+        ),
+        "qemu aes-128 sha256" => (
+            make_luks1_with_qemu(dir.path(), "q128", &payload, "aes-128", "sha256", &pass),
+            "sha256",
+        ),
+        "qemu aes-256 sha512" => (
+            make_luks1_with_qemu(dir.path(), "q256s512", &payload, "aes-256", "sha512", &pass),
+            "sha512",
+        ),
+        _ => (
+            make_luks1_with_cryptsetup(dir.path(), "c1", &payload, 256, "sha1", &pass),
+            "sha1",
+        ),
+    };
+    let stem = img.path.file_stem().unwrap().to_str().unwrap().to_string();
+    let secret = write_secret(
+        dir.path(),
+        &stem,
+        &SecretParams {
+            hash: Some(hash.into()),
+            pbkdf: Some("pbkdf2".into()),
+            ..SecretParams::cheap(&pass)
+        },
+    );
+    let out = dir.path().join(format!("{stem}.plain"));
+    bifs_decrypt(&secret, &img.path, &out, which);
+    assert_same(
+        &out,
+        &payload,
+        0,
+        &format!("{which}: bifs decrypt of LUKS1"),
+    );
 }
+per_case_tests!(luks1_to_bifs_decrypt:
+    qemu_aes256_sha256 => "qemu aes-256 sha256",
+    qemu_aes128_sha256 => "qemu aes-128 sha256",
+    qemu_aes256_sha512 => "qemu aes-256 sha512",
+    cryptsetup_luks1_key256_sha1 => "cryptsetup luks1 key=256 sha1",
+);
 
 /// LUKS2 headers cryptsetup can make that differ from the default layout, all -> `bifs decrypt`:
 /// (a) 64 KiB metadata areas, 4 MiB keyslots area, label and subsystem;
@@ -289,6 +298,7 @@ fn luks1_to_bifs_decrypt() {
 ///     plus a token (JSON the reader must tolerate); the old passphrase is then refused.
 #[test]
 fn cryptsetup_header_variants_to_bifs_decrypt() {
+    full_tier_only!(NEEDS);
     require_tools();
     let dir = tempdir("variants");
     let payload = dir.path().join("payload.raw");
@@ -460,6 +470,7 @@ fn cryptsetup_header_variants_to_bifs_decrypt() {
 /// Checks one bifs-made LUKS2 image against cryptsetup and the oracle:
 /// (a) size == plaintext size + 16 MiB, (b) luksDump / JSON metadata fields,
 /// (c) --test-passphrase right/wrong, (d) oracle decryption == source (+ `zero_tail` zeros).
+#[allow(clippy::too_many_arguments)] // each argument is one fact about the image under test
 fn check_bifs_image(
     dst: &Path,
     src_plain: &Path,
@@ -632,52 +643,51 @@ fn check_bifs_image(
 
 /// 24 cases: `bifs encrypt --sector-size S` with a Secret carrying key size / KDF / hash and cheap
 /// costs -> (a)..(d) of `check_bifs_image`, plus (e) `bifs decrypt` of the result == source.
-#[test]
-fn bifs_encrypt_to_cryptsetup() {
+fn bifs_encrypt_to_cryptsetup(case: &Case) {
+    full_tier_only!(NEEDS);
     require_tools();
     let dir = tempdir("bifs2cs");
-    let cases = matrix();
-    run_cases(&cases, |case| {
-        let what = case.to_string();
-        let pass = passphrase_for(case);
-        let src = dir.path().join(format!("{}.raw", case.tag()));
-        standard_payload(&src, 100 + case.key_bits as u64 + case.sector as u64);
-        let secret = write_secret(
-            dir.path(),
-            &case.tag(),
-            &SecretParams::for_case(case, &pass),
-        );
-        let dst = dir.path().join(format!("{}.luks2", case.tag()));
-        bifs_encrypt(&secret, Some(case.sector), &src, &dst, &what);
-        check_bifs_image(
-            &dst,
-            &src,
-            0,
-            case,
-            &pass,
-            Some(case.cheap_costs()),
-            dir.path(),
-            &what,
-        );
-        // (e)
-        let back = dir.path().join(format!("{}.back", case.tag()));
-        bifs_decrypt(&secret, &dst, &back, &what);
-        assert_same(
-            &back,
-            &src,
-            0,
-            &format!("{what}: (e) bifs decrypt of bifs encrypt"),
-        );
-        for p in [&src, &dst, &back] {
-            fs::remove_file(p).unwrap();
-        }
-    });
+    let what = case.to_string();
+    let pass = passphrase_for(case);
+    let src = dir.path().join(format!("{}.raw", case.tag()));
+    standard_payload(&src, 100 + case.key_bits as u64 + case.sector as u64);
+    let secret = write_secret(
+        dir.path(),
+        &case.tag(),
+        &SecretParams::for_case(case, &pass),
+    );
+    let dst = dir.path().join(format!("{}.luks2", case.tag()));
+    bifs_encrypt(&secret, Some(case.sector), &src, &dst, &what);
+    check_bifs_image(
+        &dst,
+        &src,
+        0,
+        case,
+        &pass,
+        Some(case.cheap_costs()),
+        dir.path(),
+        &what,
+    );
+    // (e)
+    let back = dir.path().join(format!("{}.back", case.tag()));
+    bifs_decrypt(&secret, &dst, &back, &what);
+    assert_same(
+        &back,
+        &src,
+        0,
+        &format!("{what}: (e) bifs decrypt of bifs encrypt"),
+    );
+    for p in [&src, &dst, &back] {
+        fs::remove_file(p).unwrap();
+    }
 }
+matrix_tests!(bifs_encrypt_to_cryptsetup);
 
 /// A source whose size is not a multiple of 512 is padded: output = roundup512(src) + 16 MiB,
 /// default sector size 512, plaintext = source + zeros; cryptsetup opens it.
 #[test]
 fn bifs_encrypt_unaligned_source() {
+    full_tier_only!(NEEDS);
     require_tools();
     let dir = tempdir("unaligned");
     let case = Case {
@@ -727,6 +737,7 @@ fn bifs_encrypt_unaligned_source() {
 /// Without --sector-size: 4096 when the data size is a multiple of 4096, else 512.
 #[test]
 fn bifs_encrypt_default_sector_size() {
+    full_tier_only!(NEEDS);
     require_tools();
     let dir = tempdir("defsector");
     for (size, expect) in [(MIB, 4096u64), (MIB + 512, 512), (MIB + 4096 + 1, 512)] {
@@ -760,6 +771,7 @@ fn bifs_encrypt_default_sector_size() {
 /// (by the oracle) is the raw content.
 #[test]
 fn bifs_encrypt_qcow2_source() {
+    full_tier_only!(NEEDS);
     require_tools();
     let dir = tempdir("qcow2src");
     let case = Case {
@@ -794,6 +806,7 @@ fn bifs_encrypt_qcow2_source() {
 /// volume key, new keyslot/digest ids), after which `bifs decrypt` still yields the source.
 #[test]
 fn bifs_image_managed_by_cryptsetup() {
+    full_tier_only!(NEEDS);
     require_tools();
     let dir = tempdir("managed");
     let case = Case {
@@ -873,6 +886,7 @@ fn bifs_image_managed_by_cryptsetup() {
 /// passphrase). Slow: real argon2i cost on both sides.
 #[test]
 fn bifs_encrypt_default_argon2_cost_opens_with_cryptsetup() {
+    full_tier_only!(NEEDS);
     require_tools();
     let dir = tempdir("defcost");
     let what = "default argon2i cost (no CRYPTO_PBKDF_MEMORY / FORCE_ITERATIONS)";
@@ -1024,6 +1038,7 @@ fn args(v: &[&dyn AsRef<OsStr>]) -> Vec<std::ffi::OsString> {
 
 #[test]
 fn refuse_encrypt_of_luks_image() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("refuse-enc-luks");
     for (which, img) in [
@@ -1043,6 +1058,7 @@ fn refuse_encrypt_of_luks_image() {
 
 #[test]
 fn refuse_decrypt_of_plain_image() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("refuse-dec-plain");
     let qcow = f.payload.with_extension("qcow2");
@@ -1061,6 +1077,7 @@ fn refuse_decrypt_of_plain_image() {
 
 #[test]
 fn refuse_wrong_passphrase() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("refuse-wrongpass");
     let input = f.secret.parent().unwrap();
@@ -1082,6 +1099,7 @@ fn refuse_wrong_passphrase() {
 
 #[test]
 fn refuse_unsupported_cipher() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("refuse-cipher");
     let input = f.secret.parent().unwrap();
@@ -1113,6 +1131,7 @@ fn refuse_unsupported_cipher() {
 /// cannot be decrypted: refused with "unsupported cipher", nothing left at DST.
 #[test]
 fn refuse_decrypt_of_unsupported_cipher_image() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("refuse-cbc");
     let input = f.secret.parent().unwrap();
@@ -1154,6 +1173,7 @@ fn refuse_decrypt_of_unsupported_cipher_image() {
 
 #[test]
 fn refuse_unknown_key_provider() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("refuse-provider");
     let input = f.secret.parent().unwrap();
@@ -1184,6 +1204,7 @@ fn refuse_unknown_key_provider() {
 
 #[test]
 fn refuse_truncated_header() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("refuse-trunc");
     let img = f.out.parent().unwrap().join("in/truncated.luks2");
@@ -1238,6 +1259,7 @@ fn corrupt_json(src: &Path, dst: &Path, primary: bool, secondary: bool) {
 
 #[test]
 fn refuse_corrupt_header() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("refuse-corrupt");
     let img = f.out.parent().unwrap().join("in/corrupt.luks2");
@@ -1263,6 +1285,7 @@ fn refuse_corrupt_header() {
 /// JSON area is corrupt (LUKS2 on-disk format spec, "header recovery").
 #[test]
 fn decrypt_with_only_primary_header_corrupt() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("primary-corrupt");
     let img = f.out.parent().unwrap().join("in/primary-corrupt.luks2");
@@ -1289,6 +1312,7 @@ fn decrypt_with_only_primary_header_corrupt() {
 
 #[test]
 fn refuse_existing_dst_without_force() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("refuse-exists");
     let sentinel = b"precious data, do not overwrite\n";
@@ -1354,6 +1378,7 @@ fn refuse_existing_dst_without_force() {
 /// with --secret-name are all accepted; a --secret-name that matches nothing is refused.
 #[test]
 fn secret_manifest_variants() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("secret-variants");
     let input = f.secret.parent().unwrap().to_path_buf();
@@ -1476,6 +1501,7 @@ fn secret_manifest_variants() {
 
 #[test]
 fn inspect_json_raw() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("inspect-raw");
     let j = bifs_inspect_json(&f.payload);
@@ -1493,6 +1519,7 @@ fn inspect_json_raw() {
 
 #[test]
 fn inspect_json_qcow2() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("inspect-qcow2");
     let input = f.secret.parent().unwrap().to_path_buf();
@@ -1531,6 +1558,7 @@ fn inspect_json_qcow2() {
 
 #[test]
 fn inspect_json_cryptsetup_luks2() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("inspect-luks2");
     let input = f.secret.parent().unwrap().to_path_buf();
@@ -1573,6 +1601,7 @@ fn inspect_json_cryptsetup_luks2() {
 
 #[test]
 fn inspect_json_qemu_luks1() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("inspect-luks1");
     let input = f.secret.parent().unwrap().to_path_buf();
@@ -1609,6 +1638,7 @@ fn inspect_json_qemu_luks1() {
 
 #[test]
 fn inspect_json_bifs_luks2() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("inspect-bifs");
     // bifs-made LUKS2
@@ -1644,6 +1674,7 @@ fn inspect_json_bifs_luks2() {
 /// passphrase or the volume key (as cryptsetup dumps it, in hex) on stdout/stderr.
 #[test]
 fn secrets_never_logged_even_at_trace() {
+    full_tier_only!(NEEDS);
     require_tools();
     let f = fixture("nolog");
     let key = volume_key(&f.luks2.path, &f.luks2.keyfile);

@@ -5,6 +5,8 @@
 //!
 //! Needs root, /dev/fuse, fusermount3, cryptsetup, setpriv; fails loudly without them.
 
+#[macro_use]
+mod tier;
 mod mount_support;
 
 use std::fs;
@@ -84,6 +86,7 @@ fn volume_key(img: &Path, dir: &Path) -> Vec<u8> {
 
 #[test]
 fn no_key_material_in_any_output_at_trace() {
+    full_tier_only!("root, /dev/fuse and fusermount3, cryptsetup");
     require_tools(&["fusermount3", "cryptsetup", "cp"]);
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -261,6 +264,7 @@ fn cat_as_nobody(path: &Path, gid: u32) -> Output {
 
 #[test]
 fn other_users_cannot_read_unless_allow_other_and_the_mode_permits() {
+    full_tier_only!("root, /dev/fuse and fusermount3, setpriv");
     require_tools(&["fusermount3", "setpriv"]);
     assert_eq!(
         unsafe { libc::geteuid() },

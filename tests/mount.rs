@@ -3,6 +3,8 @@
 //!
 //! Needs /dev/fuse, fusermount3, cryptsetup, qemu-img and qemu-io; fails loudly without them.
 
+#[macro_use]
+mod tier;
 mod mount_support;
 
 use std::fs;
@@ -209,6 +211,7 @@ fn preads_match(view: &Path, materialized: &Path) {
 
 #[test]
 fn every_view_of_every_image() {
+    full_tier_only!("root, /dev/fuse and fusermount3, cryptsetup");
     let fx = Fixture::build();
     let m = fx.mount("mnt");
 
@@ -395,6 +398,7 @@ fn every_view_of_every_image() {
 /// while a new open serves the new content; `bifs umount` ends the mount.
 #[test]
 fn longhorn_layout_source_change_and_umount() {
+    full_tier_only!("root, /dev/fuse and fusermount3");
     require_tools(&["fusermount3"]);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();

@@ -4,6 +4,9 @@
 //! Needs `qemu-img` and `qemu-io` (Debian: `apt-get install qemu-utils`); without them every
 //! test fails, saying so.
 
+#[macro_use]
+mod tier;
+
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -202,12 +205,14 @@ fn check_converted(size: u64, opts: &str, extra: &[&str]) -> Qcow2Image {
 
 #[test]
 fn v2_images() {
+    full_tier_only!("qemu-img and qemu-io");
     check_converted(6 * MIB, "compat=0.10,cluster_size=65536", &[]);
     check_converted(6 * MIB, "compat=0.10,cluster_size=512", &[]);
 }
 
 #[test]
 fn v3_cluster_sizes() {
+    full_tier_only!("qemu-img and qemu-io");
     for cluster in ["512", "65536", "2M"] {
         check_converted(6 * MIB, &format!("compat=1.1,cluster_size={cluster}"), &[]);
     }
@@ -215,6 +220,7 @@ fn v3_cluster_sizes() {
 
 #[test]
 fn virtual_size_not_a_cluster_multiple() {
+    full_tier_only!("qemu-img and qemu-io");
     check_converted(6 * MIB + 1536, "cluster_size=2M", &[]);
     check_converted(6 * MIB + 1536, "cluster_size=65536", &["-c"]);
     let dir = tmp();
@@ -240,6 +246,7 @@ fn virtual_size_not_a_cluster_multiple() {
 
 #[test]
 fn deflate_compressed() {
+    full_tier_only!("qemu-img and qemu-io");
     for cluster in ["512", "65536", "2M"] {
         check_converted(6 * MIB + 1536, &format!("cluster_size={cluster}"), &["-c"]);
     }
@@ -248,6 +255,7 @@ fn deflate_compressed() {
 
 #[test]
 fn zstd_compressed() {
+    full_tier_only!("qemu-img and qemu-io");
     for cluster in ["512", "65536", "2M"] {
         let image = check_converted(
             6 * MIB + 1536,
@@ -260,6 +268,7 @@ fn zstd_compressed() {
 
 #[test]
 fn sparse_holes_cover_unallocated_regions() {
+    full_tier_only!("qemu-img and qemu-io");
     let dir = tmp();
     write_source(&dir.path().join("src.raw"), 6 * MIB);
     qemu_img(
@@ -296,6 +305,7 @@ fn sparse_holes_cover_unallocated_regions() {
 
 #[test]
 fn zero_clusters() {
+    full_tier_only!("qemu-img and qemu-io");
     let dir = tmp();
     write_source(&dir.path().join("src.raw"), 6 * MIB);
     qemu_img(
@@ -323,6 +333,7 @@ fn zero_clusters() {
 
 #[test]
 fn backing_raw() {
+    full_tier_only!("qemu-img and qemu-io");
     let dir = tmp();
     write_source(&dir.path().join("base.raw"), 6 * MIB);
     // Relative backing name: resolved against the overlay's directory, not the cwd.
@@ -353,6 +364,7 @@ fn backing_raw() {
 
 #[test]
 fn backing_qcow2_chain() {
+    full_tier_only!("qemu-img and qemu-io");
     let dir = tmp();
     write_source(&dir.path().join("src.raw"), 6 * MIB);
     qemu_img(
@@ -414,6 +426,7 @@ fn backing_qcow2_chain() {
 
 #[test]
 fn backing_format_probed_without_extension() {
+    full_tier_only!("qemu-img and qemu-io");
     let dir = tmp();
     write_source(&dir.path().join("base.raw"), 2 * MIB);
     qemu_img(
@@ -439,6 +452,7 @@ fn backing_format_probed_without_extension() {
 
 #[test]
 fn extended_l2_subclusters() {
+    full_tier_only!("qemu-img and qemu-io");
     let dir = tmp();
     let d = dir.path();
     qemu_img(
@@ -531,6 +545,7 @@ fn extended_l2_subclusters() {
 
 #[test]
 fn dispatcher_opens_qcow2_and_raw() {
+    full_tier_only!("qemu-img and qemu-io");
     let dir = tmp();
     write_source(&dir.path().join("src.raw"), 2 * MIB);
     qemu_img(
@@ -739,6 +754,7 @@ fn garbage_compressed_data_fails_reads() {
 
 #[test]
 fn refuses_backing_loops_and_deep_chains() {
+    full_tier_only!("qemu-img and qemu-io");
     let dir = tmp();
     let d = dir.path();
     qemu_img(d, &["create", "-f", "qcow2", "aa.qcow2", "1M"]);
@@ -794,6 +810,7 @@ fn refuses_backing_loops_and_deep_chains() {
 
 #[test]
 fn refuses_unsupported_features() {
+    full_tier_only!("qemu-img and qemu-io");
     let dir = tmp();
     let d = dir.path();
     // Marked rather than made: qemu's LUKS key-derivation benchmark is flaky on a busy machine.

@@ -6,6 +6,9 @@
 //! expect whichever method this machine supports. Missing `cryptsetup` FAILS the tests that need
 //! it (apt-get install cryptsetup-bin); nothing is skipped.
 
+#[macro_use]
+mod tier;
+
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -254,6 +257,7 @@ fn without_against_prints_the_plaintext_sha512() {
 
 #[test]
 fn cryptsetup_reencrypt_image_verifies_against_its_payload() {
+    full_tier_only!("cryptsetup");
     require_cryptsetup();
     let dir = tempfile::tempdir().expect("tempdir");
     let sec = secret(dir.path(), "re", PASSPHRASE, &[]);
@@ -324,6 +328,7 @@ fn cryptsetup_reencrypt_image_verifies_against_its_payload() {
 
 #[test]
 fn cryptsetup_luks1_image_agrees_with_bifs_decrypt() {
+    full_tier_only!("cryptsetup");
     require_cryptsetup();
     let dir = tempfile::tempdir().expect("tempdir");
     let sec = secret(dir.path(), "l1", PASSPHRASE, &[]);
@@ -406,6 +411,7 @@ fn flipped_ciphertext_byte_fails_at_the_right_offset() {
 
 #[test]
 fn wrong_passphrase_fails_clearly_without_printing_it() {
+    full_tier_only!("cryptsetup");
     let (dir, _sec, src, img, _data) = encrypted(MIB, PBKDF2, None);
     let wrong_words = "tr0ub4dor and three";
     let wrong = secret(dir.path(), "wrong", wrong_words, PBKDF2);
@@ -525,6 +531,7 @@ fn not_luks_and_forced_dm_crypt_are_clear_errors() {
 
 #[test]
 fn qcow2_source_is_compared_by_its_virtual_disk() {
+    full_tier_only!("qemu-img");
     let ok = Command::new("qemu-img")
         .arg("--version")
         .stdin(Stdio::null())

@@ -178,10 +178,11 @@ fn init_logging(filter: &str, json: bool) {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    // Before anything holds a key: no core dumps, no ptrace by other users.
-    bifs::keys::harden_process();
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
+    // Before anything holds a key (after logging, so its warnings are seen): no core dumps,
+    // no ptrace by other users.
+    bifs::keys::harden_process();
     if let Some(kib) = cli.max_kdf_memory {
         let limits = bifs::kdf::KdfLimits {
             max_argon2_memory_kib: kib,

@@ -91,8 +91,8 @@ pub struct BifsFs {
 
 impl BifsFs {
     pub fn new(catalog: Catalog, opts: &MountOptions) -> Self {
-        // SAFETY: getuid/getgid cannot fail and touch no memory.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let uid = rustix::process::getuid().as_raw();
+        let gid = rustix::process::getgid().as_raw();
         Self {
             catalog,
             inodes: Inodes::new(),
@@ -138,7 +138,8 @@ impl BifsFs {
         }
     }
 
-    /// Checks that `node` exists now and returns its attributes.
+    /// Checks that `node` exists now and returns its attributes (with the inode number it has
+    /// or would get: nothing is allocated here).
     fn stat(&self, node: &Node) -> Result<FileAttr, CatalogError> {
         let ino = self.inodes.ino(node);
         match node {
@@ -268,11 +269,26 @@ impl Filesystem for BifsFs {
                 .to_str()
                 .and_then(|n| parent.child(n))
                 .ok_or(Errno::ENOENT)?;
-            self.stat(&node).map_err(|e| refuse("lookup", &node, &e))
+            let mut attr = self.stat(&node).map_err(|e| refuse("lookup", &node, &e))?;
+            // Only a name that exists gets a number, counted until the kernel forgets it.
+            attr.ino = INodeNo(self.inodes.lookup(&node));
+            Ok(attr)
         });
         match r {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        // fuser's default `batch_forget` calls this once per inode (its argument type is not
+        // public, so it cannot be overridden).
+        if self.inodes.forget(ino.0, nlookup) {
+            // The kernel dropped the inode and its cached pages with it.
+            self.opened
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino.0);
         }
     }
 

@@ -71,13 +71,17 @@ fn read_head(file: &std::fs::File, offset: u64) -> io::Result<Vec<u8>> {
 /// (16 KiB to 4 MiB) is LUKS2: its header is recovered from that copy or refused, and the
 /// image is never taken for plain data (to be encrypted a second time).
 pub fn detect(path: &Path) -> io::Result<Format> {
-    let file = super::open_image_file(path)?;
-    let format = Format::from_magic(&read_head(&file, 0)?);
+    detect_file(&super::open_image_file(path)?)
+}
+
+/// [`detect`] on an open file (the descriptor a view then reads, so both see one inode).
+pub fn detect_file(file: &std::fs::File) -> io::Result<Format> {
+    let format = Format::from_magic(&read_head(file, 0)?);
     if format != Format::Raw {
         return Ok(format);
     }
     for offset in HDR_SIZES {
-        if read_head(&file, offset)?.starts_with(MAGIC_SECONDARY) {
+        if read_head(file, offset)?.starts_with(MAGIC_SECONDARY) {
             return Ok(Format::Luks2);
         }
     }

@@ -73,7 +73,6 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
 /// checked on the open file (no race with a rename), and blocking mode restored.
 pub fn open_image_file(path: &Path) -> io::Result<std::fs::File> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    use std::os::unix::io::AsRawFd;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -85,13 +84,8 @@ pub fn open_image_file(path: &Path) -> io::Result<std::fs::File> {
             "not a regular file or block device (a FIFO, socket or character device is refused)",
         ));
     }
-    // SAFETY: fcntl on an fd we own, with integer arguments only.
-    unsafe {
-        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        }
-    }
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)?;
     Ok(file)
 }
 
@@ -145,12 +139,23 @@ pub enum OpenError {
 /// Opens an image file as the disk it holds: a qcow2 image as its virtual disk, anything else
 /// (raw, LUKS) as its bytes.
 pub fn open_virtual_disk(path: &Path) -> Result<Arc<dyn ReadAt>, OpenError> {
+    let file = open_image_file(path).map_err(|error| OpenError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
+    virtual_disk_of(file, path)
+}
+
+/// [`open_virtual_disk`] of an already open `file` (named `path` in errors and for a qcow2
+/// image's relative backing file name): the disk is read through this very descriptor, so it
+/// is the same inode the caller took its identity from, whatever was renamed since.
+pub fn virtual_disk_of(file: std::fs::File, path: &Path) -> Result<Arc<dyn ReadAt>, OpenError> {
     let io_err = |error| OpenError::Io {
         path: path.to_owned(),
         error,
     };
-    match detect(path).map_err(io_err)? {
-        Format::Qcow2 => match qcow2::Qcow2Image::open(path) {
+    match detect::detect_file(&file).map_err(io_err)? {
+        Format::Qcow2 => match qcow2::Qcow2Image::from_file(file, path) {
             Ok(image) => Ok(Arc::new(image)),
             Err(error) => Err(OpenError::Qcow2 {
                 path: path.to_owned(),
@@ -158,7 +163,7 @@ pub fn open_virtual_disk(path: &Path) -> Result<Arc<dyn ReadAt>, OpenError> {
             }),
         },
         Format::Raw | Format::Luks1 | Format::Luks2 => {
-            Ok(Arc::new(RawFile::open(path).map_err(io_err)?))
+            Ok(Arc::new(RawFile::from_file(file).map_err(io_err)?))
         }
     }
 }

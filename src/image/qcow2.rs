@@ -162,10 +162,27 @@ impl Qcow2Image {
         Self::open_in_chain(path, &mut Vec::new())
     }
 
+    /// The image in an already open `file`; `path` names it (backing file names are
+    /// relative to its directory).
+    pub fn from_file(file: File, path: &Path) -> Result<Self, Qcow2Error> {
+        Self::from_file_in_chain(file, path, &mut Vec::new())
+    }
+
     /// `chain` holds the (device, inode) of the images above this one, to catch loops.
     fn open_in_chain(path: &Path, chain: &mut Vec<(u64, u64)>) -> Result<Self, Qcow2Error> {
+        let file = super::open_image_file(path).map_err(|error| Qcow2Error::Io {
+            what: "image",
+            error,
+        })?;
+        Self::from_file_in_chain(file, path, chain)
+    }
+
+    fn from_file_in_chain(
+        file: File,
+        path: &Path,
+        chain: &mut Vec<(u64, u64)>,
+    ) -> Result<Self, Qcow2Error> {
         let io_err = |what| move |error| Qcow2Error::Io { what, error };
-        let file = super::open_image_file(path).map_err(io_err("image"))?;
         let meta = file.metadata().map_err(io_err("image"))?;
         let id = (meta.dev(), meta.ino());
         if chain.contains(&id) {

@@ -3,7 +3,6 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use super::ReadAt;
@@ -39,22 +38,14 @@ impl RawFile {
         &self.file
     }
 
-    fn lseek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-        let Ok(off) = libc::off_t::try_from(offset) else {
-            return Ok(None);
-        };
-        // SAFETY: plain syscall on an fd we own; lseek has no memory effects.
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            // ENXIO: no data (or hole) at or after offset.
-            return if e.raw_os_error() == Some(libc::ENXIO) {
-                Ok(None)
-            } else {
-                Err(e)
-            };
+    /// `SEEK_DATA`/`SEEK_HOLE` on the file; `None` where the kernel says ENXIO (no data, or
+    /// hole, at or after the offset).
+    fn lseek(&self, whence: rustix::fs::SeekFrom) -> io::Result<Option<u64>> {
+        match rustix::fs::seek(&self.file, whence) {
+            Ok(off) => Ok(Some(off)),
+            Err(rustix::io::Errno::NXIO) => Ok(None),
+            Err(e) => Err(e.into()),
         }
-        Ok(Some(r as u64))
     }
 }
 
@@ -91,7 +82,7 @@ impl ReadAt for RawFile {
             return Ok(None);
         }
         Ok(self
-            .lseek(offset, libc::SEEK_DATA)?
+            .lseek(rustix::fs::SeekFrom::Data(offset))?
             .filter(|&o| o < self.len))
     }
 
@@ -100,7 +91,7 @@ impl ReadAt for RawFile {
             return Ok(offset);
         }
         Ok(self
-            .lseek(offset, libc::SEEK_HOLE)?
+            .lseek(rustix::fs::SeekFrom::Hole(offset))?
             .unwrap_or(self.len)
             .min(self.len))
     }

@@ -1,9 +1,9 @@
 //! Writing backing images into a Longhorn disk, and bifs's records and locks beside them.
 
+use std::fs::TryLockError;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -145,24 +145,19 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(io_err("opening lock", &path))?;
-        let mut op = match mode {
-            LockMode::Exclusive => libc::LOCK_EX,
-            LockMode::Shared => libc::LOCK_SH,
-        };
-        if !wait {
-            op |= libc::LOCK_NB;
-        }
+        // std's File locks are flock(2) on Linux: released when the file is closed.
         loop {
-            // SAFETY: flock on an fd we own; no memory is shared with the kernel.
-            let r = unsafe { libc::flock(file.as_raw_fd(), op) };
-            if r == 0 {
-                return Ok(Some(Lock { _file: file }));
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EWOULDBLOCK) if !wait => return Ok(None),
-                _ => return Err(io_err("locking", &path)(e)),
+            let r = match (mode, wait) {
+                (LockMode::Exclusive, true) => file.lock().map_err(TryLockError::Error),
+                (LockMode::Shared, true) => file.lock_shared().map_err(TryLockError::Error),
+                (LockMode::Exclusive, false) => file.try_lock(),
+                (LockMode::Shared, false) => file.try_lock_shared(),
+            };
+            match r {
+                Ok(()) => return Ok(Some(Lock { _file: file })),
+                Err(TryLockError::WouldBlock) => return Ok(None),
+                Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(TryLockError::Error(e)) => return Err(io_err("locking", &path)(e)),
             }
         }
     }
@@ -177,9 +172,11 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Some(false),
             Err(_) => return None,
         };
-        // SAFETY: as in `lock`.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-        Some(r != 0)
+        match file.try_lock_shared() {
+            Ok(()) => Some(false),
+            Err(TryLockError::WouldBlock) => Some(true),
+            Err(TryLockError::Error(_)) => None,
+        }
     }
 
     /// Makes the image directory and empties it of anything an earlier attempt left

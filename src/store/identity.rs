@@ -50,9 +50,11 @@ pub struct Watched {
 }
 
 impl Watched {
-    /// Opens `path` for watching and returns it with the identity the view is pinned to.
+    /// Opens `path` for watching (FIFO-safe, see [`crate::image::open_image_file`]) and returns
+    /// it with the identity the view is pinned to. Build the view from this same descriptor
+    /// (`try_clone` it): a second open by path could meet another inode after a rename.
     pub fn open(path: &Path) -> io::Result<(File, SourceIdentity)> {
-        let file = File::open(path)?;
+        let file = crate::image::open_image_file(path)?;
         let identity = SourceIdentity::of(&file.metadata()?);
         Ok((file, identity))
     }

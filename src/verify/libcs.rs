@@ -4,6 +4,10 @@
 //!
 //! Everything here reads what libcryptsetup itself parsed, never what our engine parsed: the
 //! point of `verify` is a second opinion.
+//!
+//! Unsafe code is allowed here (audited, each block with its `SAFETY:` reason): the logging
+//! callback libcryptsetup calls with a C string, and the device-mapper version ioctl.
+#![allow(unsafe_code)]
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_void};
@@ -358,4 +362,46 @@ impl Drop for Mapping {
             );
         }
     }
+}
+
+/// Whether this process can use device-mapper. The control node alone proves nothing: in
+/// containers `/dev/mapper/control` often exists while the kernel has no device-mapper (opening
+/// it fails with ENODEV). So open it and ask the driver its version (`DM_VERSION`), as
+/// libdevmapper does; that also fails unless we are root.
+pub fn dm_available() -> bool {
+    use std::os::unix::io::AsRawFd;
+    let control = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mapper/control")
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!("device-mapper: cannot open /dev/mapper/control: {e}");
+            return false;
+        }
+    };
+    // struct dm_ioctl is 312 bytes; u32s keep it aligned. version = 4.0.0, data_size = 312.
+    let mut dmi = [0u32; 78];
+    dmi[0] = 4;
+    dmi[3] = 312;
+    // _IOWR(DM_IOCTL = 0xfd, DM_VERSION_CMD = 0, struct dm_ioctl)
+    const DM_VERSION: u64 = (3 << 30) | (312 << 16) | (0xfd << 8);
+    // SAFETY: the buffer is a properly sized and aligned struct dm_ioctl (312 bytes, data_size
+    // says so) that lives across the call; the kernel reads and writes only within it.
+    let rc = unsafe { libc::ioctl(control.as_raw_fd(), DM_VERSION as _, dmi.as_mut_ptr()) };
+    if rc != 0 {
+        tracing::debug!(
+            "device-mapper: DM_VERSION failed: {}",
+            std::io::Error::last_os_error()
+        );
+        return false;
+    }
+    tracing::debug!(
+        "device-mapper: driver version {}.{}.{}",
+        dmi[0],
+        dmi[1],
+        dmi[2]
+    );
+    true
 }

@@ -13,8 +13,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;
@@ -517,7 +516,7 @@ impl SecretParams {
 
 /// Writes a single-document Secret manifest to `dir/<file_stem>.yaml`.
 pub fn write_secret(dir: &Path, file_stem: &str, p: &SecretParams) -> PathBuf {
-    write_secret_docs(dir, file_stem, &[p.clone()])
+    write_secret_docs(dir, file_stem, std::slice::from_ref(p))
 }
 
 /// Writes a multi-document manifest (documents separated by `---`).
@@ -595,66 +594,56 @@ impl Case {
     }
 }
 
-/// key size {256, 512} x sector size {512, 4096} x KDF {pbkdf2, argon2i, argon2id} x hash
-/// {sha256, sha512}: 24 cases.
-pub fn matrix() -> Vec<Case> {
-    let mut v = Vec::new();
-    for key_bits in [256, 512] {
-        for sector in [512, 4096] {
-            for kdf in ["pbkdf2", "argon2i", "argon2id"] {
-                for hash in ["sha256", "sha512"] {
-                    v.push(Case {
-                        key_bits,
-                        sector,
-                        kdf,
-                        hash,
-                    });
+/// One `#[test]` per case, so a single case runs by name and the harness runs them in
+/// parallel: `per_case_tests!(body: name => case, ...)` makes `mod body { fn name() }`, each
+/// calling `body(&case)`. Run one with `cargo test --test FILE body::name`.
+#[macro_export]
+macro_rules! per_case_tests {
+    ($body:ident: $($name:ident => $case:expr),+ $(,)?) => {
+        mod $body {
+            $(
+                #[test]
+                fn $name() {
+                    super::$body(&$case)
                 }
-            }
+            )+
         }
-    }
-    v
+    };
 }
 
-/// Runs `f` on every case on a few worker threads; a panicking case does not stop the others.
-/// Fails at the end listing every failed case with its message.
-pub fn run_cases<T, F>(cases: &[T], f: F)
-where
-    T: fmt::Display + Sync,
-    F: Fn(&T) + Sync,
-{
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 4);
-    let next = AtomicUsize::new(0);
-    let failures = Mutex::new(Vec::<String>::new());
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(cases.len()) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(case) = cases.get(i) else { break };
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(case)));
-                if let Err(p) = r {
-                    let msg = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "(non-string panic)".into());
-                    failures.lock().unwrap().push(format!("[{case}] {msg}"));
-                }
-            });
-        }
-    });
-    let failures = failures.into_inner().unwrap();
-    if !failures.is_empty() {
-        panic!(
-            "{} of {} cases failed:\n\n{}",
-            failures.len(),
-            cases.len(),
-            failures.join("\n\n")
+/// [`per_case_tests!`] over the parameter matrix, named `k<key bits>_s<sector>_<kdf>_<hash>`:
+/// key size {256, 512} x sector size {512, 4096} x KDF {pbkdf2, argon2i, argon2id} x hash
+/// {sha256, sha512}, 24 cases.
+#[macro_export]
+macro_rules! matrix_tests {
+    ($body:ident) => {
+        $crate::per_case_tests!($body:
+        k256_s512_pbkdf2_sha256 => $crate::common::Case { key_bits: 256, sector: 512, kdf: "pbkdf2", hash: "sha256" },
+        k256_s512_pbkdf2_sha512 => $crate::common::Case { key_bits: 256, sector: 512, kdf: "pbkdf2", hash: "sha512" },
+        k256_s512_argon2i_sha256 => $crate::common::Case { key_bits: 256, sector: 512, kdf: "argon2i", hash: "sha256" },
+        k256_s512_argon2i_sha512 => $crate::common::Case { key_bits: 256, sector: 512, kdf: "argon2i", hash: "sha512" },
+        k256_s512_argon2id_sha256 => $crate::common::Case { key_bits: 256, sector: 512, kdf: "argon2id", hash: "sha256" },
+        k256_s512_argon2id_sha512 => $crate::common::Case { key_bits: 256, sector: 512, kdf: "argon2id", hash: "sha512" },
+        k256_s4096_pbkdf2_sha256 => $crate::common::Case { key_bits: 256, sector: 4096, kdf: "pbkdf2", hash: "sha256" },
+        k256_s4096_pbkdf2_sha512 => $crate::common::Case { key_bits: 256, sector: 4096, kdf: "pbkdf2", hash: "sha512" },
+        k256_s4096_argon2i_sha256 => $crate::common::Case { key_bits: 256, sector: 4096, kdf: "argon2i", hash: "sha256" },
+        k256_s4096_argon2i_sha512 => $crate::common::Case { key_bits: 256, sector: 4096, kdf: "argon2i", hash: "sha512" },
+        k256_s4096_argon2id_sha256 => $crate::common::Case { key_bits: 256, sector: 4096, kdf: "argon2id", hash: "sha256" },
+        k256_s4096_argon2id_sha512 => $crate::common::Case { key_bits: 256, sector: 4096, kdf: "argon2id", hash: "sha512" },
+        k512_s512_pbkdf2_sha256 => $crate::common::Case { key_bits: 512, sector: 512, kdf: "pbkdf2", hash: "sha256" },
+        k512_s512_pbkdf2_sha512 => $crate::common::Case { key_bits: 512, sector: 512, kdf: "pbkdf2", hash: "sha512" },
+        k512_s512_argon2i_sha256 => $crate::common::Case { key_bits: 512, sector: 512, kdf: "argon2i", hash: "sha256" },
+        k512_s512_argon2i_sha512 => $crate::common::Case { key_bits: 512, sector: 512, kdf: "argon2i", hash: "sha512" },
+        k512_s512_argon2id_sha256 => $crate::common::Case { key_bits: 512, sector: 512, kdf: "argon2id", hash: "sha256" },
+        k512_s512_argon2id_sha512 => $crate::common::Case { key_bits: 512, sector: 512, kdf: "argon2id", hash: "sha512" },
+        k512_s4096_pbkdf2_sha256 => $crate::common::Case { key_bits: 512, sector: 4096, kdf: "pbkdf2", hash: "sha256" },
+        k512_s4096_pbkdf2_sha512 => $crate::common::Case { key_bits: 512, sector: 4096, kdf: "pbkdf2", hash: "sha512" },
+        k512_s4096_argon2i_sha256 => $crate::common::Case { key_bits: 512, sector: 4096, kdf: "argon2i", hash: "sha256" },
+        k512_s4096_argon2i_sha512 => $crate::common::Case { key_bits: 512, sector: 4096, kdf: "argon2i", hash: "sha512" },
+        k512_s4096_argon2id_sha256 => $crate::common::Case { key_bits: 512, sector: 4096, kdf: "argon2id", hash: "sha256" },
+        k512_s4096_argon2id_sha512 => $crate::common::Case { key_bits: 512, sector: 4096, kdf: "argon2id", hash: "sha512" },
         );
-    }
+    };
 }
 
 // ---------------------------------------------------------------------------------------------
