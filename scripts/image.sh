@@ -62,17 +62,24 @@ trap cleanup EXIT
 
 echo "image: $SUITE from $MIRROR with $PACKAGES" >&2
 # essential: Debian's Essential set (no apt: nothing is installed in the image later).
-# Documentation, manuals and translations are left out; copyright files stay.
+# merged-usr: /usr merged by mmdebstrap's hook (usr-is-merged), not by usrmerge, which would
+# pull in perl (~50 MB). Documentation, manuals, translations and glibc's iconv modules are
+# left out; copyright files stay.
 mmdebstrap --quiet --variant=essential --include="$PACKAGES" \
+  --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+  --dpkgopt='path-exclude=/usr/lib/x86_64-linux-gnu/gconv/*' \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/lintian/*' \
   --customize-hook='rm -rf "$1"/var/cache/* "$1"/var/lib/apt/lists/* "$1"/var/log/*' \
   "$SUITE" "$work/rootfs.tar" "$MIRROR"
 
+# Debug info is for the build machine; symbols stay for backtraces.
+objcopy --strip-debug "$BINARY" "$work/bifs"
+
 ctr=$(buildah from scratch)
 buildah add --quiet "$ctr" "$work/rootfs.tar" / >/dev/null
-buildah copy --quiet --chmod 0755 "$ctr" "$BINARY" /usr/bin/bifs >/dev/null
+buildah copy --quiet --chmod 0755 "$ctr" "$work/bifs" /usr/bin/bifs >/dev/null
 buildah config \
   --entrypoint '["/usr/bin/bifs"]' --cmd '["--help"]' \
   --stop-signal SIGTERM \
