@@ -208,13 +208,14 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Fields drop in order: the container, then the shared mount, then the directory.
 struct Node {
+    container: Container,
+    shared: SharedDir,
     dir: tempfile::TempDir,
     source: PathBuf,
     vault_plain_len: u64,
-    shared: SharedDir,
     port: u16,
-    container: Container,
 }
 
 impl Node {
@@ -432,6 +433,7 @@ fn node_image_mounts_a_longhorn_disk_follows_rotation_and_stops_on_sigterm() {
 }
 
 #[test]
+#[ignore = "needs `bifs mount --serve` (branch serve): run with --ignored once it is merged"]
 fn node_image_serves_the_encrypt_view_over_http() {
     require_tools();
     let node = Node::start(
