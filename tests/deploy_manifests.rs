@@ -239,7 +239,10 @@ fn daemonset_runs_bifs_privileged_with_fuse_and_a_shared_mount() {
         "{cmd:?}"
     );
     let ready = c.readiness_probe.as_ref().unwrap();
-    let get = ready.http_get.as_ref().expect("readiness asks the HTTP server");
+    let get = ready
+        .http_get
+        .as_ref()
+        .expect("readiness asks the HTTP server");
     assert_eq!(get.path.as_deref(), Some("/readyz"));
     assert_eq!(get.port, IntOrString::String("http".into()));
 
