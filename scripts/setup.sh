@@ -11,6 +11,10 @@ PACKAGES=(
   libcryptsetup-dev     # libcryptsetup-rs (bifs verify)
   libssl-dev            # libcrypto: the copier's SHA-512 (src/sha512.rs)
   clang libclang-dev pkg-config  # bindgen for libcryptsetup-rs
+  # The node image (scripts/image.sh) and its podman test (tests/node_image.rs):
+  mmdebstrap buildah podman runc uidmap fuse-overlayfs slirp4netns
+  netavark aardvark-dns containernetworking-plugins conmon golang-github-containers-common
+  curl binutils          # curl: downloads in the node image test; readelf for image.sh
 )
 
 missing=()

@@ -5,16 +5,20 @@
 //! Unlocked volume keys are cached per (mode, image, Secret) for the life of the mount, so an
 //! Argon2 unlock happens once per mount, not once per open. A wrong passphrase is cached too
 //! (while the image is unchanged): retrying an open must not cost an Argon2 run each time.
+//!
+//! A catalog made from a [`SecretSource`] follows its files: it looks for changes at most once
+//! a second when listing, and on every keyed open. A Secret that was rotated, added or removed
+//! loses its cached unlocks (only that Secret's), so the next open uses the new passphrase.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::image::{self, raw::RawFile, ReadAt};
-use crate::k8s::{CryptoParams, Secret, SecretRef};
+use crate::k8s::{CryptoParams, Secret, SecretRef, SecretSource};
 use crate::kdf::KdfLimits;
 use crate::keys::VolumeKey;
 use crate::luks::{Layout, Luks2Header, LuksError, LuksHeader, DATA_OFFSET};
@@ -128,35 +132,105 @@ enum Cached {
 
 type Slot = Arc<Mutex<Option<Cached>>>;
 
+type SecretMap = BTreeMap<SecretRef, Arc<CryptoParams>>;
+
+/// How often listing looks at the Secret files (keyed opens always look).
+const SECRETS_RECHECK: Duration = Duration::from_secs(1);
+
+struct Watch {
+    source: SecretSource,
+    checked: Instant,
+}
+
 pub struct Catalog {
     store: Store,
-    secrets: BTreeMap<SecretRef, CryptoParams>,
+    secrets: RwLock<Arc<SecretMap>>,
+    watch: Option<Mutex<Watch>>,
     limits: KdfLimits,
     keys: Mutex<HashMap<(Mode, String, SecretRef), Slot>>,
 }
 
-impl Catalog {
-    /// Secrets whose CRYPTO_* keys are invalid are left out with a warning: they can neither
-    /// encrypt nor be trusted to decrypt.
-    pub fn new(store: Store, secrets: Vec<Secret>) -> Self {
-        let mut map = BTreeMap::new();
-        for s in secrets {
-            match s.crypto_params() {
-                Ok(p) => {
-                    if map.insert(s.id.clone(), p).is_some() {
-                        tracing::warn!(secret = %s.id, "Secret defined twice; the last one wins");
-                    }
+/// Secrets whose CRYPTO_* keys are invalid are left out with a warning: they can neither
+/// encrypt nor be trusted to decrypt.
+fn params_of<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> SecretMap {
+    let mut map = BTreeMap::new();
+    for s in secrets {
+        match s.crypto_params() {
+            Ok(p) => {
+                if map.insert(s.id.clone(), Arc::new(p)).is_some() {
+                    tracing::warn!(secret = %s.id, "Secret defined twice; the last one wins");
                 }
-                Err(e) => {
-                    tracing::warn!(secret = %s.id, error = %e, "Secret left out of the mount")
+            }
+            Err(e) => {
+                tracing::warn!(secret = %s.id, error = %e, "Secret left out of the mount")
+            }
+        }
+    }
+    map
+}
+
+impl Catalog {
+    /// A catalog with a fixed set of Secrets.
+    pub fn new(store: Store, secrets: Vec<Secret>) -> Self {
+        Self::build(store, params_of(&secrets), None)
+    }
+
+    /// A catalog that follows the Secret files of `source` (rotation without a restart).
+    pub fn watching(store: Store, source: SecretSource) -> Self {
+        let map = params_of(source.secrets());
+        let watch = Watch {
+            source,
+            checked: Instant::now(),
+        };
+        Self::build(store, map, Some(Mutex::new(watch)))
+    }
+
+    fn build(store: Store, secrets: SecretMap, watch: Option<Mutex<Watch>>) -> Self {
+        Self {
+            store,
+            secrets: RwLock::new(Arc::new(secrets)),
+            watch,
+            limits: KdfLimits::default(),
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The current Secrets, after reading any change to their files (`always`: even when
+    /// they were looked at less than a second ago).
+    fn secrets(&self, always: bool) -> Arc<SecretMap> {
+        if let Some(watch) = &self.watch {
+            let mut w = watch.lock().unwrap_or_else(|e| e.into_inner());
+            if always || w.checked.elapsed() >= SECRETS_RECHECK {
+                w.checked = Instant::now();
+                match w.source.refresh() {
+                    Ok(Some(changed)) => {
+                        self.replace_secrets(params_of(w.source.secrets()), &changed)
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(
+                        path = %w.source.path().display(), error = %e,
+                        "Secrets changed but cannot be read; keeping the previous ones"
+                    ),
                 }
             }
         }
-        Self {
-            store,
-            secrets: map,
-            limits: KdfLimits::default(),
-            keys: Mutex::new(HashMap::new()),
+        self.secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts `map` in force and forgets the cached unlocks of the `changed` Secrets.
+    fn replace_secrets(&self, map: SecretMap, changed: &BTreeSet<SecretRef>) {
+        *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        if changed.is_empty() {
+            return;
+        }
+        // An open that already holds a forgotten slot finishes in it; later opens get new ones.
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.retain(|(_, _, secret), _| !changed.contains(secret));
+        for secret in changed {
+            tracing::info!(%secret, "Secret added, changed or removed; its cached unlocks are forgotten");
         }
     }
 
@@ -165,14 +239,18 @@ impl Catalog {
     }
 
     pub fn namespaces(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.secrets.keys().map(|s| s.namespace.clone()).collect();
+        let mut v: Vec<String> = self
+            .secrets(false)
+            .keys()
+            .map(|s| s.namespace.clone())
+            .collect();
         v.dedup();
         v
     }
 
     pub fn secrets_in(&self, namespace: &str) -> Result<Vec<String>, CatalogError> {
         let v: Vec<String> = self
-            .secrets
+            .secrets(false)
             .keys()
             .filter(|s| s.namespace == namespace)
             .map(|s| s.name.clone())
@@ -183,9 +261,10 @@ impl Catalog {
         Ok(v)
     }
 
-    pub fn check_secret(&self, secret: &SecretRef) -> Result<&CryptoParams, CatalogError> {
-        self.secrets
+    pub fn check_secret(&self, secret: &SecretRef) -> Result<Arc<CryptoParams>, CatalogError> {
+        self.secrets(false)
             .get(secret)
+            .cloned()
             .ok_or_else(|| CatalogError::UnknownSecret(secret.clone()))
     }
 
@@ -294,6 +373,9 @@ impl Catalog {
             image: img.name.clone(),
             error,
         };
+        if secret.is_some() {
+            self.secrets(true);
+        }
         // The identity and every byte come from this one descriptor (see `Watched::open`).
         let (file, identity) = Watched::open(&img.path).map_err(io_err)?;
         let dup = || file.try_clone().map_err(io_err);
@@ -329,19 +411,20 @@ impl Catalog {
         identity: SourceIdentity,
         disk: Arc<dyn ReadAt>,
     ) -> Result<Arc<dyn ReadAt>, CatalogError> {
+        // The slot before the Secret: a rotation in between forgets this slot, not a new one.
+        let slot = self.slot(Mode::Encrypt, img, secret);
         let params = self.check_secret(secret)?;
         let padded = encrypt::padded_len(disk.len());
         let view_err = |error| CatalogError::View {
             image: img.name.clone(),
             error,
         };
-        let slot = self.slot(Mode::Encrypt, img, secret);
         // Held while a header is loaded or made: two first opens must not make two headers.
         let mut cached = slot.lock().unwrap_or_else(|e| e.into_inner());
         let fits =
             matches!(&*cached, Some(Cached::Encrypt { padded_len, .. }) if *padded_len == padded);
         if !fits {
-            *cached = Some(self.encrypt_header(img, params, disk.len(), identity)?);
+            *cached = Some(self.encrypt_header(img, &params, disk.len(), identity)?);
         }
         let Some(Cached::Encrypt {
             header,
@@ -461,6 +544,7 @@ impl Catalog {
         identity: SourceIdentity,
         image: Arc<dyn ReadAt>,
     ) -> Result<Arc<dyn ReadAt>, CatalogError> {
+        let slot = self.slot(Mode::Decrypt, img, secret);
         let params = self.check_secret(secret)?;
         let view_err = |error| CatalogError::View {
             image: img.name.clone(),
@@ -470,7 +554,6 @@ impl Catalog {
             image: img.name.clone(),
             secret: secret.clone(),
         };
-        let slot = self.slot(Mode::Decrypt, img, secret);
         let mut cached = slot.lock().unwrap_or_else(|e| e.into_inner());
         match &*cached {
             Some(Cached::Decrypt {

@@ -15,7 +15,8 @@ pub struct MountArgs {
     /// Directory of backing images (flat, or a Longhorn disk with backing-images/).
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
-    /// Kubernetes Secret manifest file, or a directory of them.
+    /// Kubernetes Secret manifest file, or a directory of manifests and NAMESPACE/NAME/
+    /// Secret volumes; changes are picked up while mounted.
     #[arg(long, value_name = "PATH")]
     secrets: PathBuf,
     /// Where persisted encrypt-view headers live (default: STORE/.bifs).
@@ -42,20 +43,20 @@ pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
         );
     }
     let store = Store::open(&args.store, args.state.as_deref())?;
-    let secrets = k8s::load_secrets(&args.secrets)?;
+    let secrets = k8s::SecretSource::open(&args.secrets)?;
     let images = store
         .list()
         .with_context(|| format!("listing {}", store.root().display()))?;
     tracing::info!(
         store = %store.root().display(), layout = ?store.layout(), state = %store.state().path().display(),
-        images = images.len(), secrets = secrets.len(), "opening store"
+        images = images.len(), secrets = secrets.secrets().count(), "opening store"
     );
     let opts = MountOptions {
         allow_other: args.allow_other,
         threads: args.threads,
         cache: args.cache,
     };
-    let fs = BifsFs::new(Catalog::new(store, secrets), &opts);
+    let fs = BifsFs::new(Catalog::watching(store, secrets), &opts);
     let mut session = fuser::Session::new(fs, &args.mountpoint, &opts.fuser_config())
         .with_context(|| {
             format!(

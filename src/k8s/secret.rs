@@ -8,8 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -96,6 +94,10 @@ pub enum SecretError {
     },
     #[error("Secret {secret}: unsupported cipher {value:?} in CRYPTO_KEY_CIPHER (bifs supports aes-xts-plain64)")]
     UnsupportedCipher { secret: SecretRef, value: String },
+    #[error("Secret {secret}: key {key} is not UTF-8 text")]
+    NotText { secret: SecretRef, key: String },
+    #[error("{path} is one Secret volume (it has ..data); point --secrets at the directory that holds NAMESPACE/NAME/ volumes")]
+    SingleVolume { path: PathBuf },
 }
 
 /// A Secret's identity and string data. Values are zeroized on drop and never printed.
@@ -221,42 +223,11 @@ pub fn parse_secrets(text: &str, path: &Path) -> Result<Vec<Secret>, SecretError
     Ok(out)
 }
 
-/// Loads Secrets from a manifest file or from every `.yaml`/`.yml`/`.json` file in a
-/// directory. Warns when a file is readable by other users: it holds passphrases.
+/// Loads Secrets from a manifest file, or from a directory of manifest files
+/// (`.yaml`/`.yml`/`.json`) and `NAMESPACE/NAME/` Secret volumes (see [`super::volume`]).
+/// Warns when a manifest is readable by other users: it holds passphrases.
 pub fn load_secrets(path: &Path) -> Result<Vec<Secret>, SecretError> {
-    fn read_err(p: &Path) -> impl FnOnce(std::io::Error) -> SecretError + '_ {
-        move |source| SecretError::Read {
-            path: p.into(),
-            source,
-        }
-    }
-    let meta = fs::metadata(path).map_err(read_err(path))?;
-    let files: Vec<PathBuf> = if meta.is_dir() {
-        let mut v: Vec<PathBuf> = fs::read_dir(path)
-            .map_err(read_err(path))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml" | "json")
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    } else {
-        vec![path.to_path_buf()]
-    };
-    let mut out = Vec::new();
-    for file in &files {
-        let text = Zeroizing::new(fs::read_to_string(file).map_err(read_err(file))?);
-        if let Ok(m) = fs::metadata(file) {
-            if m.permissions().mode() & 0o004 != 0 {
-                tracing::warn!(file = %file.display(), "Secret manifest is readable by all users; chmod 600 it");
-            }
-        }
-        out.extend(parse_secrets(&text, file)?);
-    }
+    let out = super::volume::SecretSource::open(path)?.into_secrets();
     if out.is_empty() {
         return Err(SecretError::NoSecrets { path: path.into() });
     }
@@ -288,6 +259,25 @@ pub fn select(secrets: Vec<Secret>, wanted: Option<&SecretRef>) -> Result<Secret
 }
 
 impl Secret {
+    /// A Secret read from somewhere else than a manifest (a Secret volume).
+    pub(crate) fn from_data(
+        id: SecretRef,
+        source: PathBuf,
+        data: BTreeMap<String, Zeroizing<String>>,
+    ) -> Self {
+        Self { id, source, data }
+    }
+
+    /// Whether both Secrets hold the same keys and values.
+    pub fn same_data(&self, other: &Secret) -> bool {
+        self.data.len() == other.data.len()
+            && self
+                .data
+                .iter()
+                .zip(&other.data)
+                .all(|((k1, v1), (k2, v2))| k1 == k2 && v1.as_bytes() == v2.as_bytes())
+    }
+
     fn get(&self, key: &str) -> Option<&str> {
         self.data
             .get(key)
