@@ -303,7 +303,7 @@ fn uploads_whole_resumed_and_refused() {
         &img,
         &["--limit-rate", "512K", "--max-time", "2"],
     );
-    assert_eq!(code, 0, "the throttled upload should have been cut off");
+    assert!(code < 200, "the throttled upload should have been cut off, got {code}");
     std::thread::sleep(Duration::from_millis(300));
     let (code, v) = get(&s, "/api/v1/uploads/resumed");
     assert_eq!(code, 200);
