@@ -11,6 +11,7 @@ PACKAGES=(
   libcryptsetup-dev     # libcryptsetup-rs (bifs verify)
   libssl-dev            # libcrypto: the copier's SHA-512 (src/sha512.rs)
   clang libclang-dev pkg-config  # bindgen for libcryptsetup-rs
+  curl wget             # bifs serve tests: real HTTP clients
 )
 
 missing=()
