@@ -26,4 +26,16 @@ if [[ ${#missing[@]} -gt 0 || "${CI:-}" == "true" ]]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
 fi
 
+# qemu's curl block driver (qemu-img reading http://, tests/serve.rs) is a module in
+# qemu-block-extra, which must match qemu-utils' version exactly: a newer qemu-utils from
+# elsewhere is replaced by Debian's, pinned together (as scripts/vm/lib.sh does).
+if [[ ! -e /usr/lib/x86_64-linux-gnu/qemu/block-curl.so ]]; then
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  ver=$(apt-cache policy qemu-block-extra | awk '/Candidate:/{print $2; exit}')
+  echo "setup: apt-get install qemu-block-extra=$ver qemu-utils=$ver" >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    "qemu-block-extra=$ver" "qemu-utils=$ver" >/dev/null
+fi
+
 command -v cargo >/dev/null || { echo "setup: cargo not found; install a Rust toolchain (rustup)" >&2; exit 1; }

@@ -184,7 +184,6 @@ fn real_clients_read_every_view() {
     require(&[
         ("curl", "curl"),
         ("wget", "wget"),
-        ("qemu-img", "qemu-utils"),
         ("python3", "python3"),
         ("cryptsetup", "cryptsetup-bin"),
     ]);
@@ -199,14 +198,20 @@ fn real_clients_read_every_view() {
         (DEC, padded(&f.disk)),
     ] {
         let out = d.join("whole");
-        run_ok("curl", &["-sfS", "-o", out.to_str().unwrap(), &srv.view(view)]);
+        run_ok(
+            "curl",
+            &["-sfS", "-o", out.to_str().unwrap(), &srv.view(view)],
+        );
         assert!(fs::read(&out).unwrap() == want, "{view}: bytes differ");
     }
 
     // curl, the encrypt view: a LUKS2 image that cryptsetup opens and that decrypts to the
     // source; its .sha512 is the SHA-512 of the bytes served.
     let enc = d.join("enc.img");
-    run_ok("curl", &["-sfS", "-o", enc.to_str().unwrap(), &srv.view(ENC)]);
+    run_ok(
+        "curl",
+        &["-sfS", "-o", enc.to_str().unwrap(), &srv.view(ENC)],
+    );
     let enc_bytes = fs::read(&enc).unwrap();
     assert_eq!(enc_bytes.len(), 16 * MIB + padded(&f.disk).len());
     assert!(cryptsetup_opens(&enc, PASSPHRASE));
@@ -219,7 +224,9 @@ fn real_clients_read_every_view() {
     // Cached: the second answer is the same, and a file under the state directory holds it.
     let again = run_ok("curl", &["-sfS", &srv.view(&format!("{ENC}.sha512"))]);
     assert_eq!(sum.stdout, again.stdout);
-    let cached = fs::read_dir(f.store.join(".bifs/http-sha512")).unwrap().count();
+    let cached = fs::read_dir(f.store.join(".bifs/http-sha512"))
+        .unwrap()
+        .count();
     assert_eq!(cached, 1);
 
     // curl ranges, and `-C -` resuming a partial download.
@@ -229,15 +236,31 @@ fn real_clients_read_every_view() {
     fs::write(&resumed, &enc_bytes[..5 * MIB + 17]).unwrap();
     run_ok(
         "curl",
-        &["-sfS", "-C", "-", "-o", resumed.to_str().unwrap(), &srv.view(ENC)],
+        &[
+            "-sfS",
+            "-C",
+            "-",
+            "-o",
+            resumed.to_str().unwrap(),
+            &srv.view(ENC),
+        ],
     );
-    assert!(fs::read(&resumed).unwrap() == enc_bytes, "curl -C - resumed wrongly");
+    assert!(
+        fs::read(&resumed).unwrap() == enc_bytes,
+        "curl -C - resumed wrongly"
+    );
 
     // wget -c resuming.
     let w = d.join("wget.img");
     fs::write(&w, &enc_bytes[..3 * MIB + 5]).unwrap();
-    run_ok("wget", &["-q", "-c", "-O", w.to_str().unwrap(), &srv.view(ENC)]);
-    assert!(fs::read(&w).unwrap() == enc_bytes, "wget -c resumed wrongly");
+    run_ok(
+        "wget",
+        &["-q", "-c", "-O", w.to_str().unwrap(), &srv.view(ENC)],
+    );
+    assert!(
+        fs::read(&w).unwrap() == enc_bytes,
+        "wget -c resumed wrongly"
+    );
 
     // Python's urllib: a HEAD, a range and the whole view.
     let py = format!(
@@ -260,12 +283,33 @@ print(hashlib.sha512(whole).hexdigest())
         String::from_utf8_lossy(&o.stdout).trim(),
         sha512_hex(&enc_bytes)
     );
+}
 
+#[test]
+fn qemu_img_reads_over_http() {
+    require(&[("curl", "curl"), ("qemu-img", "qemu-utils")]);
+    let f = fixture(3 * MIB);
+    let srv = Server::start(&f.store, &f.secrets, &[]);
+    let d = &f.dir;
+    let enc = d.join("enc.img");
+    run_ok(
+        "curl",
+        &["-sfS", "-o", enc.to_str().unwrap(), &srv.view(ENC)],
+    );
+    let enc_bytes = fs::read(&enc).unwrap();
     // qemu-img reading http:// through its curl driver (which reads with ranges).
     let q = d.join("qemu.raw");
     let o = run(
         "qemu-img",
-        &["convert", "-f", "raw", "-O", "raw", &srv.view(ENC), q.to_str().unwrap()],
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &srv.view(ENC),
+            q.to_str().unwrap(),
+        ],
     );
     assert!(
         o.status.success(),
@@ -273,7 +317,10 @@ print(hashlib.sha512(whole).hexdigest())
          Debian: qemu-block-extra matching qemu-utils): {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(fs::read(&q).unwrap() == enc_bytes, "qemu-img read other bytes");
+    assert!(
+        fs::read(&q).unwrap() == enc_bytes,
+        "qemu-img read other bytes"
+    );
 }
 
 #[test]
@@ -287,14 +334,20 @@ fn conditional_and_range_answers() {
     // HEAD: length, ranges, validators, no body.
     let (code, head) = status(&url, &["-I"]);
     assert_eq!(code, 200);
-    assert_eq!(header(&head, "content-length"), Some(len.to_string().as_str()));
+    assert_eq!(
+        header(&head, "content-length"),
+        Some(len.to_string().as_str())
+    );
     assert_eq!(header(&head, "accept-ranges"), Some("bytes"));
     assert!(header(&head, "last-modified").is_some());
     let etag = header(&head, "etag").unwrap().to_string();
     assert!(etag.starts_with('"') && !etag.starts_with("W/"), "{etag}");
 
     // 304 for the current ETag, 200 for another.
-    assert_eq!(status(&url, &["-H", &format!("If-None-Match: {etag}")]).0, 304);
+    assert_eq!(
+        status(&url, &["-H", &format!("If-None-Match: {etag}")]).0,
+        304
+    );
     assert_eq!(status(&url, &["-H", "If-None-Match: \"nope\""]).0, 200);
     // 206 / 416.
     let (code, head) = status(&url, &["-r", "10-19"]);
@@ -314,7 +367,10 @@ fn conditional_and_range_answers() {
     assert_eq!(code, 206);
     let (code, head) = status(&url, &["-r", "0-9", "-H", "If-Range: \"old\""]);
     assert_eq!(code, 200);
-    assert_eq!(header(&head, "content-length"), Some(len.to_string().as_str()));
+    assert_eq!(
+        header(&head, "content-length"),
+        Some(len.to_string().as_str())
+    );
 
     // The ETag is stable while the bytes are, and changes when they change.
     assert_eq!(header(&status(&url, &["-I"]).1, "etag").unwrap(), etag);
@@ -322,23 +378,39 @@ fn conditional_and_range_answers() {
     changed[0] ^= 1;
     std::thread::sleep(Duration::from_millis(20));
     fs::write(f.store.join("disk.img"), &changed).unwrap();
-    let etag2 = header(&status(&url, &["-I"]).1, "etag").unwrap().to_string();
+    let etag2 = header(&status(&url, &["-I"]).1, "etag")
+        .unwrap()
+        .to_string();
     assert_ne!(etag, etag2);
-    assert_eq!(status(&url, &["-H", &format!("If-None-Match: {etag}")]).0, 200);
+    assert_eq!(
+        status(&url, &["-H", &format!("If-None-Match: {etag}")]).0,
+        200
+    );
 
     // The encrypt view's ETag is stable across requests (the persisted header is reused).
     let enc = srv.view(ENC);
-    let e1 = header(&status(&enc, &["-I"]).1, "etag").unwrap().to_string();
-    let e2 = header(&status(&enc, &["-I"]).1, "etag").unwrap().to_string();
+    let e1 = header(&status(&enc, &["-I"]).1, "etag")
+        .unwrap()
+        .to_string();
+    let e2 = header(&status(&enc, &["-I"]).1, "etag")
+        .unwrap()
+        .to_string();
     assert_eq!(e1, e2);
 
     // Unknown names and refused combinations are 404s.
     assert_eq!(status(&srv.view("ignore/none.img"), &[]).0, 404);
     assert_eq!(
-        status(&srv.view("encrypt/longhorn-system/longhorn-crypto/luks.img"), &[]).0,
+        status(
+            &srv.view("encrypt/longhorn-system/longhorn-crypto/luks.img"),
+            &[]
+        )
+        .0,
         404
     );
-    assert_eq!(status(&srv.view("decrypt/longhorn-system/nope/luks.img"), &[]).0, 404);
+    assert_eq!(
+        status(&srv.view("decrypt/longhorn-system/nope/luks.img"), &[]).0,
+        404
+    );
 }
 
 #[test]
@@ -361,7 +433,13 @@ fn traversal_is_refused() {
     ] {
         let o = run(
             "curl",
-            &["-s", "--path-as-is", "-w", "\n%{http_code}", &format!("{}{path}", srv.url)],
+            &[
+                "-s",
+                "--path-as-is",
+                "-w",
+                "\n%{http_code}",
+                &format!("{}{path}", srv.url),
+            ],
         );
         let text = String::from_utf8_lossy(&o.stdout).to_string();
         let (body, code) = text.rsplit_once('\n').unwrap();
@@ -369,7 +447,10 @@ fn traversal_is_refused() {
             code == "404" || code == "400",
             "{path}: answered {code}: {body}"
         );
-        assert!(!body.contains("SECRET-OUTSIDE") && !body.contains("root:"), "{path}: {body}");
+        assert!(
+            !body.contains("SECRET-OUTSIDE") && !body.contains("root:"),
+            "{path}: {body}"
+        );
     }
 }
 
@@ -383,13 +464,25 @@ fn who_may_do_what() {
     let wrong = "Authorization: Bearer serve-test-token-0123456780";
 
     // Token, no --public-read: every view needs it.
-    let srv = Server::start(&f.store, &f.secrets, &["--token-file", token.to_str().unwrap()]);
+    let srv = Server::start(
+        &f.store,
+        &f.secrets,
+        &["--token-file", token.to_str().unwrap()],
+    );
     for view in ["ignore/disk.img", "raw/disk.img", ENC, DEC] {
         let (code, head) = status(&srv.view(view), &[]);
         assert_eq!(code, 401, "{view} without the token");
         assert!(header(&head, "www-authenticate").is_some_and(|v| v.starts_with("bearer")));
-        assert_eq!(status(&srv.view(view), &["-H", wrong]).0, 401, "{view} wrong token");
-        assert_eq!(status(&srv.view(view), &["-H", &bearer]).0, 200, "{view} with the token");
+        assert_eq!(
+            status(&srv.view(view), &["-H", wrong]).0,
+            401,
+            "{view} wrong token"
+        );
+        assert_eq!(
+            status(&srv.view(view), &["-H", &bearer]).0,
+            200,
+            "{view} with the token"
+        );
     }
     // Refused before any lookup: a missing image is 401 too, not 404.
     assert_eq!(status(&srv.view("ignore/none.img"), &[]).0, 401);
@@ -413,7 +506,12 @@ fn who_may_do_what() {
     for (args, want) in [
         (vec!["--listen", "0.0.0.0:0"], "--token-file"),
         (
-            vec!["--listen", "0.0.0.0:0", "--token-file", token.to_str().unwrap()],
+            vec![
+                "--listen",
+                "0.0.0.0:0",
+                "--token-file",
+                token.to_str().unwrap(),
+            ],
             "TLS",
         ),
     ] {
@@ -447,28 +545,60 @@ fn who_may_do_what() {
     run_ok(
         "openssl",
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-            "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap(),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
         ],
     );
     let srv = Server::start(
         &f.store,
         &f.secrets,
         &[
-            "--token-file", token.to_str().unwrap(),
-            "--tls-cert", cert.to_str().unwrap(),
-            "--tls-key", key.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
         ],
     );
     assert!(srv.url.starts_with("https://"), "{}", srv.url);
     let o = run_ok(
         "curl",
-        &["-sfS", "--cacert", cert.to_str().unwrap(), "-H", &bearer, &srv.view("ignore/disk.img")],
+        &[
+            "-sfS",
+            "--cacert",
+            cert.to_str().unwrap(),
+            "-H",
+            &bearer,
+            &srv.view("ignore/disk.img"),
+        ],
     );
     assert!(o.stdout == f.disk);
     // Passphrases never appear in answers.
-    let o = run("curl", &["-s", "--cacert", cert.to_str().unwrap(), "-H", &bearer, &srv.view("decrypt/longhorn-system/longhorn-crypto/disk.img")]);
+    let o = run(
+        "curl",
+        &[
+            "-s",
+            "--cacert",
+            cert.to_str().unwrap(),
+            "-H",
+            &bearer,
+            &srv.view("decrypt/longhorn-system/longhorn-crypto/disk.img"),
+        ],
+    );
     assert!(!String::from_utf8_lossy(&o.stdout).contains(PASSPHRASE));
 }
 
@@ -523,7 +653,10 @@ fn fifty_concurrent_range_downloads_while_an_apply_runs() {
     let f = fixture(40 * MIB);
     let srv = Server::start(&f.store, &f.secrets, &[]);
     let enc = f.dir.join("enc.img");
-    run_ok("curl", &["-sfS", "-o", enc.to_str().unwrap(), &srv.view(ENC)]);
+    run_ok(
+        "curl",
+        &["-sfS", "-o", enc.to_str().unwrap(), &srv.view(ENC)],
+    );
     let whole = fs::read(&enc).unwrap();
     let before = vm_hwm_kib(srv.pid());
 
@@ -559,7 +692,14 @@ fn fifty_concurrent_range_downloads_while_an_apply_runs() {
         let b = if i == n - 1 { len - 1 } else { a + piece - 1 };
         let out = f.dir.join(format!("r{i}"));
         let child = Command::new("curl")
-            .args(["-sfS", "--limit-rate", "20M", "-r", &format!("{a}-{b}"), "-o"])
+            .args([
+                "-sfS",
+                "--limit-rate",
+                "20M",
+                "-r",
+                &format!("{a}-{b}"),
+                "-o",
+            ])
             .arg(&out)
             .arg(srv.view(ENC))
             .spawn()
@@ -568,10 +708,17 @@ fn fifty_concurrent_range_downloads_while_an_apply_runs() {
     }
     for (mut c, out, a, b) in kids {
         assert!(c.wait().unwrap().success(), "range {a}-{b} failed");
-        assert!(fs::read(&out).unwrap() == whole[a..=b], "range {a}-{b}: other bytes");
+        assert!(
+            fs::read(&out).unwrap() == whole[a..=b],
+            "range {a}-{b}: other bytes"
+        );
     }
     let out = apply.wait_with_output().unwrap();
-    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(fs::read(backing(&f.store, "during")).unwrap() == f.disk);
     // Memory bounded: 50 concurrent downloads of a 56 MiB view held little more than a few
     // chunks each (the blocking pool threads' stacks included).

@@ -72,11 +72,7 @@ pub struct Shared {
 }
 
 impl AppState {
-    pub fn new(
-        catalog: Arc<Catalog>,
-        secrets_paths: Vec<PathBuf>,
-        policy: Policy,
-    ) -> Self {
+    pub fn new(catalog: Arc<Catalog>, secrets_paths: Vec<PathBuf>, policy: Policy) -> Self {
         let store_root = catalog.store().root().to_path_buf();
         let state_dir = catalog.store().state().path().to_path_buf();
         Self {

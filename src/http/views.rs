@@ -118,11 +118,9 @@ async fn open(state: &AppState, vp: ViewPath) -> Result<Opened, HttpError> {
         h.update(view.len().to_le_bytes());
         if vp.mode == Mode::Encrypt {
             let mut hdr = vec![0u8; 4096];
-            crate::image::read_full_at(&*view, 0, &mut hdr).map_err(|e| {
-                CatalogError::Io {
-                    image: img.name.clone(),
-                    error: e,
-                }
+            crate::image::read_full_at(&*view, 0, &mut hdr).map_err(|e| CatalogError::Io {
+                image: img.name.clone(),
+                error: e,
             })?;
             h.update(&hdr);
         }
@@ -249,9 +247,9 @@ fn etag_listed(value: &[u8], etag: &str) -> bool {
     let Ok(s) = std::str::from_utf8(value) else {
         return false;
     };
-    s.split(',').map(str::trim).any(|t| {
-        t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag
-    })
+    s.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
 /// `If-Range`: the range applies only if the client's copy is this one (strong comparison).
@@ -389,33 +387,30 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
     };
     cursor.metrics.handle_opened();
     let guard = HandleGuard(cursor.metrics.clone());
-    let stream = futures_util::stream::unfold(
-        (cursor, guard),
-        |(mut c, guard)| async move {
-            if c.pending.is_none() {
+    let stream = futures_util::stream::unfold((cursor, guard), |(mut c, guard)| async move {
+        if c.pending.is_none() {
+            c.spawn_next();
+        }
+        let task = c.pending.take()?;
+        let result = match task.await {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(format!("read task: {e}"))),
+        };
+        match result {
+            Ok(bytes) => {
                 c.spawn_next();
+                Some((Ok(bytes), (c, guard)))
             }
-            let task = c.pending.take()?;
-            let result = match task.await {
-                Ok(r) => r,
-                Err(e) => Err(io::Error::other(format!("read task: {e}"))),
-            };
-            match result {
-                Ok(bytes) => {
-                    c.spawn_next();
-                    Some((Ok(bytes), (c, guard)))
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        image = %c.image, mode = c.mode.name(), error = %e,
-                        "aborting a download: the view failed to read (a changed source fails its open views)"
-                    );
-                    c.next = c.end;
-                    Some((Err(e), (c, guard)))
-                }
+            Err(e) => {
+                tracing::warn!(
+                    image = %c.image, mode = c.mode.name(), error = %e,
+                    "aborting a download: the view failed to read (a changed source fails its open views)"
+                );
+                c.next = c.end;
+                Some((Err(e), (c, guard)))
             }
-        },
-    );
+        }
+    });
     Body::from_stream(stream)
 }
 
