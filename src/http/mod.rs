@@ -8,6 +8,7 @@
 //!   headers, cached volume keys), the store root and state directory paths, the paths the
 //!   Secrets were loaded from, the access policy and the metrics counters.
 //! - [`router`] merges `views::routes()` (GET/HEAD of `/views/...`, this module's owner),
+//!   `metrics::routes()` (`/healthz`, `/readyz`, `/metrics`),
 //!   `api::routes()` (JSON API, uploads, live stream) and `page::routes()` (the browser page).
 //! - [`Listener::bind`] checks the exposure rules of [`ServeConfig`] and binds;
 //!   [`Listener::serve`] runs until its shutdown future resolves.
@@ -27,6 +28,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod metrics;
 pub mod page;
 pub mod server;
 pub mod views;
@@ -42,6 +44,7 @@ use axum::Router;
 use crate::catalog::{Catalog, CatalogError};
 
 pub use auth::{Access, Policy, Token};
+pub use metrics::Metrics;
 pub use server::{Listener, ServeConfig, ServeError, TlsFiles};
 
 /// The state every handler shares (see the module doc).
@@ -62,6 +65,10 @@ pub struct Shared {
     /// work that needs the Secrets themselves).
     pub secrets_paths: Vec<PathBuf>,
     pub policy: Policy,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    /// The SHA-512 of views, computed once per view identity.
+    pub sums: views::SumCache,
 }
 
 impl AppState {
@@ -75,6 +82,8 @@ impl AppState {
                 state_dir,
                 secrets_paths,
                 policy,
+                metrics: Metrics::default(),
+                sums: views::SumCache::default(),
             }),
         }
     }
@@ -102,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .merge(views::routes())
         .merge(api::routes())
         .merge(page::routes())
+        .merge(metrics::routes())
         .with_state(state)
 }
 
