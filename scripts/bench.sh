@@ -29,6 +29,7 @@ command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
 command -v taskset >/dev/null || need+=(util-linux)
 [[ -x /usr/bin/time ]] || need+=(time)
 if ((${#need[@]})); then
@@ -49,6 +50,7 @@ STORE=$DIR/store
 cleanup() {
   for m in "$MNT" "$DIR/mnt-rss"; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true; done
   [[ -n "${MOUNT_PID:-}" ]] && kill "$MOUNT_PID" 2>/dev/null || true
+  [[ -n "${SERVE_PID:-}" ]] && kill "$SERVE_PID" 2>/dev/null || true
   rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -161,6 +163,18 @@ time_runs "cp mount raw/ (raw)" clean_out cp "$MNT/raw/disk.img" "$DIR/out/m.raw
 time_runs "cp mount raw/ (qcow2)" clean_out cp "$MNT/raw/disk.qcow2" "$DIR/out/m.qraw"
 umount_bifs "$MNT"
 
+# --- 5b. bifs serve: an encrypt view over loopback vs the plain file from the same server -------
+"$BIFS" serve --store "$STORE" --secrets "$DIR/secret.yaml" --state "$DIR/state" --listen 127.0.0.1:0 \
+  >"$DIR/serve.out" 2>"$DIR/serve.log" &
+SERVE_PID=$!
+for _ in $(seq 100); do grep -q "listening on" "$DIR/serve.out" 2>/dev/null && break; sleep 0.1; done
+URL=$(sed -n 's/.*listening on //p' "$DIR/serve.out")
+[[ -n $URL ]] || { log "bifs serve did not start"; cat "$DIR/serve.log" >&2; exit 1; }
+curl -sf -o /dev/null "$URL/views/encrypt/default/bench/disk.img"   # the header, made once
+time_runs "curl serve ignore/ (plain file)" - curl -sf -o /dev/null "$URL/views/ignore/disk.img"
+time_runs "curl serve encrypt/" - curl -sf -o /dev/null "$URL/views/encrypt/default/bench/disk.img"
+kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=
+
 # FUSE variants (the choice recorded in the README, "Performance"): cp from encrypt/.
 for variant in "--cache keep-cache --threads 4" "--cache direct-io --threads 1" "--cache direct-io --threads 2"; do
   # shellcheck disable=SC2086
@@ -218,6 +232,7 @@ thr() { mibs "$BYTES" "${SECS[$1]}"; }
   echo "| cp from mount encrypt/ (MiB/s) | bifs encrypt $(thr "bifs encrypt") | $(thr "cp mount encrypt/") | $(ratio "$S" "${SECS["cp mount encrypt/"]}") | ≥ 0.6 |"
   echo "| cp from mount decrypt/ (MiB/s) | bifs decrypt $(thr "bifs decrypt") | $(thr "cp mount decrypt/") | $(ratio "$D" "${SECS["cp mount decrypt/"]}") | ≥ 0.6 |"
   echo "| cp from mount raw/, raw image (MiB/s) | cp of the raw file $(thr "cp raw file") | $(thr "cp mount raw/ (raw)") | $(ratio "$CP" "${SECS["cp mount raw/ (raw)"]}") | ≥ 0.5 |"
+  echo "| bifs serve encrypt/ over loopback (MiB/s) | curl of the plain file from the same server $(thr "curl serve ignore/ (plain file)") | $(thr "curl serve encrypt/") | $(ratio "${SECS["curl serve ignore/ (plain file)"]}" "${SECS["curl serve encrypt/"]}") | ≥ 0.7 |"
   echo "| qcow2 (compressed) to raw (MiB/s of raw) | qemu-img convert -O raw $(thr "qemu-img convert -O raw (qcow2)") | cp from raw/ $(thr "cp mount raw/ (qcow2)") | $(ratio "${SECS["qemu-img convert -O raw (qcow2)"]}" "${SECS["cp mount raw/ (qcow2)"]}") | - |"
   for variant in "--cache keep-cache --threads 4" "--cache direct-io --threads 1" "--cache direct-io --threads 2"; do
     echo "| cp from mount encrypt/ with $variant (MiB/s) | default (direct-io, 4 threads) $(thr "cp mount encrypt/") | $(thr "cp mount encrypt/ ($variant)") | $(ratio "${SECS["cp mount encrypt/"]}" "${SECS["cp mount encrypt/ ($variant)"]}") | - |"

@@ -14,7 +14,9 @@ PACKAGES=(
   # The node image (scripts/image.sh) and its podman test (tests/node_image.rs):
   mmdebstrap buildah podman runc uidmap fuse-overlayfs slirp4netns
   netavark aardvark-dns containernetworking-plugins conmon golang-github-containers-common
-  curl binutils          # curl: downloads in the node image test; readelf for image.sh
+  binutils              # readelf for image.sh
+  chromium chromium-driver python3-selenium  # the Backing Image page in a real browser (tests/browser.rs)
+  curl wget             # bifs serve tests: real HTTP clients
 )
 
 missing=()
@@ -27,6 +29,18 @@ if [[ ${#missing[@]} -gt 0 || "${CI:-}" == "true" ]]; then
   echo "setup: apt-get install ${missing[*]:-(refresh)}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+fi
+
+# qemu's curl block driver (qemu-img reading http://, tests/serve.rs) is a module in
+# qemu-block-extra, which must match qemu-utils' version exactly: a newer qemu-utils from
+# elsewhere is replaced by Debian's, pinned together (as scripts/vm/lib.sh does).
+if [[ ! -e /usr/lib/x86_64-linux-gnu/qemu/block-curl.so ]]; then
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  ver=$(apt-cache policy qemu-block-extra | awk '/Candidate:/{print $2; exit}')
+  echo "setup: apt-get install qemu-block-extra=$ver qemu-utils=$ver" >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    "qemu-block-extra=$ver" "qemu-utils=$ver" >/dev/null
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install a Rust toolchain (rustup)" >&2; exit 1; }

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod copier;
 pub mod fs;
 pub mod fsutil;
+pub mod http;
 pub mod image;
 pub mod k8s;
 pub mod kdf;

@@ -11,6 +11,7 @@ mod copy;
 mod crypt;
 mod inspect;
 mod mount;
+mod serve;
 mod verify;
 
 use copy::Interrupted;
@@ -149,6 +150,9 @@ enum Command {
     /// Mount a store: ignore/, raw/, encrypt/NS/SECRET/, decrypt/NS/SECRET/ views of every image
     /// (foreground; SIGINT/SIGTERM unmounts).
     Mount(mount::MountArgs),
+    /// Serve the views over HTTP (GET/HEAD with ranges, ETag, SHA-512), for Longhorn's
+    /// `sourceType: download` and for browsers (foreground; SIGINT/SIGTERM stops).
+    Serve(serve::ServeArgs),
     /// Unmount a bifs mount (fusermount3 -u).
     Umount { mountpoint: PathBuf },
     /// Check a LUKS image with libcryptsetup (and dm-crypt where available) against SOURCE.
@@ -243,6 +247,7 @@ pub fn main() -> ExitCode {
             dst: &dst,
         }),
         Command::Mount(args) => mount::mount(&args),
+        Command::Serve(args) => serve::serve(&args),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
         Command::Verify(args) => verify::run(&args),
     };

@@ -31,6 +31,11 @@ pub struct MountArgs {
     /// Page-cache use of open files.
     #[arg(long, value_enum, default_value = "direct-io")]
     cache: CacheMode,
+    /// Also serve the views over HTTP on ADDR:PORT (as `bifs serve`, same catalog).
+    #[arg(long, value_name = "ADDR:PORT")]
+    serve: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    exposure: super::serve::ExposureArgs,
     mountpoint: PathBuf,
 }
 
@@ -56,7 +61,16 @@ pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
         threads: args.threads,
         cache: args.cache,
     };
-    let fs = BifsFs::new(Catalog::watching(store, secrets), &opts);
+    let catalog = std::sync::Arc::new(Catalog::watching(store, secrets));
+    if let Some(listen) = args.serve {
+        super::serve::spawn_for_mount(
+            listen,
+            &args.exposure,
+            catalog.clone(),
+            vec![args.secrets.clone()],
+        )?;
+    }
+    let fs = BifsFs::new(catalog, &opts);
     let mut session = fuser::Session::new(fs, &args.mountpoint, &opts.fuser_config())
         .with_context(|| {
             format!(

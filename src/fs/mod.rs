@@ -75,7 +75,8 @@ impl MountOptions {
 }
 
 pub struct BifsFs {
-    catalog: Catalog,
+    // Shared with `bifs mount --serve`'s HTTP server: one key cache, one header per view.
+    catalog: Arc<Catalog>,
     inodes: Inodes,
     handles: Mutex<HashMap<u64, Arc<dyn ReadAt>>>,
     next_fh: AtomicU64,
@@ -90,11 +91,11 @@ pub struct BifsFs {
 }
 
 impl BifsFs {
-    pub fn new(catalog: Catalog, opts: &MountOptions) -> Self {
+    pub fn new(catalog: impl Into<Arc<Catalog>>, opts: &MountOptions) -> Self {
         let uid = rustix::process::getuid().as_raw();
         let gid = rustix::process::getgid().as_raw();
         Self {
-            catalog,
+            catalog: catalog.into(),
             inodes: Inodes::new(),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
