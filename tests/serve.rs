@@ -263,22 +263,20 @@ fn real_clients_read_every_view() {
     );
 
     // Python's urllib: a HEAD, a range and the whole view.
-    let py = format!(
-        r#"
+    let py = r#"
 import urllib.request, hashlib, sys
 u = sys.argv[1]
 h = urllib.request.urlopen(urllib.request.Request(u, method="HEAD"))
 assert h.status == 200 and h.headers["Accept-Ranges"] == "bytes", h.headers
 n = int(h.headers["Content-Length"])
-r = urllib.request.urlopen(urllib.request.Request(u, headers={{"Range": "bytes=4096-8191"}}))
+r = urllib.request.urlopen(urllib.request.Request(u, headers={"Range": "bytes=4096-8191"}))
 assert r.status == 206, r.status
 part = r.read()
 whole = urllib.request.urlopen(u).read()
 assert len(whole) == n and whole[4096:8192] == part
 print(hashlib.sha512(whole).hexdigest())
-"#
-    );
-    let o = run_ok("python3", &["-c", &py, &srv.view(ENC)]);
+"#;
+    let o = run_ok("python3", &["-c", py, &srv.view(ENC)]);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
         sha512_hex(&enc_bytes)
@@ -673,7 +671,7 @@ fn fifty_concurrent_range_downloads_while_an_apply_runs() {
             ),
         ),
     );
-    let mut apply = Command::new(bifs_bin())
+    let apply = Command::new(bifs_bin())
         .args(["apply", "-f"])
         .arg(&manifest)
         .arg("--store")
