@@ -84,15 +84,20 @@ impl ExposureArgs {
 pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let (cfg, policy) = args.exposure.config(args.listen)?;
     let store = Store::open(&args.store, args.state.as_deref())?;
-    let (secrets, secrets_paths) = match &args.secrets {
-        Some(p) => (k8s::load_secrets(p)?, vec![p.clone()]),
-        None => (Vec::new(), Vec::new()),
-    };
     tracing::info!(
         store = %store.root().display(), layout = ?store.layout(), state = %store.state().path().display(),
-        secrets = secrets.len(), "opening store"
+        "opening store"
     );
-    let catalog = Arc::new(Catalog::new(store, secrets));
+    // Secrets from --secrets are followed while serving (a rotated Secret volume takes effect
+    // on the next open), as under `bifs mount`.
+    let (catalog, secrets_paths) = match &args.secrets {
+        Some(p) => (
+            Catalog::watching(store, k8s::SecretSource::open(p)?),
+            vec![p.clone()],
+        ),
+        None => (Catalog::new(store, Vec::new()), Vec::new()),
+    };
+    let catalog = Arc::new(catalog);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("bifs-http")
