@@ -343,7 +343,12 @@ mod tests {
     fn pass(src: &SecretSource, ns: &str, name: &str) -> Vec<u8> {
         let id = SecretRef::parse(&format!("{ns}/{name}"), "");
         let s = src.secrets().find(|s| s.id == id).unwrap();
-        s.crypto_params().unwrap().passphrase.as_bytes().to_vec()
+        s.crypto_params()
+            .unwrap()
+            .luks
+            .passphrase
+            .as_bytes()
+            .to_vec()
     }
 
     #[test]
@@ -367,7 +372,7 @@ mod tests {
         assert_eq!(ids, ["longhorn-system/crypto", "ns/m"]);
         assert_eq!(pass(&src, "longhorn-system", "crypto"), b"one");
         let p = src.secrets().next().unwrap().crypto_params().unwrap();
-        assert_eq!(p.hash, crate::kdf::Hash::Sha512);
+        assert_eq!(p.luks.hash, crate::kdf::Hash::Sha512);
         assert_eq!(pass(&src, "ns", "m"), b"mm");
     }
 

@@ -561,7 +561,7 @@ pub fn auto_correct_name(name: &str) -> String {
         return lower;
     }
     use sha2::Digest;
-    let sum = hex::encode(&sha2::Sha512::digest(name.as_bytes()));
+    let sum = hex::encode(sha2::Sha512::digest(name.as_bytes()));
     let suffix = format!("-{}", &sum[..8]);
     let cut = NAME_MAXIMUM_LENGTH - suffix.len();
     let prefix = String::from_utf8_lossy(&lower.as_bytes()[..cut.min(lower.len())]).into_owned();
@@ -923,7 +923,7 @@ stringData: {CRYPTO_KEY_VALUE: hunter2}
         let long = "a-very-long-backing-image-name-that-is-over-forty";
         let fixed = auto_correct_name(long);
         use sha2::Digest;
-        let sum = hex::encode(&sha2::Sha512::digest(long.as_bytes()));
+        let sum = hex::encode(sha2::Sha512::digest(long.as_bytes()));
         assert_eq!(
             fixed,
             format!("a-very-long-backing-image-name-{}", &sum[..8])
@@ -931,7 +931,7 @@ stringData: {CRYPTO_KEY_VALUE: hunter2}
         assert_eq!(fixed.len(), 39);
         // A cut that ends in '-' loses it, as Go's TrimRight.
         let dash = "abcdefghijklmnopqrstuvwxyzabcd-efghijklmnop";
-        let sum = hex::encode(&sha2::Sha512::digest(dash.as_bytes()));
+        let sum = hex::encode(sha2::Sha512::digest(dash.as_bytes()));
         assert_eq!(
             auto_correct_name(dash),
             format!("abcdefghijklmnopqrstuvwxyzabcd-{}", &sum[..8])

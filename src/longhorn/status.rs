@@ -256,7 +256,7 @@ pub(crate) fn sha512_file(path: &std::path::Path) -> std::io::Result<String> {
         }
         h.update(&buf[..n]).map_err(std::io::Error::other)?;
     }
-    Ok(hex::encode(&h.finish().map_err(std::io::Error::other)?))
+    Ok(hex::encode(h.finish().map_err(std::io::Error::other)?))
 }
 
 /// All records, or the one named; observed.

@@ -292,7 +292,7 @@ fn check_crypt_segment(hdr: &Value, id: &str, seg: &Value, size: u64) -> Check {
         });
     }
     numbered_u64(Section::Segment, id, "iv_tweak", iv_tweak)?;
-    if size % u64::from(sector_size) != 0 {
+    if !size.is_multiple_of(u64::from(sector_size)) {
         return Err(Invalid::SegmentAlignment {
             id: id.into(),
             field: "size",

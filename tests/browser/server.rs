@@ -80,6 +80,7 @@ impl Server {
         Server { child, url, dir }
     }
 
+    #[allow(dead_code)] // used by tests/serve_api.rs, not by tests/browser.rs
     pub fn store(&self) -> PathBuf {
         self.dir.path().join("store")
     }
