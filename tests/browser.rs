@@ -46,6 +46,7 @@ fn require_browser_tools() {
 }
 
 #[test]
+#[ignore = "NOT YET PASSING IN CI: never run against the merged server; run with --include-ignored (issue 13 stays open)"]
 fn backing_image_page_in_chromium() {
     require_browser_tools();
     let s = Server::start();
