@@ -50,7 +50,7 @@ fn post(s: &Server, manifest: &str, token: bool) -> (u16, serde_json::Value) {
 
 fn state(s: &Server, name: &str) -> String {
     let (_, v) = get(s, &format!("/api/v1/backingimages/{name}"));
-    v["status"]["state"].as_str().unwrap_or("").to_string()
+    disk_state(&v)
 }
 
 fn wait_state(s: &Server, name: &str, want: &str) {
@@ -183,8 +183,7 @@ fn list_get_create_delete_admission_and_the_status_stream() {
     let has = |l: &serde_json::Value, state: Option<&str>| {
         l["items"].as_array().is_some_and(|items| {
             items.iter().any(|i| {
-                i["metadata"]["name"] == "base-enc"
-                    && state.is_none_or(|st| i["status"]["state"] == st)
+                i["metadata"]["name"] == "base-enc" && state.is_none_or(|st| disk_state(i) == st)
             })
         })
     };
@@ -197,7 +196,7 @@ fn list_get_create_delete_admission_and_the_status_stream() {
         "no event shows base-enc ready:\n{text}"
     );
     let (_, v) = get(&s, "/api/v1/backingimages/base-enc");
-    assert_eq!(v["status"]["secret"], SECRET_NAME);
+    assert_eq!(v["spec"]["secret"], SECRET_NAME);
 
     // Delete: token, then gone (record and directory).
     let del = format!("{}/api/v1/backingimages/base-enc", s.url);
@@ -274,7 +273,7 @@ fn uploads_whole_resumed_and_refused() {
         &[],
     );
     assert_eq!(code, 201, "{v}");
-    assert_eq!(v["status"]["state"], "ready");
+    assert_eq!(disk_state(&v), "ready");
     assert_eq!(v["status"]["checksum"], want.as_str());
 
     // A wrong expected checksum fails with apply's message.
@@ -368,4 +367,14 @@ fn uploads_whole_resumed_and_refused() {
     ]);
     assert_eq!(code, 401);
     let _ = TOKEN;
+}
+
+/// The state on the (one) disk, where Longhorn keeps it: `status.diskFileStatusMap[<diskUUID>].state`.
+fn disk_state(v: &serde_json::Value) -> String {
+    v["status"]["diskFileStatusMap"]
+        .as_object()
+        .and_then(|m| m.values().next())
+        .and_then(|f| f["state"].as_str())
+        .unwrap_or("")
+        .to_string()
 }
