@@ -21,7 +21,7 @@ use crate::image::{self, raw::RawFile, ReadAt};
 use crate::k8s::{CryptoParams, Secret, SecretRef, SecretSource};
 use crate::kdf::KdfLimits;
 use crate::keys::VolumeKey;
-use crate::luks::{Layout, Luks2Header, LuksError, LuksHeader, DATA_OFFSET};
+use crate::luks::{Luks2Header, LuksError, LuksHeader, DATA_OFFSET};
 use crate::store::{HeaderRecord, SourceIdentity, Store, StoredImage, Watched};
 use crate::view::{encrypt, DecryptView, EncryptView, ViewError};
 
@@ -524,15 +524,7 @@ impl Catalog {
     ) -> Result<(Arc<RawFile>, Luks2Header, VolumeKey), ViewError> {
         let header = Arc::new(RawFile::from_file(file)?);
         let parsed = Luks2Header::read(&*header)?;
-        if header.len() != DATA_OFFSET || parsed.segment.offset != DATA_OFFSET {
-            let (len, data_offset) = (header.len(), parsed.segment.offset);
-            return Err(LuksError::from(Layout::Region {
-                len,
-                data_offset,
-                expected: DATA_OFFSET,
-            })
-            .into());
-        }
+        encrypt::check_region(header.len(), &parsed)?;
         let (key, _) = parsed.unlock(&*header, &params.luks.passphrase, &self.limits)?;
         Ok((header, parsed, key))
     }

@@ -57,15 +57,7 @@ impl EncryptView {
             LuksHeader::V2(h) => h,
             LuksHeader::V1(_) => return Err(LuksError::from(Unsupported::Luks1EncryptView).into()),
         };
-        if parsed.segment.offset != DATA_OFFSET || header.len() != DATA_OFFSET {
-            let (len, data_offset) = (header.len(), parsed.segment.offset);
-            return Err(LuksError::from(Layout::Region {
-                len,
-                data_offset,
-                expected: DATA_OFFSET,
-            })
-            .into());
-        }
+        check_region(header.len(), &parsed)?;
         let (key, _) = parsed.unlock(&*header, passphrase, &KdfLimits::default())?;
         Self::with_key(source, header, &parsed, &key)
     }
@@ -158,4 +150,19 @@ impl ReadAt for EncryptView {
         }
         Ok(done)
     }
+}
+
+/// An encrypt view's persisted header region must be exactly bifs's layout: `DATA_OFFSET`
+/// bytes long, with the data segment right after it.
+pub fn check_region(header_len: u64, parsed: &Luks2Header) -> Result<(), ViewError> {
+    let data_offset = parsed.segment.offset;
+    if header_len != DATA_OFFSET || data_offset != DATA_OFFSET {
+        return Err(LuksError::from(Layout::Region {
+            len: header_len,
+            data_offset,
+            expected: DATA_OFFSET,
+        })
+        .into());
+    }
+    Ok(())
 }
