@@ -1128,7 +1128,7 @@ fn refuse_unsupported_cipher() {
 }
 
 /// A real LUKS2 image whose cipher is not aes-xts-plain64 (cryptsetup, aes-cbc-essiv:sha256)
-/// cannot be decrypted: refused with "unsupported cipher", nothing left at DST.
+/// cannot be decrypted: refused as an unsupported LUKS header naming the cipher, nothing left at DST.
 #[test]
 fn refuse_decrypt_of_unsupported_cipher_image() {
     full_tier_only!(NEEDS);
@@ -1166,7 +1166,7 @@ fn refuse_decrypt_of_unsupported_cipher_image() {
         "decrypt of a LUKS2 aes-cbc-essiv:sha256 image",
         &args(&[&"decrypt", &"--secret", &f.secret, &img, &dst]),
         &dst,
-        &["unsupported cipher"],
+        &["unsupported LUKS header: cipher \"aes-cbc-essiv:sha256\" (bifs supports only aes-xts-plain64)"],
         &[&f.pass],
     );
 }

@@ -258,8 +258,50 @@ pub fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!("bifs: error: {e:#}");
+            eprintln!("bifs: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes as one line, `outer: cause: root`. Typed errors often already print
+/// their cause (`"unsupported LUKS header: {0}"` with `#[from]`), so a cause whose text the line
+/// already ends with is not repeated.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Inner {
+        #[error("cipher \"x\"")]
+        Cipher,
+    }
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("unsupported LUKS header: {0}")]
+        Unsupported(#[from] Inner),
+    }
+
+    #[test]
+    fn a_cause_already_printed_is_not_repeated() {
+        let e = anyhow::Error::from(Outer::from(Inner::Cipher)).context("decrypting img");
+        assert_eq!(
+            error_chain(&e),
+            "decrypting img: unsupported LUKS header: cipher \"x\""
+        );
+        let plain = anyhow::anyhow!("root").context("middle").context("top");
+        assert_eq!(error_chain(&plain), "top: middle: root");
     }
 }
