@@ -1,9 +1,11 @@
 //! The Backing Image page in a real browser: Debian's headless Chromium driven over WebDriver
 //! (python3-selenium + chromium-driver) by tests/browser/backing_image_page.py, against a real
-//! `bifs serve` on 127.0.0.1. Screenshots go to build/screenshots/.
+//! `bifs serve` on 127.0.0.1. Screenshots go to a temp dir (printed), kept after the test.
 
 #[path = "browser/server.rs"]
 mod server;
+#[macro_use]
+mod tier;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -46,16 +48,18 @@ fn require_browser_tools() {
 }
 
 #[test]
-#[ignore = "NOT YET PASSING IN CI: never run against the merged server; run with --include-ignored (issue 13 stays open)"]
 fn backing_image_page_in_chromium() {
+    full_tier_only!("chromium, chromium-driver, python3-selenium and cryptsetup");
     require_browser_tools();
     let s = Server::start();
     let source = s.work().join("disk.img");
     image_file(&source, 4 << 20, 11);
     let upload = s.work().join("upload.img");
     image_file(&upload, 1 << 20, 29);
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/screenshots");
-    std::fs::create_dir_all(&shots).expect("build/screenshots");
+    // Kept after the test (a temp dir, not the tree), so a failure's screenshots can be looked at.
+    let shots = std::env::temp_dir().join(format!("bifs-browser-shots-{}", std::process::id()));
+    std::fs::create_dir_all(&shots).expect("the screenshot directory");
+    println!("browser: screenshots in {}", shots.display());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/backing_image_page.py");
     let out = Command::new(PYTHON)
         .arg(&script)

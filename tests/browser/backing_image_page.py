@@ -4,7 +4,8 @@
 Run by tests/browser.rs, which starts the server and passes:
   BIFS_URL         the server's base URL (http://127.0.0.1:PORT)
   BIFS_TOKEN       the bearer token the server wants for writes
-  BIFS_SOURCE      a local raw image file to create the first image from (file:// URL)
+  BIFS_SOURCE      a local raw image file to create the first image from (served here over
+                   http://127.0.0.1, the way Longhorn downloads)
   BIFS_UPLOAD      a local file to upload through the dialog
   BIFS_PASSPHRASE  the passphrase of the loaded Secret
   BIFS_SECRET      NAMESPACE/NAME of the loaded Secret
@@ -14,11 +15,14 @@ Everything is found the way a person (or a screen reader) finds it: by label tex
 option text and the state words Longhorn shows. Exits non-zero with a message on any failure.
 """
 
+import functools
 import hashlib
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -49,7 +53,12 @@ def start_browser(width, height):
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               f"--window-size={width},{height}", "--force-device-scale-factor=1"):
         opts.add_argument(a)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    # The window size includes the browser's frame, and headless Chromium keeps windows at least
+    # 500px wide: set the page's viewport itself, so screenshots are exactly width x height.
+    d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    return d
 
 
 def shot(d, name):
@@ -134,7 +143,8 @@ def submit_create(d):
 
 
 def api(path):
-    with urllib.request.urlopen(URL + path, timeout=30) as r:
+    req = urllib.request.Request(URL + path, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
         return json.load(r)
 
 
@@ -154,17 +164,32 @@ def test_passphrase(path):
     assert p.returncode == 0, f"cryptsetup open --test-passphrase {path}: {p.stderr.decode()}"
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve_source():
+    """A plain HTTP server on loopback for the source image: the "local URL" to download from."""
+    handler = functools.partial(QuietHandler, directory=os.path.dirname(SOURCE))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_port}/{os.path.basename(SOURCE)}"
+
+
 def main():
+    httpd, source_url = serve_source()
     d = start_browser(1280, 800)
     try:
-        run(d)
+        run(d, source_url)
     finally:
         d.quit()
+        httpd.shutdown()
     narrow()
     print("browser: all steps passed", flush=True)
 
 
-def run(d):
+def run(d, source_url):
     d.get(URL + "/")
     # The server wants its token for reads too: the page asks for it once.
     wait(d, lambda drv: open_dialog_or_token(drv) or drv.find_element(By.ID, "live").text == "live",
@@ -173,13 +198,17 @@ def run(d):
     # A marker that a reload would wipe: everything below must happen without one.
     d.execute_script("window.__noReload = 42;")
 
-    step("create a download image from a file:// URL")
+    step(f"create a download image from {source_url}")
     button(d, "Create Backing Image", scope=d.find_element(By.TAG_NAME, "main")).click()
     field(d, "Name").send_keys("base")
     choose(field(d, "Created From"), "Download From URL")
-    field(d, "URL").send_keys("file://" + SOURCE)
+    field(d, "URL").send_keys(source_url)
     assert submit_create(d) == "closed", d.find_element(By.ID, "create-error").text
     wait(d, lambda drv: state(drv, "base") == "ready", "base to be ready")
+    with open(SOURCE, "rb") as f:
+        want = hashlib.sha512(f.read()).hexdigest()
+    got = api("/api/v1/backingimages/base")["status"].get("checksum")
+    assert got == want, f"base's checksum {got} is not the source's {want}"
 
     step("clone it with Encryption: Encrypt and the Secret")
     button(d, "Clone", scope=row(d, "base")).click()

@@ -142,7 +142,7 @@ function row(b) {
   const state = stateOf(b);
   const secret = secretOf(b);
   const nameCell = el("td", { class: "name" },
-    secret ? el("span", { class: "lock", title: "Encrypted", "aria-label": "Encrypted", role: "img" }, "🔒") : null,
+    secret ? el("span", { class: "lock", title: "Encrypted", "aria-label": "Encrypted", role: "img" }) : null,
     el("button", { type: "button", class: "link", onclick: () => showDetail(name) }, name));
   const stateCell = el("td", { class: "state" }, el("span", { class: `badge ${state}` }, state));
   if (state === "in-progress" || state === "pending") {
