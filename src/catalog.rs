@@ -487,10 +487,15 @@ impl Catalog {
                             key,
                         });
                     }
-                    Err(e) => tracing::warn!(
-                        image = %img.name, %secret, error = %e,
-                        "persisted LUKS2 header unusable; making a new one (the encrypt view's bytes change)"
-                    ),
+                    Err(e) => {
+                        if matches!(e, ViewError::Luks(LuksError::WrongPassphrase)) {
+                            crate::http::metrics::unlock_failed(Mode::Encrypt, &img.name);
+                        }
+                        tracing::warn!(
+                            image = %img.name, %secret, error = %e,
+                            "persisted LUKS2 header unusable; making a new one (the encrypt view's bytes change)"
+                        )
+                    }
                 }
             }
             Some((_, old)) => tracing::info!(
@@ -507,6 +512,7 @@ impl Catalog {
             .save_header(&img.name, secret, &bytes, &record)
             .map_err(io_err)?;
         drop(bytes);
+        crate::http::metrics::header_created(&img.name);
         let header = Arc::new(RawFile::from_file(file).map_err(io_err)?);
         let parsed = Luks2Header::read(&*header).map_err(|e| view_err(e.into()))?;
         Ok(Cached::Encrypt {
@@ -574,6 +580,7 @@ impl Catalog {
                 Ok(Arc::new(view))
             }
             Err(LuksError::WrongPassphrase) => {
+                crate::http::metrics::unlock_failed(Mode::Decrypt, &img.name);
                 *cached = Some(Cached::WrongPassphrase { identity });
                 Err(wrong())
             }

@@ -6,12 +6,15 @@
 //! podman here needs `--runtime runc` and explicit ulimits (see /work/shared/machine-notes.md);
 //! a FUSE mount made in the container reaches the host only through an `rshared` bind mount.
 
+#[macro_use]
+mod tier;
 mod common;
 mod mount_support;
 mod node_support;
 
 use std::fs;
 use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_ok, describe, random_file, test_passphrase, MIB};
 use node_support::{crypto_keys, kubelet_write};
+use sha2::{Digest, Sha512};
 
 const IMAGE: &str = "localhost/bifs-node:test";
 const SECRET: &str = "longhorn-system/longhorn-crypto";
@@ -74,13 +78,8 @@ fn image() -> &'static str {
             ]),
             "scripts/image.sh",
         );
-        eprintln!(
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
+        // The size and build time, for the CI log.
+        eprintln!("{}", String::from_utf8_lossy(&o.stdout).trim());
         let size: u64 = String::from_utf8_lossy(
             &run(
                 Command::new("podman").args(["image", "inspect", "--format", "{{.Size}}", IMAGE]),
@@ -94,6 +93,10 @@ fn image() -> &'static str {
         assert!(
             size > 5_000_000,
             "an image of {size} bytes cannot hold Debian and bifs"
+        );
+        assert!(
+            size < 100_000_000,
+            "the node image is {size} bytes; the target is under 100 MB"
         );
     });
     IMAGE
@@ -178,26 +181,61 @@ impl Drop for Container {
     }
 }
 
-/// A Longhorn disk as backing-image-manager lays it out: `backing-images/<name>-<uuid>/` with
-/// the finished `backing` file and `backing.cfg` beside it.
+/// The disk's `longhorn-disk.cfg`, as longhorn-manager writes it for a filesystem disk.
+const DISK_CFG: &str = r#"{"diskName":"default-disk-7c1f9e0a2b3d","diskUUID":"0b1d2f1e-8c3a-4f7e-9a51-6f0c2e7d9b10","diskDriver":""}"#;
+
+/// Go's `time.Time.String()` of `path`'s mtime in UTC, as backing-image-manager records it in
+/// `modificationTime` (made with `date` here, not with bifs's own formatter).
+fn go_mtime(path: &Path) -> String {
+    let o = run(
+        Command::new("date")
+            .args(["-u", "-r"])
+            .arg(path)
+            .arg("+%Y-%m-%d %H:%M:%S.%N"),
+        "date -r",
+    );
+    let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let (secs, nanos) = text.split_once('.').unwrap();
+    let nanos = nanos.trim_end_matches('0');
+    if nanos.is_empty() {
+        format!("{secs} +0000 UTC")
+    } else {
+        format!("{secs}.{nanos} +0000 UTC")
+    }
+}
+
+/// A Longhorn disk as backing-image-manager lays it out today: `longhorn-disk.cfg` at the
+/// root, `replicas/`, and `backing-images/<name>-<uuid>/` with the finished `backing` and
+/// `backing.cfg` in the current `SyncingFileConfig` format (`name` is the path of `backing`
+/// inside backing-image-manager's pod, sizes, SHA-512 checksums, Go's mtime string).
 fn longhorn_disk(root: &Path, name: &str, uuid: &str, content: &Path) {
     let dir = root.join("backing-images").join(format!("{name}-{uuid}"));
     fs::create_dir_all(&dir).unwrap();
-    fs::copy(content, dir.join("backing")).unwrap();
-    let size = fs::metadata(content).unwrap().len();
+    fs::create_dir_all(root.join("replicas")).unwrap();
+    let backing = dir.join("backing");
+    fs::copy(content, &backing).unwrap();
+    let meta = fs::metadata(&backing).unwrap();
+    let sum = hex::encode(Sha512::digest(fs::read(&backing).unwrap()));
     let cfg = serde_json::json!({
-        "name": name,
+        "name": format!("/data/backing-images/{name}-{uuid}/backing"),
         "uuid": uuid,
-        "size": size,
-        "expectedChecksum": "",
-        "currentChecksum": "",
+        "size": meta.len(),
+        "virtualSize": meta.len(),
+        "realSize": meta.blocks() * 512,
+        "expectedChecksum": sum,
+        "currentChecksum": sum,
+        "modificationTime": go_mtime(&backing),
     });
     fs::write(dir.join("backing.cfg"), cfg.to_string()).unwrap();
-    fs::write(
-        root.join("longhorn-disk.cfg"),
-        r#"{"diskName":"default-disk","diskUUID":"0b1d2f1e-8c3a-4f7e-9a51-6f0c2e7d9b10"}"#,
-    )
-    .unwrap();
+    fs::write(root.join("longhorn-disk.cfg"), DISK_CFG).unwrap();
+}
+
+/// A second copy of `name` that backing-image-manager is still downloading: only
+/// `backing.tmp`, which the store must not serve.
+fn downloading_copy(root: &Path, name: &str, uuid: &str) {
+    let dir = root.join("backing-images").join(format!("{name}-{uuid}"));
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("backing.tmp"), vec![0x5a; 4096]).unwrap();
 }
 
 fn free_port() -> u16 {
@@ -234,6 +272,7 @@ impl Node {
         let source = p("parrot.raw");
         random_file(&source, 3 * MIB + 512, 11);
         longhorn_disk(&p("store"), "parrot", "6a0f8d7e", &source);
+        downloading_copy(&p("store"), "parrot", "0d15ea5e");
         let vault = p("vault.raw");
         random_file(&vault, 18 * MIB, 12);
         let o = common::cryptsetup_stdin(
@@ -394,12 +433,20 @@ fn oracle_plaintext(luks: &Path, passphrase: &str, len: u64, work: &Path) -> Vec
 
 #[test]
 fn node_image_mounts_a_longhorn_disk_follows_rotation_and_stops_on_sigterm() {
+    full_tier_only!("root, podman, buildah, mmdebstrap, /dev/fuse, cryptsetup");
     require_tools();
     let node = Node::start("mount", &[]);
     let work = node.dir.path().to_owned();
     let source = fs::read(&node.source).unwrap();
 
-    // The raw view through the container's FUSE mount, read on the host.
+    // The raw view through the container's FUSE mount, read on the host: the ready copy of
+    // each backing image, not the one still downloading.
+    let mut images: Vec<String> = fs::read_dir(node.path("raw"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    images.sort();
+    assert_eq!(images, ["parrot", "vault"]);
     assert_eq!(fs::read(node.path("raw/parrot")).unwrap(), source);
     let listed: Vec<String> = fs::read_dir(node.path("encrypt/longhorn-system"))
         .unwrap()
@@ -432,10 +479,58 @@ fn node_image_mounts_a_longhorn_disk_follows_rotation_and_stops_on_sigterm() {
     node.stop_and_check();
 }
 
+/// Downloads `url` to `out` with curl, retrying while the server starts.
+fn download(node: &Node, url: &str, out: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = Command::new("curl")
+            .args(["-fsS", "-o"])
+            .arg(out)
+            .arg(url)
+            .output()
+            .unwrap();
+        if o.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "download of {url} failed: {}\n{}",
+            describe(&o),
+            node.container.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `curl` of `path` on the node's published port: (status, body).
+fn get(node: &Node, path: &str, token: Option<&str>) -> (String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let o = cmd
+        .arg(format!("http://127.0.0.1:{}{path}", node.port))
+        .output()
+        .unwrap();
+    assert_ok(&o, "curl");
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.to_string(), body.to_string())
+}
+
+/// The value of the sample `series` (name and labels exactly as rendered) in a scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 #[test]
-#[ignore = "needs `bifs mount --serve` (branch serve): run with --ignored once it is merged"]
 fn node_image_serves_the_encrypt_view_over_http() {
+    full_tier_only!("root, podman, buildah, mmdebstrap, /dev/fuse, cryptsetup, curl");
     require_tools();
+    const TOKEN: &str = "node-image-test-token-0123456789abcdef";
     let node = Node::start(
         "serve",
         &[
@@ -451,26 +546,11 @@ fn node_image_serves_the_encrypt_view_over_http() {
         "http://127.0.0.1:{}/views/encrypt/{SECRET}/parrot",
         node.port
     );
+
+    // The encrypt view, downloaded through the published port: a LUKS2 image cryptsetup opens
+    // with the Secret's passphrase and the oracle decrypts back to the backing image.
     let http = work.join("http.luks");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let o = Command::new("curl")
-            .args(["-fsS", "-o"])
-            .arg(&http)
-            .arg(&url)
-            .output()
-            .unwrap();
-        if o.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "download failed: {}\n{}",
-            describe(&o),
-            node.container.logs()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    download(&node, &url, &http);
     assert!(test_passphrase(&http, b"pp-first-Kq8").status.success());
     let plain = oracle_plaintext(&http, "pp-first-Kq8", source.len() as u64, &work);
     assert_eq!(plain, source);
@@ -480,16 +560,62 @@ fn node_image_serves_the_encrypt_view_over_http() {
         fuse == fs::read(&http).unwrap(),
         "HTTP and FUSE serve the same bytes"
     );
+
+    // Probes, as the DaemonSet's liveness and readiness checks call them.
+    assert_eq!(get(&node, "/healthz", None).0, "200");
+    let (code, body) = get(&node, "/readyz", None);
+    assert_eq!(code, "200", "{body}");
+
     // Plaintext views need the token.
-    let o = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-        .arg(format!("http://127.0.0.1:{}/views/raw/parrot", node.port))
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
+        get(&node, "/views/raw/parrot", None).0,
         "401",
         "raw view without the token"
     );
+
+    // Rotation (the kubelet swaps ..data): the next download is a new header that only the
+    // new passphrase opens; the persisted one, which the new passphrase does not open, counts
+    // as an unlock failure.
+    kubelet_write(
+        &node.dir.path().join("secrets").join(SECRET),
+        &crypto_keys("pp-rotated-Vb3"),
+    );
+    let rotated = work.join("rotated.luks");
+    download(&node, &url, &rotated);
+    assert!(test_passphrase(&rotated, b"pp-rotated-Vb3")
+        .status
+        .success());
+    assert!(!test_passphrase(&rotated, b"pp-first-Kq8").status.success());
+    let plain = oracle_plaintext(&rotated, "pp-rotated-Vb3", source.len() as u64, &work);
+    assert_eq!(plain, source);
+
+    // The counters of all that, scraped as Prometheus would (--public-read: no token needed).
+    let (code, scrape) = get(&node, "/metrics", None);
+    assert_eq!(code, "200", "{scrape}");
+    assert_eq!(
+        sample(
+            &scrape,
+            "bifs_encrypt_headers_created_total{image=\"parrot\"}"
+        ),
+        Some(2.0),
+        "one header per passphrase:\n{scrape}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "bifs_unlock_failures_total{mode=\"encrypt\",image=\"parrot\"}"
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+    let enc_bytes = sample(&scrape, "bifs_http_view_bytes_read_total{mode=\"encrypt\"}").unwrap();
+    let view_len = fs::metadata(&http).unwrap().len() as f64;
+    assert!(enc_bytes >= 2.0 * view_len, "{enc_bytes} < 2 x {view_len}");
+    for secret_part in ["pp-first-Kq8", "pp-rotated-Vb3", "longhorn-crypto", TOKEN] {
+        assert!(
+            !scrape.contains(secret_part),
+            "{secret_part} in /metrics:\n{scrape}"
+        );
+    }
     node.stop_and_check();
 }

@@ -2,6 +2,8 @@
 //! a rotated Secret reaches the next open without a restart, and only that Secret's cached
 //! unlocks are forgotten. Headers are checked with Debian's cryptsetup.
 
+#[macro_use]
+mod tier;
 mod common;
 mod mount_support;
 mod node_support;
@@ -66,6 +68,7 @@ fn luks_image(path: &Path, passphrase: &str) {
 
 #[test]
 fn rotation_reaches_the_next_open_and_only_that_secret_forgets_its_unlocks() {
+    full_tier_only!("cryptsetup");
     common::require_tools();
     let d = common::tempdir("secret-volumes");
     let (store, state, secrets) = (
@@ -134,6 +137,7 @@ fn rotation_reaches_the_next_open_and_only_that_secret_forgets_its_unlocks() {
 
 #[test]
 fn a_mount_follows_a_rotated_secret_volume() {
+    full_tier_only!("root, /dev/fuse and fusermount3, cryptsetup");
     common::require_tools();
     let d = common::tempdir("secret-volumes-mount");
     let (store, secrets, mnt) = (

@@ -1,18 +1,32 @@
 //! Counters for `/metrics` (Prometheus text format) and the `/healthz`, `/readyz` probes.
-//! Only counts and names: never a Secret's value.
+//! Only counts and names: never a Secret's value, and no label but the view kind, the image
+//! name, the apply outcome and the backing image state.
+//!
+//! Two kinds of counters:
+//! - [`Metrics`], per server: bytes read, open views, reads in flight of HTTP responses.
+//! - The process-wide events of the catalog and the apply engine ([`header_created`],
+//!   [`unlock_failed`], [`apply_finished`]): they happen under the FUSE mount, the CLI and the
+//!   server alike, so they are counted once per process, as Prometheus counters are.
+//!
+//! The backing images per state are read from the store's records at each scrape.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::AppState;
+use super::{Access, AppState};
 use crate::catalog::Mode;
+use crate::longhorn::manifest::State as ImageState;
+use crate::longhorn::{status, Outcome};
+use crate::store::Store;
 
 #[derive(Default)]
 struct Counters {
@@ -73,7 +87,174 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP bifs_http_open_views Views open for responses being sent.\n# TYPE bifs_http_open_views gauge\nbifs_http_open_views {}", c.open_handles.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP bifs_http_reads_in_flight View reads running on the blocking pool.\n# TYPE bifs_http_reads_in_flight gauge\nbifs_http_reads_in_flight {}", c.reads_in_flight.load(Ordering::Relaxed));
+        render_events(&mut out);
         out
+    }
+}
+
+/// Upper bounds (seconds) of the apply duration histogram: admission refusals take
+/// milliseconds, copies of large images minutes.
+const APPLY_BUCKETS: [f64; 11] = [
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    /// Counts per bucket of [`APPLY_BUCKETS`] (not cumulative; summed when rendered).
+    buckets: [u64; APPLY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if let Some(i) = APPLY_BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+#[derive(Default)]
+struct Events {
+    headers_created: BTreeMap<String, u64>,
+    unlock_failures: BTreeMap<(Mode, String), u64>,
+    applies: BTreeMap<&'static str, Histogram>,
+}
+
+static EVENTS: Mutex<Events> = Mutex::new(Events {
+    headers_created: BTreeMap::new(),
+    unlock_failures: BTreeMap::new(),
+    applies: BTreeMap::new(),
+});
+
+fn events() -> std::sync::MutexGuard<'static, Events> {
+    EVENTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The catalog made (and persisted) a new LUKS2 header for an encrypt view of `image`.
+pub fn header_created(image: &str) {
+    *events()
+        .headers_created
+        .entry(image.to_owned())
+        .or_default() += 1;
+}
+
+/// A passphrase was tried on `image` for a `mode` view and opened no keyslot (cached
+/// answers to a retry are not counted again: they try nothing).
+pub fn unlock_failed(mode: Mode, image: &str) {
+    *events()
+        .unlock_failures
+        .entry((mode, image.to_owned()))
+        .or_default() += 1;
+}
+
+/// The apply of one backing image ended with `outcome` after `took`.
+pub fn apply_finished(outcome: &Outcome, took: Duration) {
+    let label = match outcome {
+        Outcome::Created => "created",
+        Outcome::Unchanged => "unchanged",
+        Outcome::Refused(_) => "refused",
+        Outcome::Failed(_) => "failed",
+        Outcome::Conflict(_) => "conflict",
+    };
+    events()
+        .applies
+        .entry(label)
+        .or_default()
+        .observe(took.as_secs_f64());
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The process-wide events in the text format.
+fn render_events(out: &mut String) {
+    let ev = events();
+    out.push_str("# HELP bifs_encrypt_headers_created_total LUKS2 headers made for encrypt views, per image.\n# TYPE bifs_encrypt_headers_created_total counter\n");
+    for (image, n) in &ev.headers_created {
+        let _ = writeln!(
+            out,
+            "bifs_encrypt_headers_created_total{{image=\"{}\"}} {n}",
+            label(image)
+        );
+    }
+    out.push_str("# HELP bifs_unlock_failures_total Passphrases that opened no keyslot, per view kind and image.\n# TYPE bifs_unlock_failures_total counter\n");
+    for ((mode, image), n) in &ev.unlock_failures {
+        let _ = writeln!(
+            out,
+            "bifs_unlock_failures_total{{mode=\"{}\",image=\"{}\"}} {n}",
+            mode.name(),
+            label(image)
+        );
+    }
+    out.push_str("# HELP bifs_apply_duration_seconds Time to apply one backing image, per outcome.\n# TYPE bifs_apply_duration_seconds histogram\n");
+    for (outcome, h) in &ev.applies {
+        let mut cumulative = 0;
+        for (bound, n) in APPLY_BUCKETS.iter().zip(h.buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "bifs_apply_duration_seconds_bucket{{outcome=\"{outcome}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "bifs_apply_duration_seconds_bucket{{outcome=\"{outcome}\",le=\"+Inf\"}} {}\nbifs_apply_duration_seconds_sum{{outcome=\"{outcome}\"}} {}\nbifs_apply_duration_seconds_count{{outcome=\"{outcome}\"}} {}",
+            h.count, h.sum, h.count
+        );
+    }
+}
+
+/// The store's backing images per state, as their records say (a record left unsettled by
+/// an apply that died counts as failed, as `bifs get` reports it). Records only: a scrape
+/// never hashes an image.
+fn render_states(store: &Store, out: &mut String) {
+    const STATES: [ImageState; 8] = [
+        ImageState::Pending,
+        ImageState::Starting,
+        ImageState::InProgress,
+        ImageState::ReadyForTransfer,
+        ImageState::Ready,
+        ImageState::Failed,
+        ImageState::FailedAndCleanup,
+        ImageState::Unknown,
+    ];
+    let mut counts = [0u64; STATES.len()];
+    for name in store.record_names().unwrap_or_default() {
+        let Ok(Some(rec)) = status::read(store, &name) else {
+            continue;
+        };
+        let Some(st) = rec.status.as_ref() else {
+            continue;
+        };
+        let mut state = st.state();
+        if !state.is_settled() && store.is_busy(&name) == Some(false) {
+            state = ImageState::Failed;
+        }
+        if let Some(i) = STATES.iter().position(|s| *s == state) {
+            counts[i] += 1;
+        }
+    }
+    out.push_str("# HELP bifs_backing_images Backing images of the store per state of their disk file.\n# TYPE bifs_backing_images gauge\n");
+    for (state, n) in STATES.iter().zip(counts) {
+        let _ = writeln!(
+            out,
+            "bifs_backing_images{{state=\"{}\"}} {n}",
+            state.as_str()
+        );
     }
 }
 
@@ -97,13 +278,66 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Counts only (no names of images or Secrets), so it needs no token.
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// Counts, view kinds and image names (no Secret names or values): image names are what a
+/// listing shows, so it needs what a listing needs ([`Access::Read`]).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = state.authorize(&headers, Access::Read) {
+        return e.into_response();
+    }
+    let catalog = state.catalog.clone();
+    let mut body = state.metrics.render();
+    // Reading the records is blocking I/O.
+    if let Ok(states) = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        render_states(catalog.store(), &mut out);
+        out
+    })
+    .await
+    {
+        body.push_str(&states);
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        body,
     )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(label("x\ny"), r"x\ny");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_when_rendered() {
+        apply_finished(&Outcome::Conflict("c".into()), Duration::from_millis(50));
+        apply_finished(&Outcome::Conflict("c".into()), Duration::from_secs(7200));
+        let mut out = String::new();
+        render_events(&mut out);
+        let line = |s: &str| out.lines().any(|l| l == s);
+        assert!(
+            line("bifs_apply_duration_seconds_bucket{outcome=\"conflict\",le=\"0.1\"} 1"),
+            "{out}"
+        );
+        assert!(
+            line("bifs_apply_duration_seconds_bucket{outcome=\"conflict\",le=\"3600\"} 1"),
+            "{out}"
+        );
+        assert!(
+            line("bifs_apply_duration_seconds_bucket{outcome=\"conflict\",le=\"+Inf\"} 2"),
+            "{out}"
+        );
+        assert!(
+            line("bifs_apply_duration_seconds_count{outcome=\"conflict\"} 2"),
+            "{out}"
+        );
+    }
 }

@@ -316,29 +316,16 @@ impl SecretSource {
     }
 }
 
+/// The tests' one kubelet writer, shared with tests/node_support.
+#[cfg(test)]
+#[path = "../../tests/node_support/kubelet.rs"]
+mod test_kubelet;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
 
-    /// Writes `keys` into the Secret volume `dir` the way the kubelet's atomic writer does.
-    fn kubelet_write(dir: &Path, version: u32, keys: &[(&str, &str)]) {
-        fs::create_dir_all(dir).unwrap();
-        let ts = format!("..2026_11_30_20_00_{version:02}.000000001");
-        fs::create_dir(dir.join(&ts)).unwrap();
-        for (k, v) in keys {
-            fs::write(dir.join(&ts).join(k), v).unwrap();
-        }
-        let old = fs::read_link(dir.join(DATA_LINK)).ok();
-        symlink(&ts, dir.join("..data_tmp")).unwrap();
-        fs::rename(dir.join("..data_tmp"), dir.join(DATA_LINK)).unwrap();
-        for (k, _) in keys {
-            let _ = symlink(Path::new(DATA_LINK).join(k), dir.join(k));
-        }
-        if let Some(old) = old {
-            fs::remove_dir_all(dir.join(old)).unwrap();
-        }
-    }
+    use super::test_kubelet::kubelet_write;
 
     fn pass(src: &SecretSource, ns: &str, name: &str) -> Vec<u8> {
         let id = SecretRef::parse(&format!("{ns}/{name}"), "");
@@ -356,7 +343,6 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         kubelet_write(
             &d.path().join("longhorn-system/crypto"),
-            1,
             &[("CRYPTO_KEY_VALUE", "one"), ("CRYPTO_KEY_HASH", "sha512")],
         );
         fs::write(
@@ -381,12 +367,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = d.path().join("ns/a");
         let b = d.path().join("ns/b");
-        kubelet_write(&a, 1, &[("CRYPTO_KEY_VALUE", "a1")]);
-        kubelet_write(&b, 1, &[("CRYPTO_KEY_VALUE", "b1")]);
+        kubelet_write(&a, &[("CRYPTO_KEY_VALUE", "a1")]);
+        kubelet_write(&b, &[("CRYPTO_KEY_VALUE", "b1")]);
         let mut src = SecretSource::open(d.path()).unwrap();
         assert_eq!(src.refresh().unwrap(), None);
 
-        kubelet_write(&a, 2, &[("CRYPTO_KEY_VALUE", "a2")]);
+        kubelet_write(&a, &[("CRYPTO_KEY_VALUE", "a2")]);
         let changed = src.refresh().unwrap().unwrap();
         assert_eq!(
             changed.into_iter().map(|s| s.name).collect::<Vec<_>>(),
@@ -396,10 +382,10 @@ mod tests {
         assert_eq!(pass(&src, "ns", "b"), b"b1");
 
         // The kubelet rewrites a Secret whose data did not change: nothing to invalidate.
-        kubelet_write(&b, 2, &[("CRYPTO_KEY_VALUE", "b1")]);
+        kubelet_write(&b, &[("CRYPTO_KEY_VALUE", "b1")]);
         assert_eq!(src.refresh().unwrap(), Some(BTreeSet::new()));
 
-        kubelet_write(&d.path().join("other/c"), 1, &[("CRYPTO_KEY_VALUE", "c")]);
+        kubelet_write(&d.path().join("other/c"), &[("CRYPTO_KEY_VALUE", "c")]);
         fs::remove_dir_all(&a).unwrap();
         let changed = src.refresh().unwrap().unwrap();
         let names: Vec<String> = changed.iter().map(|s| s.to_string()).collect();
@@ -434,7 +420,7 @@ mod tests {
     #[test]
     fn one_volume_alone_is_refused_with_a_hint() {
         let d = tempfile::tempdir().unwrap();
-        kubelet_write(d.path(), 1, &[("CRYPTO_KEY_VALUE", "x")]);
+        kubelet_write(d.path(), &[("CRYPTO_KEY_VALUE", "x")]);
         let err = SecretSource::open(d.path()).unwrap_err().to_string();
         assert!(err.contains("NAMESPACE/NAME"), "{err}");
     }
@@ -460,11 +446,7 @@ mod tests {
         fs::create_dir_all(d.path().join("ns/later")).unwrap();
         let mut src = SecretSource::open(d.path()).unwrap();
         assert_eq!(src.secrets().count(), 0);
-        kubelet_write(
-            &d.path().join("ns/later"),
-            1,
-            &[("CRYPTO_KEY_VALUE", "now")],
-        );
+        kubelet_write(&d.path().join("ns/later"), &[("CRYPTO_KEY_VALUE", "now")]);
         assert_eq!(src.refresh().unwrap().unwrap().len(), 1);
         assert_eq!(pass(&src, "ns", "later"), b"now");
     }

@@ -98,10 +98,12 @@ pub fn apply(store: &Store, images: Vec<BackingImage>, secrets: &Secrets<'_>) ->
             });
             continue;
         }
+        let started = Instant::now();
         let outcome = match apply_one(store, &image, secrets) {
             Ok(o) => o,
             Err(e) => Outcome::Failed(format!("store: {e}")),
         };
+        crate::http::metrics::apply_finished(&outcome, started.elapsed());
         reports.push(Report {
             name,
             renamed_from: None,
