@@ -17,7 +17,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(images) = bifs::longhorn::manifest::parse_backing_images(text, path) {
         for bi in &images {
             let _ = bi.validate();
-            let _ = bi.normalized_spec();
+            let _ = bi.mutated_spec(None, "fuzz-disk-uuid");
+            let _ = bifs::longhorn::manifest::auto_correct_name(bi.name());
             let _ = bi.expected_checksum();
         }
     }
