@@ -504,13 +504,17 @@ fn invalid_edit(name: &'static str, f: impl FnOnce(&mut Value)) {
     );
 }
 
+/// Takes `field` out of the JSON object `obj` (a test edit of a header section).
+fn remove_field(obj: &mut Value, field: &str) {
+    obj.as_object_mut()
+        .expect("the edited section is a JSON object")
+        .remove(field);
+}
+
 #[test]
 fn invalid_segment_without_encryption() {
     invalid_edit("no-encryption", |v| {
-        v["segments"]["0"]
-            .as_object_mut()
-            .unwrap()
-            .remove("encryption");
+        remove_field(&mut v["segments"]["0"], "encryption")
     });
 }
 
@@ -524,20 +528,14 @@ fn invalid_segment_with_empty_encryption() {
 #[test]
 fn invalid_segment_without_iv_tweak() {
     invalid_edit("no-iv-tweak", |v| {
-        v["segments"]["0"]
-            .as_object_mut()
-            .unwrap()
-            .remove("iv_tweak");
+        remove_field(&mut v["segments"]["0"], "iv_tweak")
     });
 }
 
 #[test]
 fn invalid_segment_without_sector_size() {
     invalid_edit("no-sector-size", |v| {
-        v["segments"]["0"]
-            .as_object_mut()
-            .unwrap()
-            .remove("sector_size");
+        remove_field(&mut v["segments"]["0"], "sector_size")
     });
 }
 
