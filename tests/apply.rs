@@ -1109,7 +1109,7 @@ fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
     );
     let spawn = |m: &Path| {
         Command::new(bifs_bin())
-            .args(apply_with_secrets(&m, &secret, s))
+            .args(apply_with_secrets(m, &secret, s))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -101,12 +101,13 @@ impl Geometry {
     /// Bytes of the data segment in an image of `image_len` bytes, as dm-crypt would map them:
     /// whole encryption sectors only.
     pub fn segment_len(&self, image_len: u64) -> Result<u64, VerifyError> {
-        let avail = image_len.checked_sub(self.data_offset).ok_or_else(|| {
-            GeometryError::StartsPastEnd {
-                data_offset: self.data_offset,
-                image_len,
-            }
-        })?;
+        let avail =
+            image_len
+                .checked_sub(self.data_offset)
+                .ok_or(GeometryError::StartsPastEnd {
+                    data_offset: self.data_offset,
+                    image_len,
+                })?;
         let len = match self.segment_size {
             Some(size) if size > avail => {
                 return Err(GeometryError::RunsPastEnd {
@@ -173,7 +174,7 @@ impl LibImage {
             usize::try_from(libcryptsetup_rs::get_sector_size(Some(&mut self.device)))
                 .ok()
                 .filter(|s| s.is_power_of_two() && (512..=4096).contains(s))
-                .ok_or_else(|| GeometryError::SectorSize)?;
+                .ok_or(GeometryError::SectorSize)?;
         // Both are in 512-byte sectors whatever the encryption sector size.
         let data_offset = self.device.status_handle().get_data_offset() * 512;
         let iv_offset = self.device.status_handle().get_iv_offset();
@@ -206,13 +207,11 @@ impl LibImage {
         let segments = json
             .get("segments")
             .and_then(|s| s.as_object())
-            .ok_or_else(|| GeometryError::NoSegments)?;
+            .ok_or(GeometryError::NoSegments)?;
         if segments.len() != 1 {
             return Err(Unsupported::SegmentCount(segments.len()).into());
         }
-        let seg = segments
-            .get("0")
-            .ok_or_else(|| GeometryError::NoSegmentZero)?;
+        let seg = segments.get("0").ok_or(GeometryError::NoSegmentZero)?;
         match seg.get("size").and_then(|s| s.as_str()) {
             Some("dynamic") => Ok(None),
             Some(n) => n
