@@ -56,15 +56,7 @@ fn seed() -> Seeded {
         "parrot-cloned-decrypt",
     ] {
         let m = examples().join(format!("{name}.yaml"));
-        let out = ok(&[
-            "apply",
-            "-f",
-            m.to_str().unwrap(),
-            "--secrets",
-            secret.to_str().unwrap(),
-            "--store",
-            s,
-        ]);
+        let out = ok(&apply_with_secrets(&m, &secret, s));
         assert_eq!(
             out.trim(),
             format!("backingimage.longhorn.io/{name} created")
@@ -79,6 +71,61 @@ fn seed() -> Seeded {
         secret,
         _server: server,
     }
+}
+
+/// The arguments of `bifs apply -f MANIFEST --secrets SECRETS --store STORE`.
+fn apply_with_secrets<'a>(manifest: &'a Path, secrets: &'a Path, store: &'a str) -> [&'a str; 7] {
+    [
+        "apply",
+        "-f",
+        manifest.to_str().unwrap(),
+        "--secrets",
+        secrets.to_str().unwrap(),
+        "--store",
+        store,
+    ]
+}
+
+/// `bifs encrypt|decrypt --secret SECRET INPUT OUTPUT`, which must succeed.
+fn crypt(command: &str, secret: &Path, input: &Path, output: &Path) {
+    ok(&[
+        command,
+        "--secret",
+        secret.to_str().unwrap(),
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+    ]);
+}
+
+/// `bifs rekey --secret OLD --new-secret NEW INPUT OUTPUT`, which must succeed.
+fn rekey(old: &Path, new: &Path, input: &Path, output: &Path) {
+    ok(&[
+        "rekey",
+        "--secret",
+        old.to_str().unwrap(),
+        "--new-secret",
+        new.to_str().unwrap(),
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+    ]);
+}
+
+/// The volume key as cryptsetup itself unlocks it (`luksDump --dump-volume-key`), into
+/// `key_file`.
+fn dump_volume_key(image: &Path, pass_file: &Path, key_file: &Path) {
+    tool_ok(
+        "cryptsetup",
+        &[
+            "luksDump",
+            "--batch-mode",
+            "--dump-volume-key",
+            "--volume-key-file",
+            key_file.to_str().unwrap(),
+            "--key-file",
+            pass_file.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ],
+    );
 }
 
 #[test]
@@ -130,13 +177,7 @@ fn longhorns_examples_in_order() {
     assert!(cryptsetup_opens(&enc, PASSPHRASE));
     assert!(!cryptsetup_opens(&enc, "not the passphrase"));
     let plain = sd.dir.join("enc-plain.raw");
-    ok(&[
-        "decrypt",
-        "--secret",
-        sd.secret.to_str().unwrap(),
-        enc.to_str().unwrap(),
-        plain.to_str().unwrap(),
-    ]);
+    crypt("decrypt", &sd.secret, &enc, &plain);
     assert_eq!(fs::read(&plain).unwrap(), sd.parrot);
     let enc_bytes = fs::read(&enc).unwrap();
     let y = get_yaml(store, "parrot-cloned-encrypted");
@@ -306,15 +347,7 @@ fn longhorns_examples_in_order() {
 fn refused(sd: &Seeded, name: &str, yaml: &str, field: &str, words: &str) {
     let s = sd.store.to_str().unwrap();
     let m = write(&sd.dir, &format!("{name}.yaml"), yaml);
-    let err = fails(&[
-        "apply",
-        "-f",
-        m.to_str().unwrap(),
-        "--secrets",
-        sd.secret.to_str().unwrap(),
-        "--store",
-        s,
-    ]);
+    let err = fails(&apply_with_secrets(&m, &sd.secret, s));
     assert!(
         err.contains(&format!("{field}: ")) && err.contains(words) && err.contains("refused"),
         "{name}: expected {field} / {words}: {err}"
@@ -602,15 +635,7 @@ fn qcow2_encrypted_without_a_temporary_raw_copy() {
         })
     };
     let mut apply = Command::new(bifs_bin())
-        .args([
-            "apply",
-            "-f",
-            enc_yaml.to_str().unwrap(),
-            "--secrets",
-            secret.to_str().unwrap(),
-            "--store",
-            s,
-        ])
+        .args(apply_with_secrets(&enc_yaml, &secret, s))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -638,13 +663,7 @@ fn qcow2_encrypted_without_a_temporary_raw_copy() {
     let enc = backing(&store, "vm-encrypted");
     assert!(cryptsetup_opens(&enc, PASSPHRASE));
     let plain = dir.join("plain.raw");
-    ok(&[
-        "decrypt",
-        "--secret",
-        secret.to_str().unwrap(),
-        enc.to_str().unwrap(),
-        plain.to_str().unwrap(),
-    ]);
+    crypt("decrypt", &secret, &enc, &plain);
     assert!(
         fs::read(&plain).unwrap() == raw,
         "decrypted image differs from qemu-img's raw rendering"
@@ -659,15 +678,7 @@ fn qcow2_encrypted_without_a_temporary_raw_copy() {
             &clone_spec("vm-encrypted", "decrypt", Some("longhorn-crypto")),
         ),
     );
-    ok(&[
-        "apply",
-        "-f",
-        dec_yaml.to_str().unwrap(),
-        "--secrets",
-        secret.to_str().unwrap(),
-        "--store",
-        s,
-    ]);
+    ok(&apply_with_secrets(&dec_yaml, &secret, s));
     assert_eq!(
         get_yaml(&store, "vm-decrypted")["status"]["checksum"],
         sha512_hex(&raw).as_str()
@@ -819,25 +830,11 @@ fn rekey_wraps_the_same_key_and_keeps_the_data() {
     let data = disk_image(3 * MIB as usize, 11);
     fs::write(&plain, &data).unwrap();
     let enc = dir.join("enc.img");
-    ok(&[
-        "encrypt",
-        "--secret",
-        old.to_str().unwrap(),
-        plain.to_str().unwrap(),
-        enc.to_str().unwrap(),
-    ]);
+    crypt("encrypt", &old, &plain, &enc);
 
     // `bifs rekey` of one file.
     let rekeyed = dir.join("rekeyed.img");
-    ok(&[
-        "rekey",
-        "--secret",
-        old.to_str().unwrap(),
-        "--new-secret",
-        new.to_str().unwrap(),
-        enc.to_str().unwrap(),
-        rekeyed.to_str().unwrap(),
-    ]);
+    rekey(&old, &new, &enc, &rekeyed);
     assert!(cryptsetup_opens(&rekeyed, "new passphrase"));
     assert!(!cryptsetup_opens(&rekeyed, "old passphrase"));
     let (e, r) = (fs::read(&enc).unwrap(), fs::read(&rekeyed).unwrap());
@@ -848,32 +845,14 @@ fn rekey_wraps_the_same_key_and_keeps_the_data() {
     );
     assert!(e[..16 * MIB as usize] != r[..16 * MIB as usize]);
     let out = dir.join("out.raw");
-    ok(&[
-        "decrypt",
-        "--secret",
-        new.to_str().unwrap(),
-        rekeyed.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ]);
+    crypt("decrypt", &new, &rekeyed, &out);
     assert!(fs::read(&out).unwrap() == data);
 
     // A source whose data segment is elsewhere (a cryptsetup header with --offset 2 MiB around
     // the same volume key): the ciphertext is still right at bifs' 16 MiB.
     let key = dir.join("volume.key");
     let pass_file = write(dir, "old.pass", "old passphrase");
-    tool_ok(
-        "cryptsetup",
-        &[
-            "luksDump",
-            "--batch-mode",
-            "--dump-volume-key",
-            "--volume-key-file",
-            key.to_str().unwrap(),
-            "--key-file",
-            pass_file.to_str().unwrap(),
-            enc.to_str().unwrap(),
-        ],
-    );
+    dump_volume_key(&enc, &pass_file, &key);
     let moved = dir.join("moved.img");
     let ciphertext = &e[16 * MIB as usize..];
     fs::File::create(&moved)
@@ -912,24 +891,10 @@ fn rekey_wraps_the_same_key_and_keeps_the_data() {
     let dump = tool_ok("cryptsetup", &["luksDump", moved.to_str().unwrap()]);
     assert!(dump.contains("offset: 2097152 [bytes]"), "{dump}");
     let moved_plain = dir.join("moved.raw");
-    ok(&[
-        "decrypt",
-        "--secret",
-        old.to_str().unwrap(),
-        moved.to_str().unwrap(),
-        moved_plain.to_str().unwrap(),
-    ]);
+    crypt("decrypt", &old, &moved, &moved_plain);
     assert!(fs::read(&moved_plain).unwrap() == data);
     let moved_rekeyed = dir.join("moved-rekeyed.img");
-    ok(&[
-        "rekey",
-        "--secret",
-        old.to_str().unwrap(),
-        "--new-secret",
-        new.to_str().unwrap(),
-        moved.to_str().unwrap(),
-        moved_rekeyed.to_str().unwrap(),
-    ]);
+    rekey(&old, &new, &moved, &moved_rekeyed);
     let dump = tool_ok("cryptsetup", &["luksDump", moved_rekeyed.to_str().unwrap()]);
     assert!(
         dump.contains("offset: 16777216 [bytes]") && dump.contains("sector: 4096 [bytes]"),
@@ -941,28 +906,10 @@ fn rekey_wraps_the_same_key_and_keeps_the_data() {
     // The volume key is the same one cryptsetup reports for the original.
     let key2 = dir.join("volume2.key");
     let new_pass = write(dir, "new.pass", "new passphrase");
-    tool_ok(
-        "cryptsetup",
-        &[
-            "luksDump",
-            "--batch-mode",
-            "--dump-volume-key",
-            "--volume-key-file",
-            key2.to_str().unwrap(),
-            "--key-file",
-            new_pass.to_str().unwrap(),
-            moved_rekeyed.to_str().unwrap(),
-        ],
-    );
+    dump_volume_key(&moved_rekeyed, &new_pass, &key2);
     assert_eq!(fs::read(&key).unwrap(), fs::read(&key2).unwrap());
     let out2 = dir.join("out2.raw");
-    ok(&[
-        "decrypt",
-        "--secret",
-        new.to_str().unwrap(),
-        moved_rekeyed.to_str().unwrap(),
-        out2.to_str().unwrap(),
-    ]);
+    crypt("decrypt", &new, &moved_rekeyed, &out2);
     assert!(fs::read(&out2).unwrap() == data);
 
     // Through apply: an uploaded encrypted image (spec.secret says by which Secret), then a
@@ -1022,15 +969,7 @@ fn rekey_wraps_the_same_key_and_keeps_the_data() {
             ),
         ),
     );
-    let err = fails(&[
-        "apply",
-        "-f",
-        m.to_str().unwrap(),
-        "--secrets",
-        new.to_str().unwrap(),
-        "--store",
-        s,
-    ]);
+    let err = fails(&apply_with_secrets(&m, &new, s));
     assert!(
         err.contains("spec.sourceParameters.encryption: cannot rekey"),
         "{err}"
@@ -1170,15 +1109,7 @@ fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
     );
     let spawn = |m: &Path| {
         Command::new(bifs_bin())
-            .args([
-                "apply",
-                "-f",
-                m.to_str().unwrap(),
-                "--secrets",
-                secret.to_str().unwrap(),
-                "--store",
-                s,
-            ])
+            .args(apply_with_secrets(m, &secret, s))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -1195,13 +1126,7 @@ fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
     }
     assert!(fs::read(backing(&store, "big-b")).unwrap() == big);
     let plain = dir.join("a.raw");
-    ok(&[
-        "decrypt",
-        "--secret",
-        secret.to_str().unwrap(),
-        backing(&store, "big-a").to_str().unwrap(),
-        plain.to_str().unwrap(),
-    ]);
+    crypt("decrypt", &secret, &backing(&store, "big-a"), &plain);
     assert!(fs::read(&plain).unwrap() == big);
     // While a clone reads its source, the source cannot be deleted; afterwards it can.
     ok(&["delete", "big", "--store", s]);

@@ -8,6 +8,8 @@
 //!
 //! Run one case by name: `cargo test --release --test luks_fidelity invalid_overlapping_areas`.
 
+#[macro_use]
+mod tier;
 mod common;
 
 use std::ffi::{OsStr, OsString};
@@ -18,6 +20,8 @@ use bifs::luks::binary;
 use common::*;
 use serde_json::{json, Value};
 
+/// Every case compares with cryptsetup itself: the full tier only.
+const NEEDS: &str = "cryptsetup";
 const PASS: &str = "fidelity-pass";
 const OTHER: &str = "other-pass";
 /// Cheap keyslots: Argon2id with 32 KiB and 4 iterations.
@@ -254,6 +258,7 @@ fn opens(case: &Case, img: &Path, passphrase: &str, what: &str) -> Option<PathBu
 
 #[test]
 fn valid_default_luks2() {
+    full_tier_only!(NEEDS);
     let c = Case::new("default");
     let img = c.luks2();
     assert_valid(&img, "luksFormat luks2 argon2id");
@@ -264,6 +269,7 @@ fn valid_default_luks2() {
 
 #[test]
 fn valid_pbkdf2_label_subsystem_sha512() {
+    full_tier_only!(NEEDS);
     let c = Case::new("pbkdf2");
     let img = c.format(
         "img",
@@ -293,6 +299,7 @@ fn valid_pbkdf2_label_subsystem_sha512() {
 
 #[test]
 fn valid_luks1_with_two_keyslots() {
+    full_tier_only!(NEEDS);
     let c = Case::new("luks1");
     let img = c.luks1();
     c.add_key(&img, OTHER, &[]);
@@ -302,6 +309,7 @@ fn valid_luks1_with_two_keyslots() {
 
 #[test]
 fn valid_metadata_and_keyslots_sizes() {
+    full_tier_only!(NEEDS);
     for (md, ks) in [
         ("16384", "262144"),
         ("65536", "1048576"),
@@ -327,6 +335,7 @@ fn valid_metadata_and_keyslots_sizes() {
 
 #[test]
 fn valid_legacy_argon2_kdf_is_shown_but_not_opened() {
+    full_tier_only!(NEEDS);
     let c = Case::new("argon2");
     let img = c.luks2();
     edit(&img, |v| {
@@ -340,6 +349,7 @@ fn valid_legacy_argon2_kdf_is_shown_but_not_opened() {
 
 #[test]
 fn valid_unknown_segment_type() {
+    full_tier_only!(NEEDS);
     let c = Case::new("segtype");
     let img = c.luks2();
     edit(&img, |v| v["segments"]["0"]["type"] = json!("future"));
@@ -353,6 +363,7 @@ fn valid_unknown_segment_type() {
 
 #[test]
 fn valid_two_segments() {
+    full_tier_only!(NEEDS);
     let c = Case::new("twoseg");
     let img = c.luks2();
     edit(&img, |v| {
@@ -369,6 +380,7 @@ fn valid_two_segments() {
 
 #[test]
 fn valid_tokens_flags_and_priorities() {
+    full_tier_only!(NEEDS);
     let c = Case::new("tokens");
     let img = c.luks2();
     c.add_key(&img, OTHER, &[]);
@@ -405,6 +417,7 @@ fn valid_tokens_flags_and_priorities() {
 
 #[test]
 fn valid_ignored_priority_is_never_tried() {
+    full_tier_only!(NEEDS);
     let c = Case::new("ignored");
     let img = c.luks2();
     c.add_key(&img, OTHER, &[]);
@@ -426,6 +439,7 @@ fn valid_ignored_priority_is_never_tried() {
 
 #[test]
 fn valid_unknown_requirement() {
+    full_tier_only!(NEEDS);
     let c = Case::new("reqs");
     let img = c.luks2();
     edit(&img, |v| {
@@ -445,6 +459,7 @@ fn valid_unknown_requirement() {
 
 #[test]
 fn unbound_keyslot_is_a_wrong_passphrase() {
+    full_tier_only!(NEEDS);
     let c = Case::new("unbound");
     let img = c.luks2();
     let keyfile = c.path("unbound-key");
@@ -504,18 +519,24 @@ fn invalid_edit(name: &'static str, f: impl FnOnce(&mut Value)) {
     );
 }
 
+/// Takes `field` out of the JSON object `obj` (a test edit of a header section).
+fn remove_field(obj: &mut Value, field: &str) {
+    obj.as_object_mut()
+        .expect("the edited section is a JSON object")
+        .remove(field);
+}
+
 #[test]
 fn invalid_segment_without_encryption() {
+    full_tier_only!(NEEDS);
     invalid_edit("no-encryption", |v| {
-        v["segments"]["0"]
-            .as_object_mut()
-            .unwrap()
-            .remove("encryption");
+        remove_field(&mut v["segments"]["0"], "encryption")
     });
 }
 
 #[test]
 fn invalid_segment_with_empty_encryption() {
+    full_tier_only!(NEEDS);
     invalid_edit("empty-encryption", |v| {
         v["segments"]["0"]["encryption"] = json!("")
     });
@@ -523,26 +544,23 @@ fn invalid_segment_with_empty_encryption() {
 
 #[test]
 fn invalid_segment_without_iv_tweak() {
+    full_tier_only!(NEEDS);
     invalid_edit("no-iv-tweak", |v| {
-        v["segments"]["0"]
-            .as_object_mut()
-            .unwrap()
-            .remove("iv_tweak");
+        remove_field(&mut v["segments"]["0"], "iv_tweak")
     });
 }
 
 #[test]
 fn invalid_segment_without_sector_size() {
+    full_tier_only!(NEEDS);
     invalid_edit("no-sector-size", |v| {
-        v["segments"]["0"]
-            .as_object_mut()
-            .unwrap()
-            .remove("sector_size");
+        remove_field(&mut v["segments"]["0"], "sector_size")
     });
 }
 
 #[test]
 fn invalid_segment_offset_misaligned() {
+    full_tier_only!(NEEDS);
     invalid_edit("seg-offset", |v| {
         v["segments"]["0"]["offset"] = json!("16777217")
     });
@@ -550,6 +568,7 @@ fn invalid_segment_offset_misaligned() {
 
 #[test]
 fn invalid_u64_not_a_decimal_string() {
+    full_tier_only!(NEEDS);
     invalid_edit("u64-number", |v| {
         v["segments"]["0"]["offset"] = json!(16777216)
     });
@@ -557,6 +576,7 @@ fn invalid_u64_not_a_decimal_string() {
 
 #[test]
 fn invalid_digest_references_missing_keyslot() {
+    full_tier_only!(NEEDS);
     invalid_edit("digest-keyslot", |v| {
         v["digests"]["0"]["keyslots"] = json!(["0", "7"])
     });
@@ -564,6 +584,7 @@ fn invalid_digest_references_missing_keyslot() {
 
 #[test]
 fn invalid_digest_references_missing_segment() {
+    full_tier_only!(NEEDS);
     invalid_edit("digest-segment", |v| {
         v["digests"]["0"]["segments"] = json!(["0", "3"])
     });
@@ -571,6 +592,7 @@ fn invalid_digest_references_missing_segment() {
 
 #[test]
 fn invalid_token_references_missing_keyslot() {
+    full_tier_only!(NEEDS);
     invalid_edit("token-keyslot", |v| {
         v["tokens"]["0"] = json!({"type": "t", "keyslots": ["9"]})
     });
@@ -578,6 +600,7 @@ fn invalid_token_references_missing_keyslot() {
 
 #[test]
 fn invalid_keyslot_without_digest() {
+    full_tier_only!(NEEDS);
     invalid_edit("keyslot-no-digest", |v| {
         let mut k = v["keyslots"]["0"].clone();
         k["area"]["offset"] = json!((32768 + 258048).to_string());
@@ -587,6 +610,7 @@ fn invalid_keyslot_without_digest() {
 
 #[test]
 fn invalid_keyslot_with_two_digests() {
+    full_tier_only!(NEEDS);
     invalid_edit("keyslot-two-digests", |v| {
         let mut d = v["digests"]["0"].clone();
         d["segments"] = json!([]);
@@ -596,6 +620,7 @@ fn invalid_keyslot_with_two_digests() {
 
 #[test]
 fn invalid_overlapping_areas() {
+    full_tier_only!(NEEDS);
     invalid_edit("overlap", |v| {
         let mut k = v["keyslots"]["0"].clone();
         k["area"]["offset"] = json!("36864");
@@ -606,6 +631,7 @@ fn invalid_overlapping_areas() {
 
 #[test]
 fn invalid_area_inside_the_header() {
+    full_tier_only!(NEEDS);
     invalid_edit("area-in-header", |v| {
         v["keyslots"]["0"]["area"]["offset"] = json!("16384")
     });
@@ -613,6 +639,7 @@ fn invalid_area_inside_the_header() {
 
 #[test]
 fn invalid_keyslots_size_unaligned() {
+    full_tier_only!(NEEDS);
     invalid_edit("keyslots-size", |v| {
         v["config"]["keyslots_size"] = json!("16744447")
     });
@@ -620,11 +647,13 @@ fn invalid_keyslots_size_unaligned() {
 
 #[test]
 fn invalid_json_size_mismatch() {
+    full_tier_only!(NEEDS);
     invalid_edit("json-size", |v| v["config"]["json_size"] = json!("28672"));
 }
 
 #[test]
 fn invalid_pbkdf2_without_iterations() {
+    full_tier_only!(NEEDS);
     invalid_edit("kdf-fields", |v| {
         v["keyslots"]["0"]["kdf"] = json!({"type": "pbkdf2", "hash": "sha256", "salt": "AAAA"});
     });
@@ -632,6 +661,7 @@ fn invalid_pbkdf2_without_iterations() {
 
 #[test]
 fn invalid_bytes_after_the_json() {
+    full_tier_only!(NEEDS);
     let c = Case::new("trailing");
     let img = c.luks2();
     let mut text = serde_json::to_vec(&read_json(&img)).unwrap();
@@ -642,6 +672,7 @@ fn invalid_bytes_after_the_json() {
 
 #[test]
 fn invalid_json_not_opening_with_a_brace() {
+    full_tier_only!(NEEDS);
     let c = Case::new("brace");
     let img = c.luks2();
     let mut text = b" ".to_vec();
@@ -652,6 +683,7 @@ fn invalid_json_not_opening_with_a_brace() {
 
 #[test]
 fn invalid_luks2_image_too_small() {
+    full_tier_only!(NEEDS);
     let c = Case::new("small2");
     let img = c.luks2();
     fs::OpenOptions::new()
@@ -669,6 +701,7 @@ fn invalid_luks2_image_too_small() {
 
 #[test]
 fn primary_wiped_is_recovered_at_every_metadata_size() {
+    full_tier_only!(NEEDS);
     for md in ["16384", "32768", "131072", "524288", "2097152", "4194304"] {
         let c = Case::new("wiped");
         let mut extra = vec![
@@ -699,6 +732,7 @@ fn primary_wiped_is_recovered_at_every_metadata_size() {
 
 #[test]
 fn secondary_damaged_primary_used() {
+    full_tier_only!(NEEDS);
     let c = Case::new("sec-damaged");
     let img = c.luks2();
     let mut bytes = fs::read(&img).unwrap();
@@ -709,6 +743,7 @@ fn secondary_damaged_primary_used() {
 
 #[test]
 fn newer_secondary_wins() {
+    full_tier_only!(NEEDS);
     let c = Case::new("seqid");
     let img = c.luks2();
     let mut v = read_json(&img);
@@ -723,6 +758,7 @@ fn newer_secondary_wins() {
 
 #[test]
 fn invalid_primary_and_secondary_is_luks_invalid_not_raw() {
+    full_tier_only!(NEEDS);
     let c = Case::new("both-bad");
     let img = c.luks2();
     let mut bytes = fs::read(&img).unwrap();
@@ -742,6 +778,7 @@ fn invalid_primary_and_secondary_is_luks_invalid_not_raw() {
 
 #[test]
 fn secondary_at_every_offset_is_detected() {
+    full_tier_only!(NEEDS);
     let c = Case::new("offsets");
     let img = c.luks2();
     let bytes = fs::read(&img).unwrap();
@@ -792,6 +829,7 @@ const KS: usize = 208;
 
 #[test]
 fn invalid_luks1_stripes_in_a_disabled_keyslot() {
+    full_tier_only!(NEEDS);
     luks1_edit("l1-stripes", |b| {
         b[KS + 5 * 48 + 44..KS + 5 * 48 + 48].copy_from_slice(&3999u32.to_be_bytes())
     });
@@ -799,6 +837,7 @@ fn invalid_luks1_stripes_in_a_disabled_keyslot() {
 
 #[test]
 fn invalid_luks1_material_overlaps_another_keyslot() {
+    full_tier_only!(NEEDS);
     luks1_edit("l1-overlap", |b| {
         let first = b[KS + 40..KS + 44].to_vec();
         b[KS + 48 + 40..KS + 48 + 44]
@@ -808,6 +847,7 @@ fn invalid_luks1_material_overlaps_another_keyslot() {
 
 #[test]
 fn invalid_luks1_material_in_payload() {
+    full_tier_only!(NEEDS);
     luks1_edit("l1-payload", |b| {
         b[104..108].copy_from_slice(&1000u32.to_be_bytes())
     });
@@ -815,6 +855,7 @@ fn invalid_luks1_material_in_payload() {
 
 #[test]
 fn invalid_luks1_material_in_header() {
+    full_tier_only!(NEEDS);
     luks1_edit("l1-header", |b| {
         b[KS + 40..KS + 44].copy_from_slice(&1u32.to_be_bytes())
     });
@@ -822,6 +863,7 @@ fn invalid_luks1_material_in_header() {
 
 #[test]
 fn invalid_luks1_unknown_hash() {
+    full_tier_only!(NEEDS);
     luks1_edit("l1-hash", |b| {
         b[72..104].fill(0);
         b[72..77].copy_from_slice(b"nohsh");
@@ -830,6 +872,7 @@ fn invalid_luks1_unknown_hash() {
 
 #[test]
 fn invalid_luks1_image_too_small() {
+    full_tier_only!(NEEDS);
     let c = Case::new("l1-small");
     let img = c.luks1();
     fs::OpenOptions::new()
@@ -843,6 +886,7 @@ fn invalid_luks1_image_too_small() {
 
 #[test]
 fn valid_luks1_odd_keyslot_state_is_disabled() {
+    full_tier_only!(NEEDS);
     let c = Case::new("l1-state");
     let img = c.luks1();
     let mut b = fs::read(&img).unwrap();
@@ -859,6 +903,7 @@ fn valid_luks1_odd_keyslot_state_is_disabled() {
 /// sizes; bifs must return the payload byte for byte.
 #[test]
 fn reencrypt_encrypt_decrypts_exactly() {
+    full_tier_only!(NEEDS);
     for (md, ks, reduce) in [
         ("16384", "1048576", "4M"),
         ("262144", "4194304", "12M"),
@@ -909,6 +954,7 @@ fn reencrypt_encrypt_decrypts_exactly() {
 /// A keyslot whose area sits at the end of the keyslots area (cryptsetup opens any offset).
 #[test]
 fn keyslot_area_moved_to_the_end() {
+    full_tier_only!(NEEDS);
     let c = Case::new("moved-area");
     let img = c.luks2();
     let v = read_json(&img);

@@ -272,6 +272,11 @@ fn luks2_keyslot_body(s: &mut String, ks: &Value) {
     hex_base64(s, kdf.get("salt"));
     let _ = writeln!(s, "\tAF stripes: {}", json::int32(af.get("stripes")) as u32);
     let _ = writeln!(s, "\tAF hash:    {}", text(af.get("hash")));
+    area_extent(s, area);
+}
+
+/// A keyslot area's place in the keyslots area, as cryptsetup prints it for every keyslot type.
+fn area_extent(s: &mut String, area: &Value) {
     let _ = writeln!(
         s,
         "\tArea offset:{} [bytes]",
@@ -313,16 +318,7 @@ fn reencrypt_keyslot_body(s: &mut String, ks: &Value) {
             json::uint64(area.get("shift_size"))
         );
     }
-    let _ = writeln!(
-        s,
-        "\tArea offset:{} [bytes]",
-        json::uint64(area.get("offset"))
-    );
-    let _ = writeln!(
-        s,
-        "\tArea length:{} [bytes]",
-        json::uint64(area.get("size"))
-    );
+    area_extent(s, area);
 }
 
 fn luks2_tokens(s: &mut String, hdr: &Value) {

@@ -31,6 +31,10 @@ pub enum LuksError {
     Xts(#[from] crate::xts::XtsError),
     #[error("the OS random number generator failed: {0}")]
     Random(getrandom::Error),
+    /// Our own new metadata did not serialize (cannot happen with serde_json's maps, but the
+    /// API says it may).
+    #[error("serializing new LUKS2 metadata: {0}")]
+    SerializeMetadata(#[source] serde_json::Error),
 }
 
 /// A LUKS2 JSON section, as messages name it.
@@ -110,7 +114,9 @@ pub enum Invalid {
     #[error("the JSON area does not start with '{{'")]
     JsonOpening,
     #[error("JSON metadata does not parse: {0}")]
-    JsonSyntax(String),
+    JsonSyntax(#[source] serde_json::Error),
+    #[error("JSON metadata does not parse: nested deeper than {0} levels")]
+    JsonDepth(usize),
     #[error("the JSON area has no NUL byte after the JSON text")]
     JsonNotTerminated,
     #[error("byte {byte:#04x} after the JSON text at offset {offset} of the JSON area (expected only NUL bytes)")]

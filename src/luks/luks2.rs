@@ -134,7 +134,7 @@ fn parse_json(area: &[u8]) -> Result<Value, Invalid> {
     let mut stream = serde_json::Deserializer::from_slice(area).into_iter::<Value>();
     let json = match stream.next() {
         Some(Ok(v)) => v,
-        Some(Err(e)) => return Err(Invalid::JsonSyntax(e.to_string())),
+        Some(Err(e)) => return Err(Invalid::JsonSyntax(e)),
         None => return Err(Invalid::JsonOpening),
     };
     let end = stream.byte_offset();
@@ -148,9 +148,7 @@ fn parse_json(area: &[u8]) -> Result<Value, Invalid> {
         });
     }
     if depth(&json) > MAX_JSON_DEPTH {
-        return Err(Invalid::JsonSyntax(format!(
-            "nested deeper than {MAX_JSON_DEPTH} levels"
-        )));
+        return Err(Invalid::JsonDepth(MAX_JSON_DEPTH));
     }
     validate::validate(&json, area.len() as u64)?;
     Ok(json)
@@ -561,8 +559,7 @@ fn write_copies(
     params: &FormatParams,
     metadata: &Metadata,
 ) -> Result<(), LuksError> {
-    let json = serde_json::to_vec(metadata)
-        .map_err(|e| Invalid::JsonSyntax(format!("serializing new metadata: {e}")))?;
+    let json = serde_json::to_vec(metadata).map_err(LuksError::SerializeMetadata)?;
     let uuid = params
         .uuid
         .clone()

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sha2::{Digest, Sha512};
 
 use super::plain::Plaintext;
-use super::VerifyError;
+use super::{IoStep, VerifyError};
 use crate::image::{read_full_at, ReadAt};
 
 /// Bytes per read: a multiple of every sector size, large enough to stream.
@@ -90,7 +90,7 @@ pub fn run(
         let n = usize::try_from(len - pos).map_or(CHUNK, |rest| rest.min(CHUNK));
         let ours = &mut buf[..n];
         plain.read_chunk(pos, ours).map_err(|e| VerifyError::Io {
-            what: format!("reading plaintext at offset {pos}"),
+            what: IoStep::ReadingPlaintext { offset: pos },
             source: e,
         })?;
         hasher.update(&*ours);
@@ -103,7 +103,7 @@ pub fn run(
             if covered > 0 && mismatch.is_none() {
                 let theirs = &mut theirs[..covered];
                 read_full_at(src, pos, theirs).map_err(|e| VerifyError::Io {
-                    what: format!("reading SOURCE at offset {pos}"),
+                    what: IoStep::ReadingSource { offset: pos },
                     source: e,
                 })?;
                 if let Some(i) = first_difference(&ours[..covered], theirs) {

@@ -20,7 +20,7 @@ use libcryptsetup_rs::consts::vals::{CryptDebugLevel, CryptLogLevel, EncryptionF
 use libcryptsetup_rs::{CryptDevice, CryptInit, LibcryptErr};
 use zeroize::Zeroizing;
 
-use super::VerifyError;
+use super::{DeviceMapperError, GeometryError, Unsupported, VerifyError};
 
 /// The last message libcryptsetup logged at error level: its own words explain a failure far
 /// better than a bare errno, so errors quote it.
@@ -101,18 +101,21 @@ impl Geometry {
     /// Bytes of the data segment in an image of `image_len` bytes, as dm-crypt would map them:
     /// whole encryption sectors only.
     pub fn segment_len(&self, image_len: u64) -> Result<u64, VerifyError> {
-        let avail = image_len.checked_sub(self.data_offset).ok_or_else(|| {
-            VerifyError::Geometry(format!(
-                "the data segment at {} starts past the end of the {image_len}-byte image",
-                self.data_offset
-            ))
-        })?;
+        let avail =
+            image_len
+                .checked_sub(self.data_offset)
+                .ok_or(GeometryError::StartsPastEnd {
+                    data_offset: self.data_offset,
+                    image_len,
+                })?;
         let len = match self.segment_size {
             Some(size) if size > avail => {
-                return Err(VerifyError::Geometry(format!(
-                    "the {size}-byte data segment at {} runs past the end of the {image_len}-byte image",
-                    self.data_offset
-                )))
+                return Err(GeometryError::RunsPastEnd {
+                    size,
+                    data_offset: self.data_offset,
+                    image_len,
+                }
+                .into())
             }
             Some(size) => size,
             None => avail,
@@ -152,7 +155,7 @@ impl LibImage {
         let luks_type = match self.device.format_handle().get_type() {
             Ok(EncryptionFormat::Luks1) => "LUKS1",
             Ok(EncryptionFormat::Luks2) => "LUKS2",
-            Ok(other) => return Err(VerifyError::Unsupported(format!("{other:?} devices"))),
+            Ok(other) => return Err(Unsupported::DeviceType(other).into()),
             Err(e) => return Err(lib_err("crypt_get_type", e)),
         };
         let cipher = self
@@ -166,14 +169,12 @@ impl LibImage {
             .get_cipher_mode()
             .map_err(|e| lib_err("crypt_get_cipher_mode", e))?;
         let key_bytes = usize::try_from(self.device.status_handle().get_volume_key_size())
-            .map_err(|_| VerifyError::Geometry("negative volume key size".into()))?;
+            .map_err(|_| GeometryError::NegativeKeySize)?;
         let sector_size =
             usize::try_from(libcryptsetup_rs::get_sector_size(Some(&mut self.device)))
                 .ok()
                 .filter(|s| s.is_power_of_two() && (512..=4096).contains(s))
-                .ok_or_else(|| {
-                    VerifyError::Geometry("libcryptsetup reports no valid sector size".into())
-                })?;
+                .ok_or(GeometryError::SectorSize)?;
         // Both are in 512-byte sectors whatever the encryption sector size.
         let data_offset = self.device.status_handle().get_data_offset() * 512;
         let iv_offset = self.device.status_handle().get_iv_offset();
@@ -206,23 +207,18 @@ impl LibImage {
         let segments = json
             .get("segments")
             .and_then(|s| s.as_object())
-            .ok_or_else(|| VerifyError::Geometry("libcryptsetup's JSON has no segments".into()))?;
+            .ok_or(GeometryError::NoSegments)?;
         if segments.len() != 1 {
-            return Err(VerifyError::Unsupported(format!(
-                "{} data segments (a reencryption in progress?)",
-                segments.len()
-            )));
+            return Err(Unsupported::SegmentCount(segments.len()).into());
         }
-        let seg = segments
-            .get("0")
-            .ok_or_else(|| VerifyError::Geometry("libcryptsetup's JSON has no segment 0".into()))?;
+        let seg = segments.get("0").ok_or(GeometryError::NoSegmentZero)?;
         match seg.get("size").and_then(|s| s.as_str()) {
             Some("dynamic") => Ok(None),
             Some(n) => n
                 .parse()
                 .map(Some)
-                .map_err(|_| VerifyError::Geometry(format!("segment size {n:?} is not a number"))),
-            None => Err(VerifyError::Geometry("segment 0 has no size".into())),
+                .map_err(|_| GeometryError::SegmentSizeNotNumber(n.to_owned()).into()),
+            None => Err(GeometryError::NoSegmentSize.into()),
         }
     }
 
@@ -248,8 +244,7 @@ impl LibImage {
                 _ => lib_err("crypt_volume_key_get", e),
             })?;
         key.truncate(len);
-        let slot =
-            u32::try_from(slot).map_err(|_| VerifyError::Geometry(format!("keyslot {slot}")))?;
+        let slot = u32::try_from(slot).map_err(|_| GeometryError::Keyslot(i64::from(slot)))?;
         // Belt and braces: the key must match the header's digest (`crypt_volume_key_verify`).
         self.device
             .volume_key_handle()
@@ -314,10 +309,7 @@ impl Mapping {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Err(VerifyError::DeviceMapper(format!(
-            "{} did not appear after activation",
-            path.display()
-        )))
+        Err(DeviceMapperError::NodeMissing(path).into())
     }
 
     /// Removes the mapping now, reporting failure (drop only logs it).
@@ -348,7 +340,7 @@ impl Mapping {
             std::thread::sleep(Duration::from_millis(100));
         }
         let e = last.map(|e| lib_err("crypt_deactivate", e));
-        Err(e.unwrap_or_else(|| VerifyError::DeviceMapper("deactivation failed".into())))
+        Err(e.unwrap_or_else(|| DeviceMapperError::DeactivationFailed.into()))
     }
 }
 

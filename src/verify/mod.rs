@@ -17,15 +17,17 @@ use std::sync::Arc;
 use crate::image::{self, ReadAt};
 use crate::kdf::KdfLimits;
 use crate::keys::Passphrase;
-use crate::luks::{LuksError, LuksHeader};
+use crate::luks::LuksHeader;
 
 pub mod compare;
+mod error;
 pub mod libcs;
 
 pub use libcs::dm_available;
 pub mod plain;
 
 pub use compare::{Mismatch, MismatchKind, Outcome};
+pub use error::{DeviceMapperError, GeometryDiff, GeometryError, IoStep, Unsupported, VerifyError};
 pub use libcs::Geometry;
 
 use crate::image::raw::RawFile;
@@ -34,48 +36,6 @@ use plain::{MappedDevice, XtsPlaintext};
 /// What the plain statement of the fallback says, word for word (tests and CI grep for it).
 pub const NO_DM_MESSAGE: &str =
     "device-mapper not available: comparing through libcryptsetup's volume key and an independent XTS path";
-
-#[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
-    #[error("libcryptsetup {op} failed: {}", .message.as_deref().map_or_else(|| .source.to_string(), |m| format!("{m} ({})", .source)))]
-    Libcryptsetup {
-        op: &'static str,
-        /// libcryptsetup's own last error message, when it logged one.
-        message: Option<String>,
-        #[source]
-        source: libcryptsetup_rs::LibcryptErr,
-    },
-    #[error("libcryptsetup does not recognize a LUKS header{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
-    NotLuks { message: Option<String> },
-    #[error(
-        "wrong passphrase: no keyslot opens with the Secret's CRYPTO_KEY_VALUE (libcryptsetup)"
-    )]
-    WrongPassphrase,
-    #[error("bifs's LUKS engine cannot open the image that libcryptsetup opened: {0}")]
-    EngineFailed(#[source] LuksError),
-    #[error("bifs's LUKS engine unlocked a different volume key than libcryptsetup")]
-    KeyMismatch,
-    #[error("bifs's LUKS engine and libcryptsetup disagree on the data segment: {0}")]
-    GeometryMismatch(String),
-    #[error("data segment geometry: {0}")]
-    Geometry(String),
-    #[error("unsupported by verify: {0}")]
-    Unsupported(String),
-    #[error("device-mapper: {0}")]
-    DeviceMapper(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error(transparent)]
-    OpenSource(#[from] image::OpenError),
-    #[error("libcryptsetup's volume key: {0}")]
-    XtsKey(#[from] plain::XtsKeyError),
-    #[error("interrupted")]
-    Interrupted,
-}
 
 /// How the plaintext is obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,8 +88,7 @@ impl Report {
     }
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> VerifyError {
-    let what = what.into();
+fn io_err(what: IoStep) -> impl FnOnce(io::Error) -> VerifyError {
     move |source| VerifyError::Io { what, source }
 }
 
@@ -142,7 +101,7 @@ fn is_block_device(path: &Path) -> bool {
 /// `open_virtual_disk` so a qcow2 SOURCE is compared by its virtual disk.
 fn open_source(path: &Path) -> Result<Arc<dyn ReadAt>, VerifyError> {
     if is_block_device(path) {
-        let dev = RawFile::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        let dev = RawFile::open(path).map_err(io_err(IoStep::Opening(path.to_owned())))?;
         return Ok(Arc::new(dev));
     }
     Ok(image::open_virtual_disk(path)?)
@@ -153,7 +112,7 @@ struct Lines<'a>(&'a mut dyn Write);
 
 impl Lines<'_> {
     fn say(&mut self, line: impl std::fmt::Display) -> Result<(), VerifyError> {
-        writeln!(self.0, "{line}").map_err(io_err("writing the report"))
+        writeln!(self.0, "{line}").map_err(io_err(IoStep::WritingReport))
     }
 }
 
@@ -182,7 +141,7 @@ pub fn verify(
 
     // 2. Our engine must reach the same key and the same geometry.
     let image_file =
-        RawFile::open(opts.image).map_err(io_err(format!("opening {}", opts.image.display())))?;
+        RawFile::open(opts.image).map_err(io_err(IoStep::Opening(opts.image.to_owned())))?;
     let our_slot = engine_agrees(&image_file, opts, &geo, &lib_key)?;
     out.say(format!(
         "bifs engine: same volume key{}, same data segment geometry",
@@ -271,31 +230,31 @@ fn engine_agrees(
     let seg = ours.segment();
     let mut diffs = Vec::new();
     if seg.offset != geo.data_offset {
-        diffs.push(format!(
-            "data offset {} vs libcryptsetup's {}",
-            seg.offset, geo.data_offset
-        ));
+        diffs.push(GeometryDiff::DataOffset {
+            ours: seg.offset,
+            theirs: geo.data_offset,
+        });
     }
     if seg.sector_size != geo.sector_size {
-        diffs.push(format!(
-            "sector size {} vs libcryptsetup's {}",
-            seg.sector_size, geo.sector_size
-        ));
+        diffs.push(GeometryDiff::SectorSize {
+            ours: seg.sector_size,
+            theirs: geo.sector_size,
+        });
     }
     if seg.iv_tweak != geo.iv_offset {
-        diffs.push(format!(
-            "IV offset {} vs libcryptsetup's {}",
-            seg.iv_tweak, geo.iv_offset
-        ));
+        diffs.push(GeometryDiff::IvOffset {
+            ours: seg.iv_tweak,
+            theirs: geo.iv_offset,
+        });
     }
     if geo.luks_type == "LUKS2" && seg.size != geo.segment_size {
-        diffs.push(format!(
-            "segment size {:?} vs libcryptsetup's {:?}",
-            seg.size, geo.segment_size
-        ));
+        diffs.push(GeometryDiff::SegmentSize {
+            ours: seg.size,
+            theirs: geo.segment_size,
+        });
     }
     if !diffs.is_empty() {
-        return Err(VerifyError::GeometryMismatch(diffs.join("; ")));
+        return Err(VerifyError::GeometryMismatch(diffs));
     }
     Ok(our_slot)
 }
@@ -305,9 +264,7 @@ fn use_dm(method: Method) -> Result<bool, VerifyError> {
     match method {
         Method::Auto => Ok(dm_available()),
         Method::DmCrypt if dm_available() => Ok(true),
-        Method::DmCrypt => Err(VerifyError::DeviceMapper(
-            "not available here (no device-mapper in this kernel, or not root)".into(),
-        )),
+        Method::DmCrypt => Err(DeviceMapperError::NotAvailable.into()),
         Method::Xts => Ok(false),
     }
 }
@@ -343,7 +300,7 @@ fn through_dm_crypt(
         ))?;
     }
     let outcome = {
-        let dev = RawFile::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
+        let dev = RawFile::open(&path).map_err(io_err(IoStep::Opening(path.to_owned())))?;
         let plain = MappedDevice {
             len: mapping.size(),
             dev,
@@ -369,10 +326,7 @@ fn through_xts(
         "method: xts (libcryptsetup's volume key and geometry, decrypted by the xts-mode crate)",
     )?;
     if geo.cipher != "aes" || geo.cipher_mode != "xts-plain64" {
-        return Err(VerifyError::Unsupported(format!(
-            "cipher {} on the XTS path (only aes-xts-plain64)",
-            geo.cipher_spec()
-        )));
+        return Err(Unsupported::XtsCipher(geo.cipher_spec()).into());
     }
     let plain = XtsPlaintext::new(
         image,

@@ -19,6 +19,21 @@ pub trait Plaintext {
     fn read_chunk(&self, pos: u64, buf: &mut [u8]) -> io::Result<()>;
 }
 
+/// A plaintext source that ended before the length it was read for.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EndedEarly {
+    #[error("the mapped device ended early")]
+    MappedDevice,
+    #[error("the image ended inside its data segment")]
+    DataSegment,
+}
+
+impl From<EndedEarly> for io::Error {
+    fn from(e: EndedEarly) -> Self {
+        io::Error::new(io::ErrorKind::UnexpectedEof, e)
+    }
+}
+
 /// The dm-crypt mapping: its bytes are the kernel's plaintext.
 pub struct MappedDevice {
     pub dev: RawFile,
@@ -34,10 +49,7 @@ impl Plaintext for MappedDevice {
     fn read_chunk(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
         let n = self.dev.read_at(pos, buf)?;
         if n < buf.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the mapped device ended early",
-            ));
+            return Err(EndedEarly::MappedDevice.into());
         }
         Ok(())
     }
@@ -109,10 +121,7 @@ impl Plaintext for XtsPlaintext<'_> {
     fn read_chunk(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
         let n = self.image.read_at(self.offset + pos, buf)?;
         if n < buf.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the image ended inside its data segment",
-            ));
+            return Err(EndedEarly::DataSegment.into());
         }
         for (i, sector) in buf.chunks_exact_mut(self.sector_size).enumerate() {
             // plain64: the IV counts 512-byte units from the segment start even for 4096-byte

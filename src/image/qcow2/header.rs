@@ -67,133 +67,223 @@ pub struct Header {
 }
 
 impl Header {
+    /// Parses and checks the header, step by step in the order qemu does; each step refuses
+    /// what it cannot trust before the next one relies on it.
     pub fn read(file: &File, file_len: u64) -> Result<Header, Qcow2Error> {
-        let mut fixed = [0u8; 112];
-        let got = read_up_to(file, 0, &mut fixed)?;
-        let fixed = &fixed[..got];
-        if be32(fixed, 0) != Some(MAGIC) {
+        let mut buf = [0u8; 112];
+        let got = read_up_to(file, 0, &mut buf)?;
+        let fixed = Fixed::parse(&buf[..got], file_len)?;
+        let features = Features::read(&fixed)?;
+        let virtual_size = fixed.u64(24)?;
+        let (l1_offset, l1_entries) = l1_table(&fixed, &features, virtual_size)?;
+        let backing = backing(file, &fixed, &features)?;
+        Ok(Header {
+            cluster_bits: features.cluster_bits,
+            virtual_size,
+            l1_offset,
+            l1_entries,
+            compression: features.compression,
+            extended_l2: features.extended_l2,
+            backing,
+        })
+    }
+}
+
+/// The fixed part of the header (its first 112 bytes, fewer in a short file), past the magic.
+struct Fixed<'a> {
+    bytes: &'a [u8],
+    file_len: u64,
+}
+
+impl<'a> Fixed<'a> {
+    fn parse(bytes: &'a [u8], file_len: u64) -> Result<Self, Qcow2Error> {
+        if be32(bytes, 0) != Some(MAGIC) {
             return Err(Qcow2Error::BadMagic);
         }
-        let field32 = |at| be32(fixed, at).ok_or(Qcow2Error::Truncated { len: file_len });
-        let field64 = |at| be64(fixed, at).ok_or(Qcow2Error::Truncated { len: file_len });
+        Ok(Self { bytes, file_len })
+    }
 
-        let version = field32(4)?;
+    fn u32(&self, at: usize) -> Result<u32, Qcow2Error> {
+        be32(self.bytes, at).ok_or(Qcow2Error::Truncated { len: self.file_len })
+    }
+
+    fn u64(&self, at: usize) -> Result<u64, Qcow2Error> {
+        be64(self.bytes, at).ok_or(Qcow2Error::Truncated { len: self.file_len })
+    }
+
+    fn byte(&self, at: usize) -> Result<u8, Qcow2Error> {
+        self.bytes
+            .get(at)
+            .copied()
+            .ok_or(Qcow2Error::Truncated { len: self.file_len })
+    }
+}
+
+/// What the version, the cluster size and the feature bits say about how to read the image.
+struct Features {
+    cluster_bits: u32,
+    /// Where the header extensions start.
+    header_len: u32,
+    compression: Compression,
+    extended_l2: bool,
+}
+
+impl Features {
+    fn read(fixed: &Fixed<'_>) -> Result<Self, Qcow2Error> {
+        let version = fixed.u32(4)?;
         if version != 2 && version != 3 {
             return Err(Qcow2Error::Version(version));
         }
-        let cluster_bits = field32(20)?;
-        if !CLUSTER_BITS.contains(&cluster_bits) {
-            return Err(Qcow2Error::ClusterBits(cluster_bits));
-        }
-        let cluster_size = 1u64 << cluster_bits;
-        let crypt_method = field32(32)?;
+        let cluster_bits = cluster_bits(fixed)?;
+        let crypt_method = fixed.u32(32)?;
         if crypt_method != 0 {
             return Err(Qcow2Error::Encrypted(crypt_method));
         }
-
         let (header_len, incompatible) = if version == 2 {
             (V2_HEADER_LEN, 0)
         } else {
-            let len = field32(100)?;
-            if len < V3_MIN_HEADER_LEN || len % 8 != 0 || u64::from(len) > cluster_size {
+            let len = fixed.u32(100)?;
+            if len < V3_MIN_HEADER_LEN || len % 8 != 0 || u64::from(len) > 1u64 << cluster_bits {
                 return Err(Qcow2Error::HeaderLength(len));
             }
-            (len, field64(72)?)
+            (len, fixed.u64(72)?)
         };
-        if incompatible & INCOMPAT_CORRUPT != 0 {
-            return Err(Qcow2Error::MarkedCorrupt);
-        }
-        if incompatible & INCOMPAT_DATA_FILE != 0 {
-            return Err(Qcow2Error::ExternalDataFile);
-        }
-        if incompatible & !INCOMPAT_KNOWN != 0 {
-            return Err(Qcow2Error::UnknownIncompatibleFeatures(
-                incompatible & !INCOMPAT_KNOWN,
-            ));
-        }
-        let compression_type = if header_len as usize > COMPRESSION_TYPE_AT {
-            *fixed
-                .get(COMPRESSION_TYPE_AT)
-                .ok_or(Qcow2Error::Truncated { len: file_len })?
-        } else {
-            0
-        };
-        let compression = match compression_type {
-            0 => Compression::Deflate,
-            1 if incompatible & INCOMPAT_COMPRESSION != 0 => Compression::Zstd,
-            other => return Err(Qcow2Error::CompressionType(other)),
-        };
+        check_incompatible(incompatible)?;
+        let compression = compression(fixed, header_len, incompatible)?;
         let extended_l2 = incompatible & INCOMPAT_EXTENDED_L2 != 0;
         if extended_l2 && cluster_bits < MIN_EXTENDED_L2_CLUSTER_BITS {
             return Err(Qcow2Error::ExtendedL2ClusterBits(cluster_bits));
         }
-
-        let virtual_size = field64(24)?;
-        let l1_size = field32(36)?;
-        let l1_offset = field64(40)?;
-        let l2_entry_bytes = if extended_l2 { 16 } else { 8 };
-        let l2_coverage = (cluster_size / l2_entry_bytes) * cluster_size;
-        let l1_entries = virtual_size.div_ceil(l2_coverage);
-        if l1_entries > MAX_L1_ENTRIES {
-            return Err(Qcow2Error::VirtualSizeTooLarge(virtual_size));
-        }
-        if l1_entries > u64::from(l1_size) {
-            return Err(Qcow2Error::L1TooSmall {
-                virtual_size,
-                needed: l1_entries,
-                l1_size,
-            });
-        }
-        let l1_end = l1_offset.checked_add(l1_entries * 8);
-        if l1_entries > 0 && (l1_offset % cluster_size != 0 || l1_end.is_none_or(|e| e > file_len))
-        {
-            return Err(Qcow2Error::L1Table {
-                offset: l1_offset,
-                entries: l1_entries,
-                file_len,
-            });
-        }
-
-        // Header extensions and the backing file name live in the first cluster.
-        let mut head = vec![0u8; cluster_size.min(file_len) as usize];
-        let got = read_up_to(file, 0, &mut head)?;
-        head.truncate(got);
-        let backing_offset = field64(8)?;
-        let backing_len = field32(16)?;
-        let extensions_end = if backing_offset != 0 {
-            backing_offset
-        } else {
-            cluster_size
-        };
-        let backing_format = read_backing_format(&head, header_len as usize, extensions_end)?;
-
-        let backing = if backing_offset != 0 && backing_len != 0 {
-            let name = usize::try_from(backing_offset)
-                .ok()
-                .filter(|_| backing_len <= MAX_BACKING_NAME)
-                .and_then(|start| head.get(start..start.checked_add(backing_len as usize)?))
-                .ok_or(Qcow2Error::BackingName {
-                    offset: backing_offset,
-                    len: backing_len,
-                })?;
-            Some(BackingRef {
-                name: name.to_vec(),
-                format: backing_format,
-            })
-        } else {
-            None
-        };
-
-        Ok(Header {
+        Ok(Self {
             cluster_bits,
-            virtual_size,
-            l1_offset,
-            l1_entries,
+            header_len,
             compression,
             extended_l2,
-            backing,
         })
     }
+
+    fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    /// Virtual bytes one L2 table maps.
+    fn l2_coverage(&self) -> u64 {
+        let l2_entry_bytes = if self.extended_l2 { 16 } else { 8 };
+        (self.cluster_size() / l2_entry_bytes) * self.cluster_size()
+    }
+}
+
+fn cluster_bits(fixed: &Fixed<'_>) -> Result<u32, Qcow2Error> {
+    let cluster_bits = fixed.u32(20)?;
+    if !CLUSTER_BITS.contains(&cluster_bits) {
+        return Err(Qcow2Error::ClusterBits(cluster_bits));
+    }
+    Ok(cluster_bits)
+}
+
+/// Incompatible feature bits: a corrupt image, an external data file and bits we do not know
+/// are refused; dirty, compression type and extended L2 are read.
+fn check_incompatible(incompatible: u64) -> Result<(), Qcow2Error> {
+    if incompatible & INCOMPAT_CORRUPT != 0 {
+        return Err(Qcow2Error::MarkedCorrupt);
+    }
+    if incompatible & INCOMPAT_DATA_FILE != 0 {
+        return Err(Qcow2Error::ExternalDataFile);
+    }
+    if incompatible & !INCOMPAT_KNOWN != 0 {
+        return Err(Qcow2Error::UnknownIncompatibleFeatures(
+            incompatible & !INCOMPAT_KNOWN,
+        ));
+    }
+    Ok(())
+}
+
+/// The compression type byte (v3 headers long enough to have it), which needs its feature bit.
+fn compression(
+    fixed: &Fixed<'_>,
+    header_len: u32,
+    incompatible: u64,
+) -> Result<Compression, Qcow2Error> {
+    let compression_type = if header_len as usize > COMPRESSION_TYPE_AT {
+        fixed.byte(COMPRESSION_TYPE_AT)?
+    } else {
+        0
+    };
+    match compression_type {
+        0 => Ok(Compression::Deflate),
+        1 if incompatible & INCOMPAT_COMPRESSION != 0 => Ok(Compression::Zstd),
+        other => Err(Qcow2Error::CompressionType(other)),
+    }
+}
+
+/// The L1 table's offset and the entries that cover `virtual_size`: bounded by qemu's limit
+/// (which also bounds what we allocate), within the table's declared size and inside the file.
+fn l1_table(
+    fixed: &Fixed<'_>,
+    features: &Features,
+    virtual_size: u64,
+) -> Result<(u64, u64), Qcow2Error> {
+    let l1_size = fixed.u32(36)?;
+    let l1_offset = fixed.u64(40)?;
+    let l1_entries = virtual_size.div_ceil(features.l2_coverage());
+    if l1_entries > MAX_L1_ENTRIES {
+        return Err(Qcow2Error::VirtualSizeTooLarge(virtual_size));
+    }
+    if l1_entries > u64::from(l1_size) {
+        return Err(Qcow2Error::L1TooSmall {
+            virtual_size,
+            needed: l1_entries,
+            l1_size,
+        });
+    }
+    let file_len = fixed.file_len;
+    let l1_end = l1_offset.checked_add(l1_entries * 8);
+    if l1_entries > 0
+        && (l1_offset % features.cluster_size() != 0 || l1_end.is_none_or(|e| e > file_len))
+    {
+        return Err(Qcow2Error::L1Table {
+            offset: l1_offset,
+            entries: l1_entries,
+            file_len,
+        });
+    }
+    Ok((l1_offset, l1_entries))
+}
+
+/// The backing file's name and format. Both live in the first cluster: the extensions after
+/// the header, the name where the header points, at most `MAX_BACKING_NAME` bytes.
+fn backing(
+    file: &File,
+    fixed: &Fixed<'_>,
+    features: &Features,
+) -> Result<Option<BackingRef>, Qcow2Error> {
+    let cluster_size = features.cluster_size();
+    let mut head = vec![0u8; cluster_size.min(fixed.file_len) as usize];
+    let got = read_up_to(file, 0, &mut head)?;
+    head.truncate(got);
+    let backing_offset = fixed.u64(8)?;
+    let backing_len = fixed.u32(16)?;
+    let extensions_end = if backing_offset != 0 {
+        backing_offset
+    } else {
+        cluster_size
+    };
+    let backing_format = read_backing_format(&head, features.header_len as usize, extensions_end)?;
+    if backing_offset == 0 || backing_len == 0 {
+        return Ok(None);
+    }
+    let name = usize::try_from(backing_offset)
+        .ok()
+        .filter(|_| backing_len <= MAX_BACKING_NAME)
+        .and_then(|start| head.get(start..start.checked_add(backing_len as usize)?))
+        .ok_or(Qcow2Error::BackingName {
+            offset: backing_offset,
+            len: backing_len,
+        })?;
+    Ok(Some(BackingRef {
+        name: name.to_vec(),
+        format: backing_format,
+    }))
 }
 
 /// Walks the header extensions for `backing_fmt`; other extensions (feature names, bitmaps)
