@@ -5,6 +5,8 @@
 //!
 //! Needs curl, wget, qemu-img (qemu-utils), python3, cryptsetup (cryptsetup-bin), openssl.
 
+#[macro_use]
+mod tier;
 mod apply_support;
 
 use std::fs;
@@ -181,6 +183,7 @@ fn padded(v: &[u8]) -> Vec<u8> {
 
 #[test]
 fn real_clients_read_every_view() {
+    full_tier_only!("curl, wget, qemu-img, cryptsetup, python3");
     require(&[
         ("curl", "curl"),
         ("wget", "wget"),
@@ -285,6 +288,7 @@ print(hashlib.sha512(whole).hexdigest())
 
 #[test]
 fn qemu_img_reads_over_http() {
+    full_tier_only!("curl, wget, qemu-img, cryptsetup, python3");
     require(&[("curl", "curl"), ("qemu-img", "qemu-utils")]);
     let f = fixture(3 * MIB);
     let srv = Server::start(&f.store, &f.secrets, &[]);
@@ -331,6 +335,7 @@ fn qemu_img_reads_over_http() {
 
 #[test]
 fn conditional_and_range_answers() {
+    full_tier_only!("curl, wget, qemu-img, cryptsetup, python3");
     require(&[("curl", "curl")]);
     let f = fixture(MIB);
     let srv = Server::start(&f.store, &f.secrets, &[]);
@@ -421,6 +426,7 @@ fn conditional_and_range_answers() {
 
 #[test]
 fn traversal_is_refused() {
+    full_tier_only!("curl, wget, qemu-img, cryptsetup, python3");
     require(&[("curl", "curl")]);
     let f = fixture(64 * 1024);
     // Something outside the store that a traversal would reach.
@@ -462,6 +468,7 @@ fn traversal_is_refused() {
 
 #[test]
 fn who_may_do_what() {
+    full_tier_only!("curl, wget, qemu-img, cryptsetup, python3");
     require(&[("curl", "curl"), ("openssl", "openssl")]);
     let f = fixture(64 * 1024);
     let token = f.dir.join("token");
@@ -610,6 +617,7 @@ fn who_may_do_what() {
 
 #[test]
 fn source_changed_during_a_download_fails_it() {
+    full_tier_only!("curl, wget, qemu-img, cryptsetup, python3");
     require(&[("curl", "curl")]);
     let f = fixture(48 * MIB);
     let srv = Server::start(&f.store, &f.secrets, &[]);
@@ -655,6 +663,7 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 
 #[test]
 fn fifty_concurrent_range_downloads_while_an_apply_runs() {
+    full_tier_only!("curl, wget, qemu-img, cryptsetup, python3");
     require(&[("curl", "curl")]);
     let f = fixture(40 * MIB);
     let srv = Server::start(&f.store, &f.secrets, &[]);
@@ -737,6 +746,7 @@ fn fifty_concurrent_range_downloads_while_an_apply_runs() {
 
 #[test]
 fn two_nodes_second_store_downloads_the_encrypt_view() {
+    full_tier_only!("curl, wget, qemu-img, cryptsetup, python3");
     require(&[("curl", "curl"), ("cryptsetup", "cryptsetup-bin")]);
     let f = fixture(5 * MIB);
     let srv = Server::start(&f.store, &f.secrets, &[]);
