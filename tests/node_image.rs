@@ -275,23 +275,7 @@ impl Node {
         downloading_copy(&p("store"), "parrot", "0d15ea5e");
         let vault = p("vault.raw");
         random_file(&vault, 18 * MIB, 12);
-        let o = common::cryptsetup_stdin(
-            [
-                "luksFormat",
-                "--batch-mode",
-                "--type",
-                "luks2",
-                "--pbkdf",
-                "pbkdf2",
-                "--pbkdf-force-iterations",
-                "1000",
-                "--key-file",
-                "-",
-                vault.to_str().unwrap(),
-            ],
-            b"pp-rotated-Vb3",
-        );
-        assert_ok(&o, "cryptsetup luksFormat");
+        common::luks2_format_cheap(&vault, b"pp-rotated-Vb3");
         longhorn_disk(&p("store"), "vault", "91c2e4aa", &vault);
         kubelet_write(&p("secrets").join(SECRET), &crypto_keys("pp-first-Kq8"));
         fs::write(p("token/token"), "node-image-test-token-0123456789abcdef").unwrap();

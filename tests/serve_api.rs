@@ -9,20 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use server::{image_file, Server, SECRET_NAME, SECRET_NS, TOKEN};
-
-/// `curl` with the given arguments: (HTTP status, body).
-fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-w", "\n%{http_code}"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("curl not runnable (apt-get install curl)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
+use server::{curl, download_yaml, image_file, Server, SECRET_NAME, SECRET_NS, TOKEN};
 
 const AUTH: &str = "Authorization: Bearer test-token-0123456789abcdef";
 
@@ -78,13 +65,6 @@ fn sha512(path: &Path) -> String {
         .next()
         .unwrap_or("")
         .to_string()
-}
-
-fn download_yaml(name: &str, path: &Path) -> String {
-    format!(
-        "apiVersion: longhorn.io/v1beta2\nkind: BackingImage\nmetadata:\n  name: {name}\nspec:\n  sourceType: download\n  sourceParameters:\n    url: file://{}\n",
-        path.display()
-    )
 }
 
 fn clone_json(name: &str, source: &str, encryption: &str) -> String {

@@ -12,26 +12,19 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use server::{image_file, Server, PASSPHRASE, SECRET_NAME, SECRET_NS, TOKEN};
 
 /// `curl` of `url` (with the token when `auth`): (HTTP status, body).
 fn curl(url: &str, auth: bool, extra: &[&str]) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-w", "\n%{http_code}"]).args(extra);
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let mut args = extra.to_vec();
     if auth {
-        cmd.args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
+        args.extend(["-H", bearer.as_str()]);
     }
-    let out = cmd
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .expect("curl not runnable (apt-get install curl)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    args.push(url);
+    server::curl(&args)
 }
 
 fn post(s: &Server, manifest: &str) -> u16 {
@@ -40,13 +33,7 @@ fn post(s: &Server, manifest: &str) -> u16 {
 }
 
 fn create(s: &Server, name: &str, file: &Path) -> u16 {
-    post(
-        s,
-        &format!(
-            "apiVersion: longhorn.io/v1beta2\nkind: BackingImage\nmetadata:\n  name: {name}\nspec:\n  sourceType: download\n  sourceParameters:\n    url: file://{}\n",
-            file.display()
-        ),
-    )
+    post(s, &server::download_yaml(name, file))
 }
 
 fn wait_ready(s: &Server, name: &str) {
@@ -112,23 +99,7 @@ fn metrics_count_headers_unlock_failures_applies_and_states() {
     image_file(&plain, 1 << 20, 3);
     let vault = s.work().join("vault.img");
     image_file(&vault, 18 << 20, 4);
-    let o = common::cryptsetup_stdin(
-        [
-            "luksFormat",
-            "--batch-mode",
-            "--type",
-            "luks2",
-            "--pbkdf",
-            "pbkdf2",
-            "--pbkdf-force-iterations",
-            "1000",
-            "--key-file",
-            "-",
-            vault.to_str().unwrap(),
-        ],
-        b"not the Secret's passphrase",
-    );
-    common::assert_ok(&o, "cryptsetup luksFormat");
+    common::luks2_format_cheap(&vault, b"not the Secret's passphrase");
     for (name, file) in [("base", &plain), ("vault", &vault)] {
         let code = create(&s, name, file);
         assert!(code == 201 || code == 202, "create {name}: {code}");

@@ -1,6 +1,6 @@
 //! A real `bifs serve` on 127.0.0.1 (port 0) over a fresh Longhorn-style store, with one
-//! cheap-KDF Secret and a bearer token; stopped when dropped. Shared by tests/serve_api.rs
-//! and tests/browser.rs.
+//! cheap-KDF Secret and a bearer token; stopped when dropped. Shared by tests/serve_api.rs,
+//! tests/serve_metrics.rs and tests/browser.rs, with the curl and manifest helpers they share.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -108,4 +108,27 @@ pub fn image_file(path: &Path, len: usize, seed: u8) {
         })
         .collect();
     std::fs::write(path, data).expect("writing the test image");
+}
+
+/// `curl` with the given arguments: (HTTP status, body).
+#[allow(dead_code)] // used by tests/serve_api.rs and tests/serve_metrics.rs
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl not runnable (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A BackingImage named `name` that downloads `path` (a `file://` URL), as YAML.
+#[allow(dead_code)] // used by tests/serve_api.rs and tests/serve_metrics.rs
+pub fn download_yaml(name: &str, path: &Path) -> String {
+    format!(
+        "apiVersion: longhorn.io/v1beta2\nkind: BackingImage\nmetadata:\n  name: {name}\nspec:\n  sourceType: download\n  sourceParameters:\n    url: file://{}\n",
+        path.display()
+    )
 }

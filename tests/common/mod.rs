@@ -127,6 +127,28 @@ where
     run(Command::new("cryptsetup").args(args), Some(stdin))
 }
 
+/// `cryptsetup luksFormat` of `path` as LUKS2 with a cheap PBKDF2 keyslot (1000 iterations,
+/// so tests stay fast) opened by `passphrase`; asserts it succeeded.
+pub fn luks2_format_cheap(path: &Path, passphrase: &[u8]) {
+    let o = cryptsetup_stdin(
+        [
+            "luksFormat",
+            "--batch-mode",
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            "-",
+            path.to_str().expect("test paths are UTF-8"),
+        ],
+        passphrase,
+    );
+    assert_ok(&o, "cryptsetup luksFormat");
+}
+
 pub fn qemu_img<I, S>(args: I) -> Output
 where
     I: IntoIterator<Item = S>,
