@@ -222,34 +222,21 @@ fn render_events(out: &mut String) {
 /// an apply that died counts as failed, as `bifs get` reports it). Records only: a scrape
 /// never hashes an image.
 fn render_states(store: &Store, out: &mut String) {
-    const STATES: [ImageState; 8] = [
-        ImageState::Pending,
-        ImageState::Starting,
-        ImageState::InProgress,
-        ImageState::ReadyForTransfer,
-        ImageState::Ready,
-        ImageState::Failed,
-        ImageState::FailedAndCleanup,
-        ImageState::Unknown,
-    ];
-    let mut counts = [0u64; STATES.len()];
+    let mut counts = [0u64; ImageState::ALL.len()];
     for name in store.record_names().unwrap_or_default() {
         let Ok(Some(rec)) = status::read(store, &name) else {
             continue;
         };
+        let rec = status::mark_interrupted(store, rec);
         let Some(st) = rec.status.as_ref() else {
             continue;
         };
-        let mut state = st.state();
-        if !state.is_settled() && store.is_busy(&name) == Some(false) {
-            state = ImageState::Failed;
-        }
-        if let Some(i) = STATES.iter().position(|s| *s == state) {
+        if let Some(i) = ImageState::ALL.iter().position(|s| *s == st.state()) {
             counts[i] += 1;
         }
     }
     out.push_str("# HELP bifs_backing_images Backing images of the store per state of their disk file.\n# TYPE bifs_backing_images gauge\n");
-    for (state, n) in STATES.iter().zip(counts) {
+    for (state, n) in ImageState::ALL.iter().zip(counts) {
         let _ = writeln!(
             out,
             "bifs_backing_images{{state=\"{}\"}} {n}",

@@ -194,6 +194,18 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in the order of Longhorn's `BackingImageState` constants.
+    pub const ALL: [State; 8] = [
+        State::Pending,
+        State::Starting,
+        State::InProgress,
+        State::ReadyForTransfer,
+        State::Ready,
+        State::Failed,
+        State::FailedAndCleanup,
+        State::Unknown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Pending => "pending",

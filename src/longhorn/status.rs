@@ -125,11 +125,17 @@ pub fn upgrade(mut value: serde_json::Value, disk_uuid: &str) -> Result<BackingI
     Ok(rec)
 }
 
-/// The record as it stands: a non-settled state with nobody holding the image's lock means
-/// the apply died, which is reported as failed (the record itself is left for the next
-/// apply); a ready file whose mtime moved is validated again (see [`revalidate`]).
+/// The record as it stands: an interrupted apply is reported as failed (see
+/// [`mark_interrupted`]); a ready file whose mtime moved is validated again (see
+/// [`revalidate`]).
 pub fn observe(store: &Store, rec: BackingImage) -> BackingImage {
-    let mut rec = revalidate(store, rec);
+    mark_interrupted(store, revalidate(store, rec))
+}
+
+/// A non-settled state with nobody holding the image's lock means the apply died: reported
+/// as failed (the record itself is left for the next apply). Reads only the lock, never the
+/// image, so it is cheap enough for every scrape of `/metrics`.
+pub fn mark_interrupted(store: &Store, mut rec: BackingImage) -> BackingImage {
     let disk = store.disk_uuid().to_string();
     if let Some(st) = rec.status.as_mut() {
         let f = st.file();
