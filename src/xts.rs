@@ -51,6 +51,8 @@ pub enum XtsError {
 /// AES-XTS keyed with a LUKS volume key (first half data key, second half tweak key).
 pub struct Xts {
     inner: Inner,
+    /// Chosen when keyed; the tests set it to run every kernel the CPU has.
+    kernel: Kernel,
 }
 
 enum Inner {
@@ -97,7 +99,10 @@ impl Xts {
         if data_key == tweak_key {
             return Err(XtsError::EqualHalves);
         }
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            kernel: Kernel::best(),
+        })
     }
 
     /// Bits of the whole XTS key (256 or 512), as cryptsetup counts them.
@@ -136,23 +141,12 @@ impl Xts {
         first_iv: u64,
         dir: Direction,
     ) -> Result<(), XtsError> {
-        self.process_with_kernel(buf, sector_size, first_iv, dir, Kernel::best())
-    }
-
-    fn process_with_kernel(
-        &self,
-        buf: &mut [u8],
-        sector_size: usize,
-        first_iv: u64,
-        dir: Direction,
-        kernel: Kernel,
-    ) -> Result<(), XtsError> {
         check_geometry(buf.len(), sector_size)?;
         let job = Job {
             sector_size,
             first_iv,
             dir,
-            kernel,
+            kernel: self.kernel,
         };
         match &self.inner {
             Inner::Aes128 { data, tweak } => process_with(&**data, &**tweak, buf, job),
@@ -212,7 +206,6 @@ enum Kernel {
 }
 
 impl Kernel {
-    /// std caches the CPU feature bits, so this is a couple of loads per call.
     fn best() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
@@ -383,8 +376,8 @@ impl Pass<'_> {
         };
         for chunk in self.blocks.chunks_mut(chunk_len) {
             let tw = &mut tweaks[..chunk.len()];
-            // SAFETY (both `unsafe` blocks): `Kernel::best` chose a wide kernel only when the
-            // CPU has its features; `tw` is sliced to `chunk`'s length, and sectors hold a
+            // SAFETY (both `unsafe` blocks): the kernel is a wide one only when the CPU has its
+            // features (`Kernel::best`, or a test that checked them first); `tw` is sliced to `chunk`'s length, and sectors hold a
             // multiple of 32 blocks, so every chunk is a multiple of 16 blocks.
             match self.kernel {
                 Kernel::Portable => portable::pre_xor(chunk, tw, &mut state),
@@ -730,9 +723,11 @@ mod tests {
             for sector in [512usize, 4096] {
                 let first_iv = 12345u64;
                 let mut ours = data.clone();
-                let xts = Xts::new(&key).unwrap();
-                xts.process_with_kernel(&mut ours, sector, first_iv, Direction::Encrypt, kernel)
-                    .unwrap();
+                let xts = Xts {
+                    kernel,
+                    ..Xts::new(&key).unwrap()
+                };
+                xts.encrypt_sectors(&mut ours, sector, first_iv).unwrap();
 
                 let mut theirs = data.clone();
                 let h = key_len / 2;
@@ -756,8 +751,7 @@ mod tests {
                     ours == theirs,
                     "{kernel:?}: key {key_len} sector {sector}: differs from xts-mode"
                 );
-                xts.process_with_kernel(&mut ours, sector, first_iv, Direction::Decrypt, kernel)
-                    .unwrap();
+                xts.decrypt_sectors(&mut ours, sector, first_iv).unwrap();
                 assert!(
                     ours == data,
                     "{kernel:?}: key {key_len} sector {sector}: round trip"

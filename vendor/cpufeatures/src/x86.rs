@@ -93,12 +93,15 @@ macro_rules! __expand_check_macro {
                         // Bits 1, 2, 5, 6, and 7
                         "zmm" => $crate::__xgetbv!($cr, 0b1110_0110),
                         // bifs: VAES needs only AVX state for its 256-bit forms, and must
-                        // compute them right (qemu 7.2's TCG does not). The probe runs only
-                        // when CPUID reports VAES and the OS saves YMM state.
+                        // compute them right (qemu 7.2's TCG does not). The probe executes
+                        // VAES, AES-NI and AVX2, so it runs only when CPUID reports all three
+                        // (VAES, AES, AVX2 bits) and the OS saves YMM state.
                         "ymm+vaes-probe" => {
                             ($cr[1].ecx & (1 << 9) != 0)
+                                && ($cr[0].ecx & (1 << 25) != 0)
+                                && ($cr[1].ebx & (1 << 5) != 0)
                                 && $crate::__xgetbv!($cr, 0b110)
-                                && $crate::__vaes256_computes_right()
+                                && unsafe { $crate::__vaes256_computes_right() }
                         }
                         _ => true,
                     };
@@ -147,7 +150,7 @@ __expand_check_macro! {
     ("avx512vbmi2", "zmm", 1, ecx, 6),
     ("gfni", "zmm", 1, ecx, 8),
     ("vaes", "ymm+vaes-probe", 1, ecx, 9),
-    ("vpclmulqdq", "ymm", 1, ecx, 10),
+    ("vpclmulqdq", "zmm", 1, ecx, 10),
     ("avx512bitalg", "zmm", 1, ecx, 12),
     ("avx512vpopcntdq", "zmm", 1, ecx, 14),
 
@@ -156,65 +159,61 @@ __expand_check_macro! {
     ("sm4", "ymm", 2, eax, 2),
 }
 
-/// bifs: one 256-bit `VAESENC` and `VAESDEC` against their 128-bit AES-NI forms on each lane.
+/// bifs: the four 256-bit VAES instructions against their 128-bit AES-NI forms on each lane.
 /// qemu 7.2's TCG reports VAES and gets the upper lane of `VAESENC` wrong; a CPU like that
 /// must not get the VAES backends.
+///
+/// # Safety
+/// The CPU must have VAES, AES-NI and AVX2 and the OS must save YMM state (the `check!` arm
+/// that calls this tests all of them first).
 #[doc(hidden)]
 #[cfg(target_arch = "x86_64")]
-pub fn __vaes256_computes_right() -> bool {
+#[target_feature(enable = "aes,avx2,vaes")]
+pub unsafe fn __vaes256_computes_right() -> bool {
     use core::arch::x86_64::*;
 
-    #[target_feature(enable = "aes,avx2,vaes")]
-    unsafe fn probe() -> bool {
-        // SAFETY: called only when CPUID reports VAES, AES-NI and AVX2 and the OS saves YMM
-        // state; the loads and stores stay inside 16- and 32-byte arrays.
-        unsafe {
-            let a: [u8; 32] = core::array::from_fn(|i| (i * 29 + 1) as u8);
-            let k: [u8; 32] = core::array::from_fn(|i| (i * 7 + 3) as u8);
-            let va = _mm256_loadu_si256(a.as_ptr().cast());
-            let vk = _mm256_loadu_si256(k.as_ptr().cast());
-            let wide = [
-                _mm256_aesenc_epi128(va, vk),
-                _mm256_aesenclast_epi128(va, vk),
-                _mm256_aesdec_epi128(va, vk),
-                _mm256_aesdeclast_epi128(va, vk),
+    // SAFETY: the CPU features are the caller's promise; the loads and stores stay inside
+    // 16- and 32-byte arrays.
+    unsafe {
+        let a: [u8; 32] = core::array::from_fn(|i| (i * 29 + 1) as u8);
+        let k: [u8; 32] = core::array::from_fn(|i| (i * 7 + 3) as u8);
+        let va = _mm256_loadu_si256(a.as_ptr().cast());
+        let vk = _mm256_loadu_si256(k.as_ptr().cast());
+        let wide = [
+            _mm256_aesenc_epi128(va, vk),
+            _mm256_aesenclast_epi128(va, vk),
+            _mm256_aesdec_epi128(va, vk),
+            _mm256_aesdeclast_epi128(va, vk),
+        ];
+        for lane in 0..2 {
+            let x = _mm_loadu_si128(a[lane * 16..].as_ptr().cast());
+            let y = _mm_loadu_si128(k[lane * 16..].as_ptr().cast());
+            let narrow = [
+                _mm_aesenc_si128(x, y),
+                _mm_aesenclast_si128(x, y),
+                _mm_aesdec_si128(x, y),
+                _mm_aesdeclast_si128(x, y),
             ];
-            for lane in 0..2 {
-                let x = _mm_loadu_si128(a[lane * 16..].as_ptr().cast());
-                let y = _mm_loadu_si128(k[lane * 16..].as_ptr().cast());
-                let narrow = [
-                    _mm_aesenc_si128(x, y),
-                    _mm_aesenclast_si128(x, y),
-                    _mm_aesdec_si128(x, y),
-                    _mm_aesdeclast_si128(x, y),
-                ];
-                for (w, n) in wide.iter().zip(narrow.iter()) {
-                    let mut wb = [0u8; 32];
-                    let mut nb = [0u8; 16];
-                    _mm256_storeu_si256(wb.as_mut_ptr().cast(), *w);
-                    _mm_storeu_si128(nb.as_mut_ptr().cast(), *n);
-                    if wb[lane * 16..lane * 16 + 16] != nb {
-                        return false;
-                    }
+            for (w, n) in wide.iter().zip(narrow.iter()) {
+                let mut wb = [0u8; 32];
+                let mut nb = [0u8; 16];
+                _mm256_storeu_si256(wb.as_mut_ptr().cast(), *w);
+                _mm_storeu_si128(nb.as_mut_ptr().cast(), *n);
+                if wb[lane * 16..lane * 16 + 16] != nb {
+                    return false;
                 }
             }
-            true
         }
+        true
     }
-
-    // Only reached when CPUID reports VAES and the OS saves YMM state; the probe also needs
-    // AES-NI and AVX2, which a real VAES CPU has and an emulator might not report.
-    let base = __cpuid(1);
-    let leaf7 = __cpuid_count(7, 0);
-    let aes = base.ecx & (1 << 25) != 0;
-    let avx2 = leaf7.ebx & (1 << 5) != 0;
-    // SAFETY: see `probe`.
-    aes && avx2 && unsafe { probe() }
 }
 
-/// bifs: 32-bit x86 keeps upstream's answer for VAES (no probe).
+/// bifs: no probe on 32-bit x86, so no VAES there (bifs builds only for x86-64).
+///
+/// # Safety
+/// None needed; `unsafe` to match the x86-64 signature.
 #[doc(hidden)]
 #[cfg(target_arch = "x86")]
-pub fn __vaes256_computes_right() -> bool {
+pub unsafe fn __vaes256_computes_right() -> bool {
     false
 }
