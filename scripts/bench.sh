@@ -41,7 +41,7 @@ fi
 "$ROOT/scripts/setup.sh" >/dev/null
 
 log "building (release)"
-(cd "$ROOT" && cargo build --release --bins -q && cargo bench --bench xts --no-run -q 2>/dev/null)
+(cd "$ROOT" && cargo build --release --bins -q && cargo bench -p bifs-core --bench xts --no-run -q 2>/dev/null)
 BIFS=$ROOT/target/release/bifs
 
 mkdir -p "$OUT" "$DIR"

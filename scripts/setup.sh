@@ -11,11 +11,11 @@ PACKAGES=(
   libcryptsetup-dev     # libcryptsetup-rs (bifs verify)
   libssl-dev            # libcrypto: the copier's SHA-512 (src/sha512.rs)
   clang libclang-dev pkg-config  # bindgen for libcryptsetup-rs
-  # The node image (scripts/image.sh) and its podman test (tests/node_image.rs):
+  # The node image (scripts/image.sh) and its podman test (tests/it/node_image.rs):
   mmdebstrap buildah podman runc uidmap fuse-overlayfs slirp4netns
   netavark aardvark-dns containernetworking-plugins conmon golang-github-containers-common
   binutils              # readelf for image.sh
-  chromium chromium-driver python3-selenium  # the Backing Image page in a real browser (tests/browser.rs)
+  chromium chromium-driver python3-selenium  # the Backing Image page in a real browser (tests/it/browser.rs)
   curl wget             # bifs serve tests: real HTTP clients
 )
 
@@ -31,7 +31,7 @@ if [[ ${#missing[@]} -gt 0 || "${CI:-}" == "true" ]]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
 fi
 
-# qemu's curl block driver (qemu-img reading http://, tests/serve.rs) is a module in
+# qemu's curl block driver (qemu-img reading http://, tests/it/serve.rs) is a module in
 # qemu-block-extra, which must match qemu-utils' version exactly: a newer qemu-utils from
 # elsewhere is replaced by Debian's, pinned together (as scripts/vm/lib.sh does).
 if [[ ! -e /usr/lib/x86_64-linux-gnu/qemu/block-curl.so ]]; then

@@ -25,10 +25,10 @@ fi
 
 echo "== cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all --check
-cargo clippy --release --locked --all-targets -- -D warnings
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
 
 cargo build --release --locked 2>&1 | tail -n 3
-BIFS_TEST_ALL=1 cargo test --release --locked 2>&1
+BIFS_TEST_ALL=1 cargo test --release --locked --workspace 2>&1
 echo "== fuzzing (libFuzzer on stable; FUZZ_SECONDS=${FUZZ_SECONDS:-15} per target)"
 FUZZ_SECONDS=${FUZZ_SECONDS:-15} bash scripts/fuzz.sh 2>&1
 echo "== real dm-crypt round trips (qemu guest)"

@@ -2,10 +2,10 @@
 //! `KdfLimits`: offsets or counts from a hostile header must give errors, never panics.
 #![no_main]
 
-use bifs::image::MemSource;
-use bifs::kdf::KdfLimits;
-use bifs::keys::Passphrase;
-use bifs::luks::Luks1Header;
+use bifs_core::io::MemSource;
+use bifs_core::kdf::KdfLimits;
+use bifs_core::keys::Passphrase;
+use bifs_core::luks::Luks1Header;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = (header.cipher(), header.segment().len_in(data.len() as u64));
-    let _ = bifs::luks::dump::luks1(&header, "fuzz");
+    let _ = bifs_core::luks::dump::luks1(&header, "fuzz");
     let limits = KdfLimits {
         max_argon2_memory_kib: 64,
         max_argon2_time: 4,

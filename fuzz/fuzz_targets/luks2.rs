@@ -6,10 +6,10 @@
 //! checksum and the fuzzer would never reach the JSON metadata or the keyslot code.
 #![no_main]
 
-use bifs::image::MemSource;
-use bifs::kdf::KdfLimits;
-use bifs::keys::Passphrase;
-use bifs::luks::{binary, LuksHeader};
+use bifs_core::io::MemSource;
+use bifs_core::kdf::KdfLimits;
+use bifs_core::keys::Passphrase;
+use bifs_core::luks::{binary, LuksHeader};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         header.segment().len_in(src.0.len() as u64),
     );
     // Nor must its luksDump text (inspect prints it).
-    let _ = bifs::luks::dump::luks_dump(&header, "fuzz");
+    let _ = bifs_core::luks::dump::luks_dump(&header, "fuzz");
     let limits = KdfLimits {
         max_argon2_memory_kib: 64,
         max_argon2_time: 4,

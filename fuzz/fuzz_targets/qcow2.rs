@@ -4,8 +4,8 @@
 
 use std::io::Write;
 
-use bifs::image::qcow2::Qcow2Image;
-use bifs::image::ReadAt;
+use bifs_core::image::qcow2::Qcow2Image;
+use bifs_core::io::ReadAt;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

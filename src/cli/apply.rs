@@ -1,5 +1,5 @@
 //! `bifs apply`, `bifs get`, `bifs delete` (the Longhorn workflow on a store) and `bifs rekey`
-//! (one file). Argument handling and printing only; the work is in [`bifs::longhorn`].
+//! (one file). Argument handling and printing only; the work is in [`bifs_node::longhorn`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,13 +9,13 @@ use anyhow::{bail, Context};
 use zeroize::Zeroizing;
 
 use super::copy::{check_destination, materialize, CopyOptions};
-use bifs::image::raw::RawFile;
-use bifs::image::ReadAt;
-use bifs::k8s::{self, Secret, SecretRef};
-use bifs::longhorn::manifest::{manifest_files, parse_backing_images, BackingImage};
-use bifs::longhorn::{self, status, Outcome};
-use bifs::store::Store;
-use bifs::view::RekeyView;
+use bifs_core::image::raw::RawFile;
+use bifs_core::io::ReadAt;
+use bifs_core::view::RekeyView;
+use bifs_k8s::manifest::{manifest_files, parse_backing_images, BackingImage};
+use bifs_k8s::{Secret, SecretRef};
+use bifs_node::longhorn::{self, status, Outcome};
+use bifs_node::store::Store;
 
 const RESOURCE: &str = "backingimage.longhorn.io";
 
@@ -37,11 +37,11 @@ pub fn apply(files: &[PathBuf], store: &Path, secrets: &[PathBuf]) -> anyhow::Re
                     .with_context(|| format!("reading {}", file.display()))?,
             );
             images.extend(parse_backing_images(&text, &file)?);
-            known.extend(k8s::secret::parse_secrets(&text, &file)?);
+            known.extend(bifs_k8s::secret::parse_secrets(&text, &file)?);
         }
     }
     for path in secrets {
-        known.extend(k8s::load_secrets(path)?);
+        known.extend(bifs_k8s::load_secrets(path)?);
     }
     if images.is_empty() {
         bail!("no BackingImage manifest found in {}", display_list(files));
@@ -73,8 +73,8 @@ pub fn apply(files: &[PathBuf], store: &Path, secrets: &[PathBuf]) -> anyhow::Re
             }
         }
     }
-    if bifs::signals::stop_flag().load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(bifs::signals::Interrupted.into());
+    if bifs_node::signals::stop_flag().load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(bifs_node::signals::Interrupted.into());
     }
     if failed > 0 {
         bail!(
@@ -136,10 +136,10 @@ pub fn delete(store: &Path, name: &str) -> anyhow::Result<()> {
 }
 
 /// One Secret from a manifest file or directory (`NAMESPACE/NAME` picks among several).
-fn load_one(path: &Path, which: Option<&str>) -> anyhow::Result<k8s::CryptoParams> {
-    let secrets = k8s::load_secrets(path)?;
+fn load_one(path: &Path, which: Option<&str>) -> anyhow::Result<bifs_k8s::CryptoParams> {
+    let secrets = bifs_k8s::load_secrets(path)?;
     let wanted = which.map(|s| SecretRef::parse(s, "default"));
-    let secret = k8s::secret::select(secrets, wanted.as_ref())?;
+    let secret = bifs_k8s::secret::select(secrets, wanted.as_ref())?;
     Ok(secret.crypto_params()?)
 }
 

@@ -1,17 +1,17 @@
 //! Materializing a view into a file: written beside the destination under a temporary name,
 //! synced, then renamed, so the destination is either absent or complete. The copying itself
-//! (holes, SHA-512, progress, Ctrl-C) is [`bifs::copier`]'s.
+//! (holes, SHA-512, progress, Ctrl-C) is [`bifs_node::copier`]'s.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-pub use bifs::copier::CopyOptions;
-use bifs::copier::{copy_view, Copied, CopyError};
-use bifs::fsutil::sync_dir;
-use bifs::image::ReadAt;
-pub use bifs::signals::Interrupted;
+use bifs_core::io::ReadAt;
+pub use bifs_node::copier::CopyOptions;
+use bifs_node::copier::{copy_view, Copied, CopyError};
+use bifs_node::fsutil::sync_dir;
+pub use bifs_node::signals::Interrupted;
 
 /// Removes the temporary file unless the copy completed.
 struct TempGuard {

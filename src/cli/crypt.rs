@@ -7,19 +7,19 @@ use anyhow::Context;
 
 use super::copy::{check_destination, materialize, CopyOptions};
 use super::SecretArgs;
-use bifs::image::{self, Format, ReadAt};
-use bifs::k8s::{self, CryptoParams, SecretRef};
-use bifs::kdf::KdfLimits;
-use bifs::view::{encrypt, DecryptView, EncryptView, ViewError};
+use bifs_core::image::{self, Format, ReadAt};
+use bifs_core::kdf::KdfLimits;
+use bifs_core::view::{encrypt, DecryptView, EncryptView, ViewError};
+use bifs_k8s::{CryptoParams, SecretRef};
 
 /// Loads the Secret the arguments name and validates its CRYPTO_* keys.
 pub fn load_params(args: &SecretArgs) -> anyhow::Result<CryptoParams> {
-    let secrets = k8s::load_secrets(&args.secret)?;
+    let secrets = bifs_k8s::load_secrets(&args.secret)?;
     let wanted = args
         .secret_name
         .as_deref()
         .map(|s| SecretRef::parse(s, "default"));
-    let secret = k8s::secret::select(secrets, wanted.as_ref())?;
+    let secret = bifs_k8s::secret::select(secrets, wanted.as_ref())?;
     Ok(secret.crypto_params()?)
 }
 
@@ -73,7 +73,7 @@ pub fn encrypt(
 }
 
 /// `--sha512`: the digest in `sha512sum`'s format, on stdout.
-pub(super) fn print_sha512(copied: &bifs::copier::Copied, dst: &Path) {
+pub(super) fn print_sha512(copied: &bifs_node::copier::Copied, dst: &Path) {
     if let Some(sum) = &copied.sha512 {
         println!("{sum}  {}", dst.display());
     }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use bifs::image::{self, Format, ReadAt};
-use bifs::luks::{dump, LuksError, LuksHeader};
+use bifs_core::image::{self, Format, ReadAt};
+use bifs_core::luks::{dump, LuksError, LuksHeader};
 
 pub fn run(path: &Path, as_json: bool) -> anyhow::Result<()> {
     let (format, disk) = open(path)?;
@@ -112,7 +112,7 @@ fn keyslots_json(h: &LuksHeader) -> Vec<Value> {
 fn unsupported(h: &LuksHeader) -> Option<String> {
     match h {
         LuksHeader::V1(h1) => {
-            let ok = h1.cipher() == bifs::luks::CIPHER
+            let ok = h1.cipher() == bifs_core::luks::CIPHER
                 && matches!(h1.key_bytes, 32 | 64)
                 && h1.hash().is_ok()
                 && h1.payload_sector != 0;

@@ -186,13 +186,13 @@ pub fn main() -> ExitCode {
     init_logging(&cli.log, cli.log_json);
     // Before anything holds a key (after logging, so its warnings are seen): no core dumps,
     // no ptrace by other users.
-    bifs::keys::harden_process();
+    bifs_core::keys::harden_process();
     if let Some(kib) = cli.max_kdf_memory {
-        let limits = bifs::kdf::KdfLimits {
+        let limits = bifs_core::kdf::KdfLimits {
             max_argon2_memory_kib: kib,
-            ..bifs::kdf::KdfLimits::cryptsetup()
+            ..bifs_core::kdf::KdfLimits::cryptsetup()
         };
-        bifs::kdf::KdfLimits::set_process_default(limits);
+        bifs_core::kdf::KdfLimits::set_process_default(limits);
         tracing::debug!(max_kdf_memory_kib = kib, "Argon2 memory cap");
     }
     let result = match cli.command {

@@ -6,9 +6,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use bifs::fs::{BifsFs, CacheMode, Catalog, MountOptions};
-use bifs::k8s;
-use bifs::store::Store;
+use bifs_fuse::{BifsFs, CacheMode, Catalog, MountOptions};
+use bifs_node::store::Store;
 
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
@@ -30,13 +29,22 @@ pub struct MountArgs {
     threads: usize,
     /// Page-cache use of open files.
     #[arg(long, value_enum, default_value = "direct-io")]
-    cache: CacheMode,
+    cache: CacheArg,
     /// Also serve the views over HTTP on ADDR:PORT (as `bifs serve`, same catalog).
     #[arg(long, value_name = "ADDR:PORT")]
     serve: Option<std::net::SocketAddr>,
     #[command(flatten)]
     exposure: super::serve::ExposureArgs,
     mountpoint: PathBuf,
+}
+
+/// `--cache`, as [`CacheMode`] (the FUSE face's own type knows nothing of clap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CacheArg {
+    /// Page cache kept across opens: repeated reads are free, the kernel reads ahead.
+    KeepCache,
+    /// Every read goes to bifs: no page cache, so never a page from before a source changed.
+    DirectIo,
 }
 
 pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
@@ -48,7 +56,7 @@ pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
         );
     }
     let store = Store::open(&args.store, args.state.as_deref())?;
-    let secrets = k8s::SecretSource::open(&args.secrets)?;
+    let secrets = bifs_k8s::SecretSource::open(&args.secrets)?;
     let images = store
         .list()
         .with_context(|| format!("listing {}", store.root().display()))?;
@@ -59,7 +67,10 @@ pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
     let opts = MountOptions {
         allow_other: args.allow_other,
         threads: args.threads,
-        cache: args.cache,
+        cache: match args.cache {
+            CacheArg::KeepCache => CacheMode::KeepCache,
+            CacheArg::DirectIo => CacheMode::DirectIo,
+        },
     };
     let catalog = std::sync::Arc::new(Catalog::watching(store, secrets));
     if let Some(listen) = args.serve {
@@ -80,7 +91,7 @@ pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
         })?;
     let mut unmounter = session.unmount_callable();
     let mountpoint = args.mountpoint.clone();
-    let stop = bifs::signals::on_stop(move |sig| {
+    let stop = bifs_node::signals::on_stop(move |sig| {
         tracing::info!(signal = sig, mountpoint = %mountpoint.display(), "unmounting");
         if let Err(e) = unmounter.unmount() {
             tracing::error!(error = %e, "unmount failed; try `bifs umount` (busy mount?)");

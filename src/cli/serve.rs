@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use bifs::catalog::Catalog;
-use bifs::http::{self, AppState, Listener, Policy, ServeConfig, TlsFiles, Token};
-use bifs::k8s;
-use bifs::store::Store;
+use bifs_http::{AppState, Listener, Policy, ServeConfig, TlsFiles, Token};
+use bifs_node::catalog::Catalog;
+use bifs_node::store::Store;
 
 /// Who may reach the server, shared by `bifs serve` and `bifs mount --serve`.
 #[derive(clap::Args, Debug, Clone)]
@@ -92,7 +91,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // on the next open), as under `bifs mount`.
     let (catalog, secrets_paths) = match &args.secrets {
         Some(p) => (
-            Catalog::watching(store, k8s::SecretSource::open(p)?),
+            Catalog::watching(store, bifs_k8s::SecretSource::open(p)?),
             vec![p.clone()],
         ),
         None => (Catalog::new(store, Vec::new()), Vec::new()),
@@ -127,7 +126,7 @@ pub fn spawn_for_mount(
         .spawn(move || {
             let state = AppState::new(catalog, secrets_paths, policy);
             let result =
-                runtime.block_on(listener.serve(http::router(state), std::future::pending()));
+                runtime.block_on(listener.serve(bifs_http::router(state), std::future::pending()));
             if let Err(e) = result {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
@@ -146,7 +145,7 @@ async fn run(
     let listener = Listener::bind(&cfg, &policy).await?;
     announce(&listener)?;
     let state = AppState::new(catalog, secrets_paths, policy);
-    listener.serve(http::router(state), shutdown).await?;
+    listener.serve(bifs_http::router(state), shutdown).await?;
     tracing::info!("server stopped");
     Ok(())
 }

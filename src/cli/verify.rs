@@ -1,12 +1,12 @@
-//! `bifs verify`: CLI glue around [`bifs::verify`]; picks the exit code.
+//! `bifs verify`: CLI glue around [`bifs_verify`]; picks the exit code.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
 use super::SecretArgs;
-use bifs::kdf::KdfLimits;
-use bifs::verify::{self, Method, VerifyError, VerifyOptions};
+use bifs_core::kdf::KdfLimits;
+use bifs_verify::{Method, VerifyError, VerifyOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
@@ -34,7 +34,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     let params = super::crypt::load_params(&args.secret)?;
     // Ctrl-C or SIGTERM set the flag instead of killing us, so a dm-crypt mapping is always
     // removed by its guard on the way out.
-    let cancel = bifs::signals::stop_flag();
+    let cancel = bifs_node::signals::stop_flag();
     let opts = VerifyOptions {
         image: &args.image,
         against: args.against.as_deref(),
@@ -47,7 +47,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
         limits: KdfLimits::default(),
     };
     let mut stdout = std::io::stdout().lock();
-    let report = match verify::verify(&opts, &cancel, &mut stdout) {
+    let report = match bifs_verify::verify(&opts, &cancel, &mut stdout) {
         Err(VerifyError::Interrupted) => return Err(super::Interrupted.into()),
         other => other.with_context(|| {
             format!(

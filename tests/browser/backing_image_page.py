@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Drives the Backing Image page of a running `bifs serve` in headless Chromium (WebDriver).
 
-Run by tests/browser.rs, which starts the server and passes:
+Run by tests/it/browser.rs, which starts the server and passes:
   BIFS_URL         the server's base URL (http://127.0.0.1:PORT)
   BIFS_TOKEN       the bearer token the server wants for writes
   BIFS_SOURCE      a local raw image file to create the first image from (served here over

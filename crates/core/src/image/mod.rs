@@ -1,0 +1,80 @@
+//! Image sources: byte ranges readable at any offset, with hole information where known.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub mod detect;
+pub mod qcow2;
+pub mod raw;
+
+pub use crate::io::{read_full_at, MemSource, ReadAt};
+pub use detect::{detect, Format};
+use raw::RawFile;
+
+/// Opens an image file for reading, refusing anything but a regular file or a block device.
+///
+/// A path from a hostile image (a qcow2 backing file name) or a store could name a FIFO, a
+/// socket or a character device: a plain `open` of a FIFO blocks until a writer comes, which
+/// would hang the mount. `O_NONBLOCK` makes that open return at once; the type is then
+/// checked on the open file (no race with a rename), and blocking mode restored.
+pub fn open_image_file(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !(kind.is_file() || kind.is_block_device()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file or block device (a FIFO, socket or character device is refused)",
+        ));
+    }
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)?;
+    Ok(file)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{}: {error}", .path.display())]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{}: {error}", .path.display())]
+    Qcow2 {
+        path: PathBuf,
+        error: qcow2::Qcow2Error,
+    },
+}
+
+/// Opens an image file as the disk it holds: a qcow2 image as its virtual disk, anything else
+/// (raw, LUKS) as its bytes.
+pub fn open_virtual_disk(path: &Path) -> Result<Arc<dyn ReadAt>, OpenError> {
+    let file = open_image_file(path).map_err(|error| OpenError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
+    virtual_disk_of(file, path)
+}
+
+/// [`open_virtual_disk`] of an already open `file` (named `path` in errors and for a qcow2
+/// image's relative backing file name): the disk is read through this very descriptor, so it
+/// is the same inode the caller took its identity from, whatever was renamed since.
+pub fn virtual_disk_of(file: std::fs::File, path: &Path) -> Result<Arc<dyn ReadAt>, OpenError> {
+    let io_err = |error| OpenError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    match detect::detect_file(&file).map_err(io_err)? {
+        Format::Qcow2 => match qcow2::Qcow2Image::from_file(file, path) {
+            Ok(image) => Ok(Arc::new(image)),
+            Err(error) => Err(OpenError::Qcow2 {
+                path: path.to_owned(),
+                error,
+            }),
+        },
+        Format::Raw | Format::Luks1 | Format::Luks2 => {
+            Ok(Arc::new(RawFile::from_file(file).map_err(io_err)?))
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The one interface every layer reads through: [`ReadAt`], a byte range readable at any
+//! offset with hole information where known. Image sources, transform views and the faces
+//! (FUSE, HTTP) all speak it; it lives below them all so that no format depends on another's
+//! module to be read.
+
+use std::io;
+
+/// A read-only random-access byte source: a stored file, a qcow2 virtual disk, or a transform
+/// view. Shared across threads (FUSE workers read concurrently), hence `&self` and `Send + Sync`.
+#[allow(clippy::len_without_is_empty)] // a source is never asked whether it is empty
+pub trait ReadAt: Send + Sync {
+    /// Total length in bytes.
+    fn len(&self) -> u64;
+
+    /// Reads up to `buf.len()` bytes at `offset`. Returns fewer only at the end of the source
+    /// (0 at or past `len()`); a source never returns a short read in the middle.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// `SEEK_DATA`: the first offset `>= offset` that may hold data, or `None` when only holes
+    /// remain. Holes read as zeros. The default treats everything as data.
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        Ok((offset < self.len()).then_some(offset))
+    }
+
+    /// `SEEK_HOLE`: the first offset `>= offset` that starts a hole; `len()` when none remains
+    /// (the end of a file counts as a hole, as for lseek).
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        Ok(self.len().max(offset))
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_at(offset, buf)
+    }
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        (**self).next_data(offset)
+    }
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        (**self).next_hole(offset)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_at(offset, buf)
+    }
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        (**self).next_data(offset)
+    }
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        (**self).next_hole(offset)
+    }
+}
+
+/// Fills `buf` completely from `offset`, zero-filling past the end of the source. Views use it
+/// where a partial sector must still be whole (the last sector of a source padded to 512 bytes).
+pub fn read_full_at(src: &dyn ReadAt, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = src.read_at(offset + done as u64, &mut buf[done..])?;
+        if n == 0 {
+            buf[done..].fill(0);
+            break;
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Bytes in memory as a source: a freshly formatted LUKS2 header region, test data.
+pub struct MemSource(pub Vec<u8>);
+
+impl ReadAt for MemSource {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let Ok(start) = usize::try_from(offset) else {
+            return Ok(0);
+        };
+        let Some(rest) = self.0.get(start..) else {
+            return Ok(0);
+        };
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+}

@@ -1,0 +1,167 @@
+//! `bifs serve`: the store's views (and, from `api`/`page`, the workflow API and the Backing
+//! Image page) over HTTP, from the same [`Catalog`] the FUSE mount uses, so a view has the same
+//! bytes over both.
+//!
+//! # Shape
+//! - [`AppState`] is the one shared state every handler gets (`axum::extract::State`): a cheap
+//!   clone of an `Arc<Shared>`. It holds the [`Catalog`] (store, Secrets, persisted encrypt
+//!   headers, cached volume keys), the store root and state directory paths, the paths the
+//!   Secrets were loaded from, the access policy and the metrics counters.
+//! - [`router`] merges `views::routes()` (GET/HEAD of `/views/...`, this module's owner),
+//!   `metrics::routes()` (`/healthz`, `/readyz`, `/metrics`),
+//!   `api::routes()` (JSON API, uploads, live stream) and `page::routes()` (the browser page).
+//! - [`Listener::bind`] checks the exposure rules of [`ServeConfig`] and binds;
+//!   [`Listener::serve`] runs until its shutdown future resolves.
+//!
+//! # Who may do what (checked per request, by the handler, before any work)
+//! Every handler calls [`AppState::authorize`] with the [`Access`] it needs, first thing:
+//! - [`Access::Write`]: create, delete, upload. Needs the bearer token when one is set.
+//! - [`Access::Plaintext`]: `decrypt/` and `raw/` views (plaintext of a disk). Needs the token
+//!   when one is set.
+//! - [`Access::Read`]: `encrypt/` and `ignore/` views, listings, status. Needs the token when
+//!   one is set, unless `--public-read`.
+//!
+//! Without a token (`--token-file` absent) the server only listens on loopback (enforced at
+//! bind) and every request is allowed: a local tool. The token travels only in
+//! `Authorization: Bearer <token>` (no cookies, so no CSRF), is compared in constant time and
+//! is never logged. A refusal is a 401 with `WWW-Authenticate: Bearer`.
+
+pub mod api;
+pub mod auth;
+pub mod metrics;
+pub mod page;
+pub mod server;
+pub mod views;
+
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+use bifs_node::catalog::{Catalog, CatalogError};
+
+pub use auth::{Access, Policy, Token};
+pub use metrics::Metrics;
+pub use server::{Listener, ServeConfig, ServeError, TlsFiles};
+
+/// The state every handler shares (see the module doc).
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+pub struct Shared {
+    /// The views: the same catalog type (and, under `bifs mount --serve`, the same instance)
+    /// the FUSE mount uses.
+    pub catalog: Arc<Catalog>,
+    /// The store directory given with `--store`.
+    pub store_root: PathBuf,
+    /// Where persisted encrypt headers (and the served views' SHA-512 cache) live.
+    pub state_dir: PathBuf,
+    /// The `--secrets` path(s) the catalog's Secrets were loaded from (for `bifs apply`-like
+    /// work that needs the Secrets themselves).
+    pub secrets_paths: Vec<PathBuf>,
+    pub policy: Policy,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    /// The SHA-512 of views, computed once per view identity.
+    pub sums: views::SumCache,
+}
+
+impl AppState {
+    pub fn new(catalog: Arc<Catalog>, secrets_paths: Vec<PathBuf>, policy: Policy) -> Self {
+        let store_root = catalog.store().root().to_path_buf();
+        let state_dir = catalog.store().state().path().to_path_buf();
+        Self {
+            inner: Arc::new(Shared {
+                catalog,
+                store_root,
+                state_dir,
+                secrets_paths,
+                policy,
+                metrics: Metrics::default(),
+                sums: views::SumCache::default(),
+            }),
+        }
+    }
+
+    /// Whether the request (its headers) may do `access`; the error is the response to send.
+    pub fn authorize(
+        &self,
+        headers: &axum::http::HeaderMap,
+        access: Access,
+    ) -> Result<(), HttpError> {
+        self.policy.check(headers, access)
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.inner
+    }
+}
+
+/// All routes, with the state. Request limits and logging are layered on here.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(views::routes())
+        .merge(api::routes())
+        .merge(page::routes())
+        .merge(metrics::routes())
+        .with_state(state)
+}
+
+/// An error answer: a status and a one-line plain-text message (never a key or passphrase:
+/// messages are built from image names, Secret names and OS errors only).
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", self.message),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"bifs\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<CatalogError> for HttpError {
+    fn from(e: CatalogError) -> Self {
+        let status = match &e {
+            CatalogError::NoImage(_)
+            | CatalogError::UnknownSecret(_)
+            | CatalogError::UnknownNamespace(_)
+            | CatalogError::Refused { .. } => StatusCode::NOT_FOUND,
+            CatalogError::WrongPassphrase { .. } => StatusCode::FORBIDDEN,
+            CatalogError::View { .. } | CatalogError::Io { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        Self::new(status, e.to_string())
+    }
+}

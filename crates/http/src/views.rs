@@ -1,0 +1,563 @@
+//! GET/HEAD of the views at the mount's paths: `/views/<mode>/[<ns>/<secret>/]<image>`, and
+//! the SHA-512 of each at `…/<image>.sha512`.
+//!
+//! A response is pinned to the view it opened: the bytes come from one `Catalog::open`, whose
+//! reads fail with EIO once the stored file changes. Such a failure errors the body stream, so
+//! hyper closes the connection before `Content-Length` bytes: the client sees a truncated
+//! transfer, never a mix of old and new bytes.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use sha2::Digest;
+use tokio::task::JoinHandle;
+
+use super::{Access, AppState, HttpError};
+use bifs_core::io::ReadAt;
+use bifs_k8s::SecretRef;
+use bifs_node::catalog::{CatalogError, Mode};
+use bifs_node::store::valid_component;
+
+/// Bytes per blocking read: large enough that the per-chunk hop to the blocking pool is
+/// noise, small enough that a request holds little memory (one chunk read ahead, one sent).
+const CHUNK: u64 = 1 << 20;
+
+const SUM_SUFFIX: &str = ".sha512";
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/views/{*path}", get(view))
+}
+
+/// What a `/views/...` path names.
+#[derive(Debug, PartialEq, Eq)]
+struct ViewPath {
+    mode: Mode,
+    secret: Option<SecretRef>,
+    image: String,
+}
+
+fn bad_path(msg: &str) -> HttpError {
+    HttpError::new(StatusCode::NOT_FOUND, msg.to_owned())
+}
+
+/// Parses the (percent-decoded) path after `/views/`. Every component must be a plain name:
+/// `..`, `.`, empty components and embedded NULs are refused, so no path escapes the store.
+fn parse(path: &str) -> Result<ViewPath, HttpError> {
+    let parts: Vec<&str> = path.split('/').collect();
+    if !parts.iter().all(|p| valid_component(p)) {
+        return Err(bad_path(
+            "not a view path: components must be plain names (no '..', '.', or empty ones)",
+        ));
+    }
+    let Some((mode, rest)) = parts.split_first() else {
+        return Err(bad_path("no view mode"));
+    };
+    let Some(mode) = Mode::from_name(mode) else {
+        return Err(bad_path(
+            "unknown view mode (ignore, raw, encrypt, decrypt)",
+        ));
+    };
+    match (mode.keyed(), rest) {
+        (false, [image]) => Ok(ViewPath {
+            mode,
+            secret: None,
+            image: (*image).to_owned(),
+        }),
+        (true, [ns, name, image]) => Ok(ViewPath {
+            mode,
+            secret: Some(SecretRef {
+                namespace: (*ns).to_owned(),
+                name: (*name).to_owned(),
+            }),
+            image: (*image).to_owned(),
+        }),
+        (false, _) => Err(bad_path("expected /views/<mode>/<image>")),
+        (true, _) => Err(bad_path(
+            "expected /views/<mode>/<namespace>/<secret>/<image>",
+        )),
+    }
+}
+
+/// One opened view and its validators.
+struct Opened {
+    view: Arc<dyn ReadAt>,
+    etag: String,
+    modified: SystemTime,
+    mode: Mode,
+    image: String,
+}
+
+/// Opens the view on the blocking pool (an open may run a KDF or write a header).
+async fn open(state: &AppState, vp: ViewPath) -> Result<Opened, HttpError> {
+    let catalog = state.catalog.clone();
+    tokio::task::spawn_blocking(move || -> Result<Opened, HttpError> {
+        let img = catalog.image(vp.mode, vp.secret.as_ref(), &vp.image)?;
+        let (view, id) = catalog.open(vp.mode, vp.secret.as_ref(), &img)?;
+        // The view's identity: mode, Secret, the stored file's version and, for encrypt, the
+        // LUKS2 binary header the view serves (its UUID, sequence id and checksum change
+        // whenever a new header is made for the same source).
+        let mut h = sha2::Sha256::new();
+        h.update(vp.mode.name().as_bytes());
+        if let Some(s) = &vp.secret {
+            h.update(format!("\0{}\0{}\0", s.namespace, s.name).as_bytes());
+        }
+        h.update(id.dev.to_le_bytes());
+        h.update(id.ino.to_le_bytes());
+        h.update(id.size.to_le_bytes());
+        h.update(id.mtime_ns.to_le_bytes());
+        h.update(view.len().to_le_bytes());
+        if vp.mode == Mode::Encrypt {
+            let mut hdr = vec![0u8; 4096];
+            bifs_core::io::read_full_at(&*view, 0, &mut hdr).map_err(|e| CatalogError::Io {
+                image: img.name.clone(),
+                error: e,
+            })?;
+            h.update(&hdr);
+        }
+        let digest = h.finalize();
+        let etag = format!("\"{}\"", hex(&digest[..16]));
+        let modified = if id.mtime_ns >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(id.mtime_ns as u64)
+        } else {
+            SystemTime::UNIX_EPOCH
+        };
+        Ok(Opened {
+            view,
+            etag,
+            modified,
+            mode: vp.mode,
+            image: img.name,
+        })
+    })
+    .await
+    .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("open: {e}")))?
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn view(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match serve_view(&state, &path, &headers).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn serve_view(
+    state: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Response, HttpError> {
+    let vp = parse(path)?;
+    let access = match vp.mode {
+        Mode::Raw | Mode::Decrypt => Access::Plaintext,
+        Mode::Ignore | Mode::Encrypt => Access::Read,
+    };
+    // Before any lookup: no probing for names without the right to read.
+    state.authorize(headers, access)?;
+    // `<image>.sha512` is the checksum, unless an image is really named so.
+    let (vp, sum) = match vp.image.strip_suffix(SUM_SUFFIX) {
+        Some(base)
+            if !base.is_empty()
+                && !matches!(state.catalog.store().find(&vp.image), Ok(Some(_))) =>
+        {
+            let image = base.to_owned();
+            (ViewPath { image, ..vp }, true)
+        }
+        _ => (vp, false),
+    };
+    let opened = open(state, vp).await?;
+    if sum {
+        return checksum(state, opened).await;
+    }
+    Ok(respond(state, opened, headers))
+}
+
+fn common_headers(h: &mut HeaderMap, o: &Opened) {
+    if let Ok(v) = HeaderValue::from_str(&o.etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(o.modified)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+}
+
+fn respond(state: &AppState, o: Opened, headers: &HeaderMap) -> Response {
+    let len = o.view.len();
+    let mut out = HeaderMap::new();
+    common_headers(&mut out, &o);
+    if let Some(inm) = headers.get(header::IF_NONE_MATCH) {
+        if etag_listed(inm.as_bytes(), &o.etag) {
+            return (StatusCode::NOT_MODIFIED, out).into_response();
+        }
+    }
+    let range = headers
+        .get(header::RANGE)
+        .filter(|_| if_range_holds(headers.get(header::IF_RANGE), &o))
+        .and_then(|r| r.to_str().ok())
+        .map(|r| parse_range(r, len));
+    let (status, start, end) = match range {
+        None | Some(RangeSpec::Ignored) => (StatusCode::OK, 0, len),
+        Some(RangeSpec::Unsatisfiable) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                out.insert(header::CONTENT_RANGE, v);
+            }
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                out,
+                format!("range not satisfiable: the view is {len} bytes\n"),
+            )
+                .into_response();
+        }
+        Some(RangeSpec::Range(a, b)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{}/{len}", b - 1)) {
+                out.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, a, b)
+        }
+    };
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    let body = body_stream(state, o, start, end);
+    (status, out, body).into_response()
+}
+
+/// `If-None-Match`: weak comparison (RFC 9110 13.1.2), `*` matches any.
+fn etag_listed(value: &[u8], etag: &str) -> bool {
+    let Ok(s) = std::str::from_utf8(value) else {
+        return false;
+    };
+    s.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+}
+
+/// `If-Range`: the range applies only if the client's copy is this one (strong comparison).
+/// A date matches only an unchanged Last-Modified, and never for encrypt views, whose header
+/// may be remade without the source's mtime changing.
+fn if_range_holds(value: Option<&HeaderValue>, o: &Opened) -> bool {
+    let Some(v) = value.and_then(|v| v.to_str().ok()).map(str::trim) else {
+        return true;
+    };
+    if v.starts_with('"') {
+        return v == o.etag;
+    }
+    if v.starts_with("W/") || o.mode == Mode::Encrypt {
+        return false;
+    }
+    match httpdate::parse_http_date(v) {
+        Ok(d) => d == trunc_secs(o.modified),
+        Err(_) => false,
+    }
+}
+
+fn trunc_secs(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeSpec {
+    /// Not a single byte range we serve (multiple ranges, other units, bad syntax): the
+    /// whole view is sent (RFC 9110 14.2 lets a server ignore Range).
+    Ignored,
+    Unsatisfiable,
+    /// `[start, end)`.
+    Range(u64, u64),
+}
+
+fn parse_range(value: &str, len: u64) -> RangeSpec {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeSpec::Ignored;
+    };
+    let spec = spec.trim();
+    if spec.contains(',') {
+        return RangeSpec::Ignored;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeSpec::Ignored;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (a.is_empty(), num(a), num(b)) {
+        // bytes=-N: the last N bytes.
+        (true, _, Some(n)) => {
+            if n == 0 || len == 0 {
+                RangeSpec::Unsatisfiable
+            } else {
+                RangeSpec::Range(len - n.min(len), len)
+            }
+        }
+        (false, Some(start), None) if b.is_empty() => {
+            if start >= len {
+                RangeSpec::Unsatisfiable
+            } else {
+                RangeSpec::Range(start, len)
+            }
+        }
+        (false, Some(start), Some(last)) if last >= start => {
+            if start >= len {
+                RangeSpec::Unsatisfiable
+            } else {
+                RangeSpec::Range(start, last.saturating_add(1).min(len))
+            }
+        }
+        _ => RangeSpec::Ignored,
+    }
+}
+
+/// Reads `[start, end)` of the view in chunks on the blocking pool, one chunk ahead of the
+/// one being sent. Dropping the stream (the client went away) drops the read ahead: at most
+/// one more chunk is read, nothing after.
+fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
+    struct Cursor {
+        view: Arc<dyn ReadAt>,
+        next: u64,
+        end: u64,
+        pending: Option<JoinHandle<io::Result<Bytes>>>,
+        image: String,
+        mode: Mode,
+        metrics: super::Metrics,
+    }
+    impl Cursor {
+        fn spawn_next(&mut self) {
+            if self.next >= self.end {
+                return;
+            }
+            // Chunks after the first are aligned, so views read whole sectors.
+            let len = (CHUNK - self.next % CHUNK).min(self.end - self.next);
+            let (view, off) = (self.view.clone(), self.next);
+            let metrics = self.metrics.clone();
+            let mode = self.mode;
+            self.next += len;
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                let _in_flight = metrics.read_started();
+                let mut buf = vec![0u8; len as usize];
+                let mut done = 0;
+                while done < buf.len() {
+                    let n = view.read_at(off + done as u64, &mut buf[done..])?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the view ended early (its source shrank)",
+                        ));
+                    }
+                    done += n;
+                }
+                metrics.bytes_read(mode, len);
+                Ok(Bytes::from(buf))
+            }));
+        }
+    }
+    let cursor = Cursor {
+        view: o.view,
+        next: start,
+        end,
+        pending: None,
+        image: o.image,
+        mode: o.mode,
+        metrics: state.metrics.clone(),
+    };
+    cursor.metrics.handle_opened();
+    let guard = HandleGuard(cursor.metrics.clone());
+    let stream = futures_util::stream::unfold((cursor, guard), |(mut c, guard)| async move {
+        if c.pending.is_none() {
+            c.spawn_next();
+        }
+        let task = c.pending.take()?;
+        let result = match task.await {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(format!("read task: {e}"))),
+        };
+        match result {
+            Ok(bytes) => {
+                c.spawn_next();
+                Some((Ok(bytes), (c, guard)))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    image = %c.image, mode = c.mode.name(), error = %e,
+                    "aborting a download: the view failed to read (a changed source fails its open views)"
+                );
+                c.next = c.end;
+                Some((Err(e), (c, guard)))
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// Counts a served view as an open handle for as long as its body lives.
+struct HandleGuard(super::Metrics);
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        self.0.handle_closed();
+    }
+}
+
+/// Single-flight SHA-512 of views, cached by ETag under the state directory.
+#[derive(Default)]
+pub struct SumCache {
+    running: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn sum_path(state: &AppState, etag: &str) -> PathBuf {
+    state
+        .state_dir
+        .join("http-sha512")
+        .join(etag.trim_matches('"'))
+}
+
+async fn checksum(state: &AppState, o: Opened) -> Result<Response, HttpError> {
+    let path = sum_path(state, &o.etag);
+    let gate = {
+        let mut running = state.sums.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.entry(o.etag.clone()).or_default().clone()
+    };
+    // One computation per view identity; the others wait for it and read the cache.
+    let _turn = gate.lock().await;
+    let etag = o.etag.clone();
+    let image = o.image.clone();
+    let metrics = state.metrics.clone();
+    let sum = tokio::task::spawn_blocking(move || -> io::Result<String> {
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            let s = s.trim();
+            if s.len() == 128 && s.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Ok(s.to_owned());
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut h = bifs_sys::sha512::Sha512::new().map_err(|e| io::Error::other(e.to_string()))?;
+        let mut buf = vec![0u8; (4 * CHUNK) as usize];
+        let len = o.view.len();
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(buf.len() as u64) as usize;
+            bifs_core::io::read_full_at(&*o.view, off, &mut buf[..n])?;
+            h.update(&buf[..n]).map_err(|e| io::Error::other(e.to_string()))?;
+            off += n as u64;
+            metrics.bytes_read(o.mode, n as u64);
+        }
+        let sum = hex(&h.finish().map_err(|e| io::Error::other(e.to_string()))?);
+        tracing::info!(image = %o.image, mode = o.mode.name(), secs = started.elapsed().as_secs_f64(), "SHA-512 of a view computed");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{sum}\n"))?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(sum)
+    })
+    .await
+    .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("checksum: {e}")))?
+    .map_err(|e| {
+        HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("image {image:?}: computing the SHA-512: {e}"),
+        )
+    })?;
+    {
+        let mut running = state.sums.running.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::strong_count(&gate) <= 2 {
+            running.remove(&etag);
+        }
+    }
+    let mut out = HeaderMap::new();
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", &sum[..32])) {
+        out.insert(header::ETAG, v);
+    }
+    Ok((StatusCode::OK, out, format!("{sum}\n")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            parse("encrypt/ns/s/a.img").unwrap(),
+            ViewPath {
+                mode: Mode::Encrypt,
+                secret: Some(SecretRef {
+                    namespace: "ns".into(),
+                    name: "s".into()
+                }),
+                image: "a.img".into()
+            }
+        );
+        assert_eq!(parse("raw/a.qcow2").unwrap().mode, Mode::Raw);
+        for bad in [
+            "ignore/../x",
+            "ignore/..",
+            "../../etc/passwd",
+            "ignore//x",
+            "ignore/./x",
+            "encrypt/a.img",
+            "decrypt/ns/..",
+            "raw/a/b",
+            "other/x",
+            "ignore/x\0y",
+            "",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        use RangeSpec::*;
+        assert_eq!(parse_range("bytes=0-99", 1000), Range(0, 100));
+        assert_eq!(parse_range("bytes=900-", 1000), Range(900, 1000));
+        assert_eq!(parse_range("bytes=900-5000", 1000), Range(900, 1000));
+        assert_eq!(parse_range("bytes=-100", 1000), Range(900, 1000));
+        assert_eq!(parse_range("bytes=-5000", 1000), Range(0, 1000));
+        assert_eq!(parse_range("bytes=1000-", 1000), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 1000), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 1000), Ignored);
+        assert_eq!(parse_range("bytes=0-1,5-6", 1000), Ignored);
+        assert_eq!(parse_range("items=0-1", 1000), Ignored);
+        assert_eq!(parse_range("bytes=a-b", 1000), Ignored);
+    }
+
+    #[test]
+    fn if_none_match() {
+        assert!(etag_listed(b"\"abc\"", "\"abc\""));
+        assert!(etag_listed(b"W/\"x\", \"abc\"", "\"abc\""));
+        assert!(etag_listed(b"*", "\"abc\""));
+        assert!(!etag_listed(b"\"abd\"", "\"abc\""));
+    }
+}
