@@ -66,6 +66,8 @@ fn backing_image_page_in_chromium() {
         .env("BIFS_SECRET", format!("{SECRET_NS}/{SECRET_NAME}"))
         .env("BIFS_SHOTS", &shots)
         .env("BIFS_WORK", s.work())
+        .env("BIFS_BIN", env!("CARGO_BIN_EXE_bifs"))
+        .env("BIFS_STORE", s.store())
         .stdin(Stdio::null())
         .output()
         .expect("running the WebDriver script");
@@ -77,7 +79,15 @@ fn backing_image_page_in_chromium() {
         "the browser script failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    for shot in ["01-table", "02-clone-dialog", "04-detail", "05-refusal"] {
+    for shot in [
+        "01-table",
+        "02-clone-dialog",
+        "04-detail",
+        "05-refusal",
+        "07-create-dialog",
+        "09-last-row-menu",
+        "10-narrow-table",
+    ] {
         let p = shots.join(format!("{shot}.png"));
         let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         assert!(len > 10_000, "{} is missing or empty", p.display());

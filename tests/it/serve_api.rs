@@ -255,6 +255,44 @@ fn uploads_whole_resumed_and_refused() {
     assert_eq!(disk_state(&v), "ready");
     assert_eq!(v["status"]["checksum"], want.as_str());
 
+    // The fields of Longhorn's create dialog travel in the query and stay in the spec, as a
+    // POST keeps them; Data Engine v2 is refused as Longhorn's webhook refuses it.
+    let (code, v) = put(
+        &s,
+        "tagged",
+        &format!("offset=0&size={len}&minNumberOfCopies=2&dataEngine=v1&nodeSelector=storage&diskSelector=ssd,fast"),
+        &img,
+        &[],
+    );
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["spec"]["minNumberOfCopies"], 2, "{v}");
+    assert_eq!(v["spec"]["dataEngine"], "v1", "{v}");
+    assert_eq!(
+        v["spec"]["nodeSelector"],
+        serde_json::json!(["storage"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["spec"]["diskSelector"],
+        serde_json::json!(["ssd", "fast"]),
+        "{v}"
+    );
+    let (code, v) = put(
+        &s,
+        "engine2",
+        &format!("offset=0&size={len}&dataEngine=v2"),
+        &img,
+        &[],
+    );
+    assert_eq!(code, 422, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("v2 backing image is not supported"),
+        "{v}"
+    );
+
     // A wrong expected checksum fails with apply's message.
     let zeros = "0".repeat(128);
     let (code, v) = put(

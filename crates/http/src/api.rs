@@ -352,15 +352,38 @@ async fn upload_offset(
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct UploadQuery {
     #[serde(default)]
     offset: u64,
     size: u64,
     #[serde(default)]
     checksum: String,
+    /// The spec fields of Longhorn's create dialog, kept in the manifest as a POST keeps
+    /// them (the selectors as comma-separated tags: a Kubernetes qualified name has no comma).
+    #[serde(default)]
+    min_number_of_copies: i64,
+    #[serde(default)]
+    data_engine: String,
+    #[serde(default)]
+    node_selector: Option<String>,
+    #[serde(default)]
+    disk_selector: Option<String>,
 }
 
-/// `PUT /api/v1/uploads/{name}?offset=O&size=N[&checksum=SHA512]`: the body is bytes
+/// `a, b,,c` as `["a", "b", "c"]`; an empty list is kept (as a manifest's `[]`).
+fn tag_list(tags: &Option<String>) -> Option<Vec<String>> {
+    tags.as_ref().map(|t| {
+        t.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+/// `PUT /api/v1/uploads/{name}?offset=O&size=N[&checksum=SHA512][&minNumberOfCopies=C]
+/// [&dataEngine=v1][&nodeSelector=a,b][&diskSelector=c]`: the body is bytes
 /// `O..` of an image of `N` bytes. Any number of requests make one upload (a dropped one
 /// resumes at `GET`'s offset); the one that completes it applies the image
 /// (`sourceType: upload`) and answers as a create does.
@@ -391,6 +414,10 @@ async fn upload(
             source_type: "upload".into(),
             source_parameters: [(PARAM_PATH.to_string(), part.display().to_string())].into(),
             checksum: q.checksum.clone(),
+            min_number_of_copies: q.min_number_of_copies,
+            data_engine: q.data_engine.clone(),
+            node_selector: tag_list(&q.node_selector),
+            disk_selector: tag_list(&q.disk_selector),
             ..Default::default()
         },
         status: None,

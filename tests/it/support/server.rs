@@ -80,7 +80,7 @@ impl Server {
         Server { child, url, dir }
     }
 
-    #[allow(dead_code)] // used by tests/serve_api.rs, not by tests/browser.rs
+    #[allow(dead_code)] // used by tests/serve_api.rs and tests/browser.rs, not tests/serve_metrics.rs
     pub fn store(&self) -> PathBuf {
         self.dir.path().join("store")
     }

@@ -5,6 +5,10 @@
 
 const API = "/api/v1";
 const UPLOAD_CHUNK = 8 * 1024 * 1024;
+const SECTOR = 512;
+// longhorn-ui's dialog starts Minimum Number of Copies at the `default-replica-count` setting,
+// whose default is 3 (CreateBackingImage.js: `parsedReplicas[initialDataEngine] ?? 3`).
+const DEFAULT_MIN_COPIES = 3;
 const $ = (sel) => document.querySelector(sel);
 
 let images = [];
@@ -43,6 +47,9 @@ function sizeOf(b) {
 function params(b) {
   return (b.spec && b.spec.sourceParameters) || {};
 }
+function tagsOf(list) {
+  return Array.isArray(list) ? list.filter((t) => typeof t === "string" && t) : [];
+}
 
 function human(bytes) {
   if (!bytes) return "-";
@@ -61,6 +68,44 @@ function el(tag, attrs, ...children) {
   }
   for (const c of children) if (c !== null && c !== undefined) e.append(c);
   return e;
+}
+
+// ---- YAML for showing a manifest (what `bifs get -o yaml` prints, without status) ----
+const PLAIN = /^[A-Za-z0-9_/][A-Za-z0-9_./:@+-]*$/;
+const LOOKS_TYPED = /^(true|false|yes|no|on|off|null|~|[-+]?[0-9.][0-9._eE+-]*)$/i;
+function yamlScalar(v) {
+  if (v === null || v === undefined) return "null";
+  if (typeof v === "number" || typeof v === "boolean") return String(v);
+  const s = String(v);
+  if (s === "") return "''";
+  return PLAIN.test(s) && !LOOKS_TYPED.test(s) && !s.endsWith(":") ? s : JSON.stringify(s);
+}
+function yaml(v, indent = "") {
+  const out = [];
+  if (Array.isArray(v)) {
+    for (const x of v) {
+      if (x && typeof x === "object" && Object.keys(x).length) {
+        const inner = yaml(x, indent + "  ").replace(/^\s+/, "");
+        out.push(`${indent}- ${inner}`);
+      } else out.push(`${indent}- ${yamlInline(x)}`);
+    }
+  } else {
+    for (const [k, x] of Object.entries(v)) {
+      const key = yamlScalar(k);
+      if (x && typeof x === "object" && (Array.isArray(x) ? x.length : Object.keys(x).length)) {
+        out.push(`${indent}${key}:`, yaml(x, Array.isArray(x) ? indent : indent + "  "));
+      } else out.push(`${indent}${key}: ${yamlInline(x)}`);
+    }
+  }
+  return out.join("\n");
+}
+function yamlInline(x) {
+  if (Array.isArray(x)) return "[]";
+  if (x && typeof x === "object") return "{}";
+  return yamlScalar(x);
+}
+function manifestOf(b) {
+  return { apiVersion: b.apiVersion, kind: b.kind, metadata: b.metadata, spec: b.spec };
 }
 
 // ---- views: where each view of an image is served ----
@@ -129,51 +174,221 @@ async function call(url, opts = {}) {
 }
 
 // ---- the table ----
+// Rows are kept per name and replaced only when their image changed, so a status event for
+// one image leaves the others (and the focus in them) alone.
+const rowCache = new Map(); // name -> { tr, sig }
+
 function render() {
   const tbody = $("#images tbody");
-  tbody.replaceChildren();
   $("#empty").hidden = images.length > 0;
-  for (const b of images) tbody.append(row(b));
+  const secretsSig = JSON.stringify(secrets);
+  const active = document.activeElement;
+  const wanted = [];
+  for (const b of images) {
+    const name = b.metadata.name;
+    const sig = JSON.stringify(b) + secretsSig;
+    let c = rowCache.get(name);
+    if (!c || c.sig !== sig) {
+      const tr = row(b);
+      // Focus inside a replaced row moves to the same control in the new one.
+      if (c && c.tr.contains(active) && active.dataset.action) {
+        const again = tr.querySelector(`[data-action="${active.dataset.action}"]`);
+        if (again) queueMicrotask(() => again.focus());
+      }
+      c = { tr, sig };
+      rowCache.set(name, c);
+    }
+    wanted.push(c.tr);
+  }
+  const names = new Set(images.map((b) => b.metadata.name));
+  for (const n of [...rowCache.keys()]) if (!names.has(n)) rowCache.delete(n);
+  // Only rows out of place move; the rest stay where they are.
+  let at = tbody.firstChild;
+  for (const tr of wanted) {
+    if (tr === at) at = at.nextSibling;
+    else tbody.insertBefore(tr, at);
+  }
+  while (at) { const next = at.nextSibling; at.remove(); at = next; }
   refreshCloneSources();
+  refreshMenu();
+}
+
+function cell(label, attrs, ...children) {
+  return el("td", Object.assign({ "data-label": label }, attrs || {}), ...children);
 }
 
 function row(b) {
   const name = b.metadata.name;
   const state = stateOf(b);
   const secret = secretOf(b);
-  const nameCell = el("td", { class: "name" },
-    secret ? el("span", { class: "lock", title: "Encrypted", "aria-label": "Encrypted", role: "img" }) : null,
-    el("button", { type: "button", class: "link", onclick: () => showDetail(name) }, name));
-  const stateCell = el("td", { class: "state" }, el("span", { class: `badge ${state}` }, state));
+  const nameCell = cell("Name", { class: "name" }, el("div", { class: "name-line" },
+    secret ? el("span", { class: "lock", title: "Encrypted Backing Image", "aria-label": "Encrypted Backing Image", role: "img" }) : null,
+    el("button", { type: "button", class: "link", "data-action": "detail", onclick: () => showDetail(name) }, name)));
+  const stateCell = cell("State", { class: "state" }, el("span", { class: `badge ${state}` }, state));
   if (state === "in-progress" || state === "pending") {
     const p = progressOf(b);
     stateCell.append(el("progress", { max: 100, value: p, "aria-label": `${name} progress`, title: `${p}%` }));
   }
-  if (state === "failed" && messageOf(b)) stateCell.title = messageOf(b);
+  const msg = messageOf(b);
+  if (msg) stateCell.append(el("div", { class: `row-message${state === "failed" ? " failed" : ""}`, title: msg }, msg));
   const from = b.spec && b.spec.sourceType ? b.spec.sourceType : "-";
   const fromDetail = from === "download" ? params(b).url : from === "clone" ? params(b)["backing-image"] : "";
   const ops = el("div", { class: "ops" });
   if (state === "ready") {
-    const menu = el("details", { class: "menu" }, el("summary", {}, "Download"),
-      el("ul", {}, ...viewsOf(b).map((v) => el("li", {}, el("a", { href: v.url, download: name }, v.label)))));
-    ops.append(menu);
-    ops.append(el("button", { type: "button", onclick: () => openCreate({ clone: name }) }, "Clone"));
+    ops.append(el("button", {
+      type: "button", class: "menu-button", "data-action": "download", "aria-haspopup": "menu",
+      "aria-expanded": "false", "aria-controls": "download-menu",
+      onclick: () => toggleMenu(name),
+      onkeydown: (ev) => menuButtonKey(ev, name),
+    }, "Download"));
+    ops.append(el("button", { type: "button", "data-action": "clone", onclick: () => openCreate({ clone: name }) }, "Clone"));
   }
-  ops.append(el("button", { type: "button", onclick: () => confirmDelete(name) }, "Delete"));
+  ops.append(el("button", { type: "button", "data-action": "delete", onclick: () => confirmDelete(name) }, "Delete"));
   return el("tr", { "data-name": name, "data-state": state },
     nameCell,
     stateCell,
-    el("td", {}, human(sizeOf(b))),
-    el("td", {}, human((b.status || {}).virtualSize)),
-    el("td", { title: fromDetail || "" }, from, fromDetail ? el("div", { class: "hint" }, fromDetail) : null),
-    el("td", {}, secret ? `${secret.namespace}/${secret.name}` : ""),
-    el("td", {}, ops));
+    cell("Actual Size", { class: "size" }, human(sizeOf(b))),
+    cell("Virtual Size", { class: "size" }, human((b.status || {}).virtualSize)),
+    cell("Created From", { class: "from" }, from, fromDetail ? el("div", { class: "hint" }, fromDetail) : null),
+    cell("Secret", { class: "secret" }, secret ? el("span", { class: "secret-name" }, secret.name) : "", secret ? el("div", { class: "hint" }, secret.namespace) : null),
+    cell("Operation", { class: "operation" }, ops));
 }
 
 function showPageError(msg) {
   const p = $("#page-error");
   p.textContent = msg || "";
   p.hidden = !msg;
+}
+
+// ---- the Download menu (one, outside the table; WAI-ARIA menu button) ----
+let menuFor = null; // the name of the image whose menu is open
+
+function menuButtonOf(name) {
+  const c = rowCache.get(name);
+  return c ? c.tr.querySelector('[data-action="download"]') : null;
+}
+function menuItems() {
+  return [...$("#download-menu").querySelectorAll('[role="menuitem"]')];
+}
+
+function fillMenu(b) {
+  const menu = $("#download-menu");
+  const views = viewsOf(b);
+  const have = menuItems().map((a) => a.getAttribute("href")).join("\n");
+  if (have === views.map((v) => v.url).join("\n")) return;
+  const focused = menuItems().indexOf(document.activeElement);
+  menu.replaceChildren(...views.map((v) => el("a", {
+    role: "menuitem", href: v.url, download: b.metadata.name, tabindex: "-1",
+    onclick: () => closeMenu(true),
+  }, v.label)));
+  if (focused >= 0) (menuItems()[focused] || menuItems()[0]).focus();
+}
+
+function openMenu(name, focusFirst) {
+  const b = images.find((x) => x.metadata.name === name);
+  const btn = menuButtonOf(name);
+  if (!b || !btn) return;
+  if (menuFor && menuFor !== name) closeMenu(false);
+  menuFor = name;
+  const menu = $("#download-menu");
+  menu.replaceChildren();
+  fillMenu(b);
+  menu.setAttribute("aria-label", `Download ${name}`);
+  menu.hidden = false;
+  btn.setAttribute("aria-expanded", "true");
+  placeMenu();
+  if (focusFirst && menuItems().length) menuItems()[0].focus();
+}
+
+function closeMenu(focusButton) {
+  if (!menuFor) return;
+  const btn = menuButtonOf(menuFor);
+  const hadFocus = $("#download-menu").contains(document.activeElement);
+  menuFor = null;
+  $("#download-menu").hidden = true;
+  if (btn) {
+    btn.setAttribute("aria-expanded", "false");
+    if (focusButton || hadFocus) btn.focus();
+  }
+}
+
+// Opening moves the focus to the first item (WAI-ARIA menu button), by mouse or keyboard,
+// so the arrows and Esc work at once.
+function toggleMenu(name) {
+  if (menuFor === name) closeMenu(true);
+  else openMenu(name, true);
+}
+
+// Below its button, right-aligned; above it when there is no room below; inside the window.
+function placeMenu() {
+  if (!menuFor) return;
+  const btn = menuButtonOf(menuFor);
+  const menu = $("#download-menu");
+  if (!btn || !btn.isConnected) { closeMenu(false); return; }
+  const r = btn.getBoundingClientRect();
+  const margin = 8, gap = 4;
+  menu.style.maxHeight = "";
+  const w = menu.offsetWidth, h = menu.offsetHeight;
+  const vw = document.documentElement.clientWidth, vh = window.innerHeight;
+  let left = Math.min(r.right - w, vw - w - margin);
+  left = Math.max(margin, left);
+  let top = r.bottom + gap;
+  if (top + h > vh - margin) {
+    if (r.top - gap - h >= margin) top = r.top - gap - h;
+    else {
+      top = Math.max(margin, vh - margin - h);
+      if (top + h > vh - margin) menu.style.maxHeight = `${vh - 2 * margin}px`;
+    }
+  }
+  menu.style.left = `${Math.round(left)}px`;
+  menu.style.top = `${Math.round(top)}px`;
+}
+
+// After a redraw: the open menu follows its (possibly new) button, or closes if its image
+// is gone or no longer ready.
+function refreshMenu() {
+  if (!menuFor) return;
+  const b = images.find((x) => x.metadata.name === menuFor);
+  const btn = menuButtonOf(menuFor);
+  if (!b || stateOf(b) !== "ready" || !btn) {
+    const hadFocus = $("#download-menu").contains(document.activeElement);
+    menuFor = null;
+    $("#download-menu").hidden = true;
+    if (hadFocus) $("#images").focus({ preventScroll: true });
+    return;
+  }
+  btn.setAttribute("aria-expanded", "true");
+  fillMenu(b);
+  placeMenu();
+}
+
+function menuButtonKey(ev, name) {
+  if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+    ev.preventDefault();
+    openMenu(name, false);
+    const items = menuItems();
+    if (items.length) (ev.key === "ArrowDown" ? items[0] : items[items.length - 1]).focus();
+  } else if (ev.key === "Escape" && menuFor === name) {
+    ev.preventDefault();
+    closeMenu(true);
+  }
+}
+
+function menuKey(ev) {
+  const items = menuItems();
+  const i = items.indexOf(document.activeElement);
+  const go = (j) => { ev.preventDefault(); items[(j + items.length) % items.length].focus(); };
+  switch (ev.key) {
+    case "ArrowDown": go(i + 1); break;
+    case "ArrowUp": go(i - 1); break;
+    case "Home": go(0); break;
+    case "End": go(items.length - 1); break;
+    case "Escape": ev.preventDefault(); closeMenu(true); break;
+    // Back on the button, so the browser's own Tab moves on from there.
+    case "Tab": closeMenu(true); break;
+    case " ": if (i >= 0) { ev.preventDefault(); items[i].click(); } break;
+    default: break;
+  }
 }
 
 // ---- live updates ----
@@ -241,15 +456,22 @@ function fillDetail(name) {
   const dl = $("#detail-list");
   dl.replaceChildren();
   $("#detail-title").textContent = `Backing Image ${name}`;
+  $("#detail-manifest").hidden = !b;
   if (!b) { dl.append(el("dt", {}, "State"), el("dd", {}, "deleted")); return; }
   const st = b.status || {};
+  const spec = b.spec || {};
   const add = (k, v) => dl.append(el("dt", {}, k), el("dd", {}, v === "" || v === undefined ? "-" : v));
+  const tags = (list, kind) => {
+    const t = tagsOf(list);
+    return t.length ? el("span", { class: "tags" }, ...t.map((x) => el("span", { class: `tag ${kind}` }, x))) : "";
+  };
   add("Name", name);
   add("UUID", st.uuid || "");
   add("State", el("span", { class: `badge ${stateOf(b)}` }, stateOf(b)));
-  add("Created From", (b.spec && b.spec.sourceType) || "");
+  if (messageOf(b)) add("Message", el("span", { class: stateOf(b) === "failed" ? "mismatch" : "" }, messageOf(b)));
+  add("Created From", spec.sourceType || "");
   for (const [k, v] of Object.entries(params(b))) add(`Parameter ${k}`, el("code", {}, v));
-  const expected = (b.spec && b.spec.checksum) || st.expectedChecksum || "";
+  const expected = spec.checksum || st.expectedChecksum || "";
   const current = st.checksum || st.currentChecksum || "";
   add("Expected SHA512 Checksum", expected ? el("code", {}, expected) : "(none given: the first checksum is taken)");
   add("Current SHA512 Checksum", current ? el("code", {}, current) : "");
@@ -257,23 +479,28 @@ function fillDetail(name) {
   if (current && (!expected || expected.toLowerCase() === current)) add("Checksum", el("span", { class: "verified" }, "Verified"));
   else if (failedCheck || (expected && current)) add("Checksum", el("span", { class: "mismatch" }, "Failed"));
   const secret = secretOf(b);
-  add("Secret", secret ? `${secret.namespace}/${secret.name}` : "");
+  add("Secret", secret ? secret.name : "");
+  add("Secret Namespace", secret ? secret.namespace : "");
+  add("Minimum Number of Copies", spec.minNumberOfCopies === undefined ? "" : String(spec.minNumberOfCopies));
+  add("Data Engine", spec.dataEngine || "");
+  add("Node Tag", tags(spec.nodeSelector, "node"));
+  add("Disk Tag", tags(spec.diskSelector, "disk"));
   add("Actual Size", human(sizeOf(b)));
   add("Virtual Size", human(st.virtualSize));
-  if (messageOf(b)) add("Message", el("span", { class: "mismatch" }, messageOf(b)));
   if (stateOf(b) === "ready") {
     const url = new URL(viewUrl("ignore", name), location.href).href;
     add("URL for a Longhorn BackingImage", el("code", {}, url));
     add("Checksum file", el("a", { href: `${viewUrl("ignore", name)}.sha512` }, `${url}.sha512`));
     for (const v of viewsOf(b)) add(`Download: ${v.label}`, el("a", { href: v.url, download: name }, new URL(v.url, location.href).href));
   }
+  $("#detail-manifest-text").textContent = yaml(manifestOf(b));
 }
 
-// ---- delete ----
+// ---- delete (longhorn-ui BackingImageActions.js: "Are you sure you want to delete …") ----
 function confirmDelete(name) {
   const d = $("#confirm-dialog");
   $("#confirm-title").textContent = `Delete ${name}`;
-  $("#confirm-text").textContent = `Are you sure you want to delete backing image ${name}?`;
+  $("#confirm-text").textContent = `Are you sure you want to delete ${name} backing image?`;
   d.addEventListener("close", async () => {
     if (d.returnValue !== "ok") return;
     try {
@@ -290,29 +517,105 @@ function refreshCloneSources() {
   const sel = $("#bi-clone-source");
   const keep = sel.value;
   const ready = images.filter((b) => stateOf(b) === "ready").map((b) => b.metadata.name);
-  sel.replaceChildren(...ready.map((n) => el("option", { value: n }, n)));
-  if (ready.includes(keep)) sel.value = keep;
+  const have = [...sel.options].map((o) => o.value);
+  if (have.join("\n") !== ready.join("\n")) {
+    sel.replaceChildren(...ready.map((n) => el("option", { value: n }, n)));
+    if (ready.includes(keep)) sel.value = keep;
+    if ($("#create-dialog").open) updateManifestPreview();
+  }
 }
 
-function fillSecrets() {
+function fillSecretSuggestions() {
   const names = [...new Set(secrets.map((s) => s.name))];
-  $("#bi-secret").replaceChildren(...names.map((n) => el("option", { value: n }, n)));
-  fillNamespaces();
+  $("#secret-names").replaceChildren(...names.map((n) => el("option", { value: n })));
+  fillNamespaceSuggestions();
+  const tagSet = (key) => [...new Set(images.flatMap((b) => tagsOf((b.spec || {})[key])))].sort();
+  $("#known-node-tags").replaceChildren(...tagSet("nodeSelector").map((t) => el("option", { value: t })));
+  $("#known-disk-tags").replaceChildren(...tagSet("diskSelector").map((t) => el("option", { value: t })));
 }
-function fillNamespaces() {
-  const name = $("#bi-secret").value;
-  const nss = secrets.filter((s) => s.name === name).map((s) => s.namespace);
-  $("#bi-secret-namespace").replaceChildren(...nss.map((n) => el("option", { value: n }, n)));
+// The namespaces of the typed Secret (all known ones while it matches none).
+function fillNamespaceSuggestions() {
+  const name = $("#bi-secret").value.trim();
+  let nss = secrets.filter((s) => s.name === name).map((s) => s.namespace);
+  if (!nss.length) nss = secrets.map((s) => s.namespace);
+  $("#secret-namespaces").replaceChildren(...[...new Set(nss)].map((n) => el("option", { value: n })));
+}
+// A known Secret name with a single namespace fills an empty Secret Namespace.
+function secretChosen() {
+  fillNamespaceSuggestions();
+  const name = $("#bi-secret").value.trim();
+  const ns = $("#bi-secret-namespace");
+  const nss = [...new Set(secrets.filter((s) => s.name === name).map((s) => s.namespace))];
+  if (!ns.value.trim() && nss.length === 1) {
+    ns.value = nss[0];
+    clearFieldError(ns);
+  }
+}
+
+function keyedEncryption() {
+  return ["encrypt", "decrypt", "rekey"].includes($("#bi-encryption").value);
 }
 
 function showFields() {
   const src = $("#bi-source").value;
-  const keyed = $("#bi-encryption").value !== "ignore";
-  for (const f of document.querySelectorAll("#create-form .field[data-for]")) {
-    let show = f.dataset.for.split(" ").includes(src);
-    if (f.hasAttribute("data-keyed")) show = show && keyed;
-    f.hidden = !show;
+  for (const f of document.querySelectorAll("#create-form [data-for]")) {
+    f.hidden = !f.dataset.for.split(" ").includes(src);
   }
+  // Export from a volume needs Longhorn's engine (see #volume-note): nothing to submit.
+  $("#create-ok").disabled = src === "volume";
+  $("#create-ok").title = src === "volume" ? "bifs cannot export a Longhorn volume" : "";
+  updateManifestPreview();
+}
+
+// Per-field messages under the field (as Longhorn's form items), cleared when it is edited.
+function fieldErrorEl(input) {
+  const id = `${input.id}-error`;
+  let p = document.getElementById(id);
+  if (!p) {
+    p = el("p", { id, class: "field-error", hidden: true });
+    input.closest(".field").append(p);
+  }
+  return p;
+}
+function setFieldError(input, msg) {
+  const p = fieldErrorEl(input);
+  p.textContent = msg;
+  p.hidden = false;
+  input.setAttribute("aria-invalid", "true");
+  const ids = new Set((input.getAttribute("aria-describedby") || "").split(" ").filter(Boolean));
+  ids.add(p.id);
+  input.setAttribute("aria-describedby", [...ids].join(" "));
+}
+function clearFieldError(input) {
+  const p = document.getElementById(`${input.id}-error`);
+  if (p) p.hidden = true;
+  input.removeAttribute("aria-invalid");
+}
+function clearAllErrors() {
+  for (const i of document.querySelectorAll("#create-form [aria-invalid]")) clearFieldError(i);
+  createError("");
+}
+
+// longhorn-ui's rules: required fields with its messages, a file of whole 512-byte sectors.
+function validateCreate() {
+  const src = $("#bi-source").value;
+  const errors = [];
+  for (const input of document.querySelectorAll("#create-form [data-required], #create-form [data-required-keyed]")) {
+    if (input.closest("[hidden]")) continue;
+    if (input.hasAttribute("data-required-keyed") && !keyedEncryption()) continue;
+    const empty = input.type === "file" ? !input.files.length : !input.value.trim();
+    if (empty) errors.push([input, input.dataset.required || input.dataset.requiredKeyed]);
+  }
+  if (src === "upload" && $("#bi-file").files.length && $("#bi-file").files[0].size % SECTOR !== 0) {
+    errors.push([$("#bi-file"), "Must be a multiple of 512 bytes"]);
+  }
+  const copies = $("#bi-min-copies");
+  if (copies.value.trim() && !(Number.isInteger(Number(copies.value)) && Number(copies.value) >= 1)) {
+    errors.push([copies, "Must be a whole number, at least 1"]);
+  }
+  for (const [input, msg] of errors) setFieldError(input, msg);
+  if (errors.length) errors[0][0].focus();
+  return errors.length === 0;
 }
 
 function createError(msg) {
@@ -324,51 +627,90 @@ function createError(msg) {
 function openCreate(preset = {}) {
   const form = $("#create-form");
   form.reset();
-  createError("");
+  clearAllErrors();
   $("#upload-progress").hidden = true;
   $("#upload-text").textContent = "";
+  $("#create-manifest").open = false;
   refreshCloneSources();
-  fillSecrets();
+  fillSecretSuggestions();
+  $("#bi-min-copies").value = DEFAULT_MIN_COPIES;
   if (preset.clone) {
     $("#bi-source").value = "clone";
     $("#bi-clone-source").value = preset.clone;
   }
   showFields();
-  $("#create-ok").disabled = false;
   $("#create-dialog").showModal();
   $("#bi-name").focus();
+}
+
+function tagList(text) {
+  return [...new Set(text.split(",").map((t) => t.trim()).filter(Boolean))];
+}
+
+// The spec the dialog stands for, as longhorn-ui's genDataFromType builds it.
+function specFromForm() {
+  const src = $("#bi-source").value;
+  const spec = { sourceType: src === "volume" ? "export-from-volume" : src, sourceParameters: {} };
+  const checksum = $("#bi-checksum").value.trim();
+  if (src === "download") {
+    spec.sourceParameters.url = $("#bi-url").value.trim();
+    if (checksum) spec.checksum = checksum;
+  } else if (src === "upload") {
+    if (checksum) spec.checksum = checksum;
+  } else if (src === "clone") {
+    spec.sourceParameters["backing-image"] = $("#bi-clone-source").value;
+    spec.sourceParameters.encryption = $("#bi-encryption").value;
+    const secret = $("#bi-secret").value.trim();
+    const ns = $("#bi-secret-namespace").value.trim();
+    if (secret) spec.sourceParameters.secret = secret;
+    if (ns) spec.sourceParameters["secret-namespace"] = ns;
+  } else if (src === "volume") {
+    spec.sourceParameters["volume-name"] = $("#bi-volume").value.trim();
+    spec.sourceParameters["export-type"] = $("#bi-export-type").value;
+  }
+  const copies = Number($("#bi-min-copies").value);
+  if (Number.isInteger(copies) && copies > 0) spec.minNumberOfCopies = copies;
+  spec.dataEngine = $("#bi-data-engine").value;
+  spec.nodeSelector = tagList($("#bi-node-tags").value);
+  spec.diskSelector = tagList($("#bi-disk-tags").value);
+  return spec;
 }
 
 function manifest(name, spec) {
   return { apiVersion: "longhorn.io/v1beta2", kind: "BackingImage", metadata: { name }, spec };
 }
 
+function updateManifestPreview() {
+  const spec = specFromForm();
+  let text = yaml(manifest($("#bi-name").value.trim(), spec));
+  if (spec.sourceType === "upload") text += "\n# the upload sets sourceParameters.path to the file it receives";
+  $("#create-manifest-text").textContent = text;
+}
+
+// Any edit: the edited field's message and the server's last answer go (they were about
+// what the form held before).
+function onCreateInput(ev) {
+  if (ev.target.id) clearFieldError(ev.target);
+  createError("");
+  if (ev.target.id === "bi-encryption" && !keyedEncryption()) {
+    clearFieldError($("#bi-secret"));
+    clearFieldError($("#bi-secret-namespace"));
+  }
+  updateManifestPreview();
+}
+
 async function submitCreate(ev) {
   ev.preventDefault();
-  createError("");
+  if ($("#bi-source").value === "volume") return;
+  clearAllErrors();
+  if (!validateCreate()) return;
   const name = $("#bi-name").value.trim();
-  const src = $("#bi-source").value;
-  const checksum = $("#bi-checksum").value.trim();
+  const spec = specFromForm();
   $("#create-ok").disabled = true;
   try {
-    if (src === "upload") {
-      const file = $("#bi-file").files[0];
-      if (!file) throw new Error("File: choose a file to upload");
-      await upload(name, file, checksum);
+    if (spec.sourceType === "upload") {
+      await upload(name, $("#bi-file").files[0], spec);
     } else {
-      const spec = { sourceType: src, sourceParameters: {} };
-      if (src === "download") {
-        spec.sourceParameters.url = $("#bi-url").value.trim();
-        if (checksum) spec.checksum = checksum;
-      } else {
-        spec.sourceParameters["backing-image"] = $("#bi-clone-source").value;
-        const enc = $("#bi-encryption").value;
-        spec.sourceParameters.encryption = enc;
-        if (enc !== "ignore") {
-          spec.sourceParameters.secret = $("#bi-secret").value;
-          spec.sourceParameters["secret-namespace"] = $("#bi-secret-namespace").value;
-        }
-      }
       await call(`${API}/backingimages`, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
@@ -379,12 +721,13 @@ async function submitCreate(ev) {
   } catch (e) {
     createError(e.message);
   } finally {
-    $("#create-ok").disabled = false;
+    $("#create-ok").disabled = $("#bi-source").value === "volume";
   }
 }
 
-// Resumable: asks the server how much it holds, sends the rest in chunks.
-async function upload(name, file, checksum) {
+// Resumable: asks the server how much it holds, sends the rest in chunks. The spec fields
+// travel in the query (the bytes are the body).
+async function upload(name, file, spec) {
   const bar = $("#upload-progress");
   const text = $("#upload-text");
   bar.hidden = false;
@@ -396,7 +739,11 @@ async function upload(name, file, checksum) {
     text.textContent = `${human(offset)} of ${human(file.size)}`;
     const end = Math.min(offset + UPLOAD_CHUNK, file.size);
     const q = new URLSearchParams({ offset, size: file.size });
-    if (checksum) q.set("checksum", checksum);
+    if (spec.checksum) q.set("checksum", spec.checksum);
+    if (spec.minNumberOfCopies) q.set("minNumberOfCopies", spec.minNumberOfCopies);
+    q.set("dataEngine", spec.dataEngine);
+    q.set("nodeSelector", spec.nodeSelector.join(","));
+    q.set("diskSelector", spec.diskSelector.join(","));
     let r;
     try {
       r = await call(`${path}?${q}`, { method: "PUT", body: file.slice(offset, end) });
@@ -427,13 +774,20 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("#create-button").addEventListener("click", () => openCreate());
   $("#create-cancel").addEventListener("click", () => $("#create-dialog").close("cancel"));
   $("#create-form").addEventListener("submit", submitCreate);
+  $("#create-form").addEventListener("input", onCreateInput);
+  $("#create-form").addEventListener("change", onCreateInput);
   $("#bi-source").addEventListener("change", showFields);
-  $("#bi-encryption").addEventListener("change", showFields);
-  $("#bi-secret").addEventListener("change", fillNamespaces);
+  $("#bi-secret").addEventListener("change", secretChosen);
+  $("#bi-secret").addEventListener("input", fillNamespaceSuggestions);
   $("#detail-close").addEventListener("click", () => $("#detail-dialog").close());
-  // A Download menu closes when focus or a click goes elsewhere.
+  $("#download-menu").addEventListener("keydown", menuKey);
+  // The menu closes on a click elsewhere; it follows its button when the page scrolls.
   document.addEventListener("click", (ev) => {
-    for (const d of document.querySelectorAll("details.menu[open]")) if (!d.contains(ev.target)) d.open = false;
+    if (!menuFor) return;
+    const btn = menuButtonOf(menuFor);
+    if (!$("#download-menu").contains(ev.target) && !(btn && btn.contains(ev.target))) closeMenu(false);
   });
+  window.addEventListener("resize", placeMenu);
+  document.addEventListener("scroll", placeMenu, true);
   if (await loadSecrets()) connect();
 });
