@@ -17,6 +17,7 @@ PACKAGES=(
   binutils              # readelf for image.sh
   chromium chromium-driver python3-selenium  # the Backing Image page in a real browser (tests/it/browser.rs)
   curl wget             # bifs serve tests: real HTTP clients
+  python3-venv          # kubernetes-validate's venv (below)
 )
 
 missing=()
@@ -41,6 +42,30 @@ if [[ ! -e /usr/lib/x86_64-linux-gnu/qemu/block-curl.so ]]; then
   echo "setup: apt-get install qemu-block-extra=$ver qemu-utils=$ver" >&2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
     "qemu-block-extra=$ver" "qemu-utils=$ver" >/dev/null
+fi
+
+# kubernetes-validate (PyPI; tests/deploy_manifests.rs), pinned with its dependencies, in its
+# own venv of Debian's python3 (PEP 668: not into the system's site-packages).
+KV_VENV=/opt/kubernetes-validate
+KV_PINS="$(dirname "$0")/kubernetes-validate.txt"
+KV_VERSION=$(sed -n 's/^kubernetes-validate==//p' "$KV_PINS")
+if [[ "$("$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null)" != "$KV_VERSION" ]]; then
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  echo "setup: kubernetes-validate $KV_VERSION into $KV_VENV" >&2
+  $SUDO rm -rf "$KV_VENV"
+  $SUDO /usr/bin/python3 -m venv "$KV_VENV"
+  $SUDO "$KV_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$KV_PINS"
+  $SUDO ln -sf "$KV_VENV/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
+fi
+
+# kubectl renders deploy/ (`kubectl kustomize`, kustomize v5 built in). Debian's own
+# kubernetes-client (1.20) is too old for deploy/'s kustomization, so it comes from
+# Kubernetes' apt repository (pkgs.k8s.io) or Google's (package kubectl); scripts/test.sh
+# refuses to run without it.
+if ! kubectl version --client -o json 2>/dev/null | grep -q '"kustomizeVersion": "v5'; then
+  echo "setup: *** kubectl with kustomize v5 not found: install kubectl >= 1.27 from" \
+    "https://pkgs.k8s.io (see https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/) ***" >&2
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install a Rust toolchain (rustup)" >&2; exit 1; }

@@ -98,6 +98,8 @@ pub enum SecretError {
     NotText { secret: SecretRef, key: String },
     #[error("{path} is one Secret volume (it has ..data); point --secrets at the directory that holds NAMESPACE/NAME/ volumes")]
     SingleVolume { path: PathBuf },
+    #[error("{path} is a Secret volume beside the NAMESPACE/ directories, so its keys must be Secret manifests (*.yaml, *.yml, *.json), but it has the key {key}; mount one Secret's volume at NAMESPACE/NAME instead")]
+    NotManifests { path: PathBuf, key: String },
 }
 
 /// A Secret's identity and string data. Values are zeroized on drop and never printed.
