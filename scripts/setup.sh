@@ -17,6 +17,7 @@ PACKAGES=(
   binutils              # readelf for image.sh
   chromium chromium-driver python3-selenium  # the Backing Image page in a real browser (tests/browser.rs)
   curl wget             # bifs serve tests: real HTTP clients
+  golang-go             # tests/longhorn_client: Longhorn's download client, built from Go's stdlib (tests/longhorn_download.rs)
 )
 
 missing=()
