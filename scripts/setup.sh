@@ -18,6 +18,7 @@ PACKAGES=(
   chromium chromium-driver python3-selenium  # the Backing Image page in a real browser (tests/it/browser.rs)
   curl wget             # bifs serve tests: real HTTP clients
   python3-venv          # kubernetes-validate's venv (below)
+  golang-go             # tests/longhorn_client: Longhorn's download client, built from Go's stdlib (tests/it/longhorn_download.rs)
 )
 
 missing=()

@@ -12,7 +12,7 @@ echo "== the full tier's requirements"
 missing=()
 [ "$(id -u)" = 0 ] || missing+=("root (tmpfs and FUSE mounts)")
 [ -e /dev/fuse ] || missing+=("/dev/fuse")
-for tool in cryptsetup qemu-img qemu-io fusermount3 setpriv python3 sha512sum; do
+for tool in cryptsetup qemu-img qemu-io fusermount3 setpriv python3 sha512sum go; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 /usr/bin/python3 -c 'import cryptography.hazmat.primitives.ciphers' 2>/dev/null \

@@ -12,10 +12,6 @@
 //! rendered objects: labels, image, token automount, priority, the node's address, the memory
 //! budget, Secret volumes, and that adding a Secret is one line that restarts nothing.
 
-#[macro_use]
-mod tier;
-mod node_support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::IpAddr;
@@ -757,7 +753,7 @@ fn every_flag_the_daemonset_passes_is_one_bifs_mount_accepts() {
     let c = bifs_container(&r.daemonset);
     let args = c.args.as_ref().unwrap();
     assert_eq!(args.first().map(String::as_str), Some("mount"));
-    let out = Command::new(env!("CARGO_BIN_EXE_bifs"))
+    let out = Command::new(crate::support::BIFS)
         .args(["mount", "--help"])
         .output()
         .unwrap();
@@ -926,8 +922,8 @@ fn adding_a_crypto_secret_is_one_line_that_restarts_nothing() {
         .strip_prefix(&flags(c)["secrets"])
         .expect("mounted under --secrets");
     let keys: Vec<(&str, &[u8])> = data.iter().map(|(k, v)| (k.as_str(), &v.0[..])).collect();
-    node_support::kubelet_write(&secrets_dir.join(rel), &keys);
-    let src = bifs::k8s::SecretSource::open(&secrets_dir).unwrap();
+    crate::support::node::kubelet_write(&secrets_dir.join(rel), &keys);
+    let src = bifs_k8s::SecretSource::open(&secrets_dir).unwrap();
     let found: Vec<String> = src.secrets().map(|s| s.id.to_string()).collect();
     assert_eq!(found, ["longhorn-system/longhorn-crypto"]);
     let params = src.secrets().next().unwrap().crypto_params().unwrap();

@@ -18,6 +18,7 @@ mod hostile;
 mod interop_cryptsetup;
 mod keys;
 mod layers;
+mod longhorn_download;
 mod luks_fidelity;
 mod mount;
 mod node_image;

@@ -6,13 +6,16 @@
 //! - [`mount`]: a real `bifs mount` that is always unmounted;
 //! - [`apply`]: the Longhorn workflow through the binary, a local HTTP server;
 //! - [`server`]: a real `bifs serve` with curl;
-//! - [`node`]: Secret volumes as the kubelet writes them.
+//! - [`node`]: Secret volumes as the kubelet writes them;
+//! - [`longhorn_client`]: backing-image-manager's download client (Go, built once).
 
 #[macro_use]
 pub mod tier;
 #[macro_use]
 pub mod common;
 pub mod apply;
+#[macro_use]
+pub mod longhorn_client;
 pub mod mount;
 pub mod node;
 pub mod server;

@@ -1,0 +1,3 @@
+module bifs.test/longhorn-client
+
+go 1.19
