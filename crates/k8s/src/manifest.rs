@@ -645,9 +645,35 @@ fn scalar(v: &serde_norway::Value) -> Option<String> {
     }
 }
 
-/// Parses every `kind: BackingImage` document in `text`; other kinds (Secrets, …) are skipped.
-pub fn parse_backing_images(text: &str, path: &Path) -> Result<Vec<BackingImage>, ManifestError> {
+/// The objects a document holds: the items of a list (`kind: List`, as `kubectl get -o yaml`
+/// and `bifs get -o yaml` print several objects; also the typed `SecretList`,
+/// `BackingImageList`), else the document itself. Lists in lists are opened too, a few
+/// levels deep.
+pub(crate) fn list_items(value: serde_norway::Value) -> Vec<serde_norway::Value> {
+    fn go(value: serde_norway::Value, depth: usize, out: &mut Vec<serde_norway::Value>) {
+        let is_list = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .is_some_and(|k| k.ends_with("List"));
+        if is_list && depth < 4 {
+            if let Some(serde_norway::Value::Sequence(items)) = value.get("items") {
+                for item in items.clone() {
+                    go(item, depth + 1, out);
+                }
+                return;
+            }
+        }
+        out.push(value);
+    }
     let mut out = Vec::new();
+    go(value, 0, &mut out);
+    out
+}
+
+/// Parses every `kind: BackingImage` object in `text` (documents, and the items of lists);
+/// other kinds (Secrets, …) are skipped.
+pub fn parse_backing_images(text: &str, path: &Path) -> Result<Vec<BackingImage>, ManifestError> {
+    let mut objects = Vec::new();
     for doc in serde_norway::Deserializer::from_str(text) {
         let value = serde_norway::Value::deserialize(doc).map_err(|e| ManifestError::Yaml {
             path: path.into(),
@@ -657,6 +683,10 @@ pub fn parse_backing_images(text: &str, path: &Path) -> Result<Vec<BackingImage>
                 |l| format!("malformed at line {}, column {}", l.line(), l.column()),
             ),
         })?;
+        objects.extend(list_items(value));
+    }
+    let mut out = Vec::new();
+    for value in objects {
         let Some(map) = value.as_mapping() else {
             continue;
         };
@@ -849,6 +879,22 @@ stringData: {CRYPTO_KEY_VALUE: hunter2}
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_items_of_a_list_are_read() {
+        // As `bifs get -o json` prints several (JSON is YAML), with a status to ignore.
+        let json = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "longhorn.io/v1beta2", "kind": "BackingImage", "metadata": {"name": "p1"},
+             "spec": {"sourceType": "download", "sourceParameters": {"url": "http://x/y"}},
+             "status": {"uuid": "1a2b3c4d"}},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}]}"#;
+        let bi = parse(json);
+        assert_eq!(bi.len(), 1);
+        assert_eq!((bi[0].name(), bi[0].status.is_none()), ("p1", true));
+        let both = parse(&format!("{DOCS}---\napiVersion: v1\nkind: BackingImageList\nitems:\n- {{apiVersion: longhorn.io/v1beta2, kind: BackingImage, metadata: {{name: p2}}, spec: {{sourceType: upload}}}}\n"));
+        let names: Vec<&str> = both.iter().map(|b| b.name()).collect();
+        assert_eq!(names, ["parrot-cloned-encrypted", "p2"]);
     }
 
     fn refusal(spec: &str) -> FieldError {

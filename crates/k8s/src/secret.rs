@@ -28,6 +28,53 @@ const KEY_PBKDF: &str = "CRYPTO_PBKDF";
 const KEY_PBKDF_MEMORY: &str = "CRYPTO_PBKDF_MEMORY";
 const KEY_PBKDF_FORCE_ITERATIONS: &str = "CRYPTO_PBKDF_FORCE_ITERATIONS";
 
+/// Every `CRYPTO_*` key Longhorn reads (and so bifs).
+pub const CRYPTO_KEYS: [&str; 8] = [
+    KEY_VALUE,
+    KEY_PROVIDER,
+    KEY_CIPHER,
+    KEY_HASH,
+    KEY_SIZE,
+    KEY_PBKDF,
+    KEY_PBKDF_MEMORY,
+    KEY_PBKDF_FORCE_ITERATIONS,
+];
+
+/// A `CRYPTO_*` key of a Secret that Longhorn does not read: a misspelling would otherwise
+/// leave a default in force without a word (`CRYPTO_CIPHER`, `CRYPTO_PBKDF_MEMORY_KIB`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownKey {
+    pub key: String,
+    /// The valid key nearest to it (edit distance), when one is near enough to be meant.
+    pub suggestion: Option<&'static str>,
+}
+
+impl fmt::Display for UnknownKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.suggestion {
+            Some(s) => write!(f, "unknown key {} is ignored; did you mean {s}?", self.key),
+            None => write!(
+                f,
+                "unknown key {} is ignored (the keys are {})",
+                self.key,
+                CRYPTO_KEYS.join(", ")
+            ),
+        }
+    }
+}
+
+/// The valid key nearest to `key`: compared in upper case (keys are case-sensitive, so a
+/// lower-case spelling of a valid key is unknown too), near enough when at most a third of
+/// it (at least 3 characters) differs.
+fn nearest_key(key: &str) -> Option<&'static str> {
+    let upper = key.to_ascii_uppercase();
+    let (best, distance) = CRYPTO_KEYS
+        .iter()
+        .map(|k| (*k, strsim::levenshtein(&upper, k)))
+        .min_by_key(|(_, d)| *d)?;
+    (distance <= (key.len() / 3).max(3)).then_some(best)
+}
+
 /// `namespace/name` of a Secret.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SecretRef {
@@ -168,61 +215,70 @@ pub fn parse_secrets(text: &str, path: &Path) -> Result<Vec<Secret>, SecretError
                 |l| format!("malformed at line {}, column {}", l.line(), l.column()),
             ),
         })?;
-        if value.is_null() {
-            continue;
+        for object in crate::manifest::list_items(value) {
+            if let Some(secret) = parse_secret(object, path)? {
+                out.push(secret);
+            }
         }
-        let Ok(m) = serde_norway::from_value::<Manifest>(value) else {
-            continue;
-        };
-        if m.kind != "Secret" {
-            continue;
-        }
-        if m.metadata.name.is_empty() {
-            return Err(SecretError::NoName { path: path.into() });
-        }
-        let namespace = if m.metadata.namespace.is_empty() {
-            "default".into()
-        } else {
-            m.metadata.namespace
-        };
-        let id = SecretRef {
-            namespace,
-            name: m.metadata.name,
-        };
-        let mut data = BTreeMap::new();
-        for (k, v) in &m.data {
-            let encoded = scalar(v);
-            let decoded =
-                Zeroizing::new(
-                    B64.decode(encoded.trim())
-                        .map_err(|_| SecretError::Base64 {
-                            path: path.into(),
-                            secret: id.clone(),
-                            key: k.clone(),
-                        })?,
-                );
-            let mut decoded = decoded;
-            // Moves the bytes (no copy); on invalid UTF-8 the rejected bytes are wiped too.
-            let text = String::from_utf8(std::mem::take(&mut *decoded)).map_err(|e| {
-                Zeroizing::new(e.into_bytes());
-                SecretError::Base64 {
-                    path: path.into(),
-                    secret: id.clone(),
-                    key: k.clone(),
-                }
-            })?;
-            data.insert(k.clone(), Zeroizing::new(text));
-        }
-        for (k, v) in &m.string_data {
-            data.insert(k.clone(), scalar(v));
-        }
-        out.push(Secret {
-            id,
-            source: path.into(),
-            data,
-        });
     }
     Ok(out)
+}
+
+/// One object, if it is a Secret.
+fn parse_secret(value: serde_norway::Value, path: &Path) -> Result<Option<Secret>, SecretError> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let Ok(m) = serde_norway::from_value::<Manifest>(value) else {
+        return Ok(None);
+    };
+    if m.kind != "Secret" {
+        return Ok(None);
+    }
+    if m.metadata.name.is_empty() {
+        return Err(SecretError::NoName { path: path.into() });
+    }
+    let namespace = if m.metadata.namespace.is_empty() {
+        "default".into()
+    } else {
+        m.metadata.namespace
+    };
+    let id = SecretRef {
+        namespace,
+        name: m.metadata.name,
+    };
+    let mut data = BTreeMap::new();
+    for (k, v) in &m.data {
+        let encoded = scalar(v);
+        let decoded =
+            Zeroizing::new(
+                B64.decode(encoded.trim())
+                    .map_err(|_| SecretError::Base64 {
+                        path: path.into(),
+                        secret: id.clone(),
+                        key: k.clone(),
+                    })?,
+            );
+        let mut decoded = decoded;
+        // Moves the bytes (no copy); on invalid UTF-8 the rejected bytes are wiped too.
+        let text = String::from_utf8(std::mem::take(&mut *decoded)).map_err(|e| {
+            Zeroizing::new(e.into_bytes());
+            SecretError::Base64 {
+                path: path.into(),
+                secret: id.clone(),
+                key: k.clone(),
+            }
+        })?;
+        data.insert(k.clone(), Zeroizing::new(text));
+    }
+    for (k, v) in &m.string_data {
+        data.insert(k.clone(), scalar(v));
+    }
+    Ok(Some(Secret {
+        id,
+        source: path.into(),
+        data,
+    }))
 }
 
 /// Picks the Secret named `wanted`, or the only one when none is named.
@@ -267,6 +323,28 @@ impl Secret {
                 .iter()
                 .zip(&other.data)
                 .all(|((k1, v1), (k2, v2))| k1 == k2 && v1.as_bytes() == v2.as_bytes())
+    }
+
+    /// Its `CRYPTO_*` keys (any case) that Longhorn does not read, with the nearest valid name.
+    /// Other keys are the Secret owner's business and are not reported.
+    pub fn unknown_keys(&self) -> Vec<UnknownKey> {
+        self.data
+            .keys()
+            .filter(|k| k.to_ascii_uppercase().starts_with("CRYPTO_"))
+            .filter(|k| !CRYPTO_KEYS.contains(&k.as_str()))
+            .map(|k| UnknownKey {
+                key: k.clone(),
+                suggestion: nearest_key(k),
+            })
+            .collect()
+    }
+
+    /// Warns about each unknown `CRYPTO_*` key. Called where a version of the Secret is first
+    /// read (not on every use), so each version warns once.
+    pub fn warn_unknown_keys(&self) {
+        for u in self.unknown_keys() {
+            tracing::warn!(secret = %self.id, source = %self.source.display(), key = %u.key, suggestion = u.suggestion, "Secret {}: {u}", self.id);
+        }
     }
 
     fn get(&self, key: &str) -> Option<&str> {
@@ -413,6 +491,50 @@ data:
             "{err}"
         );
         assert!(!err.contains("pass\""));
+    }
+
+    #[test]
+    fn misspelled_keys_are_found_with_the_nearest_valid_name() {
+        let y = "kind: Secret\nmetadata: {name: x}\nstringData:\n  CRYPTO_KEY_VALUE: pw\n  CRYPTO_CIPHER: aes-xts-plain64\n  CRYPTO_PBKDF_MEMORY_KIB: '65536'\n  crypto_key_hash: sha512\n  CRYPTO_WHATEVER_THIS_IS: x\n  username: not-ours\n";
+        let s = parse_secrets(y, Path::new("x")).unwrap();
+        let found: Vec<(String, Option<&str>)> = s[0]
+            .unknown_keys()
+            .into_iter()
+            .map(|u| (u.key, u.suggestion))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("CRYPTO_CIPHER".to_string(), Some("CRYPTO_KEY_CIPHER")),
+                (
+                    "CRYPTO_PBKDF_MEMORY_KIB".to_string(),
+                    Some("CRYPTO_PBKDF_MEMORY")
+                ),
+                ("CRYPTO_WHATEVER_THIS_IS".to_string(), None),
+                ("crypto_key_hash".to_string(), Some("CRYPTO_KEY_HASH")),
+            ]
+        );
+        let text = UnknownKey {
+            key: "CRYPTO_CIPHER".into(),
+            suggestion: Some("CRYPTO_KEY_CIPHER"),
+        }
+        .to_string();
+        assert_eq!(
+            text,
+            "unknown key CRYPTO_CIPHER is ignored; did you mean CRYPTO_KEY_CIPHER?"
+        );
+    }
+
+    #[test]
+    fn a_list_of_secrets_as_kubectl_prints_it() {
+        let y = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Secret\n  metadata: {name: a, namespace: ns}\n  data: {CRYPTO_KEY_VALUE: cGFzcw==}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: c}\n- apiVersion: v1\n  kind: Secret\n  metadata: {name: b}\n  stringData: {CRYPTO_KEY_VALUE: pw}\nmetadata: {resourceVersion: ''}\n";
+        let s = parse_secrets(y, Path::new("x")).unwrap();
+        let ids: Vec<String> = s.iter().map(|s| s.id.to_string()).collect();
+        assert_eq!(ids, ["ns/a", "default/b"]);
+        assert_eq!(
+            s[0].crypto_params().unwrap().luks.passphrase.as_bytes(),
+            b"pass"
+        );
     }
 
     #[test]

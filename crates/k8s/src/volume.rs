@@ -319,6 +319,9 @@ impl SecretSource {
                 return Err(SecretError::NoSecrets { path: path.into() });
             }
         }
+        for secret in secrets.values() {
+            secret.warn_unknown_keys();
+        }
         Ok(Self {
             path: path.into(),
             stamp: stamp_of(&units),
@@ -363,6 +366,12 @@ impl SecretSource {
             })
             .cloned()
             .collect();
+        // Once per version of a Secret: only the ones that changed are looked at again.
+        for id in &changed {
+            if let Some(secret) = new.get(id) {
+                secret.warn_unknown_keys();
+            }
+        }
         self.secrets = new;
         self.stamp = stamp;
         self.failed = None;
