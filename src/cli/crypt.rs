@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -61,15 +62,31 @@ pub fn encrypt(
         source = %src.display(), format = %format, secret = %params.secret,
         key_bits = params.luks.key_bits, hash = params.luks.hash.name(), "formatting LUKS2 header"
     );
+    let key = Instant::now();
     let view = EncryptView::create(disk, &params.luks, sector_size)
         .with_context(|| format!("encrypting {} with Secret {}", src.display(), params.secret))?;
+    let key = key.elapsed();
     let opts = CopyOptions {
         force,
         label: "encrypt".into(),
         sha512,
     };
+    let copy = Instant::now();
     print_sha512(&materialize(&view, dst, &opts)?, dst);
+    log_done(key, copy.elapsed());
     Ok(())
+}
+
+/// The command's times: the key (benchmark and derivation, or unlock) apart from the copy,
+/// which is often the smaller part.
+pub(super) fn log_done(key: Duration, copy: Duration) {
+    let s = |d: Duration| format!("{:.2}", d.as_secs_f64());
+    tracing::info!(
+        key_seconds = s(key),
+        copy_seconds = s(copy),
+        seconds = s(key + copy),
+        "done"
+    );
 }
 
 /// `--sha512`: the digest in `sha512sum`'s format, on stdout.
@@ -91,13 +108,17 @@ pub fn decrypt(
         image::raw::RawFile::open(src).with_context(|| format!("opening {}", src.display()))?,
     );
     check_destination(dst, force)?;
+    let key = Instant::now();
     let view = DecryptView::open(image, &params.luks.passphrase, &KdfLimits::default())
         .with_context(|| format!("decrypting {} with Secret {}", src.display(), params.secret))?;
+    let key = key.elapsed();
     let opts = CopyOptions {
         force,
         label: "decrypt".into(),
         sha512,
     };
+    let copy = Instant::now();
     print_sha512(&materialize(&view, dst, &opts)?, dst);
+    log_done(key, copy.elapsed());
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The `bifs` command line: argument parsing, logging, exit codes. Each command is a thin
-//! routing of arguments to the engine.
+//! routing of arguments to the engine. The clap definitions here are also the source of the
+//! shell completions and the man page (`bifs completions`, `bifs man`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,31 +10,45 @@ use clap::{Parser, Subcommand};
 mod apply;
 mod copy;
 mod crypt;
+mod docs;
 mod inspect;
+mod kdf_report;
 mod mount;
 mod serve;
+mod table;
 mod verify;
 
 use copy::Interrupted;
+
+/// The heading of the options every subcommand takes (listed once, apart from its own).
+const GLOBAL: &str = "Global options";
 
 #[derive(Parser)]
 #[command(
     name = "bifs",
     version,
-    about = "Clone disk images as-is, into LUKS2 or out of LUKS2, keyed by Kubernetes Secrets"
+    about = "Clone disk images as-is, into LUKS2 or out of LUKS2, keyed by Kubernetes Secrets",
+    after_help = "Examples:
+  bifs encrypt --secret crypto.yaml disk.qcow2 disk.luks
+  bifs apply -f backing-images.yaml --store /var/lib/longhorn
+  bifs get --store /var/lib/longhorn -o wide
+  bifs mount --store /var/lib/longhorn --secrets /etc/bifs/secrets /mnt/bifs
+
+Each command's own help: bifs help COMMAND. Shell completions: bifs completions SHELL.
+The manual: bifs man | man -l -"
 )]
 struct Cli {
     /// Log filter (tracing syntax, e.g. `debug` or `bifs=trace`); also from BIFS_LOG.
-    #[arg(long, global = true, env = "BIFS_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "BIFS_LOG", default_value = "info", help_heading = GLOBAL)]
     log: String,
     /// Logs as JSON lines instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     log_json: bool,
     /// Refuse LUKS keyslots whose Argon2 asks for more memory than this (KiB) when unlocking.
     /// Default: cryptsetup's ceiling, 4194304 (4 GiB). A node may want less: a hostile image
     /// could otherwise make every unlock allocate 4 GiB.
     #[arg(long, global = true, env = "BIFS_MAX_KDF_MEMORY", value_name = "KIB",
-          value_parser = clap::value_parser!(u32).range(32..))]
+          value_parser = clap::value_parser!(u32).range(32..), help_heading = GLOBAL)]
     max_kdf_memory: Option<u32>,
     #[command(subcommand)]
     command: Command,
@@ -42,8 +57,9 @@ struct Cli {
 /// Where the Secret comes from: a manifest file or directory, and which Secret in it.
 #[derive(clap::Args, Debug)]
 pub struct SecretArgs {
-    /// Kubernetes Secret manifest (file or directory) with the CRYPTO_* keys.
-    #[arg(long, value_name = "SECRET.yaml")]
+    /// Kubernetes Secret manifest (file or directory) with the CRYPTO_* keys; `--secrets` is
+    /// the same option (as `apply`, `mount` and `serve` spell it).
+    #[arg(long, visible_alias = "secrets", value_name = "SECRET.yaml")]
     secret: PathBuf,
     /// Which Secret, as NAMESPACE/NAME, when the manifest holds several.
     #[arg(long, value_name = "NAMESPACE/NAME")]
@@ -53,6 +69,10 @@ pub struct SecretArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Write a LUKS2 image of SRC's raw content (qcow2 flattened) to DST.
+    #[command(after_help = "Examples:
+  bifs encrypt --secret longhorn-crypto.yaml parrot.qcow2 parrot.luks
+  bifs encrypt --secret secrets/ --secret-name longhorn-system/longhorn-crypto --sha512 a.raw a.luks
+  cryptsetup open --test-passphrase parrot.luks   # opens with the Secret's CRYPTO_KEY_VALUE")]
     Encrypt {
         #[command(flatten)]
         secret: SecretArgs,
@@ -65,10 +85,17 @@ enum Command {
         /// Print DST's SHA-512 (computed while writing, no second pass).
         #[arg(long)]
         sha512: bool,
+        /// The image to encrypt: raw or qcow2 (flattened), not already LUKS.
+        #[arg(value_name = "SRC")]
         src: PathBuf,
+        /// The LUKS2 image to write (refused if it exists, unless --force).
+        #[arg(value_name = "DST")]
         dst: PathBuf,
     },
     /// Write the plaintext of LUKS image SRC's data segment to DST (holes kept).
+    #[command(after_help = "Examples:
+  bifs decrypt --secret longhorn-crypto.yaml parrot.luks parrot.raw
+  bifs decrypt --secrets secrets/ --secret-name longhorn-system/longhorn-crypto --force a.luks a.raw")]
     Decrypt {
         #[command(flatten)]
         secret: SecretArgs,
@@ -78,12 +105,25 @@ enum Command {
         /// Print DST's SHA-512 (computed while writing, no second pass).
         #[arg(long)]
         sha512: bool,
+        /// The LUKS1 or LUKS2 image to decrypt.
+        #[arg(value_name = "SRC")]
         src: PathBuf,
+        /// The raw image to write (refused if it exists, unless --force).
+        #[arg(value_name = "DST")]
         dst: PathBuf,
     },
     /// Create the BackingImages of Longhorn manifests in a store (a Longhorn disk directory).
+    #[command(after_help = "Examples:
+  bifs apply -f parrot.yaml -f longhorn-crypto.yaml --store /var/lib/longhorn
+  bifs apply -f manifests/ --secrets /etc/bifs/secrets --store /var/lib/longhorn
+  bifs get -o yaml --store A | bifs apply -f - --store B --secrets secrets/
+
+A refused manifest (a webhook rule, a changed spec) leaves nothing behind: its reason is
+printed here and `bifs get` does not list it. A failed one (download error, wrong
+passphrase, checksum mismatch) is recorded: `bifs get NAME` shows it as failed.")]
     Apply {
-        /// Manifest file or directory (BackingImage and Secret documents); repeatable.
+        /// Manifest file or directory (BackingImage and Secret documents, or a `kind: List` of
+        /// them as `bifs get -o yaml` prints); `-` reads standard input; repeatable.
         #[arg(
             short = 'f',
             long = "filename",
@@ -94,39 +134,56 @@ enum Command {
         /// The store: a Longhorn disk directory (holds backing-images/).
         #[arg(long, env = "BIFS_STORE", value_name = "DIR")]
         store: PathBuf,
-        /// More Secret manifests (file or directory); repeatable.
-        #[arg(long, value_name = "PATH")]
+        /// More Secret manifests (file or directory); repeatable; `--secret` is the same option.
+        #[arg(long, visible_alias = "secret", value_name = "PATH")]
         secrets: Vec<PathBuf>,
     },
-    /// List backing images of a store with their status, or show one.
+    /// List backing images of a store with their status, or show some.
+    #[command(after_help = "Examples:
+  bifs get --store /var/lib/longhorn
+  bifs get parrot parrot-cloned-encrypted -o wide --store /var/lib/longhorn
+  bifs get -o name --store /var/lib/longhorn
+  bifs get -w --store /var/lib/longhorn     # follow until every image is ready or failed
+  bifs get -o yaml --store /var/lib/longhorn > all.yaml   # `bifs apply -f all.yaml` reads it back")]
     Get {
-        name: Option<String>,
+        /// Backing images to show (every one in the store when none is named).
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// The store: a Longhorn disk directory, or a flat directory of images (listed as the
+        /// files `bifs mount` shows; they have no BackingImage record).
         #[arg(long, env = "BIFS_STORE", value_name = "DIR")]
         store: PathBuf,
-        /// Print BackingImage objects with their status.
-        #[arg(short = 'o', long = "output", value_enum)]
+        /// Output format (as kubectl): a table by default.
+        #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
         output: Option<apply::Output>,
         /// Follow changes until every image shown is ready or failed.
         #[arg(short = 'w', long)]
         watch: bool,
     },
     /// Delete a backing image from a store (its directory and its record).
+    #[command(after_help = "Examples:
+  bifs delete parrot-cloned-encrypted --store /var/lib/longhorn")]
     Delete {
+        /// The backing image to delete (refused while it is being applied or cloned from).
+        #[arg(value_name = "NAME")]
         name: String,
+        /// The store: a Longhorn disk directory.
         #[arg(long, env = "BIFS_STORE", value_name = "DIR")]
         store: PathBuf,
     },
     /// Write SRC (LUKS) to DST with a new LUKS2 header for NEW's passphrase around the same
     /// volume key; the encrypted data is copied unchanged.
+    #[command(after_help = "Examples:
+  bifs rekey --secret old-crypto.yaml --new-secret new-crypto.yaml parrot.luks parrot-new.luks")]
     Rekey {
-        /// The Secret that opens SRC now.
-        #[arg(long, value_name = "OLD.yaml")]
+        /// The Secret that opens SRC now; `--secrets` is the same option.
+        #[arg(long, visible_alias = "secrets", value_name = "OLD.yaml")]
         secret: PathBuf,
         /// Which Secret in --secret, as NAMESPACE/NAME.
         #[arg(long, value_name = "NAMESPACE/NAME")]
         secret_name: Option<String>,
-        /// The Secret that will open DST.
-        #[arg(long, value_name = "NEW.yaml")]
+        /// The Secret that will open DST; `--new-secrets` is the same option.
+        #[arg(long, visible_alias = "new-secrets", value_name = "NEW.yaml")]
         new_secret: PathBuf,
         /// Which Secret in --new-secret, as NAMESPACE/NAME.
         #[arg(long, value_name = "NAMESPACE/NAME")]
@@ -137,26 +194,72 @@ enum Command {
         /// Print DST's SHA-512 (computed while writing, no second pass).
         #[arg(long)]
         sha512: bool,
+        /// The LUKS image that the old Secret opens.
+        #[arg(value_name = "SRC")]
         src: PathBuf,
+        /// The LUKS2 image to write (refused if it exists, unless --force).
+        #[arg(value_name = "DST")]
         dst: PathBuf,
     },
     /// Show an image's format, sizes and, for LUKS, its header.
+    #[command(after_help = "Examples:
+  bifs inspect parrot.luks          # bifs's summary, then the header as `cryptsetup luksDump`
+  bifs inspect --json parrot.qcow2")]
     Inspect {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The image file: raw, qcow2, LUKS1 or LUKS2.
+        #[arg(value_name = "IMAGE")]
         image: PathBuf,
     },
     /// Mount a store: ignore/, raw/, encrypt/NS/SECRET/, decrypt/NS/SECRET/ views of every image
     /// (foreground; SIGINT/SIGTERM unmounts).
+    #[command(after_help = "Examples:
+  bifs mount --store /var/lib/longhorn --secrets /etc/bifs/secrets /mnt/bifs
+  cp /mnt/bifs/encrypt/longhorn-system/longhorn-crypto/parrot parrot.luks
+  bifs umount /mnt/bifs")]
     Mount(mount::MountArgs),
     /// Serve the views over HTTP (GET/HEAD with ranges, ETag, SHA-512), for Longhorn's
     /// `sourceType: download` and for browsers (foreground; SIGINT/SIGTERM stops).
+    #[command(after_help = "Examples:
+  bifs serve --store /var/lib/longhorn --secrets /etc/bifs/secrets --listen 127.0.0.1:8080
+  bifs serve --store /var/lib/longhorn --listen 0.0.0.0:8443 --token-file token \\
+      --tls-cert tls.crt --tls-key tls.key")]
     Serve(serve::ServeArgs),
     /// Unmount a bifs mount (fusermount3 -u).
-    Umount { mountpoint: PathBuf },
+    #[command(after_help = "Examples:
+  bifs umount /mnt/bifs")]
+    Umount {
+        /// The mount point of a running `bifs mount`.
+        #[arg(value_name = "MOUNTPOINT")]
+        mountpoint: PathBuf,
+    },
     /// Check a LUKS image with libcryptsetup (and dm-crypt where available) against SOURCE.
+    #[command(after_help = "Examples:
+  bifs verify --secret longhorn-crypto.yaml --against parrot.qcow2 parrot.luks
+  bifs verify --secret longhorn-crypto.yaml --method xts parrot.luks   # prints the plaintext's SHA-512")]
     Verify(verify::VerifyArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:
+  bifs completions bash > /etc/bash_completion.d/bifs
+  bifs completions zsh > \"${fpath[1]}/_bifs\"
+  bifs completions fish > ~/.config/fish/completions/bifs.fish")]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into a directory.
+    #[command(after_help = "Examples:
+  bifs man | man -l -
+  bifs man --dir /usr/local/share/man/man1     # bifs.1, bifs-encrypt.1, ...")]
+    Man {
+        /// Write bifs.1 and a bifs-COMMAND.1 page per command into DIR instead of printing
+        /// bifs.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn init_logging(filter: &str, json: bool) {
@@ -180,9 +283,20 @@ fn init_logging(filter: &str, json: bool) {
     }
 }
 
+/// The clap command, for the completions and the man page.
+fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated text only: no logging, no process hardening needed.
+    match &cli.command {
+        Command::Completions { shell } => return exit(docs::completions(*shell)),
+        Command::Man { dir } => return exit(docs::man(dir.as_deref())),
+        _ => {}
+    }
     init_logging(&cli.log, cli.log_json);
     // Before anything holds a key (after logging, so its warnings are seen): no core dumps,
     // no ptrace by other users.
@@ -195,6 +309,7 @@ pub fn main() -> ExitCode {
         bifs_core::kdf::KdfLimits::set_process_default(limits);
         tracing::debug!(max_kdf_memory_kib = kib, "Argon2 memory cap");
     }
+    kdf_report::install();
     let result = match cli.command {
         Command::Encrypt {
             secret,
@@ -221,11 +336,11 @@ pub fn main() -> ExitCode {
             secrets,
         } => apply::apply(&files, &store, &secrets),
         Command::Get {
-            name,
+            names,
             store,
             output,
             watch,
-        } => apply::get(&store, name.as_deref(), output, watch),
+        } => apply::get(&store, &names, output, watch),
         Command::Delete { name, store } => apply::delete(&store, &name),
         Command::Rekey {
             secret,
@@ -250,7 +365,12 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(&args),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
         Command::Verify(args) => verify::run(&args),
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
     };
+    exit(result)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<Interrupted>() => {
@@ -303,5 +423,37 @@ mod tests {
         );
         let plain = anyhow::anyhow!("root").context("middle").context("top");
         assert_eq!(error_chain(&plain), "top: middle: root");
+    }
+
+    #[test]
+    fn the_clap_definitions_are_consistent() {
+        super::command().debug_assert();
+    }
+
+    /// Every argument says what it is, and every command shows an example.
+    #[test]
+    fn every_argument_has_help_and_every_command_an_example() {
+        let cmd = super::command();
+        let mut missing = Vec::new();
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            if !sub
+                .get_after_help()
+                .is_some_and(|h| h.to_string().contains("Examples:"))
+            {
+                missing.push(format!("{}: no example", sub.get_name()));
+            }
+            for arg in sub.get_arguments() {
+                if arg.is_hide_set() || ["help", "version"].contains(&arg.get_id().as_str()) {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("{} {}: no help", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{missing:#?}");
     }
 }

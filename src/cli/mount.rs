@@ -15,8 +15,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
     /// Kubernetes Secret manifest file, or a directory of manifests and NAMESPACE/NAME/
-    /// Secret volumes; changes are picked up while mounted.
-    #[arg(long, value_name = "PATH")]
+    /// Secret volumes; changes are picked up while mounted. `--secret` is the same option.
+    #[arg(long, visible_alias = "secret", value_name = "PATH")]
     secrets: PathBuf,
     /// Where persisted encrypt-view headers live (default: STORE/.bifs).
     #[arg(long, value_name = "DIR")]
@@ -35,6 +35,8 @@ pub struct MountArgs {
     serve: Option<std::net::SocketAddr>,
     #[command(flatten)]
     exposure: super::serve::ExposureArgs,
+    /// An existing, empty directory to mount on (not a live bifs mount).
+    #[arg(value_name = "MOUNTPOINT")]
     mountpoint: PathBuf,
 }
 
@@ -48,13 +50,7 @@ enum CacheArg {
 }
 
 pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
-    clean_stale_mount(&args.mountpoint)?;
-    if !args.mountpoint.is_dir() {
-        bail!(
-            "mount point {} is not a directory",
-            args.mountpoint.display()
-        );
-    }
+    check_mountpoint(&args.mountpoint)?;
     let store = Store::open(&args.store, args.state.as_deref())?;
     let secrets = bifs_k8s::SecretSource::open(&args.secrets)?;
     let images = store
@@ -105,6 +101,52 @@ pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
     result
 }
 
+/// Refuses a mount point that is missing, not a directory, or already a live bifs mount
+/// (a second daemon on top would hide the first without a word); detaches a dead bifs
+/// mount left there (see [`clean_stale_mount`]).
+fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
+    let shown = mountpoint.display();
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mount point {shown} does not exist (create it first: mkdir -p {shown})")
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        Err(e) => return Err(e).with_context(|| format!("mount point {shown}")),
+        Ok(m) if !m.is_dir() => bail!("mount point {shown} is not a directory"),
+        Ok(_) => {}
+    }
+    clean_stale_mount(mountpoint)?;
+    let path = canonical(mountpoint);
+    match mount_fstype(&path) {
+        Some((fstype, source)) if is_bifs(&fstype, &source) => bail!(
+            "{} is already a bifs mount, served by another `bifs mount`; unmount it first \
+             (`bifs umount {}`) or choose another mount point",
+            path.display(),
+            path.display()
+        ),
+        Some((fstype, _)) => tracing::warn!(
+            mountpoint = %path.display(), fstype,
+            "mounting over another mount: what it holds is hidden while bifs is mounted"
+        ),
+        None => {}
+    }
+    Ok(())
+}
+
+/// The path as /proc/self/mountinfo spells it: absolute, symlinks resolved (a dead mount
+/// cannot be resolved: then only made absolute).
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize()
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_owned())
+}
+
+/// mount(2) as root records fstype "fuse" (the subtype only with fusermount3): the source
+/// (fsname) "bifs" is what marks ours.
+fn is_bifs(fstype: &str, source: &str) -> bool {
+    fstype == "fuse.bifs" || (fstype == "fuse" && source == "bifs")
+}
+
 /// A bifs daemon that died (SIGKILL, OOM) leaves its mount behind: every access to it fails
 /// with ENOTCONN ("Transport endpoint is not connected") until it is unmounted. If that is what
 /// sits on `mountpoint`, and it is a bifs mount (fsname/subtype `bifs` in mountinfo), detach it
@@ -123,10 +165,7 @@ fn clean_stale_mount(mountpoint: &Path) -> anyhow::Result<()> {
     let Some((fstype, source)) = mount_fstype(&abs) else {
         bail!("{} is a dead mount (transport endpoint is not connected) that is not in /proc/self/mountinfo", abs.display());
     };
-    // mount(2) as root records fstype "fuse" (the subtype only with fusermount3): the
-    // source (fsname) "bifs" is what marks ours.
-    let ours = fstype == "fuse.bifs" || (fstype == "fuse" && source == "bifs");
-    if !ours {
+    if !is_bifs(&fstype, &source) {
         bail!(
             "{} is a dead {fstype} mount (transport endpoint is not connected), not bifs's; \
              unmount it with `fusermount3 -uz`",
@@ -191,8 +230,26 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Unmounts with fusermount3 (fusermount, then umount(8), where it is missing).
+/// Unmounts with fusermount3 (fusermount, then umount(8), where it is missing). A path that
+/// is not a mount point, or is another file system's, is refused with a word of its own
+/// rather than the unmounter's "Invalid argument".
 pub fn umount(mountpoint: &Path) -> anyhow::Result<()> {
+    let shown = mountpoint.display();
+    if let Err(e) = std::fs::symlink_metadata(mountpoint) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            bail!("{shown} does not exist (nothing is mounted there)");
+        }
+    }
+    let path = canonical(mountpoint);
+    match mount_fstype(&path) {
+        None => bail!("{} is not mounted (no mount in /proc/self/mountinfo)", path.display()),
+        Some((fstype, source)) if !is_bifs(&fstype, &source) => bail!(
+            "{} is not a bifs mount (it is a {fstype} mount of {source}); unmount it with umount(8)",
+            path.display()
+        ),
+        Some(_) => {}
+    }
+    let mountpoint = path.as_path();
     let attempts: [(&str, &[&str]); 3] = [
         ("fusermount3", &["-u"]),
         ("fusermount", &["-u"]),

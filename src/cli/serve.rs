@@ -36,8 +36,9 @@ pub struct ServeArgs {
     /// Directory of backing images (flat, or a Longhorn disk with backing-images/).
     #[arg(long, env = "BIFS_STORE", value_name = "DIR")]
     store: PathBuf,
-    /// Kubernetes Secret manifest file, or a directory of them (for encrypt/ and decrypt/).
-    #[arg(long, value_name = "PATH")]
+    /// Kubernetes Secret manifest file, or a directory of them (for encrypt/ and decrypt/);
+    /// `--secret` is the same option.
+    #[arg(long, visible_alias = "secret", value_name = "PATH")]
     secrets: Option<PathBuf>,
     /// Where persisted encrypt-view headers live (default: STORE/.bifs); share it with
     /// `bifs mount` so both serve the same bytes.

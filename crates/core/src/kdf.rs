@@ -1,6 +1,10 @@
 //! Password-based key derivation (PBKDF2, Argon2i, Argon2id) as LUKS uses it, the hashes LUKS
 //! names, and cost selection by benchmark the way cryptsetup does it.
 
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -227,6 +231,7 @@ impl Kdf {
         limits: &KdfLimits,
     ) -> Result<(), KdfError> {
         self.check(limits)?;
+        let _step = step(KdfStep::Derive(*self));
         match *self {
             Kdf::Pbkdf2 { hash, iterations } => {
                 hash.pbkdf2(password, salt, iterations, out);
@@ -302,7 +307,10 @@ impl KdfRequest {
                 (Some(t), Some(m)) => (t, m),
                 // cryptsetup: forcing iterations keeps the memory at its maximum.
                 (Some(t), None) => (t, max_memory),
-                (None, _) => benchmark_argon2(kind, cpus, max_memory, key_len, KEYSLOT_TARGET)?,
+                (None, _) => {
+                    let _step = step(KdfStep::Benchmark(self.kind));
+                    benchmark_argon2(kind, cpus, max_memory, key_len, KEYSLOT_TARGET)?
+                }
             };
             let kdf = Kdf::Argon2 {
                 kind,
@@ -317,7 +325,10 @@ impl KdfRequest {
             KdfKind::Pbkdf2 => {
                 let iterations = match self.force_iterations {
                     Some(i) => i,
-                    None => pbkdf2_iterations_for(self.hash, KEYSLOT_TARGET, key_len),
+                    None => {
+                        let _step = step(KdfStep::Benchmark(self.kind));
+                        pbkdf2_iterations_for(self.hash, KEYSLOT_TARGET, key_len)
+                    }
                 };
                 let kdf = Kdf::Pbkdf2 {
                     hash: self.hash,
@@ -467,6 +478,150 @@ fn benchmark_argon2(
     Ok((time, memory))
 }
 
+impl KdfKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            KdfKind::Pbkdf2 => "pbkdf2",
+            KdfKind::Argon2i => "argon2i",
+            KdfKind::Argon2id => "argon2id",
+        }
+    }
+}
+
+/// A cost as an operator reads it: `argon2i, 1 GiB, t=4, 2 lanes`, `pbkdf2-sha256, 1000
+/// iterations`.
+impl fmt::Display for Kdf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Kdf::Pbkdf2 { hash, iterations } => {
+                write!(f, "pbkdf2-{}, {iterations} iterations", hash.name())
+            }
+            Kdf::Argon2 {
+                time,
+                memory_kib,
+                cpus,
+                ..
+            } => {
+                // Whole units when exact, else one decimal (a benchmarked cost is rarely round).
+                let unit = |m: u32, shift: u32, name: &str| {
+                    if m.is_multiple_of(1 << shift) {
+                        format!("{} {name}", m >> shift)
+                    } else {
+                        format!("{:.1} {name}", f64::from(m) / f64::from(1u32 << shift))
+                    }
+                };
+                let memory = match memory_kib {
+                    m if m >= 1 << 20 => unit(m, 20, "GiB"),
+                    m if m >= 1 << 10 => unit(m, 10, "MiB"),
+                    m => format!("{m} KiB"),
+                };
+                let lanes = if cpus == 1 { "lane" } else { "lanes" };
+                write!(
+                    f,
+                    "{}, {memory}, t={time}, {cpus} {lanes}",
+                    self.type_name()
+                )
+            }
+        }
+    }
+}
+
+/// A key-derivation step that may take seconds (Argon2 at 1 GiB), reported to observers so
+/// a front end can say what the wait is: a spinner, a log line, a status record's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KdfStep {
+    /// Measuring this machine to choose a new keyslot's cost (cryptsetup's benchmark toward
+    /// an unlock time of 2 s).
+    Benchmark(KdfKind),
+    /// Deriving a keyslot's key at this cost: for a new keyslot, or to try to unlock one.
+    Derive(Kdf),
+}
+
+impl fmt::Display for KdfStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KdfStep::Benchmark(kind) => write!(
+                f,
+                "benchmarking {} for a new keyslot (as cryptsetup: toward 2 s per unlock)",
+                kind.name()
+            ),
+            KdfStep::Derive(kdf) => write!(f, "deriving the key: {kdf}"),
+        }
+    }
+}
+
+/// Told when a [`KdfStep`] starts (on the thread that runs it); what it returns is dropped
+/// when the step ends.
+pub type KdfObserver = dyn Fn(&KdfStep) -> Box<dyn Any> + Send + Sync;
+
+static PROCESS_OBSERVER: OnceLock<Arc<KdfObserver>> = OnceLock::new();
+
+thread_local! {
+    static SCOPED_OBSERVERS: RefCell<Vec<Arc<KdfObserver>>> = const { RefCell::new(Vec::new()) };
+    /// Steps running on this thread: a derivation inside a benchmark is not reported again.
+    static STEP_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Makes `observer` told of every step in this process (a command line's spinner). The first
+/// call wins; returns false when one was already set.
+pub fn set_process_observer(observer: Arc<KdfObserver>) -> bool {
+    PROCESS_OBSERVER.set(observer).is_ok()
+}
+
+/// Runs `f` with `observer` also told of the steps `f` runs on this thread (an apply writing
+/// its phase into a status record).
+pub fn with_observer<R>(observer: Arc<KdfObserver>, f: impl FnOnce() -> R) -> R {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            SCOPED_OBSERVERS.with(|o| o.borrow_mut().pop());
+        }
+    }
+    SCOPED_OBSERVERS.with(|o| o.borrow_mut().push(observer));
+    let _pop = Pop;
+    f()
+}
+
+/// The end of a step: drops the observers' values, innermost first.
+struct StepGuard {
+    ends: Vec<Box<dyn Any>>,
+    counted: bool,
+}
+
+impl Drop for StepGuard {
+    fn drop(&mut self) {
+        while let Some(end) = self.ends.pop() {
+            drop(end);
+        }
+        if self.counted {
+            STEP_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+}
+
+fn step(step: KdfStep) -> StepGuard {
+    if STEP_DEPTH.with(|d| d.get()) > 0 {
+        return StepGuard {
+            ends: Vec::new(),
+            counted: false,
+        };
+    }
+    STEP_DEPTH.with(|d| d.set(d.get() + 1));
+    let mut ends = Vec::new();
+    if let Some(o) = PROCESS_OBSERVER.get() {
+        ends.push(o(&step));
+    }
+    // Cloned out first: an observer may itself run code that looks at the list.
+    let scoped: Vec<Arc<KdfObserver>> = SCOPED_OBSERVERS.with(|o| o.borrow().clone());
+    for o in scoped {
+        ends.push(o(&step));
+    }
+    StepGuard {
+        ends,
+        counted: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,6 +688,71 @@ mod tests {
         assert!(
             low.resolve(64).is_err(),
             "cryptsetup refuses fewer than 1000 iterations"
+        );
+    }
+
+    #[test]
+    fn steps_are_reported_once_with_their_cost() {
+        use std::sync::Mutex;
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        let observer: Arc<KdfObserver> = Arc::new(move |step: &KdfStep| {
+            log.lock().unwrap().push(format!("begin {step}"));
+            let log = log.clone();
+            struct End(Arc<Mutex<Vec<String>>>);
+            impl Drop for End {
+                fn drop(&mut self) {
+                    self.0.lock().unwrap().push("end".into());
+                }
+            }
+            Box::new(End(log)) as Box<dyn Any>
+        });
+        let req = KdfRequest {
+            kind: KdfKind::Argon2id,
+            hash: Hash::Sha256,
+            force_iterations: Some(4),
+            memory_kib: Some(1024),
+        };
+        with_observer(observer, || {
+            let kdf = req.resolve(32).unwrap();
+            kdf.derive(b"p", &[0; 32], &mut [0; 32], &KdfLimits::default())
+                .unwrap();
+        });
+        let cpus = default_argon2_cpus();
+        let lanes = if cpus == 1 { "lane" } else { "lanes" };
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                format!("begin deriving the key: argon2id, 1 MiB, t=4, {cpus} {lanes}"),
+                "end".to_string()
+            ]
+        );
+        // Outside the scope nobody is told.
+        req.resolve(32)
+            .unwrap()
+            .derive(b"p", &[0; 32], &mut [0; 32], &KdfLimits::default())
+            .unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        let pbkdf2 = Kdf::Pbkdf2 {
+            hash: Hash::Sha512,
+            iterations: 1000,
+        };
+        assert_eq!(pbkdf2.to_string(), "pbkdf2-sha512, 1000 iterations");
+        let argon2 = |memory_kib| Kdf::Argon2 {
+            kind: Argon2Type::Argon2i,
+            time: 4,
+            memory_kib,
+            cpus: 1,
+        };
+        assert_eq!(argon2(1 << 20).to_string(), "argon2i, 1 GiB, t=4, 1 lane");
+        assert_eq!(
+            argon2(249_805).to_string(),
+            "argon2i, 244.0 MiB, t=4, 1 lane"
+        );
+        assert_eq!(argon2(64).to_string(), "argon2i, 64 KiB, t=4, 1 lane");
+        assert_eq!(
+            KdfStep::Benchmark(KdfKind::Argon2i).to_string(),
+            "benchmarking argon2i for a new keyslot (as cryptsetup: toward 2 s per unlock)"
         );
     }
 }

@@ -420,7 +420,14 @@ impl Catalog {
             error,
         };
         // Held while a header is loaded or made: two first opens must not make two headers.
-        let mut cached = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = match slot.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                tracing::info!(image = %img.name, %secret, "a read of this encrypt view waits for its LUKS2 header, being made by another read (key derivation)");
+                slot.lock().unwrap_or_else(|e| e.into_inner())
+            }
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        };
         let fits =
             matches!(&*cached, Some(Cached::Encrypt { padded_len, .. }) if *padded_len == padded);
         if !fits {
@@ -503,7 +510,7 @@ impl Catalog {
                 "source size changed; making a new LUKS2 header"
             ),
             None => {
-                tracing::info!(image = %img.name, %secret, "making the LUKS2 header of a new encrypt view")
+                tracing::info!(image = %img.name, %secret, kdf = params.luks.kdf.kind.name(), "making the LUKS2 header of a new encrypt view: its first read waits for the key derivation (seconds at the Secret's cost)")
             }
         }
         let (bytes, key) =

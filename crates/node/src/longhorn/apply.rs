@@ -11,8 +11,13 @@
 //!
 //! Library entry point: [`apply`] (one manifest or several, in dependency order).
 
+use std::any::Any;
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use bifs_core::kdf::{KdfObserver, KdfStep};
 
 use crate::copier::CopyOptions;
 use bifs_k8s::{CryptoParams, Secret, SecretRef};
@@ -331,11 +336,31 @@ fn create(store: &Store, image: &BackingImage, admitted: Admitted) -> Result<Out
         force: false,
         sha512: true,
     };
-    set_state(&mut rec, &disk, State::InProgress, 0, "");
-    store.write_record(name, &rec)?;
-    let mut progress = RecordProgress::new(store, rec.clone());
-    let mut cb = |done: u64, total: Option<u64>| progress.update(done, total);
-    let result = produce(&admitted.plan, &file, tmp, &opts, Some(&mut cb));
+    let copy = |rec: &BackingImage| {
+        let mut copying_rec = rec.clone();
+        set_state(&mut copying_rec, &disk, State::InProgress, 0, "");
+        let progress = RefCell::new(RecordProgress::new(store, copying_rec));
+        let mut copying = || progress.borrow_mut().start();
+        let mut cb = |done: u64, total: Option<u64>| progress.borrow_mut().update(done, total);
+        produce(
+            &admitted.plan,
+            &file,
+            tmp.clone(),
+            &opts,
+            &mut copying,
+            Some(&mut cb),
+        )
+    };
+    let result = if admitted.plan.needs_key() {
+        // Seconds of key derivation come before the first byte: the record says so (state
+        // `starting`, the KDF and its cost in the message) rather than `in-progress` at 0%.
+        set_state(&mut rec, &disk, State::Starting, 0, KEY_PHASE);
+        store.write_record(name, &rec)?;
+        let observer = key_phase_observer(store, &rec, &disk);
+        bifs_core::kdf::with_observer(observer, || copy(&rec))
+    } else {
+        copy(&rec)
+    };
     drop(file);
     drop(admitted.source_lock);
     let fail = |rec: &mut BackingImage, message: String| -> Result<Outcome, StoreError> {
@@ -741,12 +766,47 @@ fn note_kdf_costs(image: &str, params: &CryptoParams) {
     }
 }
 
+/// The message of a disk file whose key is being prepared (state `starting`), before the
+/// KDF says more.
+pub const KEY_PHASE: &str = "preparing the key";
+
+/// What a key-derivation step makes of the record's message.
+pub fn key_phase_message(step: &KdfStep) -> String {
+    match step {
+        KdfStep::Benchmark(kind) => format!(
+            "{KEY_PHASE}: measuring {} on this node for the new keyslot's cost (as cryptsetup does)",
+            kind.name()
+        ),
+        KdfStep::Derive(kdf) => format!("{KEY_PHASE}: deriving it with {kdf}"),
+    }
+}
+
+/// Writes each key-derivation step into the record (on the applying thread, before the KDF
+/// runs), so `get -w` and the page show what the wait is.
+fn key_phase_observer(store: &Store, rec: &BackingImage, disk: &str) -> Arc<KdfObserver> {
+    let store = store.clone();
+    let rec = Mutex::new(rec.clone());
+    let disk = disk.to_string();
+    Arc::new(move |step: &KdfStep| {
+        let message = key_phase_message(step);
+        if let Ok(mut rec) = rec.lock() {
+            tracing::debug!(backing_image = rec.name(), "{message}");
+            set_state(&mut rec, &disk, State::Starting, 0, &message);
+            if let Err(e) = store.write_record(&rec.metadata.name, &*rec) {
+                tracing::warn!(error = %e, "could not update the status record");
+            }
+        }
+        Box::new(()) as Box<dyn Any>
+    })
+}
+
 /// Progress into the status record: at most every 250 ms, and only when the percentage moved.
 struct RecordProgress<'a> {
     store: &'a Store,
     rec: BackingImage,
     last_write: Instant,
     last_percent: u8,
+    started: bool,
 }
 
 impl<'a> RecordProgress<'a> {
@@ -756,6 +816,18 @@ impl<'a> RecordProgress<'a> {
             rec,
             last_write: Instant::now(),
             last_percent: 0,
+            started: false,
+        }
+    }
+
+    /// The copy begins: the record goes `in-progress` at 0% (once).
+    fn start(&mut self) {
+        if std::mem::replace(&mut self.started, true) {
+            return;
+        }
+        self.last_write = Instant::now();
+        if let Err(e) = self.store.write_record(&self.rec.metadata.name, &self.rec) {
+            tracing::warn!(error = %e, "could not update the status record");
         }
     }
 

@@ -67,22 +67,40 @@ fn open_raw(path: &Path, what: &str) -> Result<Arc<dyn ReadAt>, SourceError> {
     }
 }
 
-/// Runs `plan`, writing into `file` (at `path`, for messages).
+impl Plan {
+    /// Whether the plan derives a key before its first byte (encrypt, decrypt, rekey: seconds
+    /// of Argon2 with a Secret's default cost).
+    pub fn needs_key(&self) -> bool {
+        matches!(
+            self,
+            Plan::Encrypt { .. } | Plan::Decrypt { .. } | Plan::Rekey { .. }
+        )
+    }
+}
+
+/// Runs `plan`, writing into `file` (at `path`, for messages). `copying` is called once the
+/// key is ready (at once for a plan without one), as the copy begins.
 pub fn produce(
     plan: &Plan,
     file: &File,
     path: PathBuf,
     opts: &CopyOptions,
+    copying: &mut dyn FnMut(),
     progress: Option<ProgressFn<'_>>,
 ) -> Result<Copied, SourceError> {
     match plan {
-        Plan::Download { url } => download(url, file, path, opts, progress),
+        Plan::Download { url } => {
+            copying();
+            download(url, file, path, opts, progress)
+        }
         Plan::Upload { path: src } => {
             let view = open_raw(src, PARAM_PATH)?;
+            copying();
             Ok(copy_view(&*view, file, path, opts, progress)?)
         }
         Plan::Copy { source } => {
             let view = open_raw(source, PARAM_BACKING_IMAGE)?;
+            copying();
             Ok(copy_view(&*view, file, path, opts, progress)?)
         }
         Plan::Encrypt { source, params } => {
@@ -96,6 +114,7 @@ pub fn produce(
                     format!("encrypting with Secret {}: {e}", params.secret),
                 )
             })?;
+            copying();
             Ok(copy_view(&view, file, path, opts, progress)?)
         }
         Plan::Decrypt { source, params } => {
@@ -108,6 +127,7 @@ pub fn produce(
                         format!("Secret {} does not open the source: {e}", params.secret),
                     ),
                 })?;
+            copying();
             Ok(copy_view(&view, file, path, opts, progress)?)
         }
         Plan::Rekey { source, old, new } => {
@@ -123,6 +143,7 @@ pub fn produce(
                     }
                     e => field(PARAM_BACKING_IMAGE, e.to_string()),
                 })?;
+            copying();
             Ok(copy_view(&view, file, path, opts, progress)?)
         }
     }

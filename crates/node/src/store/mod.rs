@@ -75,7 +75,7 @@ pub struct StoredImage {
     pub format: Format,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
     layout: Layout,

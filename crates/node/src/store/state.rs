@@ -28,7 +28,7 @@ pub struct HeaderRecord {
     pub padded_len: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StateDir {
     dir: PathBuf,
 }
