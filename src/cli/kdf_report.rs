@@ -1,6 +1,7 @@
 //! What a key derivation is doing while it runs. Argon2 at a Secret's default cost takes
 //! seconds (cryptsetup's benchmark aims at 2 s per unlock, more on a busy node), and without a
-//! word it looks like a hang. Any step that is still running after [`AFTER`] is shown: a
+//! word it looks like a hang. Any step that is still running after [`AFTER`] (or
+//! `BIFS_KDF_REPORT_AFTER_MS`) is shown: a
 //! spinner with the KDF and its cost on a terminal, else a log line; its end is logged with
 //! its time.
 //!
@@ -18,6 +19,17 @@ use bifs_core::kdf::{KdfObserver, KdfStep};
 
 /// A step shorter than this is not worth a word.
 const AFTER: Duration = Duration::from_secs(1);
+
+/// Overrides [`AFTER`] in milliseconds (0: every step is shown): for tests, which cannot rely
+/// on a KDF being slow on every machine, and for whoever wants every derivation logged.
+const AFTER_VAR: &str = "BIFS_KDF_REPORT_AFTER_MS";
+
+fn after() -> Duration {
+    std::env::var(AFTER_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(AFTER, Duration::from_millis)
+}
 
 enum Event {
     Begin { id: u64, what: String, at: Instant },
@@ -67,12 +79,13 @@ struct Running {
 
 fn report(rx: mpsc::Receiver<Event>) {
     let terminal = std::io::stderr().is_terminal();
+    let after = after();
     let mut running: BTreeMap<u64, Running> = BTreeMap::new();
     loop {
         let next = running
             .values()
             .filter(|r| r.shown.is_none())
-            .map(|r| r.at + AFTER)
+            .map(|r| r.at + after)
             .min();
         let event = match next {
             Some(deadline) => {
@@ -89,14 +102,10 @@ fn report(rx: mpsc::Receiver<Event>) {
         };
         match event {
             Some(Event::Begin { id, what, at }) => {
-                running.insert(
-                    id,
-                    Running {
-                        what,
-                        at,
-                        shown: None,
-                    },
-                );
+                // With no delay (`BIFS_KDF_REPORT_AFTER_MS=0`) even a step that ends at once
+                // is shown.
+                let shown = after.is_zero().then(|| show(&what, terminal));
+                running.insert(id, Running { what, at, shown });
             }
             Some(Event::End { id }) => {
                 if let Some(Running {
@@ -114,7 +123,7 @@ fn report(rx: mpsc::Receiver<Event>) {
             }
             None => {
                 for r in running.values_mut() {
-                    if r.shown.is_none() && r.at.elapsed() >= AFTER {
+                    if r.shown.is_none() && r.at.elapsed() >= after {
                         r.shown = Some(show(&r.what, terminal));
                     }
                 }

@@ -12,6 +12,7 @@ mod support;
 
 mod apply;
 mod browser;
+mod cli;
 mod deploy_manifests;
 mod faults;
 mod hostile;

@@ -6,7 +6,7 @@
 //! 256, argon2i. Values come from `stringData` or base64 `data` (`stringData` wins, as the API
 //! server merges them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -339,10 +339,35 @@ impl Secret {
             .collect()
     }
 
-    /// Warns about each unknown `CRYPTO_*` key. Called where a version of the Secret is first
-    /// read (not on every use), so each version warns once.
+    /// Warns about each unknown `CRYPTO_*` key, once per version of the Secret in this
+    /// process: the Secret files are read again on every change (a mount) or every request
+    /// (the HTTP API), and the same mistake must not fill the log.
     pub fn warn_unknown_keys(&self) {
-        for u in self.unknown_keys() {
+        use std::hash::BuildHasher;
+        use std::sync::{Mutex, OnceLock};
+        let unknown = self.unknown_keys();
+        if unknown.is_empty() {
+            return;
+        }
+        // A version is its data: fingerprinted with the process's random SipHash key, so
+        // nothing about the values can be learnt from what is kept.
+        type Versions = Mutex<HashSet<(SecretRef, u64)>>;
+        static WARNED: OnceLock<(std::hash::RandomState, Versions)> = OnceLock::new();
+        let (hasher, warned) = WARNED.get_or_init(Default::default);
+        let version = hasher.hash_one(
+            self.data
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        let first = warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((self.id.clone(), version));
+        if !first {
+            return;
+        }
+        for u in unknown {
             tracing::warn!(secret = %self.id, source = %self.source.display(), key = %u.key, suggestion = u.suggestion, "Secret {}: {u}", self.id);
         }
     }

@@ -225,12 +225,15 @@ function row(b) {
     secret ? el("span", { class: "lock", title: "Encrypted Backing Image", "aria-label": "Encrypted Backing Image", role: "img" }) : null,
     el("button", { type: "button", class: "link", "data-action": "detail", onclick: () => showDetail(name) }, name)));
   const stateCell = cell("State", { class: "state" }, el("span", { class: `badge ${state}` }, state));
-  if (state === "in-progress" || state === "pending") {
+  // The phase: `starting` while the key is prepared (its message names the KDF and cost:
+  // seconds of Argon2, not a stuck 0%), then `in-progress` with the copy's percentage.
+  if (state === "in-progress") {
     const p = progressOf(b);
     stateCell.append(el("progress", { max: 100, value: p, "aria-label": `${name} progress`, title: `${p}%` }));
+    stateCell.append(el("div", { class: "row-message phase" }, `copying: ${p}%`));
   }
   const msg = messageOf(b);
-  if (msg) stateCell.append(el("div", { class: `row-message${state === "failed" ? " failed" : ""}`, title: msg }, msg));
+  if (msg) stateCell.append(el("div", { class: `row-message${state === "failed" ? " failed" : state === "starting" ? " phase" : ""}`, title: msg }, msg));
   const from = b.spec && b.spec.sourceType ? b.spec.sourceType : "-";
   const fromDetail = from === "download" ? params(b).url : from === "clone" ? params(b)["backing-image"] : "";
   const ops = el("div", { class: "ops" });

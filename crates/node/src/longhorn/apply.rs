@@ -327,7 +327,13 @@ fn create(store: &Store, image: &BackingImage, admitted: Admitted) -> Result<Out
     store.write_record(name, &rec)?;
     let dir = store.prepare_dir(name, &uuid)?;
     let (file, tmp) = store.create_tmp(&dir)?;
-    set_state(&mut rec, &disk, State::Starting, 0, "");
+    // A key to derive first: the record says so from the start (see below).
+    let phase = if admitted.plan.needs_key() {
+        KEY_PHASE
+    } else {
+        ""
+    };
+    set_state(&mut rec, &disk, State::Starting, 0, phase);
     store.write_record(name, &rec)?;
     tracing::info!(backing_image = name, plan = admitted.describe(), dir = %dir.display(), "creating");
 
@@ -354,8 +360,6 @@ fn create(store: &Store, image: &BackingImage, admitted: Admitted) -> Result<Out
     let result = if admitted.plan.needs_key() {
         // Seconds of key derivation come before the first byte: the record says so (state
         // `starting`, the KDF and its cost in the message) rather than `in-progress` at 0%.
-        set_state(&mut rec, &disk, State::Starting, 0, KEY_PHASE);
-        store.write_record(name, &rec)?;
         let observer = key_phase_observer(store, &rec, &disk);
         bifs_core::kdf::with_observer(observer, || copy(&rec))
     } else {
