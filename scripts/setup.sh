@@ -19,6 +19,8 @@ PACKAGES=(
   curl wget             # bifs serve tests: real HTTP clients
   python3-venv          # kubernetes-validate's venv (below)
   golang-go             # tests/longhorn_client: Longhorn's download client, built from Go's stdlib (tests/it/longhorn_download.rs)
+  zsh fish              # `bifs completions zsh|fish` syntax-checked and loaded (tests/it/cli.rs)
+  groff-base man-db     # `bifs man` rendered without warnings (tests/it/cli.rs)
 )
 
 missing=()
