@@ -175,11 +175,12 @@ pub fn get(
         return watch_loop(&store, names, output);
     }
     let single = names.len() == 1;
-    if !images.is_empty() || single || !names.is_empty() {
+    let objects = matches!(output, Some(Output::Yaml | Output::Json));
+    // As kubectl: an empty store is an empty List in yaml/json, a line on stderr otherwise;
+    // names that are all missing print nothing but their errors.
+    if !images.is_empty() || (names.is_empty() && objects) {
         print_images(&images, single && missing.is_empty(), output)?;
-    }
-    if names.is_empty() && images.is_empty() && !matches!(output, Some(Output::Yaml | Output::Json))
-    {
+    } else if names.is_empty() {
         eprintln!("No backing images in {}.", store.root().display());
     }
     match missing.as_slice() {

@@ -805,6 +805,37 @@ fn a_key_derivation_says_what_it_is_doing_and_the_times_are_apart() {
     );
 }
 
+#[test]
+fn on_a_terminal_the_key_derivation_is_a_spinner() {
+    full_tier_only!("script(1) from util-linux, for a terminal");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let src = dir.join("disk.raw");
+    fs::write(&src, disk_image(MIB as usize, 4)).unwrap();
+    let key = secret(dir, "k.yaml", "k", "pass", SLOWISH);
+    let cmd = format!(
+        "{BIFS} --log warn encrypt --secret {} {} {}",
+        key.display(),
+        src.display(),
+        dir.join("disk.luks").display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("BIFS_KDF_REPORT_AFTER_MS", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) (apt-get install bsdutils)");
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    // indicatif redraws the line (`\r`, erase) with a spinner character before the message.
+    let spinning = shown
+        .split('\r')
+        .filter(|part| part.contains(" deriving the key: argon2i, 64 MiB, t=4, "))
+        .count();
+    assert!(spinning >= 1, "{shown:?}");
+    assert!(dir.join("disk.luks").exists());
+}
+
 /// Polls `f` every few milliseconds until it returns something, or panics with `what`.
 fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -1,6 +1,6 @@
 //! Status records: reading them (records of the previous format are upgraded), observing
 //! them (an apply that died reads as failed; a ready file that changed is validated again),
-//! and showing them as `bifs get` does: a table, or BackingImage objects in YAML or JSON.
+//! and showing them as `bifs get -o yaml|json` does (the tables are the command line's own).
 //!
 //! Library entry points for other front ends (the HTTP server): [`list`] / [`get`] for the
 //! objects, [`watch`] to be told of status changes, [`delete`] to remove one.
@@ -347,63 +347,6 @@ pub fn delete(store: &Store, name: &str) -> Result<(), StatusError> {
     }
     store.remove_record(name)?;
     Ok(())
-}
-
-/// `kubectl get`-style table.
-pub fn table(images: &[BackingImage], header: bool) -> String {
-    let mut rows: Vec<[String; 7]> = Vec::new();
-    if header {
-        rows.push(
-            [
-                "NAME",
-                "STATE",
-                "PROGRESS",
-                "SIZE",
-                "VIRTUAL-SIZE",
-                "SECRET",
-                "MESSAGE",
-            ]
-            .map(String::from),
-        );
-    }
-    for b in images {
-        let st = b.status.clone().unwrap_or_default();
-        let file = st.file();
-        let secret = if b.spec.secret.is_empty() {
-            "-".into()
-        } else {
-            format!("{}/{}", b.spec.secret_namespace, b.spec.secret)
-        };
-        rows.push([
-            b.metadata.name.clone(),
-            file.state.as_str().into(),
-            format!("{}%", file.progress),
-            human(st.size),
-            human(st.virtual_size),
-            secret,
-            file.message.clone(),
-        ]);
-    }
-    let mut widths = [0usize; 7];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            if i + 1 == r.len() {
-                line.push_str(c);
-            } else {
-                line.push_str(&format!("{c:<w$}   ", w = widths[i]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// Sizes as kubectl prints quantities: binary units, one decimal when small.
