@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use bifs_core::io::ReadAt;
 pub use bifs_node::copier::CopyOptions;
 use bifs_node::copier::{copy_view, Copied, CopyError};
-use bifs_node::fsutil::sync_dir;
+use bifs_node::store::atomic::sync_dir;
 pub use bifs_node::signals::Interrupted;
 
 /// Removes the temporary file unless the copy completed.

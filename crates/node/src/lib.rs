@@ -17,7 +17,6 @@ pub mod catalog;
 pub mod checksum;
 pub mod copier;
 pub mod events;
-pub mod fsutil;
 pub mod longhorn;
 pub mod signals;
 pub mod store;
