@@ -39,6 +39,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// A rename (or a new file) is durable only once its directory is synced. Failure to sync is
+/// not fatal: the data itself was synced before the rename.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,13 +66,5 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         let missing = dir.path().join("no/such/dir/f");
         assert!(write_atomic(&missing, b"x", 0o644).is_err());
-    }
-}
-
-/// A rename (or a new file) is durable only once its directory is synced. Failure to sync is
-/// not fatal: the data itself was synced before the rename.
-pub fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
     }
 }
