@@ -13,6 +13,7 @@ mod support;
 mod apply;
 mod browser;
 mod deploy_manifests;
+mod docs;
 mod faults;
 mod hostile;
 mod interop_cryptsetup;
