@@ -90,7 +90,11 @@ fn run_page(page: &Path) {
     }
     let dir = tempfile::tempdir().unwrap();
     let bin_dir = Path::new(crate::support::BIFS).parent().unwrap();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     for b in &blocks {
         let out = Command::new("bash")
             .args(["-euo", "pipefail", "-c", &b.text])

@@ -3,15 +3,20 @@
 //!
 //! Why not the `xts-mode` crate for data: it encrypts one block at a time and derives tweaks
 //! serially, which keeps AES-NI's pipeline (and the VAES paths of `aes` 0.9) mostly idle — about
-//! 3x slower than batched sectors here, and ~10x slower than this engine. Here the first tweaks
-//! of a group of sectors are encrypted in one call, the per-block tweaks are derived sixteen
-//! chains at a time (AVX-512 or AVX2 where the CPU has it), and the XOR-encrypt-XOR runs on small
-//! chunks inside the `aes` backend while they sit in L1 (see "Performance" in the
+//! 3x slower than batched sectors here, and ~10x slower than this engine. On CPUs with VAES the
+//! whole pass runs in `vaes` (its own AES rounds, tweaks in registers). Elsewhere the first
+//! tweaks of a group of sectors are encrypted in one call, the per-block tweaks are derived
+//! sixteen chains at a time (AVX-512 or AVX2 where the CPU has it), and the XOR-encrypt-XOR runs
+//! on small chunks inside the `aes` backend while they sit in L1 (see "Performance" in the
 //! README for the measurements). `xts-mode` stays in the tests as an independent oracle.
 //!
-//! Unsafe code is allowed here, and only in the AVX2 and AVX-512 tweak kernels (`wide`): each block
-//! says with `SAFETY:` why its pointer arithmetic stays in bounds and the CPU has the features.
+//! Unsafe code is allowed here, and only in the VAES engine (`vaes`) and the AVX2 and AVX-512
+//! tweak kernels (`wide`): each block says with `SAFETY:` why its pointer arithmetic stays in
+//! bounds and the CPU has the features.
 #![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+mod vaes;
 
 use aes::{Aes128, Aes256};
 use cipher::consts::U16;
@@ -51,8 +56,17 @@ pub enum XtsError {
 /// AES-XTS keyed with a LUKS volume key (first half data key, second half tweak key).
 pub struct Xts {
     inner: Inner,
+    /// The same keys expanded for the VAES engine, when that is the kernel.
+    #[cfg(target_arch = "x86_64")]
+    direct: Option<Direct>,
     /// Chosen when keyed; the tests set it to run every kernel the CPU has.
     kernel: Kernel,
+}
+
+#[cfg(target_arch = "x86_64")]
+enum Direct {
+    Aes128(Box<vaes::Keys<11>>),
+    Aes256(Box<vaes::Keys<15>>),
 }
 
 enum Inner {
@@ -79,11 +93,12 @@ impl Xts {
         if !self_test::passed() {
             return Err(XtsError::SelfTest);
         }
-        Self::unchecked(key)
+        Self::with_kernel(key, Kernel::best())
     }
 
-    /// [`Xts::new`] without the known-answer test (which itself needs an engine).
-    fn unchecked(key: &[u8]) -> Result<Self, XtsError> {
+    /// [`Xts::new`] without the known-answer test (which itself needs an engine), on the
+    /// given kernel (the CPU must have its features).
+    fn with_kernel(key: &[u8], kernel: Kernel) -> Result<Self, XtsError> {
         let (data_key, tweak_key) = key.split_at(key.len() / 2);
         let inner = match key.len() {
             32 => Inner::Aes128 {
@@ -101,7 +116,12 @@ impl Xts {
         }
         Ok(Self {
             inner,
-            kernel: Kernel::best(),
+            #[cfg(target_arch = "x86_64")]
+            direct: match kernel {
+                Kernel::Vaes => direct_keys(data_key, tweak_key),
+                _ => None,
+            },
+            kernel,
         })
     }
 
@@ -142,6 +162,30 @@ impl Xts {
         dir: Direction,
     ) -> Result<(), XtsError> {
         check_geometry(buf.len(), sector_size)?;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(direct) = &self.direct {
+            let iv_step = (sector_size / IV_UNIT) as u64;
+            // SAFETY: `direct` exists only when `vaes::available()` said the CPU has the
+            // features; `check_geometry` made `buf` whole sectors of at least 512 bytes, a
+            // multiple of `vaes::STEP_BLOCKS` blocks.
+            unsafe {
+                match (direct, dir) {
+                    (Direct::Aes128(k), Direction::Encrypt) => {
+                        vaes::sectors::<11, true>(k, buf, sector_size, first_iv, iv_step)
+                    }
+                    (Direct::Aes128(k), Direction::Decrypt) => {
+                        vaes::sectors::<11, false>(k, buf, sector_size, first_iv, iv_step)
+                    }
+                    (Direct::Aes256(k), Direction::Encrypt) => {
+                        vaes::sectors::<15, true>(k, buf, sector_size, first_iv, iv_step)
+                    }
+                    (Direct::Aes256(k), Direction::Decrypt) => {
+                        vaes::sectors::<15, false>(k, buf, sector_size, first_iv, iv_step)
+                    }
+                }
+            }
+            return Ok(());
+        }
         let job = Job {
             sector_size,
             first_iv,
@@ -154,6 +198,28 @@ impl Xts {
         }
         Ok(())
     }
+}
+
+/// The VAES engine's round keys (`None` if the CPU cannot run it).
+#[cfg(target_arch = "x86_64")]
+fn direct_keys(data_key: &[u8], tweak_key: &[u8]) -> Option<Direct> {
+    if !vaes::available() {
+        return None;
+    }
+    // SAFETY (both): `vaes::available()` checked AES-NI and AVX2.
+    if let (Ok(d), Ok(t)) = (
+        <&[u8; 16]>::try_from(data_key),
+        <&[u8; 16]>::try_from(tweak_key),
+    ) {
+        return Some(Direct::Aes128(unsafe { vaes::Keys::new128(d, t) }));
+    }
+    if let (Ok(d), Ok(t)) = (
+        <&[u8; 32]>::try_from(data_key),
+        <&[u8; 32]>::try_from(tweak_key),
+    ) {
+        return Some(Direct::Aes256(unsafe { vaes::Keys::new256(d, t) }));
+    }
+    None
 }
 
 fn new_cipher<C: KeyInit>(key: &[u8]) -> Result<C, XtsError> {
@@ -197,6 +263,10 @@ struct Job {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
     Portable,
+    /// The whole pass (tweaks, XORs and AES rounds) in 256-bit VAES registers (`vaes`),
+    /// bypassing the `aes` crate's backend.
+    #[cfg(target_arch = "x86_64")]
+    Vaes,
     /// Two 128-bit lanes per register (AMD Zen 2/3, Intel before Ice Lake).
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -206,9 +276,21 @@ enum Kernel {
 }
 
 impl Kernel {
+    /// The kernel every [`Xts::new`] of this process uses.
     fn best() -> Kernel {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(Kernel::pick)
+    }
+
+    fn pick() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
+            // The VAES engine runs instructions of its own (VAES, VPCLMULQDQ) outside the
+            // `aes` crate; like the probe in vendor/cpufeatures, it must show that it gets them
+            // right (an emulator may not), else the next kernel does the work.
+            if vaes::available() && self_test::holds_with(Kernel::Vaes) {
+                return Kernel::Vaes;
+            }
             if wide::avx512_available() {
                 return Kernel::Avx512;
             }
@@ -377,10 +459,14 @@ impl Pass<'_> {
         for chunk in self.blocks.chunks_mut(chunk_len) {
             let tw = &mut tweaks[..chunk.len()];
             // SAFETY (both `unsafe` blocks): the kernel is a wide one only when the CPU has its
-            // features (`Kernel::best`, or a test that checked them first); `tw` is sliced to `chunk`'s length, and sectors hold a
-            // multiple of 32 blocks, so every chunk is a multiple of 16 blocks.
+            // features (`Kernel::pick`, or a test that checked them first); `tw` is sliced to
+            // `chunk`'s length, and sectors hold a multiple of 32 blocks, so every chunk is a
+            // multiple of 16 blocks.
             match self.kernel {
                 Kernel::Portable => portable::pre_xor(chunk, tw, &mut state),
+                // Only if `direct_keys` found no VAES, which `Kernel::pick` checked first.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Vaes => portable::pre_xor(chunk, tw, &mut state),
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => unsafe { wide::avx2::pre_xor(chunk, tw, &mut state) },
                 #[cfg(target_arch = "x86_64")]
@@ -389,6 +475,8 @@ impl Pass<'_> {
             cipher(chunk);
             match self.kernel {
                 Kernel::Portable => portable::xor(chunk, tw),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Vaes => portable::xor(chunk, tw),
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => unsafe { wide::avx2::xor(chunk, tw) },
                 #[cfg(target_arch = "x86_64")]
@@ -572,7 +660,7 @@ mod wide {
 mod self_test {
     use std::sync::OnceLock;
 
-    use super::Xts;
+    use super::{Kernel, Xts};
 
     /// IEEE 1619-2007 vectors 4 (XTS-AES-128, data unit 0) and 10 (XTS-AES-256, data unit
     /// 0xff): key, data unit, the first and the last 32 bytes of the 512-byte ciphertext of
@@ -598,7 +686,7 @@ mod self_test {
     pub(super) fn passed() -> bool {
         static PASSED: OnceLock<bool> = OnceLock::new();
         *PASSED.get_or_init(|| {
-            let ok = VECTORS.iter().all(|v| vector_holds(*v));
+            let ok = holds_with(Kernel::best());
             if !ok {
                 tracing::error!("AES-XTS known-answer test failed on this CPU");
             }
@@ -606,15 +694,23 @@ mod self_test {
         })
     }
 
+    /// Both vectors on one kernel.
+    pub(super) fn holds_with(kernel: Kernel) -> bool {
+        VECTORS.iter().all(|v| vector_holds(*v, kernel))
+    }
+
     /// Encrypts the vector's plaintext (a 4 KiB buffer: eight copies, so that the backend's
     /// batched path runs as on real sectors) and decrypts it again.
-    pub(super) fn vector_holds((key, unit, head, tail): (&str, u64, &str, &str)) -> bool {
+    pub(super) fn vector_holds(
+        (key, unit, head, tail): (&str, u64, &str, &str),
+        kernel: Kernel,
+    ) -> bool {
         let (Ok(key), Ok(head), Ok(tail)) =
             (hex::decode(key), hex::decode(head), hex::decode(tail))
         else {
             return false;
         };
-        let Ok(xts) = Xts::unchecked(&key) else {
+        let Ok(xts) = Xts::with_kernel(&key, kernel) else {
             return false;
         };
         let plain: Vec<u8> = (0..4096).map(|i| i as u8).collect();
@@ -656,13 +752,53 @@ mod tests {
     use xts_mode::{get_tweak_default, Xts128};
 
     /// IEEE 1619-2007 vectors 4 (XTS-AES-128) and 10 (XTS-AES-256), through the same check
-    /// `Xts::new` runs once per process.
+    /// `Xts::new` runs once per process, on every kernel this CPU can run.
     #[test]
     fn ieee1619_vectors() {
-        for v in self_test::VECTORS {
-            assert!(self_test::vector_holds(v), "vector with data unit {}", v.1);
+        for kernel in kernels() {
+            for v in self_test::VECTORS {
+                assert!(
+                    self_test::vector_holds(v, kernel),
+                    "{kernel:?}: vector with data unit {}",
+                    v.1
+                );
+            }
         }
         assert!(self_test::passed());
+    }
+
+    /// The kernels this CPU has, the one `Xts::new` picks first.
+    fn kernels() -> Vec<Kernel> {
+        let mut all = vec![Kernel::best(), Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if vaes::available() {
+                all.push(Kernel::Vaes);
+            }
+            if wide::avx2_available() {
+                all.push(Kernel::Avx2);
+            }
+            if wide::avx512_available() {
+                all.push(Kernel::Avx512);
+            }
+        }
+        all
+    }
+
+    /// On a CPU with VAES the VAES engine is the one picked (unless it failed its
+    /// known-answer check, which `ieee1619_vectors` would show), and it really runs.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vaes_engine_is_picked_when_the_cpu_has_it() {
+        if !vaes::available() {
+            eprintln!("SKIPPED vaes_engine_is_picked_when_the_cpu_has_it: this CPU has no VAES");
+            return;
+        }
+        assert_eq!(Kernel::best(), Kernel::Vaes);
+        let xts = Xts::new(&[[1u8; 32], [2u8; 32]].concat()).unwrap();
+        assert!(xts.direct.is_some());
+        let xts = Xts::with_kernel(&[[1u8; 16], [2u8; 16]].concat(), Kernel::Avx2).unwrap();
+        assert!(xts.direct.is_none());
     }
 
     /// The check can fail: a wrong expected ciphertext (one bit) or a wrong data unit.
@@ -671,13 +807,22 @@ mod tests {
         let (key, unit, head, tail) = self_test::VECTORS[1];
         let mut flipped = head.to_string();
         flipped.replace_range(0..1, "0");
-        assert!(!self_test::vector_holds((key, unit, &flipped, tail)));
-        assert!(!self_test::vector_holds((key, unit + 1, head, tail)));
+        for kernel in kernels() {
+            assert!(!self_test::vector_holds(
+                (key, unit, &flipped, tail),
+                kernel
+            ));
+            assert!(!self_test::vector_holds(
+                (key, unit + 1, head, tail),
+                kernel
+            ));
+        }
     }
 
     /// Against `xts-mode` (block at a time, serial tweaks) as an independent implementation:
-    /// many sectors, both sector sizes, IVs in 512-byte units, an odd starting IV; with the
-    /// kernel this CPU picks and with every other kernel it can run.
+    /// every sector size, calls of one to many sectors (the VAES engine encrypts first tweaks
+    /// eight sectors at a time, one alone), IVs in 512-byte units, an odd starting IV; with
+    /// the kernel this CPU picks and with every other kernel it can run.
     #[test]
     fn matches_xts_mode_oracle() {
         oracle(Kernel::best());
@@ -686,6 +831,16 @@ mod tests {
     #[test]
     fn portable_kernel_matches_xts_mode_oracle() {
         oracle(Kernel::Portable);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vaes_kernel_matches_xts_mode_oracle() {
+        if !vaes::available() {
+            eprintln!("SKIPPED vaes_kernel_matches_xts_mode_oracle: this CPU has no VAES");
+            return;
+        }
+        oracle(Kernel::Vaes);
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -720,16 +875,21 @@ mod tests {
         for key_len in [32usize, 64] {
             let key: Vec<u8> = (0..key_len).map(|_| next()).collect();
             let data: Vec<u8> = (0..64 * 1024).map(|_| next()).collect();
-            for sector in [512usize, 4096] {
+            let xts = Xts::with_kernel(&key, kernel).unwrap();
+            #[cfg(target_arch = "x86_64")]
+            assert_eq!(xts.direct.is_some(), kernel == Kernel::Vaes);
+            for (sector, count) in [512usize, 1024, 2048, 4096].into_iter().flat_map(|s| {
+                [1usize, 3, 9]
+                    .map(|c| (s, c))
+                    .into_iter()
+                    .chain([(s, data.len() / s)])
+            }) {
                 let first_iv = 12345u64;
-                let mut ours = data.clone();
-                let xts = Xts {
-                    kernel,
-                    ..Xts::new(&key).unwrap()
-                };
+                let data = &data[..sector * count];
+                let mut ours = data.to_vec();
                 xts.encrypt_sectors(&mut ours, sector, first_iv).unwrap();
 
-                let mut theirs = data.clone();
+                let mut theirs = data.to_vec();
                 let h = key_len / 2;
                 for (k, chunk) in theirs.chunks_mut(sector).enumerate() {
                     let iv = u128::from(first_iv) + (k * sector / 512) as u128;
@@ -749,12 +909,12 @@ mod tests {
                 }
                 assert!(
                     ours == theirs,
-                    "{kernel:?}: key {key_len} sector {sector}: differs from xts-mode"
+                    "{kernel:?}: key {key_len}, {count} sectors of {sector}: differs from xts-mode"
                 );
                 xts.decrypt_sectors(&mut ours, sector, first_iv).unwrap();
                 assert!(
                     ours == data,
-                    "{kernel:?}: key {key_len} sector {sector}: round trip"
+                    "{kernel:?}: key {key_len}, {count} sectors of {sector}: round trip"
                 );
             }
         }
