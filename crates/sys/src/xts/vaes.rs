@@ -18,31 +18,136 @@
 //! shift and a carry-less multiply of the byte shifted out. Four 256-bit vectors per step keep
 //! data, tweaks and a round key in the sixteen YMM registers of an AVX2 CPU.
 //!
-//! Every function here needs AES-NI, AVX2 and VAES (and the kernels VPCLMULQDQ): callers check
-//! [`available`] first.
+//! Every `#[target_feature]` function here needs AES-NI, AVX2 and VAES (and the kernels
+//! VPCLMULQDQ): a [`VaesKeys`] is made only after [`VaesKeys::available`] found them, and its
+//! methods check the geometry ([`check_sectors`]) before they enter that code.
 
 use core::arch::x86_64::*;
 
 use zeroize::Zeroize;
 
+use super::{check_sectors, GeometryError};
+
 /// Tweak vectors (two blocks each) in flight per step.
 const VECS: usize = 4;
 
 /// Blocks per step; sectors are a multiple of it.
-pub(super) const STEP_BLOCKS: usize = 2 * VECS;
+const STEP_BLOCKS: usize = 2 * VECS;
 
-/// Whether this CPU runs the kernels here: VAES as the patched `cpufeatures` reports it (only
-/// when a probe finds 256-bit VAES right on both lanes; qemu 7.2's TCG fails it), and
-/// VPCLMULQDQ (every CPU with VAES so far has it).
-pub(super) fn available() -> bool {
-    cpufeatures::new!(vaes_cpu, "aes", "avx2", "vaes");
-    vaes_cpu::get() && std::is_x86_feature_detected!("vpclmulqdq")
+// Every sector size `check_sectors` lets through is whole steps.
+const _: () = assert!((super::MIN_SECTOR_SIZE / 16).is_multiple_of(STEP_BLOCKS));
+
+/// An XTS key pair expanded for the VAES engine, on a CPU that runs it: the only way to reach
+/// the engine. Zeroized on drop.
+pub struct VaesKeys(Schedules);
+
+enum Schedules {
+    Aes128(Box<Keys<11>>),
+    Aes256(Box<Keys<15>>),
+}
+
+impl VaesKeys {
+    /// Whether this CPU runs the engine: AES-NI, AVX2 and VAES as the patched `cpufeatures`
+    /// reports them (VAES only when a probe finds 256-bit VAES right on both lanes; qemu 7.2's
+    /// TCG fails it), and VPCLMULQDQ (every CPU with VAES so far has it).
+    pub fn available() -> bool {
+        cpufeatures::new!(vaes_cpu, "aes", "avx2", "vaes");
+        vaes_cpu::get() && std::is_x86_feature_detected!("vpclmulqdq")
+    }
+
+    /// Expands an AES-128 (two 16-byte keys) or AES-256 (two 32-byte keys) XTS key pair;
+    /// `None` if this CPU cannot run the engine ([`VaesKeys::available`]) or the keys are not
+    /// two AES-128 or two AES-256 keys.
+    pub fn new(data_key: &[u8], tweak_key: &[u8]) -> Option<Self> {
+        if !Self::available() {
+            return None;
+        }
+        if let (Ok(d), Ok(t)) = (
+            <&[u8; 16]>::try_from(data_key),
+            <&[u8; 16]>::try_from(tweak_key),
+        ) {
+            // SAFETY: `available()` found AES-NI and AVX2 just above.
+            return Some(Self(Schedules::Aes128(unsafe { Keys::new128(d, t) })));
+        }
+        if let (Ok(d), Ok(t)) = (
+            <&[u8; 32]>::try_from(data_key),
+            <&[u8; 32]>::try_from(tweak_key),
+        ) {
+            // SAFETY: as above.
+            return Some(Self(Schedules::Aes256(unsafe { Keys::new256(d, t) })));
+        }
+        None
+    }
+
+    /// Encrypts whole sectors in place: `buf` is sectors of `sector_size` bytes (a power of two
+    /// from 512 to 4096, [`check_sectors`]), sector `k` with IV `first_iv + k * iv_step`
+    /// (little-endian, as dm-crypt's plain64).
+    #[inline]
+    pub fn encrypt_sectors(
+        &self,
+        buf: &mut [u8],
+        sector_size: usize,
+        first_iv: u64,
+        iv_step: u64,
+    ) -> Result<(), GeometryError> {
+        self.run::<true>(buf, sector_size, first_iv, iv_step)
+    }
+
+    /// Decrypts whole sectors in place; the inverse of [`VaesKeys::encrypt_sectors`].
+    #[inline]
+    pub fn decrypt_sectors(
+        &self,
+        buf: &mut [u8],
+        sector_size: usize,
+        first_iv: u64,
+        iv_step: u64,
+    ) -> Result<(), GeometryError> {
+        self.run::<false>(buf, sector_size, first_iv, iv_step)
+    }
+
+    #[inline]
+    fn run<const ENCRYPT: bool>(
+        &self,
+        buf: &mut [u8],
+        sector_size: usize,
+        first_iv: u64,
+        iv_step: u64,
+    ) -> Result<(), GeometryError> {
+        check_sectors(buf.len(), sector_size)?;
+        // SAFETY: a `VaesKeys` exists only where `available()` found AES-NI, AVX2, VAES and
+        // VPCLMULQDQ; `check_sectors` made `buf` whole sectors of a power of two of at least
+        // 512 bytes, so each sector is whole steps of STEP_BLOCKS blocks.
+        unsafe {
+            match &self.0 {
+                Schedules::Aes128(k) => {
+                    sectors::<11, ENCRYPT>(k, buf, sector_size, first_iv, iv_step)
+                }
+                Schedules::Aes256(k) => {
+                    sectors::<15, ENCRYPT>(k, buf, sector_size, first_iv, iv_step)
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl core::fmt::Debug for VaesKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let bits = match self.0 {
+            Schedules::Aes128(_) => 128,
+            Schedules::Aes256(_) => 256,
+        };
+        // Never the keys.
+        f.debug_struct("VaesKeys")
+            .field("aes_bits", &bits)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Round keys of an XTS key pair, each 128-bit key broadcast to both lanes of a 256-bit
 /// register: `enc` and `tweak` for encryption, `dec` the equivalent inverse cipher's.
 /// `RK` is 11 (AES-128) or 15 (AES-256).
-pub(super) struct Keys<const RK: usize> {
+struct Keys<const RK: usize> {
     enc: [__m256i; RK],
     dec: [__m256i; RK],
     tweak: [__m256i; RK],
@@ -60,7 +165,7 @@ impl Keys<11> {
     /// # Safety
     /// The CPU must have AES-NI and AVX2.
     #[target_feature(enable = "aes,avx2")]
-    pub(super) unsafe fn new128(data: &[u8; 16], tweak: &[u8; 16]) -> Box<Self> {
+    unsafe fn new128(data: &[u8; 16], tweak: &[u8; 16]) -> Box<Self> {
         Box::new(Self::from_schedules(expand128(data), expand128(tweak)))
     }
 }
@@ -69,7 +174,7 @@ impl Keys<15> {
     /// # Safety
     /// The CPU must have AES-NI and AVX2.
     #[target_feature(enable = "aes,avx2")]
-    pub(super) unsafe fn new256(data: &[u8; 32], tweak: &[u8; 32]) -> Box<Self> {
+    unsafe fn new256(data: &[u8; 32], tweak: &[u8; 32]) -> Box<Self> {
         Box::new(Self::from_schedules(expand256(data), expand256(tweak)))
     }
 }
@@ -298,10 +403,10 @@ fn encrypt_ivs<const RK: usize>(keys: &Keys<RK>, iv: u64, step: u64, n: usize) -
 /// `first_iv + k * iv_step`.
 ///
 /// # Safety
-/// The CPU must have AES-NI, AVX2, VAES and VPCLMULQDQ ([`available`]); `buf` must be whole
-/// sectors of `sector_size` bytes, a multiple of [`STEP_BLOCKS`] blocks.
+/// The CPU must have AES-NI, AVX2, VAES and VPCLMULQDQ ([`VaesKeys::available`]); `buf` must
+/// be whole sectors of `sector_size` bytes, each a multiple of [`STEP_BLOCKS`] blocks.
 #[target_feature(enable = "aes,avx2,vaes,vpclmulqdq")]
-pub(super) unsafe fn sectors<const RK: usize, const ENCRYPT: bool>(
+unsafe fn sectors<const RK: usize, const ENCRYPT: bool>(
     keys: &Keys<RK>,
     buf: &mut [u8],
     sector_size: usize,
@@ -418,5 +523,129 @@ mod tests {
             hex::encode(bytes(s[14])),
             "fe4890d1e6188d0b046df344706c631e"
         );
+    }
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+
+    fn engine() -> bool {
+        let ok = VaesKeys::available();
+        if !ok {
+            eprintln!("SKIPPED a VAES engine test: this CPU has no (working) VAES or VPCLMULQDQ");
+        }
+        ok
+    }
+
+    /// IEEE 1619-2007 vectors 4 (XTS-AES-128, data unit 0) and 10 (XTS-AES-256, data unit
+    /// 0xff): the first and last 32 bytes of the 512-byte ciphertext of 0, 1, …, 255, 0, …, 255.
+    #[test]
+    fn ieee1619_vectors() {
+        if !engine() {
+            return;
+        }
+        let vectors = [
+            (
+                "2718281828459045235360287471352631415926535897932384626433832795",
+                0u64,
+                "27a7479befa1d476489f308cd4cfa6e2a96e4bbe3208ff25287dd3819616e89c",
+                "eb4a427d1923ce3ff262735779a418f20a282df920147beabe421ee5319d0568",
+            ),
+            (
+                concat!(
+                    "2718281828459045235360287471352662497757247093699959574966967627",
+                    "3141592653589793238462643383279502884197169399375105820974944592"
+                ),
+                0xff,
+                "1c3b3a102f770386e4836c99e370cf9bea00803f5e482357a4ae12d414a3e63b",
+                "773dad38014bd2092fa755c824bb5e54c4f36ffda9fcea70b9c6e693e148c151",
+            ),
+        ];
+        for (key, unit, head, tail) in vectors {
+            let key = hex::decode(key).unwrap();
+            let (d, t) = key.split_at(key.len() / 2);
+            let keys = VaesKeys::new(d, t).unwrap();
+            let plain: Vec<u8> = (0..512).map(|i| i as u8).collect();
+            let mut buf = plain.clone();
+            keys.encrypt_sectors(&mut buf, 512, unit, 1).unwrap();
+            assert_eq!(hex::encode(&buf[..32]), head);
+            assert_eq!(hex::encode(&buf[480..]), tail);
+            keys.decrypt_sectors(&mut buf, 512, unit, 1).unwrap();
+            assert_eq!(buf, plain);
+        }
+    }
+
+    /// One call over many sectors (IVs encrypted eight at a time) gives what one call per
+    /// sector (one IV alone) gives, for every sector size, with IVs that wrap around.
+    #[test]
+    fn one_call_matches_sector_by_sector() {
+        if !engine() {
+            return;
+        }
+        let key: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(29) ^ 0x5c).collect();
+        for key_len in [32, 64] {
+            let (d, t) = key[..key_len].split_at(key_len / 2);
+            let keys = VaesKeys::new(d, t).unwrap();
+            for sector_size in [512usize, 1024, 2048, 4096] {
+                let step = (sector_size / 512) as u64;
+                for first_iv in [12345u64, u64::MAX - 5] {
+                    let count = 19;
+                    let plain: Vec<u8> = (0..count * sector_size)
+                        .map(|i| (i * 7 + i / 251) as u8)
+                        .collect();
+                    let mut whole = plain.clone();
+                    keys.encrypt_sectors(&mut whole, sector_size, first_iv, step)
+                        .unwrap();
+                    let mut each = plain.clone();
+                    for (k, s) in each.chunks_mut(sector_size).enumerate() {
+                        let iv = first_iv.wrapping_add(k as u64 * step);
+                        keys.encrypt_sectors(s, sector_size, iv, step).unwrap();
+                    }
+                    assert!(
+                        whole == each,
+                        "{key_len}-byte key, {sector_size}-byte sectors"
+                    );
+                    assert!(whole != plain);
+                    keys.decrypt_sectors(&mut whole, sector_size, first_iv, step)
+                        .unwrap();
+                    assert!(whole == plain, "round trip");
+                }
+            }
+        }
+    }
+
+    /// Keys that are not two AES-128 or two AES-256 keys, and buffers that are not whole
+    /// sectors of a power of two from 512 to 4096 bytes, are refused (the data untouched).
+    #[test]
+    fn refuses_bad_keys_and_geometry() {
+        for (d, t) in [(16, 32), (32, 16), (24, 24), (0, 0), (64, 64)] {
+            assert!(VaesKeys::new(&vec![1; d], &vec![2; t]).is_none());
+        }
+        if !engine() {
+            return;
+        }
+        let keys = VaesKeys::new(&[1; 16], &[2; 16]).unwrap();
+        assert_eq!(
+            format!("{keys:?}"),
+            "VaesKeys { aes_bits: 128, .. }",
+            "Debug shows no key"
+        );
+        let mut buf = vec![7u8; 8192];
+        assert_eq!(
+            keys.encrypt_sectors(&mut buf[..1000], 512, 0, 1),
+            Err(GeometryError::Unaligned {
+                len: 1000,
+                sector_size: 512
+            })
+        );
+        for bad in [0, 16, 256, 1000, 8192] {
+            assert_eq!(
+                keys.decrypt_sectors(&mut buf, bad, 0, 1),
+                Err(GeometryError::SectorSize(bad))
+            );
+        }
+        assert!(buf.iter().all(|b| *b == 7));
+        assert_eq!(keys.encrypt_sectors(&mut [], 4096, 0, 8), Ok(()));
     }
 }
