@@ -31,6 +31,9 @@ echo "== cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all --check
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 
+echo "== vendor/cpufeatures is upstream 0.3.1 plus vendor/cpufeatures.diff"
+bash scripts/vendor-check.sh
+
 cargo build --release --locked 2>&1 | tail -n 3
 BIFS_TEST_ALL=1 cargo test --release --locked --workspace 2>&1
 echo "== fuzzing (libFuzzer on stable; FUZZ_SECONDS=${FUZZ_SECONDS:-15} per target)"

@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 use bifs_core::io::ReadAt;
 pub use bifs_node::copier::CopyOptions;
 use bifs_node::copier::{copy_view, Copied, CopyError};
-use bifs_node::fsutil::sync_dir;
 pub use bifs_node::signals::Interrupted;
+use bifs_node::store::atomic::sync_dir;
 
 /// Removes the temporary file unless the copy completed.
 struct TempGuard {

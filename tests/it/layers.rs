@@ -104,13 +104,7 @@ fn fuzz_targets_link_the_formats_only() {
 /// `unsafe_code = "forbid"`, which this checks is still there.
 #[test]
 fn unsafe_lives_in_the_audited_places_only() {
-    // crates/core/src/xts.rs: its SIMD tweak kernels move to bifs-sys with the XTS rework
-    // (issue 22); until then bifs-core denies unsafe outside that module instead of forbidding.
-    let audited = [
-        "crates/sys/",
-        "crates/verify/src/libcs.rs",
-        "crates/core/src/xts.rs",
-    ];
+    let audited = ["crates/sys/", "crates/verify/src/libcs.rs"];
     let mut found = Vec::new();
     let mut stack = vec![root().join("src"), root().join("crates")];
     while let Some(dir) = stack.pop() {
@@ -146,7 +140,7 @@ fn unsafe_lives_in_the_audited_places_only() {
     );
     let ws = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
     assert!(ws.contains("[workspace.lints.rust]\nunsafe_code = \"forbid\""));
-    for krate in ["k8s", "node", "fuse", "http"] {
+    for krate in ["core", "k8s", "node", "fuse", "http"] {
         let toml =
             std::fs::read_to_string(root().join(format!("crates/{krate}/Cargo.toml"))).unwrap();
         assert!(

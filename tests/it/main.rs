@@ -14,6 +14,7 @@ mod apply;
 mod browser;
 mod cli;
 mod deploy_manifests;
+mod docs;
 mod faults;
 mod hostile;
 mod interop_cryptsetup;

@@ -10,142 +10,162 @@
 //!
 //! The backing images per state are read from the store's records at each scrape.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use super::{Access, AppState};
 use bifs_k8s::manifest::State as ImageState;
 use bifs_node::catalog::Mode;
+use bifs_node::events::{self, APPLY_BUCKETS};
 use bifs_node::longhorn::status;
 use bifs_node::store::Store;
 
-#[derive(Default)]
-struct Counters {
-    bytes: [AtomicU64; 4],
-    open_handles: AtomicI64,
-    reads_in_flight: AtomicI64,
-}
+type ModeLabel = [(&'static str, &'static str); 1];
 
-/// Cheap to clone; every clone counts into the same counters.
+/// The server's own counters. Cheap to clone; every clone counts into the same counters.
 #[derive(Clone, Default)]
-pub struct Metrics(Arc<Counters>);
-
-fn index(mode: Mode) -> usize {
-    match mode {
-        Mode::Ignore => 0,
-        Mode::Raw => 1,
-        Mode::Encrypt => 2,
-        Mode::Decrypt => 3,
-    }
+pub struct Metrics {
+    bytes: Family<ModeLabel, Counter<u64, AtomicU64>>,
+    open_views: Gauge,
+    reads_in_flight: Gauge,
 }
 
 /// Decrements reads in flight when a read ends (however it ends).
-pub struct InFlight(Metrics);
+pub struct InFlight(Gauge);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0 .0.reads_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
 impl Metrics {
     pub fn bytes_read(&self, mode: Mode, n: u64) {
-        self.0.bytes[index(mode)].fetch_add(n, Ordering::Relaxed);
+        self.bytes.get_or_create(&[("mode", mode.name())]).inc_by(n);
     }
     pub fn read_started(&self) -> InFlight {
-        self.0.reads_in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        self.reads_in_flight.inc();
+        InFlight(self.reads_in_flight.clone())
     }
     pub fn handle_opened(&self) {
-        self.0.open_handles.fetch_add(1, Ordering::Relaxed);
+        self.open_views.inc();
     }
     pub fn handle_closed(&self) {
-        self.0.open_handles.fetch_sub(1, Ordering::Relaxed);
+        self.open_views.dec();
     }
 
-    /// The Prometheus text exposition of the counters.
-    pub fn render(&self) -> String {
-        let c = &self.0;
-        let mut out = String::new();
-        out.push_str("# HELP bifs_http_view_bytes_read_total Bytes read from views to answer HTTP requests, per view kind.\n# TYPE bifs_http_view_bytes_read_total counter\n");
+    /// The Prometheus text exposition (format 0.0.4) of the server's counters, the process's
+    /// events and `states` (backing images per state, read by the caller).
+    pub fn render(&self, states: StateCounts) -> String {
+        let mut registry = Registry::default();
         for mode in Mode::ALL {
-            let _ = writeln!(
-                out,
-                "bifs_http_view_bytes_read_total{{mode=\"{}\"}} {}",
-                mode.name(),
-                c.bytes[index(mode)].load(Ordering::Relaxed)
-            );
+            // Every view kind shows, at 0 until read.
+            let _ = self.bytes.get_or_create(&[("mode", mode.name())]);
         }
-        let _ = writeln!(out, "# HELP bifs_http_open_views Views open for responses being sent.\n# TYPE bifs_http_open_views gauge\nbifs_http_open_views {}", c.open_handles.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP bifs_http_reads_in_flight View reads running on the blocking pool.\n# TYPE bifs_http_reads_in_flight gauge\nbifs_http_reads_in_flight {}", c.reads_in_flight.load(Ordering::Relaxed));
-        render_events(&mut out);
+        registry.register(
+            "bifs_http_view_bytes_read",
+            "Bytes read from views to answer HTTP requests, per view kind",
+            self.bytes.clone(),
+        );
+        registry.register(
+            "bifs_http_open_views",
+            "Views open for responses being sent",
+            self.open_views.clone(),
+        );
+        registry.register(
+            "bifs_http_reads_in_flight",
+            "View reads running on the blocking pool",
+            self.reads_in_flight.clone(),
+        );
+        registry.register_collector(Box::new(EventsCollector(events::snapshot())));
+        registry.register_collector(Box::new(states));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
         out
     }
 }
 
-/// A label value as the text format wants it: backslash, double quote and newline escaped.
-fn label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+/// The process-wide events (headers made, unlock failures, apply durations) as of one scrape.
+#[derive(Debug)]
+struct EventsCollector(events::Events);
+
+impl Collector for EventsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ev = &self.0;
+        let mut m = encoder.encode_descriptor(
+            "bifs_encrypt_headers_created",
+            "LUKS2 headers made for encrypt views, per image",
+            None,
+            MetricType::Counter,
+        )?;
+        for (image, n) in &ev.headers_created {
+            ConstCounter::new(*n).encode(m.encode_family(&[("image", image.as_str())])?)?;
         }
+        let mut m = encoder.encode_descriptor(
+            "bifs_unlock_failures",
+            "Passphrases that opened no keyslot, per view kind and image",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((mode, image), n) in &ev.unlock_failures {
+            let labels = [("mode", *mode), ("image", image.as_str())];
+            ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "bifs_apply_duration_seconds",
+            "Time to apply one backing image, per outcome",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (outcome, h) in &ev.applies {
+            let mut buckets: Vec<(f64, u64)> =
+                APPLY_BUCKETS.iter().copied().zip(h.buckets).collect();
+            let counted: u64 = h.buckets.iter().sum();
+            buckets.push((f64::INFINITY, h.count - counted));
+            m.encode_family(&[("outcome", *outcome)])?
+                .encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)?;
+        }
+        Ok(())
     }
-    out
 }
 
-/// The process-wide events in the text format.
-fn render_events(out: &mut String) {
-    let ev = bifs_node::events::snapshot();
-    out.push_str("# HELP bifs_encrypt_headers_created_total LUKS2 headers made for encrypt views, per image.\n# TYPE bifs_encrypt_headers_created_total counter\n");
-    for (image, n) in &ev.headers_created {
-        let _ = writeln!(
-            out,
-            "bifs_encrypt_headers_created_total{{image=\"{}\"}} {n}",
-            label(image)
-        );
-    }
-    out.push_str("# HELP bifs_unlock_failures_total Passphrases that opened no keyslot, per view kind and image.\n# TYPE bifs_unlock_failures_total counter\n");
-    for ((mode, image), n) in &ev.unlock_failures {
-        let _ = writeln!(
-            out,
-            "bifs_unlock_failures_total{{mode=\"{}\",image=\"{}\"}} {n}",
-            mode,
-            label(image)
-        );
-    }
-    out.push_str("# HELP bifs_apply_duration_seconds Time to apply one backing image, per outcome.\n# TYPE bifs_apply_duration_seconds histogram\n");
-    for (outcome, h) in &ev.applies {
-        let mut cumulative = 0;
-        for (bound, n) in bifs_node::events::APPLY_BUCKETS.iter().zip(h.buckets) {
-            cumulative += n;
-            let _ = writeln!(
-                out,
-                "bifs_apply_duration_seconds_bucket{{outcome=\"{outcome}\",le=\"{bound}\"}} {cumulative}"
-            );
+/// Backing images per state of their disk file, read from the records at one scrape.
+#[derive(Debug)]
+pub struct StateCounts([u64; ImageState::ALL.len()]);
+
+impl Collector for StateCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut m = encoder.encode_descriptor(
+            "bifs_backing_images",
+            "Backing images of the store per state of their disk file",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in ImageState::ALL.iter().zip(self.0) {
+            m.encode_family(&[("state", state.as_str())])?
+                .encode_gauge(&(n as i64))?;
         }
-        let _ = writeln!(
-            out,
-            "bifs_apply_duration_seconds_bucket{{outcome=\"{outcome}\",le=\"+Inf\"}} {}\nbifs_apply_duration_seconds_sum{{outcome=\"{outcome}\"}} {}\nbifs_apply_duration_seconds_count{{outcome=\"{outcome}\"}} {}",
-            h.count, h.sum, h.count
-        );
+        Ok(())
     }
 }
 
 /// The store's backing images per state, as their records say (a record left unsettled by
 /// an apply that died counts as failed, as `bifs get` reports it). Records only: a scrape
 /// never hashes an image.
-fn render_states(store: &Store, out: &mut String) {
+fn count_states(store: &Store) -> StateCounts {
     let mut counts = [0u64; ImageState::ALL.len()];
     for name in store.record_names().unwrap_or_default() {
         let Ok(Some(rec)) = status::read(store, &name) else {
@@ -159,14 +179,7 @@ fn render_states(store: &Store, out: &mut String) {
             counts[i] += 1;
         }
     }
-    out.push_str("# HELP bifs_backing_images Backing images of the store per state of their disk file.\n# TYPE bifs_backing_images gauge\n");
-    for (state, n) in ImageState::ALL.iter().zip(counts) {
-        let _ = writeln!(
-            out,
-            "bifs_backing_images{{state=\"{}\"}} {n}",
-            state.as_str()
-        );
-    }
+    StateCounts(counts)
 }
 
 pub fn routes() -> Router<AppState> {
@@ -196,23 +209,16 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         return e.into_response();
     }
     let catalog = state.catalog.clone();
-    let mut body = state.metrics.render();
     // Reading the records is blocking I/O.
-    if let Ok(states) = tokio::task::spawn_blocking(move || {
-        let mut out = String::new();
-        render_states(catalog.store(), &mut out);
-        out
-    })
-    .await
-    {
-        body.push_str(&states);
-    }
+    let states = tokio::task::spawn_blocking(move || count_states(catalog.store()))
+        .await
+        .unwrap_or(StateCounts([0; ImageState::ALL.len()]));
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
         )],
-        body,
+        state.metrics.render(states),
     )
         .into_response()
 }
@@ -222,33 +228,66 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn lines(out: &str) -> Vec<&str> {
+        out.lines().collect()
+    }
+
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(label(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(label("x\ny"), r"x\ny");
+        let m = Metrics::default();
+        bifs_node::events::header_created("a\"b\\c\nd");
+        let out = m.render(StateCounts([0; ImageState::ALL.len()]));
+        assert!(
+            lines(&out).contains(&r#"bifs_encrypt_headers_created_total{image="a\"b\\c\nd"} 1"#),
+            "{out}"
+        );
     }
 
     #[test]
     fn histogram_buckets_are_cumulative_when_rendered() {
         bifs_node::events::apply_finished("conflict", Duration::from_millis(50));
         bifs_node::events::apply_finished("conflict", Duration::from_secs(7200));
-        let mut out = String::new();
-        render_events(&mut out);
-        let line = |s: &str| out.lines().any(|l| l == s);
+        let out = Metrics::default().render(StateCounts([0; ImageState::ALL.len()]));
+        let l = lines(&out);
+        for want in [
+            "bifs_apply_duration_seconds_bucket{outcome=\"conflict\",le=\"0.1\"} 1",
+            "bifs_apply_duration_seconds_bucket{outcome=\"conflict\",le=\"3600\"} 1",
+            "bifs_apply_duration_seconds_bucket{outcome=\"conflict\",le=\"+Inf\"} 2",
+            "bifs_apply_duration_seconds_count{outcome=\"conflict\"} 2",
+        ] {
+            assert!(l.contains(&want), "{want} in\n{out}");
+        }
+    }
+
+    #[test]
+    fn server_counters_and_states() {
+        let m = Metrics::default();
+        m.bytes_read(Mode::Encrypt, 4096);
+        let r = m.read_started();
+        m.handle_opened();
+        let out = m.render(StateCounts([0; ImageState::ALL.len()]));
+        let l = lines(&out);
         assert!(
-            line("bifs_apply_duration_seconds_bucket{outcome=\"conflict\",le=\"0.1\"} 1"),
+            l.contains(&"bifs_http_view_bytes_read_total{mode=\"encrypt\"} 4096"),
             "{out}"
         );
         assert!(
-            line("bifs_apply_duration_seconds_bucket{outcome=\"conflict\",le=\"3600\"} 1"),
+            l.contains(&"bifs_http_view_bytes_read_total{mode=\"raw\"} 0"),
+            "{out}"
+        );
+        assert!(l.contains(&"bifs_http_reads_in_flight 1"), "{out}");
+        assert!(l.contains(&"bifs_http_open_views 1"), "{out}");
+        drop(r);
+        let out = m.render(StateCounts([0; ImageState::ALL.len()]));
+        assert!(
+            lines(&out).contains(&"bifs_http_reads_in_flight 0"),
             "{out}"
         );
         assert!(
-            line("bifs_apply_duration_seconds_bucket{outcome=\"conflict\",le=\"+Inf\"} 2"),
-            "{out}"
-        );
-        assert!(
-            line("bifs_apply_duration_seconds_count{outcome=\"conflict\"} 2"),
+            out.contains(&format!(
+                "bifs_backing_images{{state=\"{}\"}} 0",
+                ImageState::ALL[0].as_str()
+            )),
             "{out}"
         );
     }

@@ -125,7 +125,7 @@ async fn open(state: &AppState, vp: ViewPath) -> Result<Opened, HttpError> {
             h.update(&hdr);
         }
         let digest = h.finalize();
-        let etag = format!("\"{}\"", hex(&digest[..16]));
+        let etag = format!("\"{}\"", hex::encode(&digest[..16]));
         let modified = if id.mtime_ns >= 0 {
             SystemTime::UNIX_EPOCH + Duration::from_nanos(id.mtime_ns as u64)
         } else {
@@ -141,10 +141,6 @@ async fn open(state: &AppState, vp: ViewPath) -> Result<Opened, HttpError> {
     })
     .await
     .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("open: {e}")))?
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 async fn view(
@@ -455,18 +451,8 @@ async fn checksum(state: &AppState, o: Opened) -> Result<Response, HttpError> {
             }
         }
         let started = std::time::Instant::now();
-        let mut h = bifs_sys::sha512::Sha512::new().map_err(|e| io::Error::other(e.to_string()))?;
-        let mut buf = vec![0u8; (4 * CHUNK) as usize];
-        let len = o.view.len();
-        let mut off = 0;
-        while off < len {
-            let n = (len - off).min(buf.len() as u64) as usize;
-            bifs_core::io::read_full_at(&*o.view, off, &mut buf[..n])?;
-            h.update(&buf[..n]).map_err(|e| io::Error::other(e.to_string()))?;
-            off += n as u64;
-            metrics.bytes_read(o.mode, n as u64);
-        }
-        let sum = hex(&h.finish().map_err(|e| io::Error::other(e.to_string()))?);
+        let sum =
+            bifs_node::checksum::sha512_hex(&*o.view, |n| metrics.bytes_read(o.mode, n))?;
         tracing::info!(image = %o.image, mode = o.mode.name(), secs = started.elapsed().as_secs_f64(), "SHA-512 of a view computed");
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;

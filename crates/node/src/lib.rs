@@ -6,6 +6,7 @@
 //!   records, locks, persisted headers) and the one that writes it (atomically);
 //! - [`catalog`]: which views a store has, opening them, unlocked keys cached per image and
 //!   Secret;
+//! - [`checksum`]: the one SHA-512 reader (views, stored files);
 //! - [`copier`]: a view or a stream into a file: sparse, SHA-512 while writing, progress;
 //! - [`longhorn`]: BackingImage manifests applied to a store, status, `get`, `delete`;
 //! - [`events`]: process-wide counts of what happened (headers made, unlock failures,
@@ -13,9 +14,9 @@
 //! - [`signals`]: SIGINT/SIGTERM as a flag that long work polls.
 
 pub mod catalog;
+pub mod checksum;
 pub mod copier;
 pub mod events;
-pub mod fsutil;
 pub mod longhorn;
 pub mod signals;
 pub mod store;

@@ -1,5 +1,5 @@
 #![no_std]
-#![doc = include_str!("../README.md")]
+//! cpufeatures 0.3.1 (RustCrypto), vendored by bifs with VAES reported on AVX state: see bifs's vendor/README.md.
 #![doc(
     html_logo_url = "https://raw.githubusercontent.com/RustCrypto/media/6ee8e381/logo.svg",
     html_favicon_url = "https://raw.githubusercontent.com/RustCrypto/media/6ee8e381/logo.svg"

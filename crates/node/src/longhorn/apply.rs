@@ -612,7 +612,7 @@ fn clone_source(store: &Store, backing_image: &str) -> Result<CloneSource, Field
         Some(c) if found.cfg_current() && !c.current_checksum.is_empty() => {
             c.current_checksum.clone()
         }
-        _ => status::sha512_file(&found.backing()).map_err(|e| {
+        _ => crate::checksum::sha512_file(&found.backing()).map_err(|e| {
             FieldError::param(
                 PARAM_BACKING_IMAGE,
                 format!("reading {}: {e}", found.backing().display()),

@@ -6,7 +6,6 @@
 //! objects, [`watch`] to be told of status changes, [`delete`] to remove one.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -212,7 +211,7 @@ pub fn revalidate(store: &Store, rec: BackingImage) -> BackingImage {
         .as_ref()
         .map(|s| s.checksum.clone())
         .unwrap_or_default();
-    let (state, message) = match sha512_file(&backing) {
+    let (state, message) = match crate::checksum::sha512_file(&backing) {
         Ok(sum) if sum == previous => (State::Ready, String::new()),
         Ok(sum) => (
             State::Failed,
@@ -249,20 +248,6 @@ pub fn file_changed(store: &Store, name: &str, uuid: &str) -> bool {
     !cfg.modification_time.is_empty()
         && modification_time(&store.backing_path(name, uuid))
             .is_ok_and(|now| now != cfg.modification_time)
-}
-
-pub(crate) fn sha512_file(path: &std::path::Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = bifs_sys::sha512::Sha512::new().map_err(std::io::Error::other)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]).map_err(std::io::Error::other)?;
-    }
-    Ok(hex::encode(h.finish().map_err(std::io::Error::other)?))
 }
 
 /// All records, or the one named; observed.

@@ -2,14 +2,11 @@
 //! beside the target (unique per process and call), the bytes, `fsync`, `rename` over the
 //! target, then `fsync` of the directory so the rename itself survives a crash.
 
-use std::fs::{self, OpenOptions};
-
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::fsutil::sync_dir;
 
 /// Writes `bytes` to `path` atomically with permission bits `mode` (before the umask).
 /// On error the temporary file is removed and `path` is unchanged.
@@ -39,6 +36,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         sync_dir(parent);
     }
     Ok(())
+}
+
+/// A rename (or a new file) is durable only once its directory is synced. Failure to sync is
+/// not fatal: the data itself was synced before the rename.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 #[cfg(test)]

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::atomic::sync_dir;
 use super::atomic::write_atomic;
 use super::cfg::BackingCfg;
 use super::layout::{BACKING, BACKING_CFG, BACKING_TMP, IMAGES_DIR};
 use super::{io_err, valid_component, Store, StoreError, DEFAULT_STATE_DIR};
-use crate::fsutil::sync_dir;
 
 /// An flock held on a backing image's lock file; released on drop.
 pub struct Lock {

@@ -1,0 +1,271 @@
+//! The unsafe half of bifs-core's XTS engine (`bifs_core::xts`): its x86-64 SIMD code, behind
+//! safe types that cannot be misused.
+//!
+//! - [`VaesKeys`]: the whole XTS pass in 256-bit VAES registers (its own AES key expansion and
+//!   rounds, tweaks in registers), for CPUs with VAES and VPCLMULQDQ.
+//! - [`TweakKernel`]: the AVX2 and AVX-512 tweak kernels that bifs-core's `aes`-crate path runs
+//!   around the `aes` backend on other x86-64 CPUs: they derive the tweaks of a chunk along a
+//!   [`TweakChain`] and XOR them in, before and after the backend ciphers the chunk.
+//!
+//! Why `unsafe`: a `#[target_feature]` function may only run on a CPU that has the features,
+//! which only a run-time check can know, and the vector loads and stores take raw pointers.
+//! How the safe API holds: a [`VaesKeys`] or a [`TweakKernel`] can only be made by a run-time
+//! check of the CPU (`None` without the features), so holding one is the proof the
+//! `#[target_feature]` code needs; their methods check every length and geometry precondition
+//! of that code ([`GeometryError`]) before entering it. Everything else of XTS (the `aes`
+//! crate's key schedules and backends, the portable kernel, chunking, the known-answer self-test
+//! and the choice of kernel) is safe code in bifs-core, which forbids `unsafe`.
+//!
+//! Tweaks: XTS's tweak of block `k+1` of a sector is the tweak of block `k` times alpha (x in
+//! GF(2^128) mod x^128 + x^7 + x^2 + x + 1), starting from the sector's encrypted IV. Blocks
+//! are passed as `[u8; 16]` and tweaks as little-endian `u128`s (bit `i` is the coefficient of
+//! x^i), as IEEE 1619 lays them out.
+
+#[cfg(target_arch = "x86_64")]
+mod vaes;
+#[cfg(target_arch = "x86_64")]
+mod wide;
+
+#[cfg(target_arch = "x86_64")]
+pub use vaes::VaesKeys;
+#[cfg(target_arch = "x86_64")]
+pub use wide::TweakKernel;
+
+/// Smallest sector size the kernels take (LUKS2's smallest).
+pub const MIN_SECTOR_SIZE: usize = 512;
+
+/// Largest sector size the kernels take (LUKS2's largest).
+pub const MAX_SECTOR_SIZE: usize = 4096;
+
+/// Tweaks a [`TweakChain`] produces per step, and the granule of a [`TweakKernel`] chunk:
+/// sixteen interleaved chains (each stepping by alpha^16, a 2-byte shift plus a small fold)
+/// that the CPU runs side by side; with AVX-512 they are four registers of four 128-bit lanes.
+pub const LANES: usize = 16;
+
+// Every sector size taken is whole steps of the tweak chain (and of the VAES engine).
+const _: () = assert!((MIN_SECTOR_SIZE / 16).is_multiple_of(LANES));
+
+/// A call the kernels refuse: they run only on whole sectors and whole steps.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+pub enum GeometryError {
+    #[error("sector size {0} is not a power of two between 512 and 4096")]
+    SectorSize(usize),
+    #[error("buffer of {len} bytes is not a whole number of {sector_size}-byte sectors")]
+    Unaligned { len: usize, sector_size: usize },
+    #[error("chunk of {blocks} blocks is not a whole number of {LANES}-block steps")]
+    PartialStep { blocks: usize },
+    #[error("{tweaks} tweak slots for a chunk of {blocks} blocks")]
+    TweakCount { blocks: usize, tweaks: usize },
+    #[error("chunk of {blocks} blocks runs past the {remaining} blocks left in the tweak chain")]
+    PastChain { blocks: usize, remaining: usize },
+}
+
+/// Checks that `len` bytes are whole sectors of a size the kernels take: a power of two from
+/// [`MIN_SECTOR_SIZE`] to [`MAX_SECTOR_SIZE`].
+#[inline]
+pub fn check_sectors(len: usize, sector_size: usize) -> Result<(), GeometryError> {
+    check_sector_size(sector_size)?;
+    if !len.is_multiple_of(sector_size) {
+        return Err(GeometryError::Unaligned { len, sector_size });
+    }
+    Ok(())
+}
+
+#[inline]
+fn check_sector_size(sector_size: usize) -> Result<(), GeometryError> {
+    if !sector_size.is_power_of_two() || !(MIN_SECTOR_SIZE..=MAX_SECTOR_SIZE).contains(&sector_size)
+    {
+        return Err(GeometryError::SectorSize(sector_size));
+    }
+    Ok(())
+}
+
+/// The tweaks of a run of whole sectors, [`LANES`] at a time: where the sequence stands (the
+/// sector, the block within it) and the last [`LANES`] tweaks produced.
+pub struct TweakChain<'a> {
+    /// The first tweak of each sector: its encrypted IV.
+    first: &'a [[u8; 16]],
+    blocks_per_sector: usize,
+    sector: usize,
+    in_sector: usize,
+    lanes: [u128; LANES],
+}
+
+impl<'a> TweakChain<'a> {
+    /// The chain of `first.len()` sectors of `sector_size` bytes, sector `k` starting from the
+    /// tweak `first[k]`.
+    pub fn new(first: &'a [[u8; 16]], sector_size: usize) -> Result<Self, GeometryError> {
+        check_sector_size(sector_size)?;
+        Ok(Self {
+            first,
+            blocks_per_sector: sector_size / 16,
+            sector: 0,
+            in_sector: 0,
+            lanes: [0; LANES],
+        })
+    }
+
+    /// Blocks whose tweaks are still to come.
+    pub fn remaining(&self) -> usize {
+        // `sector <= first.len()`, and `in_sector` is 0 when they are equal.
+        (self.first.len() - self.sector).saturating_mul(self.blocks_per_sector) - self.in_sector
+    }
+
+    /// Checks that a chunk of `blocks` blocks with `tweaks` tweak slots is whole steps, has a
+    /// slot per block and a tweak per block left in the chain.
+    pub fn check_chunk(&self, blocks: usize, tweaks: usize) -> Result<(), GeometryError> {
+        if !blocks.is_multiple_of(LANES) {
+            return Err(GeometryError::PartialStep { blocks });
+        }
+        if tweaks != blocks {
+            return Err(GeometryError::TweakCount { blocks, tweaks });
+        }
+        let remaining = self.remaining();
+        if blocks > remaining {
+            return Err(GeometryError::PastChain { blocks, remaining });
+        }
+        Ok(())
+    }
+
+    /// The tweaks of the next [`LANES`] blocks (`None` past the last sector), computed on
+    /// plain `u128`s: bifs-core's portable kernel.
+    #[inline(always)]
+    pub fn next_lanes(&mut self) -> Option<&[u128; LANES]> {
+        self.advance(|lanes| {
+            for l in lanes {
+                *l = mul_alpha16(*l);
+            }
+        })
+    }
+
+    /// The next [`LANES`] tweaks: from the sector's first tweak at a sector start, else the
+    /// last [`LANES`] through `step`, which multiplies each by alpha^16.
+    #[inline(always)]
+    fn advance(&mut self, step: impl FnOnce(&mut [u128; LANES])) -> Option<&[u128; LANES]> {
+        if self.in_sector == 0 {
+            let mut t = u128::from_le_bytes(*self.first.get(self.sector)?);
+            for l in &mut self.lanes {
+                *l = t;
+                t = mul_alpha(t);
+            }
+        } else {
+            step(&mut self.lanes);
+        }
+        // Sectors hold a multiple of LANES blocks, so a step never straddles two sectors.
+        self.in_sector += LANES;
+        if self.in_sector == self.blocks_per_sector {
+            self.in_sector = 0;
+            self.sector += 1;
+        }
+        Some(&self.lanes)
+    }
+}
+
+#[inline(always)]
+fn mul_alpha(t: u128) -> u128 {
+    let carry = (t >> 127) as u8;
+    (t << 1) ^ u128::from(0x87 * carry)
+}
+
+/// `t * alpha^16`: shift by 16 and fold the two bytes shifted out back in as their carry-less
+/// product with 0x87 (bits 0, 1, 2, 7); at most 23 bits, so no second reduction.
+#[inline(always)]
+fn mul_alpha16(t: u128) -> u128 {
+    let hi = t >> 112;
+    (t << 16) ^ hi ^ (hi << 1) ^ (hi << 2) ^ (hi << 7)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// XTS's tweak sequence by its definition: one multiplication by alpha per block.
+    pub(crate) fn serial_tweaks(first: &[[u8; 16]], blocks_per_sector: usize) -> Vec<u128> {
+        let mut out = Vec::new();
+        for f in first {
+            let mut t = u128::from_le_bytes(*f);
+            for _ in 0..blocks_per_sector {
+                out.push(t);
+                let carry = t >> 127 == 1;
+                t <<= 1;
+                if carry {
+                    t ^= 0x87;
+                }
+            }
+        }
+        out
+    }
+
+    /// Pseudo-random first tweaks, with the top bit set in some (the reduction's case).
+    pub(crate) fn firsts(n: usize) -> Vec<[u8; 16]> {
+        let mut x = 0x243f6a8885a308d3_13198a2e03707344u128;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn portable_chain_matches_the_serial_definition() {
+        for sector_size in [512, 1024, 2048, 4096] {
+            let first = firsts(5);
+            let mut chain = TweakChain::new(&first, sector_size).unwrap();
+            let mut got = Vec::new();
+            assert_eq!(chain.remaining(), 5 * sector_size / 16);
+            while let Some(lanes) = chain.next_lanes() {
+                got.extend_from_slice(lanes);
+            }
+            assert_eq!(chain.remaining(), 0);
+            assert_eq!(got, serial_tweaks(&first, sector_size / 16));
+        }
+    }
+
+    #[test]
+    fn refuses_bad_geometry() {
+        for bad in [0, 16, 256, 1000, 3072, 8192] {
+            assert_eq!(
+                TweakChain::new(&[], bad).err(),
+                Some(GeometryError::SectorSize(bad))
+            );
+            assert_eq!(
+                check_sectors(4096, bad),
+                Err(GeometryError::SectorSize(bad))
+            );
+        }
+        assert_eq!(
+            check_sectors(1000, 512),
+            Err(GeometryError::Unaligned {
+                len: 1000,
+                sector_size: 512
+            })
+        );
+        assert_eq!(check_sectors(0, 512), Ok(()));
+        assert_eq!(check_sectors(3 * 4096, 4096), Ok(()));
+
+        let first = firsts(2);
+        let chain = TweakChain::new(&first, 512).unwrap();
+        assert_eq!(
+            chain.check_chunk(24, 24),
+            Err(GeometryError::PartialStep { blocks: 24 })
+        );
+        assert_eq!(
+            chain.check_chunk(32, 16),
+            Err(GeometryError::TweakCount {
+                blocks: 32,
+                tweaks: 16
+            })
+        );
+        assert_eq!(
+            chain.check_chunk(80, 80),
+            Err(GeometryError::PastChain {
+                blocks: 80,
+                remaining: 64
+            })
+        );
+        assert_eq!(chain.check_chunk(64, 64), Ok(()));
+    }
+}
