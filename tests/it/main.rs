@@ -14,6 +14,7 @@ mod apply;
 mod browser;
 mod deploy_manifests;
 mod faults;
+mod hardening;
 mod hostile;
 mod interop_cryptsetup;
 mod keys;

@@ -31,6 +31,9 @@ struct Counters {
     bytes: [AtomicU64; 4],
     open_handles: AtomicI64,
     reads_in_flight: AtomicI64,
+    connections: AtomicI64,
+    send_timeouts: AtomicU64,
+    buffered: AtomicI64,
 }
 
 /// Cheap to clone; every clone counts into the same counters.
@@ -69,6 +72,19 @@ impl Metrics {
     pub fn handle_closed(&self) {
         self.0.open_handles.fetch_sub(1, Ordering::Relaxed);
     }
+    pub fn connection_opened(&self) {
+        self.0.connections.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn connection_closed(&self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn send_timed_out(&self) {
+        self.0.send_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Response bytes read from views and not sent yet (`n` may be negative).
+    pub fn buffered(&self, n: i64) {
+        self.0.buffered.fetch_add(n, Ordering::Relaxed);
+    }
 
     /// The Prometheus text exposition of the counters.
     pub fn render(&self) -> String {
@@ -85,6 +101,9 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP bifs_http_open_views Views open for responses being sent.\n# TYPE bifs_http_open_views gauge\nbifs_http_open_views {}", c.open_handles.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP bifs_http_reads_in_flight View reads running on the blocking pool.\n# TYPE bifs_http_reads_in_flight gauge\nbifs_http_reads_in_flight {}", c.reads_in_flight.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP bifs_http_connections Connections open (at most --max-connections).\n# TYPE bifs_http_connections gauge\nbifs_http_connections {}", c.connections.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP bifs_http_send_timeouts_total Connections closed because the client took no data for --send-timeout.\n# TYPE bifs_http_send_timeouts_total counter\nbifs_http_send_timeouts_total {}", c.send_timeouts.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP bifs_http_response_buffer_bytes View bytes read for responses and not sent yet.\n# TYPE bifs_http_response_buffer_bytes gauge\nbifs_http_response_buffer_bytes {}", c.buffered.load(Ordering::Relaxed));
         render_events(&mut out);
         out
     }
