@@ -118,6 +118,9 @@ async fn open(state: &AppState, vp: ViewPath) -> Result<Opened, HttpError> {
         h.update(id.ino.to_le_bytes());
         h.update(id.size.to_le_bytes());
         h.update(id.mtime_ns.to_le_bytes());
+        // The change time too: a rewrite that puts the mtime back must not keep the ETag
+        // (If-Range would then splice two versions, and the cached SHA-512 would be stale).
+        h.update(id.ctime_ns.to_le_bytes());
         h.update(view.len().to_le_bytes());
         if vp.mode == Mode::Encrypt {
             let mut hdr = vec![0u8; 4096];

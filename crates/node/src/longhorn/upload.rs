@@ -564,6 +564,9 @@ impl Upload {
     /// Removes the received bytes and records why (a Longhorn disk's record says `failed`).
     fn fail(&mut self, message: &str) {
         self.failed = true;
+        // Emptied first: the file is still open here, and an unlinked open file keeps its
+        // blocks, so a full disk would have no room left for the record that says why.
+        let _ = self.file.set_len(0);
         tracing::warn!(backing_image = ?self.name, error = message, "upload failed; its bytes were removed");
         match &mut self.target {
             Target::Disk { uuid, disk, rec } => {
