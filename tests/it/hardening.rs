@@ -149,6 +149,7 @@ impl Drop for PyServer {
 
 #[test]
 fn f1_api_downloads_reach_only_public_http_addresses() {
+    full_tier_only!("python3 (HTTP servers), curl");
     let s = Server::start_with(Options {
         no_loopback_downloads: true,
         args: &[
@@ -360,6 +361,7 @@ print("WANT", hashlib.sha512(a).hexdigest(), flush=True)
 
 #[test]
 fn f2_a_second_writer_of_a_name_gets_409_while_the_first_runs() {
+    full_tier_only!("python3 (http.client)");
     let s = Server::start();
     let (host, port) = host_port(&s.url);
     let out = python(PY_TWO_UPLOADS, &[&host, &port, TOKEN, "racex"])
@@ -416,6 +418,7 @@ fn put_file(s: &Server, name: &str, query: &str, body: &Path) -> (u16, serde_jso
 
 #[test]
 fn f3_an_upload_into_a_flat_store_is_a_flat_file_and_the_store_stays_flat() {
+    full_tier_only!("curl");
     let a = crate::support::noise(3, 1 << 20);
     let mut s = Server::start_with(Options {
         flat: true,
@@ -718,6 +721,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn f6_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded() {
+    full_tier_only!("python3 (sockets), curl");
     let big = crate::support::noise(8, 64 << 20);
     // Memory: 64 stalled readers hold at most the response budget plus small chunks each.
     let s = Server::start_with(Options {
@@ -777,6 +781,7 @@ fn f6_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded() {
 
 #[test]
 fn f6_connections_past_the_cap_wait_in_the_backlog() {
+    full_tier_only!("python3 (sockets)");
     let big = crate::support::noise(9, 32 << 20);
     let mid = crate::support::noise(10, 8 << 20);
     let s = Server::start_with(Options {
@@ -1166,6 +1171,7 @@ fn f9_links_out_of_the_store_are_not_in_the_mount() {
 
 #[test]
 fn f10_a_name_with_a_newline_cannot_forge_a_log_line() {
+    full_tier_only!("curl");
     let forged = "x\nINFO forged: all is well";
     let s = Server::start_with(Options {
         flat: true,
@@ -1240,6 +1246,7 @@ fn f10_unknown_names_in_the_mount_are_not_logged_at_info() {
 
 #[test]
 fn f10_a_long_upload_name_is_a_400_that_shows_no_server_path() {
+    full_tier_only!("curl");
     let s = Server::start();
     let name = "a".repeat(300);
     let url = format!("{}/api/v1/uploads/{name}?offset=0&size=512", s.url);
