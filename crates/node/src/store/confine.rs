@@ -60,9 +60,14 @@ pub fn open_beneath(root: &Path, root_dir: &File, path: &Path) -> io::Result<Fil
         ) {
             Ok(fd) => return checked_image_file(File::from(fd)),
             Err(rustix::io::Errno::XDEV) => return Err(outside(path)),
-            Err(rustix::io::Errno::NOSYS) => {
+            // ENOSYS: a kernel before 5.6; EPERM: a seccomp profile that does not know it
+            // (when opening the root itself fails the same way, the call is what is refused).
+            Err(e @ (rustix::io::Errno::NOSYS | rustix::io::Errno::PERM))
+                if openat2_refused(root_dir) =>
+            {
                 NO_OPENAT2.store(true, Ordering::Relaxed);
                 tracing::warn!(
+                    error = %e,
                     "openat2 is not available (kernel before 5.6, or a seccomp profile): \
                      images are confined to the store by canonical path instead"
                 );
@@ -80,6 +85,19 @@ pub fn open_beneath(root: &Path, root_dir: &File, path: &Path) -> io::Result<Fil
         .custom_flags(IMAGE_OPEN_FLAGS | libc::O_NOFOLLOW)
         .open(&canonical)?;
     checked_image_file(file)
+}
+
+/// Whether `openat2` itself is refused (not the path): opening the root directory with it
+/// fails too.
+fn openat2_refused(root_dir: &File) -> bool {
+    rustix::fs::openat2(
+        root_dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH,
+    )
+    .is_err()
 }
 
 /// `path` relative to `root`, when it is lexically under it (or relative already). `..`
