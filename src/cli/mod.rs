@@ -10,6 +10,7 @@ mod apply;
 mod copy;
 mod crypt;
 mod inspect;
+mod logfmt;
 mod mount;
 mod serve;
 mod verify;
@@ -176,7 +177,11 @@ fn init_logging(filter: &str, json: bool) {
     if json {
         builder.json().init();
     } else {
-        builder.with_target(false).init();
+        // Names and messages escaped: a file name cannot forge a log line (logfmt).
+        builder
+            .with_target(false)
+            .fmt_fields(logfmt::fields())
+            .init();
     }
 }
 

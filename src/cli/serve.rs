@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
-use bifs_http::{AppState, Listener, Policy, ServeConfig, TlsFiles, Token};
+use bifs_http::{AppState, Listener, Policy, ServeConfig, ServerLimits, TlsFiles, Token};
 use bifs_node::catalog::Catalog;
+use bifs_node::longhorn::DownloadPolicy;
 use bifs_node::store::Store;
 
 /// Who may reach the server, shared by `bifs serve` and `bifs mount --serve`.
@@ -29,6 +31,84 @@ pub struct ExposureArgs {
     /// Allow plain HTTP on a non-loopback address.
     #[arg(long)]
     insecure: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What remote clients may make the server do (docs/security.md lists each limit).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Connections served at once; more wait in the kernel's accept queue.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// Close a connection whose client takes no byte of a response (or sends no byte of an
+    /// upload) for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    send_timeout: u64,
+    /// MiB of view data all responses together may read ahead (1 MiB chunks); past it,
+    /// responses go on in 64 KiB chunks.
+    #[arg(long, value_name = "MIB", default_value_t = 128,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    response_memory: u64,
+    /// An address range downloads created through the API may reach although it is not
+    /// public (loopback, private, link-local...); repeat for several. Default: none.
+    #[arg(long, value_name = "CIDR")]
+    allow_download_from: Vec<bifs_node::longhorn::Cidr>,
+    /// The largest download created through the API, in bytes (suffixes K, M, G, T: powers
+    /// of 1024). Default: the store's free space when the download starts.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_download_size: Option<u64>,
+    /// The longest a download created through the API may take, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 6 * 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_download_time: u64,
+}
+
+/// `123`, `10K`, `4G`: bytes, with binary suffixes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{s:?}: the suffix is K, M, G or T")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (bytes, or a number with K, M, G or T)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl LimitArgs {
+    fn connections(&self) -> bifs_http::ConnectionLimits {
+        bifs_http::ConnectionLimits {
+            max_connections: self.max_connections as usize,
+            send_timeout: Duration::from_secs(self.send_timeout),
+        }
+    }
+
+    fn server(&self) -> ServerLimits {
+        ServerLimits {
+            downloads: DownloadPolicy::remote(
+                self.allow_download_from.clone(),
+                self.max_download_size,
+                Duration::from_secs(self.max_download_time),
+            ),
+            send_timeout: Duration::from_secs(self.send_timeout),
+            response_memory: self.response_memory << 20,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -70,6 +150,7 @@ impl ExposureArgs {
             listen,
             tls,
             insecure: self.insecure,
+            connections: self.limits.connections(),
         };
         let policy = Policy {
             token,
@@ -102,7 +183,15 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .thread_name("bifs-http")
         .build()
         .context("starting the HTTP runtime")?;
-    runtime.block_on(run(cfg, policy, catalog, secrets_paths, shutdown_signal()))
+    let limits = args.exposure.limits.server();
+    runtime.block_on(run(
+        cfg,
+        policy,
+        limits,
+        catalog,
+        secrets_paths,
+        shutdown_signal(),
+    ))
 }
 
 /// Runs the server of `bifs mount --serve` on its own thread; it ends with the process.
@@ -118,13 +207,15 @@ pub fn spawn_for_mount(
         .thread_name("bifs-http")
         .build()
         .context("starting the HTTP runtime")?;
+    let limits = exposure.limits.server();
     // Bind before the mount starts, so a bad address fails the command at once.
     let listener = runtime.block_on(Listener::bind(&cfg, &policy))?;
     announce(&listener)?;
     std::thread::Builder::new()
         .name("bifs-http".into())
         .spawn(move || {
-            let state = AppState::new(catalog, secrets_paths, policy);
+            let state = AppState::with_limits(catalog, secrets_paths, policy, limits);
+            let listener = listener.with_metrics(state.metrics.clone());
             let result =
                 runtime.block_on(listener.serve(bifs_http::router(state), std::future::pending()));
             if let Err(e) = result {
@@ -138,13 +229,15 @@ pub fn spawn_for_mount(
 async fn run(
     cfg: ServeConfig,
     policy: Policy,
+    limits: ServerLimits,
     catalog: Arc<Catalog>,
     secrets_paths: Vec<PathBuf>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = Listener::bind(&cfg, &policy).await?;
     announce(&listener)?;
-    let state = AppState::new(catalog, secrets_paths, policy);
+    let state = AppState::with_limits(catalog, secrets_paths, policy, limits);
+    let listener = listener.with_metrics(state.metrics.clone());
     listener.serve(bifs_http::router(state), shutdown).await?;
     tracing::info!("server stopped");
     Ok(())

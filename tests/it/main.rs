@@ -15,6 +15,7 @@ mod browser;
 mod deploy_manifests;
 mod docs;
 mod faults;
+mod hardening;
 mod hostile;
 mod interop_cryptsetup;
 mod keys;

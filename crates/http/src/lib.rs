@@ -42,10 +42,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use bifs_node::catalog::{Catalog, CatalogError};
+use bifs_node::longhorn::DownloadPolicy;
 
 pub use auth::{Access, Policy, Token};
 pub use metrics::Metrics;
-pub use server::{Listener, ServeConfig, ServeError, TlsFiles};
+pub use server::{ConnectionLimits, Listener, ServeConfig, ServeError, TlsFiles};
 
 /// The state every handler shares (see the module doc).
 #[derive(Clone)]
@@ -69,12 +70,59 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The SHA-512 of views, computed once per view identity.
     pub sums: views::SumCache,
+    /// What remote callers may make the server do (downloads, time, memory).
+    pub limits: ServerLimits,
+    /// Memory for responses' view chunks, in KiB: a response reads ahead in 1 MiB chunks while
+    /// this budget has room, in small unbudgeted chunks otherwise (see `views`).
+    pub response_budget: Arc<tokio::sync::Semaphore>,
+}
+
+/// What bounds the work remote callers can cause, besides the connection limits
+/// ([`ServeConfig::connections`]).
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// What downloads created through the API may reach (`--allow-download-from`,
+    /// `--max-download-size`, `--max-download-time`).
+    pub downloads: DownloadPolicy,
+    /// An upload body that sends nothing for this long is cut off (`--send-timeout`).
+    pub send_timeout: std::time::Duration,
+    /// Bytes of view data responses may hold read ahead, all together
+    /// (`--response-memory`).
+    pub response_memory: u64,
+}
+
+pub const DEFAULT_RESPONSE_MEMORY: u64 = 128 << 20;
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            downloads: DownloadPolicy::remote(
+                Vec::new(),
+                None,
+                bifs_node::longhorn::download::DEFAULT_MAX_TIME,
+            ),
+            send_timeout: server::DEFAULT_SEND_TIMEOUT,
+            response_memory: DEFAULT_RESPONSE_MEMORY,
+        }
+    }
 }
 
 impl AppState {
     pub fn new(catalog: Arc<Catalog>, secrets_paths: Vec<PathBuf>, policy: Policy) -> Self {
+        Self::with_limits(catalog, secrets_paths, policy, ServerLimits::default())
+    }
+
+    pub fn with_limits(
+        catalog: Arc<Catalog>,
+        secrets_paths: Vec<PathBuf>,
+        policy: Policy,
+        limits: ServerLimits,
+    ) -> Self {
         let store_root = catalog.store().root().to_path_buf();
         let state_dir = catalog.store().state().path().to_path_buf();
+        let kib = usize::try_from(limits.response_memory >> 10)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         Self {
             inner: Arc::new(Shared {
                 catalog,
@@ -84,8 +132,15 @@ impl AppState {
                 policy,
                 metrics: Metrics::default(),
                 sums: views::SumCache::default(),
+                limits,
+                response_budget: Arc::new(tokio::sync::Semaphore::new(kib)),
             }),
         }
+    }
+
+    /// The layout the served store had when it was opened: writes keep to it.
+    pub fn layout(&self) -> bifs_node::store::Layout {
+        self.catalog.store().layout()
     }
 
     /// Whether the request (its headers) may do `access`; the error is the response to send.
@@ -162,6 +217,22 @@ impl From<CatalogError> for HttpError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        Self::new(status, e.to_string())
+        // I/O errors may carry the server's paths (a qcow2 backing file, the store): the
+        // client gets the image and the OS error's kind, the log gets everything.
+        let message = match &e {
+            CatalogError::Io { image, error }
+            | CatalogError::View {
+                image,
+                error: bifs_core::view::ViewError::Io(error),
+            } => {
+                tracing::error!(image = ?image, error = %e, "reading a view failed");
+                format!(
+                    "image {image:?}: reading it failed ({}); the server log has the details",
+                    error.kind()
+                )
+            }
+            _ => e.to_string(),
+        };
+        Self::new(status, message)
     }
 }

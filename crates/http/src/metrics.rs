@@ -40,6 +40,9 @@ pub struct Metrics {
     bytes: Family<ModeLabel, Counter<u64, AtomicU64>>,
     open_views: Gauge,
     reads_in_flight: Gauge,
+    connections: Gauge,
+    send_timeouts: Counter,
+    buffered: Gauge,
 }
 
 /// Decrements reads in flight when a read ends (however it ends).
@@ -65,6 +68,19 @@ impl Metrics {
     pub fn handle_closed(&self) {
         self.open_views.dec();
     }
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+    pub fn connection_closed(&self) {
+        self.connections.dec();
+    }
+    pub fn send_timed_out(&self) {
+        self.send_timeouts.inc();
+    }
+    /// Response bytes read from views and not sent yet (`n` may be negative).
+    pub fn buffered(&self, n: i64) {
+        self.buffered.inc_by(n);
+    }
 
     /// The Prometheus text exposition (format 0.0.4) of the server's counters, the process's
     /// events and `states` (backing images per state, read by the caller).
@@ -88,6 +104,21 @@ impl Metrics {
             "bifs_http_reads_in_flight",
             "View reads running on the blocking pool",
             self.reads_in_flight.clone(),
+        );
+        registry.register(
+            "bifs_http_connections",
+            "Connections open (at most --max-connections)",
+            self.connections.clone(),
+        );
+        registry.register(
+            "bifs_http_send_timeouts",
+            "Connections closed because the client took no data for --send-timeout",
+            self.send_timeouts.clone(),
+        );
+        registry.register(
+            "bifs_http_response_buffer_bytes",
+            "View bytes read for responses and not sent yet",
+            self.buffered.clone(),
         );
         registry.register_collector(Box::new(EventsCollector(events::snapshot())));
         registry.register_collector(Box::new(states));

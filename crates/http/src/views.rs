@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +30,10 @@ use bifs_node::store::valid_component;
 /// Bytes per blocking read: large enough that the per-chunk hop to the blocking pool is
 /// noise, small enough that a request holds little memory (one chunk read ahead, one sent).
 const CHUNK: u64 = 1 << 20;
+/// Bytes per read when the server's response budget (`--response-memory`) is spent: a
+/// response always makes progress, in chunks small enough that any number of connections
+/// (up to `--max-connections`) fit in memory.
+const SMALL_CHUNK: u64 = 64 << 10;
 
 const SUM_SUFFIX: &str = ".sha512";
 
@@ -115,6 +118,9 @@ async fn open(state: &AppState, vp: ViewPath) -> Result<Opened, HttpError> {
         h.update(id.ino.to_le_bytes());
         h.update(id.size.to_le_bytes());
         h.update(id.mtime_ns.to_le_bytes());
+        // The change time too: a rewrite that puts the mtime back must not keep the ETag
+        // (If-Range would then splice two versions, and the cached SHA-512 would be stale).
+        h.update(id.ctime_ns.to_le_bytes());
         h.update(view.len().to_le_bytes());
         if vp.mode == Mode::Encrypt {
             let mut hdr = vec![0u8; 4096];
@@ -341,14 +347,23 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
         image: String,
         mode: Mode,
         metrics: super::Metrics,
+        budget: Arc<tokio::sync::Semaphore>,
     }
     impl Cursor {
         fn spawn_next(&mut self) {
             if self.next >= self.end {
                 return;
             }
+            // A full chunk holds 1 MiB of the response budget until hyper has sent it; with
+            // the budget spent, a small chunk outside it (memory per connection stays small).
+            let permit = self
+                .budget
+                .clone()
+                .try_acquire_many_owned((CHUNK >> 10) as u32)
+                .ok();
+            let chunk = if permit.is_some() { CHUNK } else { SMALL_CHUNK };
             // Chunks after the first are aligned, so views read whole sectors.
-            let len = (CHUNK - self.next % CHUNK).min(self.end - self.next);
+            let len = (chunk - self.next % chunk).min(self.end - self.next);
             let (view, off) = (self.view.clone(), self.next);
             let metrics = self.metrics.clone();
             let mode = self.mode;
@@ -368,7 +383,7 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
                     done += n;
                 }
                 metrics.bytes_read(mode, len);
-                Ok(Bytes::from(buf))
+                Ok(Bytes::from_owner(Buffered::new(buf, permit, metrics)))
             }));
         }
     }
@@ -380,6 +395,7 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
         image: o.image,
         mode: o.mode,
         metrics: state.metrics.clone(),
+        budget: state.response_budget.clone(),
     };
     cursor.metrics.handle_opened();
     let guard = HandleGuard(cursor.metrics.clone());
@@ -399,7 +415,7 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
             }
             Err(e) => {
                 tracing::warn!(
-                    image = %c.image, mode = c.mode.name(), error = %e,
+                    image = ?c.image, mode = c.mode.name(), error = %e,
                     "aborting a download: the view failed to read (a changed source fails its open views)"
                 );
                 c.next = c.end;
@@ -408,6 +424,41 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
         }
     });
     Body::from_stream(stream)
+}
+
+/// A chunk of a response: its bytes, and its share of the response budget, given back when
+/// hyper drops the chunk (sent, or the connection closed).
+struct Buffered {
+    buf: Vec<u8>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    metrics: super::Metrics,
+}
+
+impl Buffered {
+    fn new(
+        buf: Vec<u8>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        metrics: super::Metrics,
+    ) -> Self {
+        metrics.buffered(buf.len() as i64);
+        Self {
+            buf,
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl AsRef<[u8]> for Buffered {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Buffered {
+    fn drop(&mut self) {
+        self.metrics.buffered(-(self.buf.len() as i64));
+    }
 }
 
 /// Counts a served view as an open handle for as long as its body lives.
@@ -425,15 +476,7 @@ pub struct SumCache {
     running: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn sum_path(state: &AppState, etag: &str) -> PathBuf {
-    state
-        .state_dir
-        .join("http-sha512")
-        .join(etag.trim_matches('"'))
-}
-
 async fn checksum(state: &AppState, o: Opened) -> Result<Response, HttpError> {
-    let path = sum_path(state, &o.etag);
     let gate = {
         let mut running = state.sums.running.lock().unwrap_or_else(|e| e.into_inner());
         running.entry(o.etag.clone()).or_default().clone()
@@ -443,31 +486,33 @@ async fn checksum(state: &AppState, o: Opened) -> Result<Response, HttpError> {
     let etag = o.etag.clone();
     let image = o.image.clone();
     let metrics = state.metrics.clone();
+    let catalog = state.catalog.clone();
     let sum = tokio::task::spawn_blocking(move || -> io::Result<String> {
-        if let Ok(s) = std::fs::read_to_string(&path) {
-            let s = s.trim();
-            if s.len() == 128 && s.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return Ok(s.to_owned());
-            }
+        // The cache is the store's: written atomically (temporary file, fsync, rename).
+        let cache = catalog.store().state();
+        if let Some(s) = cache.view_sum(&o.etag) {
+            return Ok(s);
         }
         let started = std::time::Instant::now();
         let sum =
             bifs_node::checksum::sha512_hex(&*o.view, |n| metrics.bytes_read(o.mode, n))?;
-        tracing::info!(image = %o.image, mode = o.mode.name(), secs = started.elapsed().as_secs_f64(), "SHA-512 of a view computed");
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+        tracing::info!(image = ?o.image, mode = o.mode.name(), secs = started.elapsed().as_secs_f64(), "SHA-512 of a view computed");
+        if let Err(e) = cache.save_view_sum(&o.etag, &sum) {
+            // The sum is right; only the next request computes it again.
+            tracing::warn!(image = ?o.image, error = %e, "could not cache a view's SHA-512");
         }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{sum}\n"))?;
-        std::fs::rename(&tmp, &path)?;
         Ok(sum)
     })
     .await
     .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("checksum: {e}")))?
     .map_err(|e| {
+        tracing::error!(image = ?image, error = %e, "computing the SHA-512 of a view failed");
         HttpError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("image {image:?}: computing the SHA-512: {e}"),
+            format!(
+                "image {image:?}: computing the SHA-512 failed ({}); the server log has the details",
+                e.kind()
+            ),
         )
     })?;
     {

@@ -316,7 +316,7 @@ impl Catalog {
         };
         // One descriptor for the metadata and the bytes: a rename in between must not mix
         // one file's size with another's content.
-        let file = image::open_image_file(&img.path).map_err(io_err)?;
+        let file = self.store.open_image(&img.path).map_err(io_err)?;
         let meta = file.metadata().map_err(io_err)?;
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         let file_blocks = meta.blocks();
@@ -349,7 +349,9 @@ impl Catalog {
 
     /// The disk `img` holds, read through `file` (a descriptor of `img.path`).
     fn disk_of(&self, img: &StoredImage, file: fs::File) -> Result<Arc<dyn ReadAt>, CatalogError> {
-        image::virtual_disk_of(file, &img.path).map_err(|e| match e {
+        // A qcow2's backing files are opened beneath the store's root too.
+        let opener = |p: &std::path::Path| self.store.open_image(p);
+        image::virtual_disk_with(file, &img.path, &opener).map_err(|e| match e {
             image::OpenError::Io { error, .. } => CatalogError::Io {
                 image: img.name.clone(),
                 error,
@@ -377,7 +379,11 @@ impl Catalog {
             self.secrets(true);
         }
         // The identity and every byte come from this one descriptor (see `Watched::open`).
-        let (file, identity) = Watched::open(&img.path).map_err(io_err)?;
+        let (file, identity) = self
+            .store
+            .open_image(&img.path)
+            .and_then(Watched::pin)
+            .map_err(io_err)?;
         let dup = || file.try_clone().map_err(io_err);
         let stored = || -> Result<Arc<dyn ReadAt>, CatalogError> {
             Ok(Arc::new(RawFile::from_file(dup()?).map_err(io_err)?))

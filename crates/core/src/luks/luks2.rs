@@ -97,21 +97,40 @@ impl Copy {
     }
 }
 
+/// Reads into `buf` until it is full or the source ends; returns how many bytes were read.
+fn read_up_to(src: &dyn ReadAt, offset: u64, buf: &mut [u8]) -> Result<usize, LuksError> {
+    let mut done = 0;
+    while done < buf.len() {
+        match src.read_at(offset + done as u64, &mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
 /// Reads one copy's bytes at `offset`: the binary header checks, then the whole copy and
 /// its checksum (cryptsetup's `hdr_read_disk`).
 fn read_area(src: &dyn ReadAt, offset: u64) -> Result<(BinaryHeader, Vec<u8>), LuksError> {
     let mut head = vec![0u8; BINARY_HEADER_SIZE];
-    let n = src.read_at(offset, &mut head)?;
+    let n = read_up_to(src, offset, &mut head)?;
     head.truncate(n);
+    // A copy whose magic is there but whose bytes are cut off is a truncated image, not "no
+    // LUKS here": it must never be taken for plain data.
+    let magic = if offset == 0 {
+        binary::MAGIC_PRIMARY
+    } else {
+        binary::MAGIC_SECONDARY
+    };
+    let has_magic = head.starts_with(magic);
+    if has_magic && head.len() < BINARY_HEADER_SIZE {
+        return Err(LuksError::Truncated("LUKS2 binary header"));
+    }
     // The size is checked (at most 4 MiB) before it is allocated.
     let hdr_size = binary::check_pre(&head, offset)?;
     let mut area = vec![0u8; hdr_size as usize];
-    if src.read_at(offset, &mut area)? < area.len() {
-        return Err(Invalid::NoCopyAt {
-            offset,
-            found: "the image ends inside it",
-        }
-        .into());
+    if read_up_to(src, offset, &mut area)? < area.len() {
+        return Err(LuksError::Truncated("LUKS2 JSON area"));
     }
     let bin = BinaryHeader::parse(&area, offset)?;
     Ok((bin, area))
@@ -131,6 +150,13 @@ fn parse_json(area: &[u8]) -> Result<Value, Invalid> {
     if area.first() != Some(&b'{') {
         return Err(Invalid::JsonOpening);
     }
+    // cryptsetup's parser (json-c, without JSON_TOKENER_VALIDATE_UTF8) takes strings as bytes:
+    // a header whose JSON strings are not valid UTF-8 loads and opens. serde_json wants UTF-8,
+    // so invalid sequences become U+FFFD: the header loads and opens as it does for
+    // cryptsetup (only such a string, where printed, shows U+FFFD instead of the raw bytes).
+    let area_len = area.len() as u64;
+    let text = String::from_utf8_lossy(area);
+    let area = text.as_bytes();
     let mut stream = serde_json::Deserializer::from_slice(area).into_iter::<Value>();
     let json = match stream.next() {
         Some(Ok(v)) => v,
@@ -150,7 +176,7 @@ fn parse_json(area: &[u8]) -> Result<Value, Invalid> {
     if depth(&json) > MAX_JSON_DEPTH {
         return Err(Invalid::JsonDepth(MAX_JSON_DEPTH));
     }
-    validate::validate(&json, area.len() as u64)?;
+    validate::validate(&json, area_len)?;
     Ok(json)
 }
 

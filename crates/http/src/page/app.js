@@ -683,7 +683,7 @@ function manifest(name, spec) {
 function updateManifestPreview() {
   const spec = specFromForm();
   let text = yaml(manifest($("#bi-name").value.trim(), spec));
-  if (spec.sourceType === "upload") text += "\n# the upload sets sourceParameters.path to the file it receives";
+  if (spec.sourceType === "upload") text += "\n# the upload stores the file's bytes in place, as they come";
   $("#create-manifest-text").textContent = text;
 }
 

@@ -19,12 +19,13 @@ use bifs_k8s::{CryptoParams, Secret, SecretRef};
 
 use crate::store::{allocated, BackingCfg, Lock, LockMode, Store, StoreError};
 
+use super::download::DownloadPolicy;
 use super::source::{file_url_path, produce, virtual_size, Plan};
 use super::status::{self, revalidate};
 use bifs_k8s::manifest::{
     auto_correct_name, first_difference, BackingImage, BackingImageSpec, BackingImageStatus,
     Encryption, FieldError, Source, SourceFacts, SourceType, State, PARAM_BACKING_IMAGE,
-    PARAM_ENCRYPTION, PARAM_SECRET,
+    PARAM_ENCRYPTION, PARAM_SECRET, PARAM_URL,
 };
 
 /// What became of one applied image.
@@ -69,7 +70,7 @@ pub struct Secrets<'a>(pub &'a [Secret]);
 
 impl Secrets<'_> {
     /// The Secret's LUKS parameters, or a refusal naming `field`.
-    fn params(&self, id: &SecretRef, field: &str) -> Result<CryptoParams, FieldError> {
+    pub(crate) fn params(&self, id: &SecretRef, field: &str) -> Result<CryptoParams, FieldError> {
         let secret = self.0.iter().find(|s| &s.id == id).ok_or_else(|| {
             FieldError::param(
                 field,
@@ -82,8 +83,40 @@ impl Secrets<'_> {
     }
 }
 
-/// Applies `images` in dependency order (a clone after its source) and reports on each.
+/// How an apply behaves beyond the manifests: who asked (what downloads may reach) and
+/// whether it waits for another writer of the same image.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// What downloads may reach ([`DownloadPolicy::operator`] for `bifs apply`).
+    pub downloads: DownloadPolicy,
+    /// Wait for another apply, upload or delete holding an image (`bifs apply`), or answer
+    /// [`Outcome::Conflict`] at once (the server: one writer per name, a second gets 409).
+    pub wait: bool,
+}
+
+impl ApplyOptions {
+    /// `bifs apply`'s: the node's operator, waiting for other writers.
+    pub fn operator() -> Self {
+        Self {
+            downloads: DownloadPolicy::operator(),
+            wait: true,
+        }
+    }
+}
+
+/// Applies `images` in dependency order (a clone after its source) and reports on each, as the
+/// node's operator ([`ApplyOptions::operator`]).
 pub fn apply(store: &Store, images: Vec<BackingImage>, secrets: &Secrets<'_>) -> Vec<Report> {
+    apply_with(store, images, secrets, &ApplyOptions::operator())
+}
+
+/// [`apply`] with `opts`: what a server applies for remote callers.
+pub fn apply_with(
+    store: &Store,
+    images: Vec<BackingImage>,
+    secrets: &Secrets<'_>,
+    opts: &ApplyOptions,
+) -> Vec<Report> {
     let mut renamed: HashMap<String, String> = HashMap::new();
     let images = images
         .into_iter()
@@ -112,7 +145,7 @@ pub fn apply(store: &Store, images: Vec<BackingImage>, secrets: &Secrets<'_>) ->
             continue;
         }
         let started = Instant::now();
-        let outcome = match apply_one(store, &image, secrets) {
+        let outcome = match apply_one(store, &image, secrets, opts) {
             Ok(o) => o,
             Err(e) => Outcome::Failed(format!("store: {e}")),
         };
@@ -276,28 +309,56 @@ fn apply_one(
     store: &Store,
     image: &BackingImage,
     secrets: &Secrets<'_>,
+    opts: &ApplyOptions,
 ) -> Result<Outcome, StoreError> {
     let source = match image.validate() {
         Ok(s) => s,
         Err(e) => return Ok(Outcome::Refused(e.to_string())),
     };
+    if let Source::Download { url } = &source {
+        if let Err(e) = opts.downloads.check_url(url) {
+            return Ok(Outcome::Refused(
+                FieldError::param(PARAM_URL, e).to_string(),
+            ));
+        }
+    }
     // Without the lock first: re-applying a ready image must not wait for clones reading it.
     if let Some(done) = existing(store, image)? {
         return Ok(done);
     }
-    let _lock = lock_waiting(store, image.name(), LockMode::Exclusive)?;
+    let _lock = if opts.wait {
+        lock_waiting(store, image.name(), LockMode::Exclusive)?
+    } else {
+        match store.lock(image.name(), LockMode::Exclusive, false)? {
+            Some(l) => l,
+            None => return Ok(Outcome::Conflict(busy(image.name()))),
+        }
+    };
     if let Some(done) = existing(store, image)? {
         return Ok(done);
     }
-    let admitted = match admit(store, image, &source, secrets) {
+    let admitted = match admit(store, image, &source, secrets, opts) {
         Ok(a) => a,
         Err(e) => return Ok(Outcome::Refused(e.to_string())),
     };
-    create(store, image, admitted)
+    create(store, image, admitted, &opts.downloads)
+}
+
+/// The message of a name another writer holds.
+pub fn busy(name: &str) -> String {
+    format!(
+        "backing image {name} is being written by another request (an upload, apply or \
+         delete of the same name); try again when it is done"
+    )
 }
 
 /// Makes the admitted image: record, copy, verification, `backing.cfg`, rename.
-fn create(store: &Store, image: &BackingImage, admitted: Admitted) -> Result<Outcome, StoreError> {
+fn create(
+    store: &Store,
+    image: &BackingImage,
+    admitted: Admitted,
+    downloads: &DownloadPolicy,
+) -> Result<Outcome, StoreError> {
     let name = image.name();
     let disk = store.disk_uuid().to_string();
     // A retry keeps the directory name of the earlier attempt and starts it afresh.
@@ -335,7 +396,15 @@ fn create(store: &Store, image: &BackingImage, admitted: Admitted) -> Result<Out
     store.write_record(name, &rec)?;
     let mut progress = RecordProgress::new(store, rec.clone());
     let mut cb = |done: u64, total: Option<u64>| progress.update(done, total);
-    let result = produce(&admitted.plan, &file, tmp, &opts, Some(&mut cb));
+    let result = produce(
+        store,
+        &admitted.plan,
+        downloads,
+        &file,
+        tmp,
+        &opts,
+        Some(&mut cb),
+    );
     drop(file);
     drop(admitted.source_lock);
     let fail = |rec: &mut BackingImage, message: String| -> Result<Outcome, StoreError> {
@@ -397,7 +466,13 @@ fn create(store: &Store, image: &BackingImage, admitted: Admitted) -> Result<Out
     Ok(Outcome::Created)
 }
 
-fn set_state(rec: &mut BackingImage, disk: &str, state: State, progress: u8, message: &str) {
+pub(crate) fn set_state(
+    rec: &mut BackingImage,
+    disk: &str,
+    state: State,
+    progress: u8,
+    message: &str,
+) {
     if let Some(st) = rec.status.as_mut() {
         st.set_file(disk, state, progress, message);
     }
@@ -419,13 +494,13 @@ fn lock_waiting(store: &Store, name: &str, mode: LockMode) -> Result<Lock, Store
 }
 
 /// Longhorn's `util.RandomID()`: 8 hex digits of a random UUID.
-fn new_uuid() -> String {
+pub(crate) fn new_uuid() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
 /// `status.ownerID`: the node's name (`NODE_NAME`, as Longhorn's pods get it, else the host
 /// name).
-fn node_name() -> String {
+pub(crate) fn node_name() -> String {
     std::env::var("NODE_NAME")
         .ok()
         .filter(|n| !n.is_empty())
@@ -465,10 +540,11 @@ fn admit(
     image: &BackingImage,
     source: &Source,
     secrets: &Secrets<'_>,
+    opts: &ApplyOptions,
 ) -> Result<Admitted, FieldError> {
     match source {
         Source::Download { url } => {
-            if file_url_path(url).is_some() || is_loopback(url) {
+            if opts.downloads.local && (file_url_path(url).is_some() || is_loopback(url)) {
                 tracing::info!(backing_image = image.name(), url, "file:// and loopback URLs are a bifs extension (Longhorn's webhook refuses them)");
             }
             admit_own(store, image, secrets, Plan::Download { url: url.clone() })
@@ -480,7 +556,15 @@ fn admit(
             backing_image,
             encryption,
             secret,
-        } => admit_clone(store, image, backing_image, *encryption, secret, secrets),
+        } => admit_clone(
+            store,
+            image,
+            backing_image,
+            *encryption,
+            secret,
+            secrets,
+            opts.wait,
+        ),
     }
 }
 
@@ -607,6 +691,7 @@ fn admit_clone(
     encryption: Encryption,
     secret: &Option<SecretRef>,
     secrets: &Secrets<'_>,
+    wait: bool,
 ) -> Result<Admitted, FieldError> {
     if backing_image == image.name() {
         return Err(FieldError::param(
@@ -626,8 +711,11 @@ fn admit_clone(
         revalidate(store, rec);
     }
     let source_lock = store
-        .lock(backing_image, LockMode::Shared, true)
+        .lock(backing_image, LockMode::Shared, wait)
         .map_err(|e| FieldError::new("store", e.to_string()))?;
+    if source_lock.is_none() && !wait {
+        return Err(FieldError::param(PARAM_BACKING_IMAGE, busy(backing_image)));
+    }
     let src = clone_source(store, backing_image)?;
     let spec = image.mutated_spec(Some(&src.facts), store.disk_uuid());
     let plan = clone_plan(image, backing_image, encryption, secret, secrets, &src)?;

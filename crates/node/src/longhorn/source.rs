@@ -5,9 +5,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
+use super::download::DownloadPolicy;
 use crate::copier::{copy_stream, copy_view, Copied, CopyError, CopyOptions, ProgressFn};
+use crate::store::Store;
 use bifs_core::image::{self, raw::RawFile, ReadAt};
 use bifs_core::kdf::KdfLimits;
 use bifs_core::view::{DecryptView, EncryptView, RekeyError, RekeyView, ViewError};
@@ -67,28 +68,50 @@ fn open_raw(path: &Path, what: &str) -> Result<Arc<dyn ReadAt>, SourceError> {
     }
 }
 
-/// Runs `plan`, writing into `file` (at `path`, for messages).
+/// A backing image of the store, opened beneath its root (a `backing` that is a symlink out
+/// of the store is refused). Messages name the image's file name, not the server's path.
+fn open_stored(store: &Store, path: &Path) -> Result<Arc<dyn ReadAt>, SourceError> {
+    match store.open_image(path).and_then(RawFile::from_file) {
+        Ok(f) => Ok(Arc::new(f)),
+        Err(e) => Err(field(
+            PARAM_BACKING_IMAGE,
+            format!("opening the source image: {e}"),
+        )),
+    }
+}
+
+/// Runs `plan`, writing into `file` (at `path`, for messages). Clone sources are opened
+/// beneath `store`'s root; downloads follow `downloads`.
 pub fn produce(
+    store: &Store,
     plan: &Plan,
+    downloads: &DownloadPolicy,
     file: &File,
     path: PathBuf,
     opts: &CopyOptions,
     progress: Option<ProgressFn<'_>>,
 ) -> Result<Copied, SourceError> {
     match plan {
-        Plan::Download { url } => download(url, file, path, opts, progress),
+        Plan::Download { url } => download(store, url, downloads, file, path, opts, progress),
         Plan::Upload { path: src } => {
             let view = open_raw(src, PARAM_PATH)?;
             Ok(copy_view(&*view, file, path, opts, progress)?)
         }
         Plan::Copy { source } => {
-            let view = open_raw(source, PARAM_BACKING_IMAGE)?;
+            let view = open_stored(store, source)?;
             Ok(copy_view(&*view, file, path, opts, progress)?)
         }
         Plan::Encrypt { source, params } => {
             // The source's raw disk: a qcow2 is read through its reader, never expanded into
-            // a temporary raw file.
-            let disk = image::open_virtual_disk(source)
+            // a temporary raw file; its backing files too are opened beneath the store.
+            let opener = |p: &Path| store.open_image(p);
+            let disk = store
+                .open_image(source)
+                .map_err(|e| image::OpenError::Io {
+                    path: source.clone(),
+                    error: e,
+                })
+                .and_then(|f| image::virtual_disk_with(f, source, &opener))
                 .map_err(|e| field(PARAM_BACKING_IMAGE, e.to_string()))?;
             let view = EncryptView::create(disk, &params.luks, None).map_err(|e| {
                 field(
@@ -99,7 +122,7 @@ pub fn produce(
             Ok(copy_view(&view, file, path, opts, progress)?)
         }
         Plan::Decrypt { source, params } => {
-            let raw = open_raw(source, PARAM_BACKING_IMAGE)?;
+            let raw = open_stored(store, source)?;
             let view = DecryptView::open(raw, &params.luks.passphrase, &KdfLimits::default())
                 .map_err(|e| match e {
                     ViewError::NotEncrypted => field(PARAM_BACKING_IMAGE, e.to_string()),
@@ -111,7 +134,7 @@ pub fn produce(
             Ok(copy_view(&view, file, path, opts, progress)?)
         }
         Plan::Rekey { source, old, new } => {
-            let raw = open_raw(source, PARAM_BACKING_IMAGE)?;
+            let raw = open_stored(store, source)?;
             let view =
                 RekeyView::create(raw, &old.luks.passphrase, &new.luks).map_err(|e| match e {
                     RekeyError::Unlock(e) => field(
@@ -129,28 +152,50 @@ pub fn produce(
 }
 
 fn download(
+    store: &Store,
     url: &str,
+    policy: &DownloadPolicy,
     file: &File,
     path: PathBuf,
     opts: &CopyOptions,
     progress: Option<ProgressFn<'_>>,
 ) -> Result<Copied, SourceError> {
     if let Some(local) = file_url_path(url) {
+        if !policy.local {
+            // Admission refuses it already; this is the second lock on the door.
+            return Err(field(
+                PARAM_URL,
+                "file:// URLs are for bifs apply on the node",
+            ));
+        }
         let view = open_raw(&local, PARAM_URL)?;
         return Ok(copy_view(&*view, file, path, opts, progress)?);
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(30)))
-        // A stalled server must not hang an apply forever; a slow one may take its time.
-        .timeout_recv_response(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let mut response = agent
+    policy.check_url(url).map_err(|e| field(PARAM_URL, e))?;
+    // The most the download may bring: the flag, and never more than the store has free.
+    let free = store.free_bytes().ok();
+    let limit = match (policy.max_bytes, free) {
+        (Some(m), Some(f)) => m.min(f),
+        (Some(m), None) => m,
+        (None, Some(f)) => f,
+        (None, None) => u64::MAX,
+    };
+    let mut response = policy
+        .agent()
         .get(url)
         .call()
         .map_err(|e| field(PARAM_URL, format!("GET {url}: {e}")))?;
     let total = response.body().content_length();
-    let mut reader = response.body_mut().as_reader();
+    if let Some(t) = total.filter(|&t| t > limit) {
+        return Err(field(
+            PARAM_URL,
+            format!(
+                "GET {url}: the download is {t} bytes, more than the {limit} allowed \
+                 (--max-download-size, or the store's free space)"
+            ),
+        ));
+    }
+    let mut reader = response.body_mut().with_config().limit(limit).reader();
     match copy_stream(&mut reader, total, file, path, opts, progress) {
         Err(CopyError::Read { offset, source }) => Err(field(
             PARAM_URL,

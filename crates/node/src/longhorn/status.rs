@@ -133,12 +133,15 @@ pub fn observe(store: &Store, rec: BackingImage) -> BackingImage {
 
 /// A non-settled state with nobody holding the image's lock means the apply died: reported
 /// as failed (the record itself is left for the next apply). Reads only the lock, never the
-/// image, so it is cheap enough for every scrape of `/metrics`.
+/// image, so it is cheap enough for every scrape of `/metrics`. An upload is the exception:
+/// between its requests nobody holds it, and it waits, `in-progress`, for the rest of its
+/// bytes (its message says where to resume).
 pub fn mark_interrupted(store: &Store, mut rec: BackingImage) -> BackingImage {
     let disk = store.disk_uuid().to_string();
+    let upload = rec.spec.source_type.trim() == "upload" && rec.spec.source_parameters.is_empty();
     if let Some(st) = rec.status.as_mut() {
         let f = st.file();
-        if !f.state.is_settled() && store.is_busy(&rec.metadata.name) == Some(false) {
+        if !upload && !f.state.is_settled() && store.is_busy(&rec.metadata.name) == Some(false) {
             st.set_file(&disk_key(st, &disk), State::Failed, f.progress, INTERRUPTED);
         }
     }

@@ -164,6 +164,7 @@ mod tests {
             source: SourceIdentity {
                 size: 1,
                 mtime_ns: 2,
+                ctime_ns: 5,
                 dev: 3,
                 ino: 4,
             },
