@@ -124,6 +124,13 @@ fn render_events(out: &mut String) {
             label(image)
         );
     }
+    out.push_str("# HELP bifs_key_derivations_total Key derivation jobs (stable encrypt headers, unlocks) per outcome.\n# TYPE bifs_key_derivations_total counter\n");
+    for (outcome, n) in &ev.derivations {
+        let _ = writeln!(
+            out,
+            "bifs_key_derivations_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
     out.push_str("# HELP bifs_apply_duration_seconds Time to apply one backing image, per outcome.\n# TYPE bifs_apply_duration_seconds histogram\n");
     for (outcome, h) in &ev.applies {
         let mut cumulative = 0;
@@ -176,17 +183,62 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-/// Ready when the store can be listed.
+/// Ready when the store lists, bifs can read all of it, and every view it must serve is
+/// prepared: the encrypt views (stable headers) and the unlocks of LUKS images under their
+/// own Secret. The body says what is missing. Answered from what the background pass found
+/// last (at most a second old): never waits for a derivation, never blocks behind one.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let catalog = state.catalog.clone();
-    match tokio::task::spawn_blocking(move || catalog.store().list()).await {
-        Ok(Ok(images)) => (StatusCode::OK, format!("ok: {} images\n", images.len())),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store not readable: {e}\n"),
-        ),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    let r = state.catalog.readiness();
+    let code = if r.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, readiness_text(&r))
+}
+
+fn readiness_text(r: &bifs_node::catalog::Readiness) -> String {
+    let mut out = String::new();
+    if !r.checked {
+        out.push_str("starting: the first look at the store is under way\n");
+        return out;
     }
+    if let Some(e) = &r.store_error {
+        let _ = writeln!(out, "store not readable: {e}");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{}: {} images",
+        if r.ready() { "ok" } else { "not ready" },
+        r.images
+    );
+    let line = |out: &mut String, what: &str, c: &bifs_node::catalog::Counts| {
+        let _ = writeln!(
+            out,
+            "{what}: {} ready, {} refused, {} preparing",
+            c.ready, c.refused, c.preparing
+        );
+    };
+    line(&mut out, "encrypt views", &r.encrypt);
+    line(&mut out, "decrypt views (the image's own Secret)", &r.decrypt_own);
+    line(&mut out, "decrypt views (other Secrets, tried in the background)", &r.decrypt_other);
+    if r.decrypt_skipped > 0 {
+        let _ = writeln!(
+            out,
+            "decrypt views not tried in the background (an unlock would cost more than 4 default keyslots; tried on request): {}",
+            r.decrypt_skipped
+        );
+    }
+    let _ = writeln!(
+        out,
+        "key derivations: {} running of {} at once, {} requests and {} background jobs waiting, {} image digests waiting",
+        r.pool.running, r.pool.jobs, r.pool.queued_request, r.pool.queued_background, r.digests_pending
+    );
+    for w in &r.warnings {
+        let _ = writeln!(out, "WARNING: {w}");
+    }
+    out
 }
 
 /// Counts, view kinds and image names (no Secret names or values): image names are what a
@@ -197,6 +249,12 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     }
     let catalog = state.catalog.clone();
     let mut body = state.metrics.render();
+    let pool = state.catalog.readiness().pool;
+    let _ = writeln!(
+        body,
+        "# HELP bifs_key_derivations_running Key derivations running now (at most --max-kdf-jobs).\n# TYPE bifs_key_derivations_running gauge\nbifs_key_derivations_running {}\n# HELP bifs_key_derivations_queued Key derivation jobs waiting, per queue.\n# TYPE bifs_key_derivations_queued gauge\nbifs_key_derivations_queued{{queue=\"request\"}} {}\nbifs_key_derivations_queued{{queue=\"background\"}} {}\n# HELP bifs_key_derivations_refused_total Requests refused because the request queue was full (503).\n# TYPE bifs_key_derivations_refused_total counter\nbifs_key_derivations_refused_total {}",
+        pool.running, pool.queued_request, pool.queued_background, pool.refused
+    );
     // Reading the records is blocking I/O.
     if let Ok(states) = tokio::task::spawn_blocking(move || {
         let mut out = String::new();

@@ -6,6 +6,7 @@
 //!   records, locks, persisted headers) and the one that writes it (atomically);
 //! - [`catalog`]: which views a store has, opening them, unlocked keys cached per image and
 //!   Secret;
+//! - [`kdfpool`]: the threads key derivations run on, their number and queue bounded;
 //! - [`copier`]: a view or a stream into a file: sparse, SHA-512 while writing, progress;
 //! - [`longhorn`]: BackingImage manifests applied to a store, status, `get`, `delete`;
 //! - [`events`]: process-wide counts of what happened (headers made, unlock failures,
@@ -16,6 +17,7 @@ pub mod catalog;
 pub mod copier;
 pub mod events;
 pub mod fsutil;
+pub mod kdfpool;
 pub mod longhorn;
 pub mod signals;
 pub mod store;

@@ -425,7 +425,7 @@ fn new_uuid() -> String {
 
 /// `status.ownerID`: the node's name (`NODE_NAME`, as Longhorn's pods get it, else the host
 /// name).
-fn node_name() -> String {
+pub fn node_name() -> String {
     std::env::var("NODE_NAME")
         .ok()
         .filter(|n| !n.is_empty())

@@ -15,6 +15,6 @@ pub mod apply;
 pub mod source;
 pub mod status;
 
-pub use apply::{apply, Outcome, Report, Secrets};
+pub use apply::{apply, node_name, Outcome, Report, Secrets};
 pub use bifs_k8s::manifest::{BackingImage, FieldError};
 pub use status::{delete, get, list, watch, StatusError};

@@ -27,6 +27,7 @@ use bifs_core::image::{self, Format};
 
 pub mod atomic;
 pub mod cfg;
+pub mod digests;
 pub mod disk;
 pub mod identity;
 pub mod layout;
@@ -212,6 +213,13 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// What keeps bifs from seeing the whole store, loudly: a Longhorn disk's image
+    /// directories it cannot enter. backing-image-manager creates them with mode 0666 less
+    /// the umask (0644: no search bit), so only root (or CAP_DAC_READ_SEARCH) sees inside.
+    pub fn access_warnings(&self) -> Vec<String> {
+        layout::access_warnings(&self.root, self.layout)
     }
 
     /// The complete image directories of the disk, one per name (the ready copy).
