@@ -78,7 +78,8 @@ pub fn check_base_url(u: &str) -> anyhow::Result<String> {
     let u = u.trim().trim_end_matches('/');
     let ok = (u.starts_with("http://") || u.starts_with("https://"))
         && !u.contains(['?', '#', ' '])
-        && u.split_once("://").is_some_and(|(_, rest)| !rest.is_empty());
+        && u.split_once("://")
+            .is_some_and(|(_, rest)| !rest.is_empty());
     if !ok {
         anyhow::bail!("{u:?} is not a base URL (http://HOST:PORT or https://HOST:PORT)");
     }
@@ -236,8 +237,12 @@ fn announce(listener: &Listener, node: &NodeInfo) -> anyhow::Result<()> {
     writeln!(out, "bifs serve: listening on {url}")?;
     out.flush()?;
     match &node.advertise_url {
-        Some(a) => tracing::info!(%url, advertised = %a, node = %node.name, "serving views at {url}/views/; Longhorn reaches them at {a}/views/"),
-        None => tracing::info!(%url, node = %node.name, "serving views at {url}/views/ (no --advertise-url: the URLs handed out name the address a request came in on)"),
+        Some(a) => {
+            tracing::info!(%url, advertised = %a, node = %node.name, "serving views at {url}/views/; Longhorn reaches them at {a}/views/")
+        }
+        None => {
+            tracing::info!(%url, node = %node.name, "serving views at {url}/views/ (no --advertise-url: the URLs handed out name the address a request came in on)")
+        }
     }
     Ok(())
 }

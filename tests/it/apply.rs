@@ -369,8 +369,10 @@ fn longhorns_refusals_name_the_field() {
         &backing_image("parrot-wrong-sum", &format!("  sourceType: download\n  sourceParameters:\n    url: {url}\n  checksum: {wrong}\n")),
     );
     let err = fails(&["apply", "-f", m.to_str().unwrap(), "--store", s]);
+    // backing-image-manager's words for it (sync_file.go postProcessSyncFile).
+    let longhorns = format!("failed to process sync file: the expected checksum {wrong} doesn't match the file actual checksum ");
     assert!(
-        err.contains("spec.checksum: checksum mismatch") && err.contains(" failed: "),
+        err.contains(&longhorns) && err.contains(" failed: "),
         "{err}"
     );
     assert!(image_dirs(&sd.store, "parrot-wrong-sum").is_empty());
@@ -378,10 +380,7 @@ fn longhorns_refusals_name_the_field() {
     let f = file_status(&y);
     assert_eq!(f["state"], "failed", "{y}");
     assert!(
-        f["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("spec.checksum: checksum mismatch"),
+        f["message"].as_str().unwrap().starts_with(&longhorns),
         "{y}"
     );
     refused(

@@ -141,7 +141,9 @@ impl From<StatusError> for ApiError {
     fn from(e: StatusError) -> Self {
         match e {
             StatusError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            StatusError::Busy(_) => ApiError::Conflict(e.to_string()),
+            StatusError::Busy(_) | StatusError::LonghornManaged(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             e => ApiError::Internal(e.to_string()),
         }
     }

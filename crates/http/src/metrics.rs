@@ -221,8 +221,16 @@ fn readiness_text(r: &bifs_node::catalog::Readiness) -> String {
         );
     };
     line(&mut out, "encrypt views", &r.encrypt);
-    line(&mut out, "decrypt views (the image's own Secret)", &r.decrypt_own);
-    line(&mut out, "decrypt views (other Secrets, tried in the background)", &r.decrypt_other);
+    line(
+        &mut out,
+        "decrypt views (the image's own Secret)",
+        &r.decrypt_own,
+    );
+    line(
+        &mut out,
+        "decrypt views (other Secrets, tried in the background)",
+        &r.decrypt_other,
+    );
     if r.decrypt_skipped > 0 {
         let _ = writeln!(
             out,

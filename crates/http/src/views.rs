@@ -26,8 +26,8 @@ use super::{Access, AppState, HttpError};
 use bifs_core::io::ReadAt;
 use bifs_k8s::SecretRef;
 use bifs_node::catalog::{CatalogError, Mode, Opening};
-use bifs_node::store::SourceIdentity;
 use bifs_node::store::valid_component;
+use bifs_node::store::SourceIdentity;
 
 /// Bytes per blocking read: large enough that the per-chunk hop to the blocking pool is
 /// noise, small enough that a request holds little memory (one chunk read ahead, one sent).
@@ -258,7 +258,13 @@ async fn head(state: &AppState, vp: ViewPath, headers: &HeaderMap) -> Result<Res
     .await
     .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("head: {e}")))?
     .map_err(|e| not_here(state, e))?;
-    let etag = etag(state, vp.mode, vp.secret.as_ref(), &info.identity, info.size);
+    let etag = etag(
+        state,
+        vp.mode,
+        vp.secret.as_ref(),
+        &info.identity,
+        info.size,
+    );
     let mut out = HeaderMap::new();
     common(&mut out, &etag, modified_of(&info.identity));
     if let Some(inm) = headers.get(header::IF_NONE_MATCH) {

@@ -475,7 +475,7 @@ function fillDetail(name) {
   const current = st.checksum || st.currentChecksum || "";
   add("Expected SHA512 Checksum", expected ? el("code", {}, expected) : "(none given: the first checksum is taken)");
   add("Current SHA512 Checksum", current ? el("code", {}, current) : "");
-  const failedCheck = /checksum mismatch/.test(messageOf(b));
+  const failedCheck = /doesn't match the file actual checksum|checksum mismatch/.test(messageOf(b));
   if (current && (!expected || expected.toLowerCase() === current)) add("Checksum", el("span", { class: "verified" }, "Verified"));
   else if (failedCheck || (expected && current)) add("Checksum", el("span", { class: "mismatch" }, "Failed"));
   const secret = secretOf(b);

@@ -101,7 +101,9 @@ pub enum CatalogError {
     #[error("image {image:?}: {busy}")]
     Busy { image: String, busy: Busy },
     /// Still being prepared when the caller stopped waiting.
-    #[error("image {image:?}: its view is still being prepared (a key derivation); try again shortly")]
+    #[error(
+        "image {image:?}: its view is still being prepared (a key derivation); try again shortly"
+    )]
     Preparing { image: String },
 }
 
@@ -495,8 +497,8 @@ impl Catalog {
                 let pair = self.pair(&key);
                 let ready = {
                     let st = pair.lock();
-                    match &st.value {
-                        Some((s, v)) if *s == stamp => Some(self.view_of(img, secret, v, &|| {
+                    match st.current(&stamp) {
+                        Some(v) => Some(self.view_of(img, secret, v, &|| {
                             if mode == Mode::Encrypt {
                                 self.disk_of(img, dup()?)
                             } else {
@@ -509,12 +511,12 @@ impl Catalog {
                 match ready {
                     Some(v) => v,
                     None => {
-                        let pending = self
-                            .ensure(&key, img, stamp, Class::Request)
-                            .map_err(|busy| CatalogError::Busy {
-                                image: img.name.clone(),
-                                busy,
-                            })?;
+                        let pending =
+                            self.ensure(&key, img, stamp, Class::Request)
+                                .map_err(|busy| CatalogError::Busy {
+                                    image: img.name.clone(),
+                                    busy,
+                                })?;
                         return Ok(Opening::Pending(pending));
                     }
                 }
@@ -543,10 +545,10 @@ impl Catalog {
         };
         let pair = self.pair(&(mode, img.name.clone(), secret.clone()));
         let st = pair.lock();
-        match &st.value {
-            Some((s, v @ (Settled::WrongPassphrase | Settled::Failed { .. }))) if *s == stamp => {
-                self.view_of(img, secret, v, &|| unreachable_source()).map(drop)
-            }
+        match st.current(&stamp) {
+            Some(v @ (Settled::WrongPassphrase | Settled::Failed { .. })) => self
+                .view_of(img, secret, v, &|| unreachable_source())
+                .map(drop),
             _ => Ok(()),
         }
     }
@@ -585,6 +587,7 @@ impl Catalog {
             Settled::Failed {
                 message,
                 over_budget,
+                ..
             } => Err(CatalogError::Failed {
                 image: img.name.clone(),
                 message: message.clone(),

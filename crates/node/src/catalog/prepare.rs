@@ -68,7 +68,29 @@ pub(super) enum Settled {
     Failed {
         message: String,
         over_budget: bool,
+        at: Instant,
     },
+}
+
+/// A failure that is not a refusal (an I/O error, a full state directory) is tried again
+/// after this long.
+const FAILED_RETRY: Duration = Duration::from_secs(30);
+
+impl PairState {
+    /// The settled result for `stamp`, unless it is a failure old enough to try again.
+    pub fn current(&self, stamp: &FileStamp) -> Option<&Settled> {
+        match &self.value {
+            Some((s, v)) if s == stamp => match v {
+                Settled::Failed {
+                    over_budget: false,
+                    at,
+                    ..
+                } if at.elapsed() >= FAILED_RETRY => None,
+                v => Some(v),
+            },
+            _ => None,
+        }
+    }
 }
 
 type Waker = Box<dyn FnOnce() + Send>;
@@ -296,7 +318,7 @@ impl Catalog {
     pub(super) fn status_of(&self, key: &super::PairKey, stamp: &FileStamp) -> Status {
         let pair = self.pair(key);
         let st = pair.lock();
-        if st.value.as_ref().is_some_and(|(s, _)| s == stamp) {
+        if st.current(stamp).is_some() {
             Status::Settled
         } else if st.job.as_ref().is_some_and(|j| j.stamp == *stamp) {
             Status::InFlight
@@ -426,6 +448,7 @@ impl Catalog {
                     let failed = Settled::Failed {
                         message,
                         over_budget: false,
+                        at: Instant::now(),
                     };
                     cat.settle(&pair, &ticket, Some(failed));
                     return;
@@ -497,6 +520,7 @@ impl Catalog {
                     let failed = Settled::Failed {
                         message: e.to_string(),
                         over_budget: false,
+                        at: Instant::now(),
                     };
                     cat.settle(&pair, &ticket, Some(failed));
                     return;
@@ -513,6 +537,17 @@ impl Catalog {
                 Some(Settled::WrongPassphrase) => "refused",
                 Some(_) => "ready",
             });
+            if let Some(Settled::Failed {
+                message,
+                over_budget,
+                ..
+            }) = &result
+            {
+                tracing::warn!(
+                    image = %img.name, mode = mode.name(), %secret, over_budget,
+                    "preparing the view failed: {message}"
+                );
+            }
             cat.settle(&pair, &ticket, result);
         })
     }
@@ -538,15 +573,11 @@ impl Catalog {
 
     /// The stable header of `img` under `params`: one key derivation, then the header is
     /// compared with the persisted one and written when it differs.
-    fn encrypt_job(
-        &self,
-        img: &StoredImage,
-        params: &CryptoParams,
-        ticket: &Ticket,
-    ) -> Settled {
+    fn encrypt_job(&self, img: &StoredImage, params: &CryptoParams, ticket: &Ticket) -> Settled {
         let failed = |message: String| Settled::Failed {
             message,
             over_budget: false,
+            at: Instant::now(),
         };
         let secret = &params.secret;
         let Some(d) = self.known_digest(&img.name, &ticket.stamp) else {
@@ -574,6 +605,7 @@ impl Catalog {
         };
         if let Err(e) = plan.kdf().check(&self.limits) {
             return Settled::Failed {
+                at: Instant::now(),
                 message: format!(
                     "Secret {secret}'s keyslot ({}) is beyond this server's limits: {e}; \
                      lower the Secret's CRYPTO_PBKDF_MEMORY/CRYPTO_PBKDF_FORCE_ITERATIONS or raise \
@@ -660,6 +692,7 @@ impl Catalog {
             Some(Settled::Failed {
                 message,
                 over_budget,
+                at: Instant::now(),
             })
         };
         let file = match image::open_image_file(&img.path) {
@@ -667,7 +700,10 @@ impl Catalog {
             Err(e) => return failed(format!("opening: {e}"), false),
         };
         if file.metadata().map(|m| FileStamp::of(&m)).ok() != Some(ticket.stamp) {
-            return failed("the stored file changed; it is prepared again".into(), false);
+            return failed(
+                "the stored file changed; it is prepared again".into(),
+                false,
+            );
         }
         let raw = match RawFile::from_file(file) {
             Ok(r) => r,
@@ -732,7 +768,8 @@ impl Catalog {
             .clone();
         if let Some(w) = self.work.get() {
             r.pool = w.kdf.stats();
-            r.digests_pending = w.digests.stats().queued_request + w.digests.stats().queued_background;
+            r.digests_pending =
+                w.digests.stats().queued_request + w.digests.stats().queued_background;
         }
         r
     }
@@ -781,7 +818,15 @@ impl Catalog {
                 if *mode != Mode::Encrypt {
                     continue;
                 }
-                if let Some((_, Settled::Failed { message, over_budget: true })) = &pair.lock().value {
+                if let Some((
+                    _,
+                    Settled::Failed {
+                        message,
+                        over_budget: true,
+                        ..
+                    },
+                )) = &pair.lock().value
+                {
                     over.insert(secret.to_string(), message.clone());
                 }
             }
@@ -828,7 +873,14 @@ impl Catalog {
                     continue;
                 }
             }
-            count(self, &key, img, stamp, Class::Speculative, &mut r.decrypt_other);
+            count(
+                self,
+                &key,
+                img,
+                stamp,
+                Class::Speculative,
+                &mut r.decrypt_other,
+            );
         }
     }
 }
@@ -846,7 +898,7 @@ fn count(
         Status::Settled => {
             let pair = cat.pair(key);
             let st = pair.lock();
-            match st.value.as_ref().map(|(_, v)| v) {
+            match st.current(&stamp) {
                 Some(Settled::Encrypt { .. } | Settled::Decrypt { .. }) => c.ready += 1,
                 _ => c.refused += 1,
             }
