@@ -205,6 +205,9 @@ fn readiness_text(r: &bifs_node::catalog::Readiness) -> String {
     }
     if let Some(e) = &r.store_error {
         let _ = writeln!(out, "store not readable: {e}");
+        for w in &r.warnings {
+            let _ = writeln!(out, "WARNING: {w}");
+        }
         return out;
     }
     let _ = writeln!(

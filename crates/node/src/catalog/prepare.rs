@@ -857,21 +857,21 @@ impl Catalog {
                 count(self, &key, img, stamp, Class::Essential, &mut r.decrypt_own);
                 continue;
             }
-            if matches!(self.status_of(&key, &stamp), Status::Absent) {
-                let cost = *units.get_or_insert_with(|| {
-                    RawFile::open(&img.path)
-                        .ok()
-                        .and_then(|f| LuksHeader::read(&f).ok())
-                        .map(|h| {
-                            let (kdfs, digest) = h.kdf_plan();
-                            unlock_units(&kdfs, digest)
-                        })
-                        .unwrap_or(f64::INFINITY)
-                });
-                if cost > SPECULATIVE_UNITS {
-                    r.decrypt_skipped += 1;
-                    continue;
-                }
+            // Beyond the background budget: left to requests, and a request's job for it is
+            // not taken over (it stays cancellable when its client leaves).
+            let cost = *units.get_or_insert_with(|| {
+                RawFile::open(&img.path)
+                    .ok()
+                    .and_then(|f| LuksHeader::read(&f).ok())
+                    .map(|h| {
+                        let (kdfs, digest) = h.kdf_plan();
+                        unlock_units(&kdfs, digest)
+                    })
+                    .unwrap_or(f64::INFINITY)
+            });
+            if cost > SPECULATIVE_UNITS {
+                r.decrypt_skipped += 1;
+                continue;
             }
             count(
                 self,
