@@ -259,15 +259,13 @@ impl Luks1Header {
         let hash = self.hash()?;
         Kdf::check_digest_iterations(self.mk_digest_iterations, limits)?;
         let key_len = self.key_bytes as usize;
-        let mut tried = 0u32;
-        for ks in self.keyslots.iter().filter(|k| k.active) {
+        for (tried, ks) in (0u32..).zip(self.keyslots.iter().filter(|k| k.active)) {
             if stop() {
                 return Err(LuksError::Cancelled);
             }
             if tried >= limits.max_keyslots {
                 return Err(LuksError::KeyslotBudget { tried });
             }
-            tried += 1;
             let material_offset = u64::from(ks.material_sector) * 512;
             // Validation put the material before the payload; the image may still be cut.
             if material_offset + self.material_sectors() * 512 > src.len() {

@@ -321,15 +321,13 @@ impl Luks2Header {
             return Err(Unsupported::NoBoundKeyslot.into());
         };
         let mut last_err = LuksError::WrongPassphrase;
-        let mut tried = 0u32;
-        for (id, ks) in self.keyslots_to_try() {
+        for (tried, (id, ks)) in (0u32..).zip(self.keyslots_to_try()) {
             if stop() {
                 return Err(LuksError::Cancelled);
             }
             if tried >= limits.max_keyslots {
                 return Err(LuksError::KeyslotBudget { tried });
             }
-            tried += 1;
             match open_keyslot(
                 src,
                 id,
