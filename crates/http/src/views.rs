@@ -93,9 +93,8 @@ fn parse(path: &str) -> Result<ViewPath, HttpError> {
 struct Opened {
     view: Arc<dyn ReadAt>,
     etag: String,
-    /// What the view's SHA-512 is cached under across restarts (the ETag of a keyed view
-    /// changes at every start; its bytes need not).
-    sum_key: String,
+    /// The stored file's version the view is pinned to.
+    id: SourceIdentity,
     modified: SystemTime,
     mode: Mode,
     image: String,
@@ -196,36 +195,39 @@ async fn opened(
     id: SourceIdentity,
 ) -> Result<Opened, HttpError> {
     let etag = etag(state, vp.mode, vp.secret.as_ref(), &id, view.len());
-    let sum_key = if vp.mode == Mode::Encrypt {
-        // The header's first 4 KiB (binary header: salt, UUID, checksum of the metadata)
-        // identify a stable header: the same bytes after a restart give the same key.
-        let v = view.clone();
-        let hdr = tokio::task::spawn_blocking(move || {
-            let mut hdr = vec![0u8; 4096];
-            bifs_core::io::read_full_at(&*v, 0, &mut hdr).map(|()| hdr)
-        })
-        .await
-        .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("open: {e}")))?
-        .map_err(|error| CatalogError::Io {
-            image: image.clone(),
-            error,
-        })?;
-        let mut h = sha2::Sha256::new();
-        h.update(b"encrypt\0");
-        identity_bytes(&mut h, &id);
-        h.update(&hdr);
-        format!("\"{}\"", hex(&h.finalize()[..16]))
-    } else {
-        etag.clone()
-    };
     Ok(Opened {
         view,
         etag,
-        sum_key,
+        id,
         modified: modified_of(&id),
         mode: vp.mode,
         image,
     })
+}
+
+/// What a view's SHA-512 is cached under across restarts (the ETag of an encrypt view changes
+/// at every start; its bytes need not). For an encrypt view, its first 4 KiB (the binary
+/// header: salt, UUID, checksum of the metadata) identify its stable header.
+async fn sum_key(o: &Opened) -> Result<String, HttpError> {
+    if o.mode != Mode::Encrypt {
+        return Ok(o.etag.clone());
+    }
+    let v = o.view.clone();
+    let hdr = tokio::task::spawn_blocking(move || {
+        let mut hdr = vec![0u8; 4096];
+        bifs_core::io::read_full_at(&*v, 0, &mut hdr).map(|()| hdr)
+    })
+    .await
+    .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("open: {e}")))?
+    .map_err(|error| CatalogError::Io {
+        image: o.image.clone(),
+        error,
+    })?;
+    let mut h = sha2::Sha256::new();
+    h.update(b"encrypt\0");
+    identity_bytes(&mut h, &o.id);
+    h.update(&hdr);
+    Ok(format!("\"{}\"", hex(&h.finalize()[..16])))
 }
 
 /// A catalog error as the answer; an image this node does not hold is a 404 that names the
@@ -605,7 +607,7 @@ fn sum_path(state: &AppState, etag: &str) -> PathBuf {
 }
 
 async fn checksum(state: &AppState, o: Opened) -> Result<Response, HttpError> {
-    let path = sum_path(state, &o.sum_key);
+    let path = sum_path(state, &sum_key(&o).await?);
     let gate = {
         let mut running = state.sums.running.lock().unwrap_or_else(|e| e.into_inner());
         running.entry(o.etag.clone()).or_default().clone()

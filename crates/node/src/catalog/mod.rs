@@ -162,8 +162,10 @@ type SecretMap = BTreeMap<SecretRef, Arc<CryptoParams>>;
 /// How often listing looks at the Secret files (keyed opens always look).
 const SECRETS_RECHECK: Duration = Duration::from_secs(1);
 
-/// How long a blocking open (FUSE) waits for its view to be prepared.
-const OPEN_WAIT: Duration = Duration::from_secs(600);
+/// How long a blocking open (FUSE) waits for its view to be prepared: a header at bifs's
+/// default cost takes seconds, a queue of them a minute; an unlock of a hostile image may take
+/// hours, and must not hold a FUSE thread that long (EAGAIN: the job goes on while wanted).
+const OPEN_WAIT: Duration = Duration::from_secs(120);
 
 struct Watch {
     source: SecretSource,
@@ -176,6 +178,7 @@ pub struct Catalog {
     inner: Arc<Inner>,
 }
 
+/// The catalog's state (a [`Catalog`] derefs to it; its fields are private).
 pub struct Inner {
     store: Store,
     secrets: RwLock<Arc<SecretMap>>,
@@ -189,6 +192,8 @@ pub struct Inner {
     work_config: Mutex<WorkConfig>,
     readiness: Mutex<ReadinessState>,
     digest_memo: Mutex<HashMap<String, (FileStamp, [u8; 64])>>,
+    /// What an unlock of a LUKS image would cost (default keyslots), per version of the file.
+    unlock_costs: Mutex<HashMap<String, (FileStamp, f64)>>,
     background: AtomicBool,
 }
 
@@ -247,6 +252,7 @@ impl Catalog {
                 work_config: Mutex::new(WorkConfig::default()),
                 readiness: Mutex::new(ReadinessState::default()),
                 digest_memo: Mutex::new(HashMap::new()),
+                unlock_costs: Mutex::new(HashMap::new()),
                 background: AtomicBool::new(false),
             }),
         }
@@ -437,8 +443,8 @@ impl Catalog {
 
     /// The view `mode` makes of `img` (with `secret` for encrypt/decrypt), guarded so that
     /// its reads fail with EIO once the stored file changes, and the identity it is pinned to.
-    /// Blocks while the view is being prepared (a key derivation on the pool), up to
-    /// ten minutes: for callers that may wait (the FUSE mount, tests).
+    /// Blocks while the view is being prepared (a key derivation on the pool), up to two
+    /// minutes: for callers that may wait (the FUSE mount, tests).
     pub fn open(
         &self,
         mode: Mode,

@@ -774,6 +774,26 @@ impl Catalog {
         r
     }
 
+    /// What an unlock of `img` would cost, in default keyslots (cached per version).
+    fn unlock_cost(&self, img: &StoredImage, stamp: &FileStamp) -> f64 {
+        let mut costs = self.unlock_costs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, c)) = costs.get(&img.name) {
+            if s == stamp {
+                return *c;
+            }
+        }
+        let cost = RawFile::open(&img.path)
+            .ok()
+            .and_then(|f| LuksHeader::read(&f).ok())
+            .map(|h| {
+                let (kdfs, digest) = h.kdf_plan();
+                unlock_units(&kdfs, digest)
+            })
+            .unwrap_or(f64::INFINITY);
+        costs.insert(img.name.clone(), (*stamp, cost));
+        cost
+    }
+
     /// One background pass.
     fn pass(&self) -> Readiness {
         let mut r = Readiness {
@@ -859,16 +879,7 @@ impl Catalog {
             }
             // Beyond the background budget: left to requests, and a request's job for it is
             // not taken over (it stays cancellable when its client leaves).
-            let cost = *units.get_or_insert_with(|| {
-                RawFile::open(&img.path)
-                    .ok()
-                    .and_then(|f| LuksHeader::read(&f).ok())
-                    .map(|h| {
-                        let (kdfs, digest) = h.kdf_plan();
-                        unlock_units(&kdfs, digest)
-                    })
-                    .unwrap_or(f64::INFINITY)
-            });
+            let cost = *units.get_or_insert_with(|| self.unlock_cost(img, &stamp));
             if cost > SPECULATIVE_UNITS {
                 r.decrypt_skipped += 1;
                 continue;
@@ -908,5 +919,35 @@ fn count(
             // Background classes are never refused as busy.
             let _ = cat.ensure(key, img, stamp, class);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bifs_core::kdf::Argon2Type;
+
+    #[test]
+    fn unlock_costs_in_default_keyslots() {
+        let default_argon2 = Kdf::Argon2 {
+            kind: Argon2Type::Argon2i,
+            time: bifs_core::kdf::ARGON2_TIME,
+            memory_kib: bifs_core::kdf::ARGON2_MEMORY_KIB,
+            cpus: 4,
+        };
+        assert!((unlock_units(&[default_argon2], None) - 1.0).abs() < 1e-9);
+        let cheap = Kdf::Pbkdf2 {
+            hash: Hash::Sha256,
+            iterations: 1000,
+        };
+        assert!(unlock_units(&[cheap; 8], Some((Hash::Sha256, 1000))) < 0.01);
+        let hostile = Kdf::Pbkdf2 {
+            hash: Hash::Sha256,
+            iterations: 1 << 30,
+        };
+        assert!(unlock_units(&[hostile], None) > SPECULATIVE_UNITS);
+        // Four default keyslots are within the background budget, five are not.
+        assert!(unlock_units(&[default_argon2; 4], None) <= SPECULATIVE_UNITS);
+        assert!(unlock_units(&[default_argon2; 5], None) > SPECULATIVE_UNITS);
     }
 }
