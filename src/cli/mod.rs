@@ -13,6 +13,7 @@ mod inspect;
 mod logfmt;
 mod mount;
 mod serve;
+mod url;
 mod verify;
 
 use copy::Interrupted;
@@ -36,6 +37,20 @@ struct Cli {
     #[arg(long, global = true, env = "BIFS_MAX_KDF_MEMORY", value_name = "KIB",
           value_parser = clap::value_parser!(u32).range(32..))]
     max_kdf_memory: Option<u32>,
+    /// Refuse PBKDF2 keyslots and volume key digests of more iterations than this when
+    /// unlocking. Default 1073741824 (2^30: minutes of work; cryptsetup allows 2^32).
+    #[arg(long, global = true, env = "BIFS_MAX_KDF_ITERATIONS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1000..))]
+    max_kdf_iterations: Option<u32>,
+    /// Refuse Argon2 keyslots of more passes than this when unlocking. Default 1000.
+    #[arg(long, global = true, env = "BIFS_MAX_KDF_TIME", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(4..))]
+    max_kdf_time: Option<u32>,
+    /// Keyslots one unlock tries (each a key derivation) before giving up. Default 32
+    /// (cryptsetup's maximum: it tries them all).
+    #[arg(long, global = true, env = "BIFS_MAX_KDF_KEYSLOTS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=32))]
+    max_kdf_keyslots: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -156,6 +171,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Unmount a bifs mount (fusermount3 -u).
     Umount { mountpoint: PathBuf },
+    /// Print a signed URL of a view (its last line): what a client without headers
+    /// (Longhorn's downloader) uses for a view that needs the token.
+    Url(url::UrlArgs),
     /// Check a LUKS image with libcryptsetup (and dm-crypt where available) against SOURCE.
     Verify(verify::VerifyArgs),
 }
@@ -192,13 +210,31 @@ pub fn main() -> ExitCode {
     // Before anything holds a key (after logging, so its warnings are seen): no core dumps,
     // no ptrace by other users.
     bifs_core::keys::harden_process();
-    if let Some(kib) = cli.max_kdf_memory {
+    {
+        let ceiling = bifs_core::kdf::KdfLimits::cryptsetup();
         let limits = bifs_core::kdf::KdfLimits {
-            max_argon2_memory_kib: kib,
-            ..bifs_core::kdf::KdfLimits::cryptsetup()
+            max_argon2_memory_kib: cli
+                .max_kdf_memory
+                .unwrap_or(ceiling.max_argon2_memory_kib)
+                .min(ceiling.max_argon2_memory_kib),
+            max_argon2_time: cli
+                .max_kdf_time
+                .unwrap_or(ceiling.max_argon2_time)
+                .min(ceiling.max_argon2_time),
+            max_pbkdf2_iterations: cli
+                .max_kdf_iterations
+                .unwrap_or(ceiling.max_pbkdf2_iterations)
+                .min(ceiling.max_pbkdf2_iterations),
+            max_keyslots: cli
+                .max_kdf_keyslots
+                .unwrap_or(ceiling.max_keyslots)
+                .min(ceiling.max_keyslots),
+            ..ceiling
         };
-        bifs_core::kdf::KdfLimits::set_process_default(limits);
-        tracing::debug!(max_kdf_memory_kib = kib, "Argon2 memory cap");
+        if limits != ceiling {
+            bifs_core::kdf::KdfLimits::set_process_default(limits);
+            tracing::debug!(?limits, "key derivation limits lowered");
+        }
     }
     let result = match cli.command {
         Command::Encrypt {
@@ -254,6 +290,7 @@ pub fn main() -> ExitCode {
         Command::Mount(args) => mount::mount(&args),
         Command::Serve(args) => serve::serve(&args),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
+        Command::Url(args) => url::run(&args),
         Command::Verify(args) => verify::run(&args),
     };
     match result {

@@ -308,7 +308,7 @@ fn uploads_whole_resumed_and_refused() {
         v["message"]
             .as_str()
             .unwrap_or("")
-            .contains("checksum mismatch"),
+            .contains("doesn't match the file actual checksum"),
         "{v}"
     );
 

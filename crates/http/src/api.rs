@@ -49,6 +49,64 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/uploads/{name}", get(upload_offset).put(upload))
         .route("/api/v1/secrets", get(secrets))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/node", get(node))
+        .route("/api/v1/sign", axum::routing::post(sign))
+}
+
+/// Who this server is and how its views are reached: the base URL for Longhorn (its
+/// `--advertise-url`, else the URL the request came in on), the node, and which views need a
+/// signed URL (those that need the token: plaintext ones, and all of them without
+/// `--public-read`).
+async fn node(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&s, &headers, Access::Read)?;
+    let token = s.policy.token.is_some();
+    Ok(Json(json!({
+        "node": s.node.name,
+        "advertiseUrl": s.node.advertise_url,
+        "signedViews": if !token { vec![] } else if s.policy.public_read { vec!["raw", "decrypt"] } else { vec!["ignore", "raw", "encrypt", "decrypt"] },
+        "defaultExpirySeconds": super::signed::DEFAULT_EXPIRY.as_secs(),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct SignRequest {
+    /// The view's path (`/views/...`), as the URL will carry it.
+    path: String,
+    /// Seconds from now (default: a day).
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// Signs a view's path for a token holder: the URL to give Longhorn (which sends no token).
+/// Only for the token holder (it grants plaintext reads), only for `/views/` paths.
+async fn sign(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<SignRequest>,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, Access::Plaintext)?;
+    if !req.path.starts_with("/views/") || req.path.contains(['?', '#']) {
+        return Err(ApiError::BadRequest(
+            "path must be a view's path, /views/..., without a query".into(),
+        ));
+    }
+    let secs = req
+        .expires_in
+        .unwrap_or(super::signed::DEFAULT_EXPIRY.as_secs())
+        .min(366 * 86400);
+    let expires = super::signed::unix_now() + secs;
+    let path = match &s.signer {
+        Some(signer) => signer.sign_path(&req.path, expires),
+        // No token: nothing needs a signature.
+        None => req.path.clone(),
+    };
+    let url = s
+        .node
+        .advertise_url
+        .as_ref()
+        .map(|base| format!("{}{path}", base.trim_end_matches('/')));
+    Ok(Json(json!({ "path": path, "url": url, "expires": expires })).into_response())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +154,9 @@ impl From<StatusError> for ApiError {
             StatusError::NotFound { name, .. } => {
                 ApiError::NotFound(format!("backing image {name} not found"))
             }
-            StatusError::Busy(_) => ApiError::Conflict(e.to_string()),
+            StatusError::Busy(_) | StatusError::LonghornManaged(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             StatusError::Store(e) => e.into(),
             e => ApiError::internal(e.to_string(), &e),
         }

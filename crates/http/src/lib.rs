@@ -31,6 +31,7 @@ pub mod auth;
 pub mod metrics;
 pub mod page;
 pub mod server;
+pub mod signed;
 pub mod views;
 
 use std::ops::Deref;
@@ -75,6 +76,12 @@ pub struct Shared {
     /// Memory for responses' view chunks, in KiB: a response reads ahead in 1 MiB chunks while
     /// this budget has room, in small unbudgeted chunks otherwise (see `views`).
     pub response_budget: Arc<tokio::sync::Semaphore>,
+    /// Who this server is, for the URLs it hands out and the messages it sends.
+    pub node: NodeInfo,
+    /// Signs and checks signed URLs (`None` without a token: nothing needs signing).
+    pub signer: Option<signed::Signer>,
+    /// Set when the server stops: requests waiting for a view to be prepared give up at once.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// What bounds the work remote callers can cause, besides the connection limits
@@ -107,15 +114,47 @@ impl Default for ServerLimits {
     }
 }
 
+/// Who a server is: what its URLs and its "not here" answers name.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    /// The node's name (`NODE_NAME`, else the host name).
+    pub name: String,
+    /// The base URL clients (Longhorn's download pods) reach this server at
+    /// (`--advertise-url`); `None`: the URL it listens on.
+    pub advertise_url: Option<String>,
+}
+
+impl NodeInfo {
+    /// This node as a message names it: `node NAME (URL)`.
+    pub fn describe(&self) -> String {
+        match &self.advertise_url {
+            Some(u) => format!("node {} ({u})", self.name),
+            None => format!("node {}", self.name),
+        }
+    }
+}
+
 impl AppState {
-    pub fn new(catalog: Arc<Catalog>, secrets_paths: Vec<PathBuf>, policy: Policy) -> Self {
-        Self::with_limits(catalog, secrets_paths, policy, ServerLimits::default())
+    pub fn new(
+        catalog: Arc<Catalog>,
+        secrets_paths: Vec<PathBuf>,
+        policy: Policy,
+        node: NodeInfo,
+    ) -> Self {
+        Self::with_limits(
+            catalog,
+            secrets_paths,
+            policy,
+            node,
+            ServerLimits::default(),
+        )
     }
 
     pub fn with_limits(
         catalog: Arc<Catalog>,
         secrets_paths: Vec<PathBuf>,
         policy: Policy,
+        node: NodeInfo,
         limits: ServerLimits,
     ) -> Self {
         let store_root = catalog.store().root().to_path_buf();
@@ -123,6 +162,7 @@ impl AppState {
         let kib = usize::try_from(limits.response_memory >> 10)
             .unwrap_or(usize::MAX)
             .min(tokio::sync::Semaphore::MAX_PERMITS);
+        let signer = policy.token.as_ref().map(Token::signer);
         Self {
             inner: Arc::new(Shared {
                 catalog,
@@ -134,6 +174,9 @@ impl AppState {
                 sums: views::SumCache::default(),
                 limits,
                 response_budget: Arc::new(tokio::sync::Semaphore::new(kib)),
+                node,
+                signer,
+                stopping: tokio::sync::watch::channel(false).0,
             }),
         }
     }
@@ -141,6 +184,17 @@ impl AppState {
     /// The layout the served store had when it was opened: writes keep to it.
     pub fn layout(&self) -> bifs_node::store::Layout {
         self.catalog.store().layout()
+    }
+
+    /// Tells requests that wait for a view to be prepared that the server is stopping.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`Self::stop`] was called.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// Whether the request (its headers) may do `access`; the error is the response to send.
@@ -189,6 +243,7 @@ impl HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
+        let busy = self.status == StatusCode::SERVICE_UNAVAILABLE;
         let mut resp = (
             self.status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -201,9 +256,17 @@ impl IntoResponse for HttpError {
                 HeaderValue::from_static("Bearer realm=\"bifs\""),
             );
         }
+        if busy {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
         resp
     }
 }
+
+/// Seconds a client is told to wait (`Retry-After`) when a view is still being prepared or
+/// the derivation queue is full.
+pub const RETRY_AFTER_SECS: u64 = 10;
 
 impl From<CatalogError> for HttpError {
     fn from(e: CatalogError) -> Self {
@@ -212,8 +275,14 @@ impl From<CatalogError> for HttpError {
             | CatalogError::UnknownSecret(_)
             | CatalogError::UnknownNamespace(_)
             | CatalogError::Refused { .. } => StatusCode::NOT_FOUND,
-            CatalogError::WrongPassphrase { .. } => StatusCode::FORBIDDEN,
-            CatalogError::View { .. } | CatalogError::Io { .. } => {
+            CatalogError::WrongPassphrase { .. }
+            | CatalogError::Failed {
+                over_budget: true, ..
+            } => StatusCode::FORBIDDEN,
+            CatalogError::Busy { .. } | CatalogError::Preparing { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            CatalogError::View { .. } | CatalogError::Io { .. } | CatalogError::Failed { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };

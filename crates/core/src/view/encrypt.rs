@@ -118,13 +118,11 @@ pub fn new_header_and_key(
     }
     let key = VolumeKey::random(params.key_bytes()).map_err(ViewError::Random)?;
     let kdf = params.kdf.resolve(params.key_bytes())?;
-    // cryptsetup skips the digest benchmark when costs are forced (minimum 1000 iterations).
-    let digest_iterations = params.kdf.force_iterations.map(|_| 1000);
     let format = FormatParams {
         hash: params.hash,
         kdf,
         sector_size,
-        digest_iterations,
+        digest_iterations: Some(params.kdf.digest_iterations(params.key_bytes())),
         uuid: None,
         label: String::new(),
     };

@@ -337,6 +337,17 @@ fn apply_one(
     if let Some(done) = existing(store, image)? {
         return Ok(done);
     }
+    if status::read(store, image.name())
+        .map_err(status_to_store)?
+        .is_none()
+        && status::longhorn_managed(store, image.name()).is_some()
+    {
+        return Ok(Outcome::Refused(format!(
+            "metadata.name: backing image {} is on this disk already, managed by Longhorn \
+             (backing-image-manager's files, which bifs never changes); pick another name",
+            image.name()
+        )));
+    }
     let admitted = match admit(store, image, &source, secrets, opts) {
         Ok(a) => a,
         Err(e) => return Ok(Outcome::Refused(e.to_string())),
@@ -380,6 +391,10 @@ fn create(
         status: Some(status),
         ..image.clone()
     };
+    // As Longhorn's mutator, over the manifest's own labels.
+    for (k, v) in bifs_k8s::manifest::LONGHORN_LABELS {
+        rec.metadata.labels.insert(k.into(), v.into());
+    }
     store.write_record(name, &rec)?;
     let dir = store.prepare_dir(name, &uuid)?;
     let (file, tmp) = store.create_tmp(&dir)?;
@@ -424,13 +439,11 @@ fn create(
     let checksum = copied.sha512.clone().unwrap_or_default();
     if let Some(expected) = &admitted.expected_checksum {
         if *expected != checksum {
-            let message = FieldError::new(
-                "spec.checksum",
-                format!(
-                    "checksum mismatch: expected {expected}, got {checksum}; the file was removed"
-                ),
-            )
-            .to_string();
+            // backing-image-manager's words (sync_file.go postProcessSyncFile), so that what
+            // watches Longhorn's messages matches bifs's.
+            let message = format!(
+                "failed to process sync file: the expected checksum {expected} doesn't match the file actual checksum {checksum}"
+            );
             return fail(&mut rec, message);
         }
     }
@@ -500,7 +513,7 @@ pub(crate) fn new_uuid() -> String {
 
 /// `status.ownerID`: the node's name (`NODE_NAME`, as Longhorn's pods get it, else the host
 /// name).
-pub(crate) fn node_name() -> String {
+pub fn node_name() -> String {
     std::env::var("NODE_NAME")
         .ok()
         .filter(|n| !n.is_empty())
@@ -545,7 +558,7 @@ fn admit(
     match source {
         Source::Download { url } => {
             if opts.downloads.local && (file_url_path(url).is_some() || is_loopback(url)) {
-                tracing::info!(backing_image = image.name(), url, "file:// and loopback URLs are a bifs extension (Longhorn's webhook refuses them)");
+                tracing::info!(backing_image = image.name(), url, "a file:// or loopback URL: reads a file or a service of this node (Longhorn's webhook accepts both until v1.11.4/v1.12.1, which refuse them)");
             }
             admit_own(store, image, secrets, Plan::Download { url: url.clone() })
         }

@@ -232,11 +232,19 @@ pub fn file_url_path(url: &str) -> Option<PathBuf> {
     Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
 }
 
-/// The size of the disk an image file holds: a qcow2's virtual size, else the file size.
+/// The size of the disk an image file holds, as backing-image-manager gets it from `qemu-img
+/// info` (format probed): a qcow2's virtual size; a LUKS1 image's payload (qemu probes LUKS1
+/// as its `luks` format and reports the data after the header); else the file size (qemu has
+/// no LUKS2 driver: a LUKS2 image probes as raw).
 pub fn virtual_size(path: &Path, file_size: u64) -> u64 {
     match image::detect(path) {
         Ok(image::Format::Qcow2) => image::qcow2::Qcow2Image::open(path)
             .map(|q| q.len())
+            .unwrap_or(file_size),
+        Ok(image::Format::Luks1) => RawFile::open(path)
+            .ok()
+            .and_then(|f| bifs_core::luks::Luks1Header::read(&f).ok())
+            .map(|h| file_size.saturating_sub(h.segment().offset))
             .unwrap_or(file_size),
         _ => file_size,
     }

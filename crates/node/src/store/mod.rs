@@ -28,6 +28,7 @@ use bifs_core::image::{self, Format};
 pub mod atomic;
 pub mod cfg;
 pub mod confine;
+pub mod digests;
 pub mod disk;
 pub mod identity;
 pub mod layout;
@@ -310,8 +311,14 @@ impl Store {
         }
     }
 
-    /// The complete image directories of the disk, one per name (the ready copy); those
-    /// whose `backing` leads out of the store are left out.
+    /// What keeps bifs from seeing the whole store, loudly: a Longhorn disk's image
+    /// directories it cannot enter. backing-image-manager creates them with mode 0666 less
+    /// the umask (0644: no search bit), so only root (or CAP_DAC_READ_SEARCH) sees inside.
+    pub fn access_warnings(&self) -> Vec<String> {
+        layout::access_warnings(&self.root, self.layout)
+    }
+
+    /// The complete image directories of the disk, one per name (the ready copy).
     pub fn disk_images(&self) -> io::Result<Vec<DiskImage>> {
         let preferred = |n: &str| self.recorded_uuid(n);
         Ok(layout::scan_disk(&self.root, &preferred)?

@@ -26,6 +26,10 @@ pub struct HeaderRecord {
     pub source: SourceIdentity,
     /// The raw (virtual) size padded to 512 bytes: the data segment's size.
     pub padded_len: u64,
+    /// The stored file's SHA-512 (hex) the stable header was made from; absent in records of
+    /// earlier bifs versions (random headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sha512: Option<String>,
 }
 
 #[derive(Debug)]
@@ -169,6 +173,7 @@ mod tests {
                 ino: 4,
             },
             padded_len: 512,
+            source_sha512: None,
         };
         state.save_header("img", &secret, b"hdr", &record).unwrap();
         let (_, got) = state.load_header("img", &secret).unwrap().unwrap();
