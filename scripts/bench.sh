@@ -219,6 +219,10 @@ RSS_SECS=$(awk -v s="$s" -v e="$e" 'BEGIN {print e-s}')
 umount_bifs "$DIR/mnt-rss"
 rm -f "$STORE/big.img"
 
+# --- 8. Longhorn: header preparation, HEAD and first-byte latency, SIGTERM ---------------------
+log "Longhorn's view of a node (scripts/bench-longhorn.sh)"
+LONGHORN_ROWS=$(BIFS="$BIFS" "$ROOT/scripts/bench-longhorn.sh")
+
 # --- table ------------------------------------------------------------------------------------
 S=${SECS["bifs encrypt"]}
 D=${SECS["bifs decrypt"]}
@@ -256,6 +260,7 @@ thr() { mibs "$BYTES" "${SECS[$1]}"; }
   a=${SECS["cryptsetup open --test-passphrase (argon2id)"]}; b=${SECS["bifs unlock (decrypt 4 MiB, argon2id)"]}
   echo "| argon2id unlock, cryptsetup default cost (${KDF_DESC%; }) (s) | cryptsetup open --test-passphrase $a | $b | $(ratio "$b" "$a") (time, lower is better) | ≤ 1.5 |"
   echo "| mount daemon peak RSS (VmHWM) while cp reads a ${RSS_GIB} GiB encrypt/ view (pbkdf2 Secret: no argon2 memory) | - | $((RSS_KB / 1024)) MiB ($(mibs $((RSS_GIB * 1073741824)) "$RSS_SECS") MiB/s to /dev/null) | - | ≤ 64 MiB |"
+  echo "$LONGHORN_ROWS"
 } | tee "$OUT/table.md"
 
 # --- chart: throughput bars of each comparison (SVG, no dependencies) ----------------------------

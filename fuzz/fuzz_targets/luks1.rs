@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         max_argon2_time: 4,
         max_argon2_cpus: 4,
         max_pbkdf2_iterations: 2000,
+        max_keyslots: 32,
     };
     let _ = header.unlock(&src, &Passphrase::new("fuzz"), &limits);
 });

@@ -13,9 +13,11 @@ mod crypt;
 mod docs;
 mod inspect;
 mod kdf_report;
+mod logfmt;
 mod mount;
 mod serve;
 mod table;
+mod url;
 mod verify;
 
 use copy::Interrupted;
@@ -50,6 +52,20 @@ struct Cli {
     #[arg(long, global = true, env = "BIFS_MAX_KDF_MEMORY", value_name = "KIB",
           value_parser = clap::value_parser!(u32).range(32..), help_heading = GLOBAL)]
     max_kdf_memory: Option<u32>,
+    /// Refuse PBKDF2 keyslots and volume key digests of more iterations than this when
+    /// unlocking. Default 1073741824 (2^30: minutes of work; cryptsetup allows 2^32).
+    #[arg(long, global = true, env = "BIFS_MAX_KDF_ITERATIONS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1000..))]
+    max_kdf_iterations: Option<u32>,
+    /// Refuse Argon2 keyslots of more passes than this when unlocking. Default 1000.
+    #[arg(long, global = true, env = "BIFS_MAX_KDF_TIME", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(4..))]
+    max_kdf_time: Option<u32>,
+    /// Keyslots one unlock tries (each a key derivation) before giving up. Default 32
+    /// (cryptsetup's maximum: it tries them all).
+    #[arg(long, global = true, env = "BIFS_MAX_KDF_KEYSLOTS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=32))]
+    max_kdf_keyslots: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -235,6 +251,12 @@ passphrase, checksum mismatch) is recorded: `bifs get NAME` shows it as failed."
         #[arg(value_name = "MOUNTPOINT")]
         mountpoint: PathBuf,
     },
+    /// Print a signed URL of a view (its last line): what a client without headers
+    /// (Longhorn's downloader) uses for a view that needs the token.
+    #[command(after_help = "Examples:
+  bifs url --token-file token http://10.0.0.5:8080/views/decrypt/longhorn-system/crypto/parrot
+  bifs url --token-file token --expires 7d --advertise-url http://10.0.0.5:8080 /views/raw/parrot")]
+    Url(url::UrlArgs),
     /// Check a LUKS image with libcryptsetup (and dm-crypt where available) against SOURCE.
     #[command(after_help = "Examples:
   bifs verify --secret longhorn-crypto.yaml --against parrot.qcow2 parrot.luks
@@ -279,7 +301,11 @@ fn init_logging(filter: &str, json: bool) {
     if json {
         builder.json().init();
     } else {
-        builder.with_target(false).init();
+        // Names and messages escaped: a file name cannot forge a log line (logfmt).
+        builder
+            .with_target(false)
+            .fmt_fields(logfmt::fields())
+            .init();
     }
 }
 
@@ -301,13 +327,31 @@ pub fn main() -> ExitCode {
     // Before anything holds a key (after logging, so its warnings are seen): no core dumps,
     // no ptrace by other users.
     bifs_core::keys::harden_process();
-    if let Some(kib) = cli.max_kdf_memory {
+    {
+        let ceiling = bifs_core::kdf::KdfLimits::cryptsetup();
         let limits = bifs_core::kdf::KdfLimits {
-            max_argon2_memory_kib: kib,
-            ..bifs_core::kdf::KdfLimits::cryptsetup()
+            max_argon2_memory_kib: cli
+                .max_kdf_memory
+                .unwrap_or(ceiling.max_argon2_memory_kib)
+                .min(ceiling.max_argon2_memory_kib),
+            max_argon2_time: cli
+                .max_kdf_time
+                .unwrap_or(ceiling.max_argon2_time)
+                .min(ceiling.max_argon2_time),
+            max_pbkdf2_iterations: cli
+                .max_kdf_iterations
+                .unwrap_or(ceiling.max_pbkdf2_iterations)
+                .min(ceiling.max_pbkdf2_iterations),
+            max_keyslots: cli
+                .max_kdf_keyslots
+                .unwrap_or(ceiling.max_keyslots)
+                .min(ceiling.max_keyslots),
+            ..ceiling
         };
-        bifs_core::kdf::KdfLimits::set_process_default(limits);
-        tracing::debug!(max_kdf_memory_kib = kib, "Argon2 memory cap");
+        if limits != ceiling {
+            bifs_core::kdf::KdfLimits::set_process_default(limits);
+            tracing::debug!(?limits, "key derivation limits lowered");
+        }
     }
     kdf_report::install();
     let result = match cli.command {
@@ -364,6 +408,7 @@ pub fn main() -> ExitCode {
         Command::Mount(args) => mount::mount(&args),
         Command::Serve(args) => serve::serve(&args),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
+        Command::Url(args) => url::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     };

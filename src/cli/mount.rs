@@ -35,6 +35,8 @@ pub struct MountArgs {
     serve: Option<std::net::SocketAddr>,
     #[command(flatten)]
     exposure: super::serve::ExposureArgs,
+    #[command(flatten)]
+    node: super::serve::NodeArgs,
     /// An existing, empty directory to mount on (not a live bifs mount).
     #[arg(value_name = "MOUNTPOINT")]
     mountpoint: PathBuf,
@@ -69,10 +71,13 @@ pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
         },
     };
     let catalog = std::sync::Arc::new(Catalog::watching(store, secrets));
+    let node = args.node.node_info()?;
+    args.node.start(&catalog);
     if let Some(listen) = args.serve {
         super::serve::spawn_for_mount(
             listen,
             &args.exposure,
+            node,
             catalog.clone(),
             vec![args.secrets.clone()],
         )?;

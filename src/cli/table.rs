@@ -6,7 +6,7 @@
 //! and the rows known at the start, and only ever grow.
 
 use bifs_k8s::manifest::{BackingImage, SourceType, State, PARAM_BACKING_IMAGE, PARAM_ENCRYPTION};
-use bifs_node::longhorn::status::human;
+use bifs_node::longhorn::status::{self, human};
 
 const GAP: &str = "   ";
 
@@ -165,7 +165,13 @@ impl Columns {
             row.push(or_dash(st.checksum.chars().take(CHECKSUM_PREFIX).collect()));
             row.push(age(&file.last_state_transition_time, now));
         }
-        row.push(file.message.clone());
+        row.push(
+            if file.message.is_empty() && status::is_longhorn_managed(b) {
+                "managed by Longhorn: listed and served, never changed by bifs".to_string()
+            } else {
+                file.message.clone()
+            },
+        );
         row
     }
 }

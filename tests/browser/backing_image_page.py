@@ -26,6 +26,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -228,6 +229,12 @@ def download(href, dst):
             if not b:
                 break
             f.write(b)
+
+
+def download_without_token(href, dst):
+    """As Longhorn's client: no header of its own."""
+    with urllib.request.urlopen(href) as resp, open(dst, "wb") as out:
+        out.write(resp.read())
 
 
 def test_passphrase(path):
@@ -434,6 +441,32 @@ def run(d, source_url):
     d.find_element(By.TAG_NAME, "h1").click()
     assert not menu_open(d), "a click elsewhere did not close the menu"
     test_passphrase(clone)
+
+    step("the menu's Longhorn item: a signed URL Longhorn can use without the token, and a manifest with its checksum")
+    menu_button(d, "base").click()
+    wait(d, lambda drv: menu_open(drv), "base's Download menu")
+    lh = [b for b in menu_links(d) if b.tag_name == "button" and b.text.startswith("Encrypt with")]
+    assert lh, "no Longhorn item for base's encrypt view"
+    lh[0].click()
+    wait(d, lambda drv: drv.find_element(By.ID, "longhorn-dialog").get_attribute("open") is not None,
+         "the Longhorn dialog")
+    wait(d, lambda drv: re.search(r"checksum: [0-9a-f]{128}", drv.find_element(By.ID, "longhorn-manifest").text),
+         "the manifest's checksum")
+    signed = d.find_element(By.ID, "longhorn-url").get_attribute("value")
+    manifest = d.find_element(By.ID, "longhorn-manifest").text
+    assert "?expires=" in signed and "&signature=" in signed and TOKEN not in signed, signed
+    # The URL is quoted (it holds ? and &), as YAML wants it.
+    for line in ("kind: BackingImage", "sourceType: download", f'url: "{signed}"', f"secret: {SECRET_NAME}",
+                 f"secretNamespace: {SECRET_NS}"):
+        assert line in manifest, f"the manifest lacks {line!r}:\n{manifest}"
+    shot(d, "11-longhorn-dialog")
+    lh_path = os.path.join(WORK, "base.longhorn.img")
+    download_without_token(signed, lh_path)
+    with open(lh_path, "rb") as f:
+        got = hashlib.sha512(f.read()).hexdigest()
+    assert f"checksum: {got}" in manifest, f"the manifest's checksum is not the download's {got}"
+    test_passphrase(lh_path)
+    button(d, "Close", scope=d.find_element(By.ID, "longhorn-dialog")).click()
 
     step("the menu by keyboard: opens on Enter with the first item focused, arrows move, Esc closes")
     btn = menu_button(d, "base")

@@ -369,8 +369,10 @@ fn longhorns_refusals_name_the_field() {
         &backing_image("parrot-wrong-sum", &format!("  sourceType: download\n  sourceParameters:\n    url: {url}\n  checksum: {wrong}\n")),
     );
     let err = fails(&["apply", "-f", m.to_str().unwrap(), "--store", s]);
+    // backing-image-manager's words for it (sync_file.go postProcessSyncFile).
+    let longhorns = format!("failed to process sync file: the expected checksum {wrong} doesn't match the file actual checksum ");
     assert!(
-        err.contains("spec.checksum: checksum mismatch") && err.contains(" failed: "),
+        err.contains(&longhorns) && err.contains(" failed: "),
         "{err}"
     );
     assert!(image_dirs(&sd.store, "parrot-wrong-sum").is_empty());
@@ -378,10 +380,7 @@ fn longhorns_refusals_name_the_field() {
     let f = file_status(&y);
     assert_eq!(f["state"], "failed", "{y}");
     assert!(
-        f["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("spec.checksum: checksum mismatch"),
+        f["message"].as_str().unwrap().starts_with(&longhorns),
         "{y}"
     );
     refused(
@@ -1127,4 +1126,131 @@ fn interrupted_apply_leaves_no_backing_and_completes_on_reapply() {
     // While a clone reads its source, the source cannot be deleted; afterwards it can.
     ok(&["delete", "big", "--store", s]);
     assert!(image_dirs(&store, "big").is_empty());
+}
+
+/// Sizes as Longhorn computes them (backing-image-manager `updateVirtualSizeNoLock`, `qemu-img
+/// info` with the format probed; `GetFileRealSize` after `IdleTimeoutCopy` left every all-zero
+/// 4 KiB read as a hole): a LUKS1 image's virtual size is its payload, a LUKS2 image's its file
+/// size (qemu has no LUKS2 driver: it probes raw), and realSize leaves out every zero 4 KiB
+/// block. A decrypt clone keeps the `spec.secret` its manifest sets (Longhorn's mutator
+/// rewrites it for `ignore` clones only).
+#[test]
+fn sizes_and_spec_as_longhorn_computes_them() {
+    full_tier_only!("qemu-img, cryptsetup");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let store = dir.join("store");
+    fs::create_dir_all(&store).unwrap();
+    let s = store.to_str().unwrap();
+    // 1 MiB where every other 4 KiB block is zero: half of it is holes at 4 KiB, none at 64 KiB.
+    let mut payload = disk_image(MIB as usize, 41);
+    for block in payload.chunks_mut(8192) {
+        block[4096..].fill(0);
+    }
+    let raw = write(dir, "half.raw", "");
+    fs::write(&raw, &payload).unwrap();
+    let luks1 = crate::support::common::make_luks1_with_qemu(
+        dir,
+        "l1",
+        &raw,
+        "aes-128",
+        "sha256",
+        "luks1 pass",
+    );
+    let luks2 = dir.join("l2.img");
+    fs::write(&luks2, disk_image(20 * MIB as usize, 43)).unwrap();
+    crate::support::common::luks2_format_cheap(&luks2, b"luks2 pass");
+    let qemu_virtual = |p: &Path| -> u64 {
+        let out = tool_ok("qemu-img", &["info", "--output=json", p.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["virtual-size"].as_u64().unwrap()
+    };
+    for (name, file) in [
+        ("half", &raw),
+        ("luks-one", &luks1.path),
+        ("luks-two", &luks2),
+    ] {
+        let m = write(
+            dir,
+            &format!("{name}.yaml"),
+            &backing_image(
+                name,
+                &format!(
+                    "  sourceType: upload\n  sourceParameters:\n    path: {}\n",
+                    file.display()
+                ),
+            ),
+        );
+        ok(&["apply", "-f", m.to_str().unwrap(), "--store", s]);
+        let st = get_yaml(&store, name)["status"].clone();
+        let stored = backing(&store, name);
+        assert_eq!(
+            st["virtualSize"].as_u64(),
+            Some(qemu_virtual(&stored)),
+            "{name}: {st}"
+        );
+    }
+    let luks1_len = fs::metadata(&luks1.path).unwrap().len();
+    assert_eq!(
+        get_yaml(&store, "luks-one")["status"]["virtualSize"].as_u64(),
+        Some(luks1_len - luks1.data_offset),
+        "LUKS1: the payload"
+    );
+    let real = get_yaml(&store, "half")["status"]["realSize"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (MIB / 2..MIB * 3 / 4).contains(&real),
+        "realSize {real}: the zero 4 KiB blocks were written"
+    );
+
+    // A decrypt clone of the LUKS2 upload (made encrypted: spec.secret) keeps a spec.secret it sets.
+    let secret = pbkdf2_secret(dir, "l2", "luks2 pass");
+    let m = write(
+        dir,
+        "luks-two-enc.yaml",
+        &backing_image(
+            "luks-two-enc",
+            &format!(
+                "  sourceType: upload\n  sourceParameters:\n    path: {}\n  secret: l2\n  secretNamespace: longhorn-system\n",
+                luks2.display()
+            ),
+        ),
+    );
+    ok(&[
+        "apply",
+        "-f",
+        m.to_str().unwrap(),
+        "--secrets",
+        secret.to_str().unwrap(),
+        "--store",
+        s,
+    ]);
+    let m = write(
+        dir,
+        "luks-two-dec.yaml",
+        &backing_image(
+            "luks-two-dec",
+            &format!(
+                "{}  secret: l2\n  secretNamespace: longhorn-system\n",
+                clone_spec("luks-two-enc", "decrypt", Some("l2"))
+            ),
+        ),
+    );
+    ok(&[
+        "apply",
+        "-f",
+        m.to_str().unwrap(),
+        "--secrets",
+        secret.to_str().unwrap(),
+        "--store",
+        s,
+    ]);
+    let y = get_yaml(&store, "luks-two-dec");
+    assert_eq!(y["spec"]["secret"], "l2", "{y}");
+    assert_eq!(y["spec"]["checksum"], "", "{y}");
+    assert_eq!(
+        y["metadata"]["labels"]["longhorn.io/component"], "backing-image",
+        "{y}"
+    );
 }

@@ -5,8 +5,7 @@
 //! the file renamed into `DISK/backing-images/NAME-UUID/backing` with BIM's `backing.cfg`).
 //!
 //! The servers run as on a node: `--token-file` and `--public-read` (encrypt/ and ignore/ open,
-//! raw/ and decrypt/ behind the token). Tests marked `#[ignore = "issue 19: …"]` assert what
-//! issue 19 requires and fail against today's server; they are un-ignored as it is fixed.
+//! raw/ and decrypt/ behind the token, reachable by Longhorn through signed URLs).
 //!
 //! Needs `go` (golang-go) for the client; the tests with `full_tier_only!` also need curl (a
 //! view's `.sha512`), cryptsetup (the downloaded LUKS2 image opens) and qemu-img (BIM's virtual
@@ -361,7 +360,6 @@ fn encrypt_view_with_a_cheap_secret_downloads() {
 /// Issue 19: a fresh (image, Secret) pair with Longhorn's documented argon2i Secret (no cost
 /// keys) is ready within v1.7's 4 s HEAD deadline and 4 s idle limit, on the first try.
 #[test]
-#[ignore = "issue 19: the LUKS2 header is made inside the first request (argon2i: 10-24 s measured), so the HEAD times out at 4 s"]
 fn fresh_pair_with_longhorns_documented_secret_meets_v17_limits() {
     full_tier_only!("curl, cryptsetup, qemu-img");
     let client = longhorn_client_or_skip!();
@@ -383,7 +381,6 @@ fn fresh_pair_with_longhorns_documented_secret_meets_v17_limits() {
 
 /// Issue 19: a Secret added while the server runs has its views ready 20 s later.
 #[test]
-#[ignore = "issue 19: headers are made on the request path, so a Secret added 20 s earlier still costs its argon2i (10-24 s) inside the HEAD"]
 fn secret_added_at_run_time_is_ready_20s_later() {
     full_tier_only!("curl, cryptsetup, qemu-img");
     let client = longhorn_client_or_skip!();
@@ -448,7 +445,6 @@ fn signed_url(node: &Node, url: &str, expires: Option<&str>) -> String {
 /// Issue 19: signed URLs let Longhorn download raw/ and decrypt/; an altered or expired one is
 /// refused with 401 or 403.
 #[test]
-#[ignore = "issue 19: `bifs url` (signed URLs for views that need the token) does not exist yet"]
 fn signed_urls_let_longhorn_download_plaintext_views() {
     let client = longhorn_client_or_skip!();
     let node = Node::new(false);
@@ -485,7 +481,6 @@ fn signed_urls_let_longhorn_download_plaintext_views() {
 /// encrypt view, so a `spec.checksum` taken from one node's `.sha512` holds for a download
 /// answered by the other.
 #[test]
-#[ignore = "issue 19: each node makes its own LUKS2 header (random volume key and salts), so the bytes differ"]
 fn two_nodes_with_separate_state_serve_the_same_encrypt_view() {
     full_tier_only!("curl, qemu-img");
     let client = longhorn_client_or_skip!();
@@ -505,7 +500,6 @@ fn two_nodes_with_separate_state_serve_the_same_encrypt_view() {
 
 /// Issue 19: a node whose state directory was lost serves the same encrypt view as before.
 #[test]
-#[ignore = "issue 19: a lost state directory means a new LUKS2 header, so new bytes and a new checksum"]
 fn wiped_state_serves_the_same_encrypt_view() {
     full_tier_only!("qemu-img");
     let client = longhorn_client_or_skip!();
@@ -577,7 +571,6 @@ fn a_disk_longhorn_filled_is_served_to_another_node() {
 /// Issue 19: `bifs get` lists a disk that backing-image-manager filled, with Longhorn's status
 /// from its `backing.cfg`.
 #[test]
-#[ignore = "issue 19: bifs get shows only images bifs itself recorded; a disk BIM filled looks empty"]
 fn bifs_get_lists_the_disk_a_download_filled() {
     let client = longhorn_client_or_skip!();
     let node = Node::new(false);

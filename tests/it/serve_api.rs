@@ -6,9 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::server::{
-    curl, download_yaml, image_file, Server, SECRET_NAME, SECRET_NS, TOKEN,
-};
+use crate::support::server::{curl, image_file, Server, SECRET_NAME, SECRET_NS, TOKEN};
 
 const AUTH: &str = "Authorization: Bearer test-token-0123456789abcdef";
 
@@ -79,14 +77,15 @@ fn clone_json(name: &str, source: &str, encryption: &str) -> String {
 
 #[test]
 fn list_get_create_delete_admission_and_the_status_stream() {
-    let s = Server::start();
+    let mut s = Server::start();
     let src = s.work().join("plain.img");
     image_file(&src, 2 << 20, 1);
 
     // Reads and writes both need the token (no --public-read).
     let (code, _) = curl(&[&format!("{}/api/v1/backingimages", s.url)]);
     assert_eq!(code, 401);
-    let (code, _) = post(&s, &download_yaml("base", &src), false);
+    let base = s.download_yaml("base", &src);
+    let (code, _) = post(&s, &base, false);
     assert_eq!(code, 401, "a create without the token must be refused");
     assert!(
         !s.store().join(".bifs/records/base.json").exists(),
@@ -94,7 +93,7 @@ fn list_get_create_delete_admission_and_the_status_stream() {
     );
 
     // Create (YAML), get, list: the objects of `bifs get -o json`.
-    let (code, v) = post(&s, &download_yaml("base", &src), true);
+    let (code, v) = post(&s, &base, true);
     assert!(code == 201 || code == 202, "create: {code} {v}");
     wait_state(&s, "base", "ready");
     let (code, v) = get(&s, "/api/v1/backingimages/base");
@@ -121,7 +120,9 @@ fn list_get_create_delete_admission_and_the_status_stream() {
     );
 
     // Admission rules, with `apply`'s messages: the manifest checks and the webhook's.
-    let bad = download_yaml("bad-url", &src).replace("file://", "ftp://");
+    let bad = s
+        .download_yaml("bad-url", &src)
+        .replace("http://", "ftp://");
     let (code, v) = post(&s, &bad, true);
     assert_eq!(code, 422, "{v}");
     let m = v["message"].as_str().unwrap_or("");
@@ -307,7 +308,7 @@ fn uploads_whole_resumed_and_refused() {
         v["message"]
             .as_str()
             .unwrap_or("")
-            .contains("checksum mismatch"),
+            .contains("doesn't match the file actual checksum"),
         "{v}"
     );
 

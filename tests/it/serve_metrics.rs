@@ -25,8 +25,9 @@ fn post(s: &Server, manifest: &str) -> u16 {
     curl(&url, true, &["-X", "POST", "--data-binary", manifest]).0
 }
 
-fn create(s: &Server, name: &str, file: &Path) -> u16 {
-    post(s, &crate::support::server::download_yaml(name, file))
+fn create(s: &mut Server, name: &str, file: &Path) -> u16 {
+    let manifest = s.download_yaml(name, file);
+    post(s, &manifest)
 }
 
 fn wait_ready(s: &Server, name: &str) {
@@ -80,7 +81,7 @@ fn value(s: &BTreeMap<String, f64>, series: &str) -> f64 {
 fn metrics_count_headers_unlock_failures_applies_and_states() {
     full_tier_only!("cryptsetup, curl");
     crate::support::common::require_tools();
-    let s = Server::start();
+    let mut s = Server::start();
     let metrics = format!("{}/metrics", s.url);
 
     // Image names are in the labels: /metrics needs what a listing needs (the token here).
@@ -94,7 +95,7 @@ fn metrics_count_headers_unlock_failures_applies_and_states() {
     image_file(&vault, 18 << 20, 4);
     crate::support::common::luks2_format_cheap(&vault, b"not the Secret's passphrase");
     for (name, file) in [("base", &plain), ("vault", &vault)] {
-        let code = create(&s, name, file);
+        let code = create(&mut s, name, file);
         assert!(code == 201 || code == 202, "create {name}: {code}");
         wait_ready(&s, name);
     }

@@ -1,15 +1,13 @@
 //! Password-based key derivation (PBKDF2, Argon2i, Argon2id) as LUKS uses it, the hashes LUKS
-//! names, and cost selection by benchmark the way cryptsetup does it.
+//! names, hostile-cost limits, and the fixed costs of the keyslots bifs makes.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use zeroize::Zeroizing;
 
 /// A hash as LUKS names it (`"sha256"`), used for PBKDF2, AF diffusion and digests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +106,8 @@ pub struct KdfLimits {
     pub max_argon2_cpus: u32,
     /// Applies to keyslot PBKDF2 and to the volume key digest's PBKDF2.
     pub max_pbkdf2_iterations: u32,
+    /// Keyslots one unlock tries (each a KDF run) before it gives up.
+    pub max_keyslots: u32,
 }
 
 static PROCESS_LIMITS: std::sync::OnceLock<KdfLimits> = std::sync::OnceLock::new();
@@ -124,6 +124,8 @@ impl KdfLimits {
             // cryptsetup allows any u32 (~4e9: an hour or more per keyslot). Its 2 s benchmark
             // picks a few million on today's CPUs; 2^30 is ~100x that and still ends in minutes.
             max_pbkdf2_iterations: 1 << 30,
+            // cryptsetup's LUKS2_KEYSLOTS_MAX: it tries every keyslot it has.
+            max_keyslots: 32,
         }
     }
 
@@ -259,8 +261,8 @@ impl Kdf {
     }
 }
 
-/// How to pick a new keyslot's cost: forced values from the Secret, or a benchmark toward a
-/// target unlock time as cryptsetup does.
+/// How to pick a new keyslot's cost: forced values from the Secret, else bifs's fixed costs
+/// ([`ARGON2_TIME`], [`ARGON2_MEMORY_KIB`], [`ARGON2_CPUS`], [`keyslot_iterations`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KdfRequest {
     pub kind: KdfKind,
@@ -289,56 +291,95 @@ impl KdfKind {
     }
 }
 
-/// cryptsetup's default unlock target for a keyslot (2 s) and for the volume key digest (125 ms).
-pub const KEYSLOT_TARGET: Duration = Duration::from_millis(2000);
-pub const DIGEST_TARGET: Duration = Duration::from_millis(125);
-/// cryptsetup's default Argon2 memory ceiling: 1 GiB, and never more than half of RAM.
-const ARGON2_DEFAULT_MAX_MEMORY_KIB: u32 = 1024 * 1024;
+// bifs's costs for a new keyslot where the Secret sets none. Fixed, never benchmarked: a
+// header must not depend on the machine that made it (an encrypt view is the same bytes on
+// every node), and a slow or busy node must not make weaker keyslots.
+//
+// Argon2: cryptsetup's own ceiling for memory (1 GiB) and its minimum time (4), with 4 lanes
+// (its maximum): what cryptsetup's 2 s benchmark picks on any machine fast enough to reach
+// the ceiling, and more than it picks on slower ones.
+/// Argon2 passes of a new keyslot (cryptsetup's minimum).
+pub const ARGON2_TIME: u32 = 4;
+/// Argon2 memory of a new keyslot in KiB: 1 GiB, cryptsetup's default ceiling.
+pub const ARGON2_MEMORY_KIB: u32 = 1024 * 1024;
+/// Argon2 lanes of a new keyslot (cryptsetup's maximum, min(4, CPUs), on a 4-CPU machine).
+pub const ARGON2_CPUS: u32 = 4;
+
+/// PBKDF2 work of a new keyslot per hash, in hash blocks (an iteration costs one block per
+/// hash-sized piece of the derived key): 1.2 x what cryptsetup 2.6.1's 2 s target gives on
+/// the build machine (`cryptsetup benchmark --pbkdf pbkdf2`, CPU time: sha1 2.09M, sha256
+/// 4.19M, sha512 1.75M iterations per second for a 256-bit key). cryptsetup's `luksFormat
+/// --pbkdf pbkdf2` picked there: sha256 8.14M (256-bit key) / 4.03M (512-bit); sha1 4.06M /
+/// 2.04M; sha512 3.39M / 3.28M. See [`keyslot_iterations`].
+fn pbkdf2_block_budget(hash: Hash) -> u64 {
+    match hash {
+        Hash::Sha1 => 10_000_000,
+        Hash::Sha256 => 10_000_000,
+        Hash::Sha512 => 4_200_000,
+    }
+}
+
+/// Hash blocks per PBKDF2 iteration for a derived key of `key_len` bytes.
+fn blocks(hash: Hash, key_len: usize) -> u64 {
+    key_len.max(1).div_ceil(hash.output_len()) as u64
+}
+
+/// PBKDF2 iterations of a new keyslot deriving `key_len` bytes (when the Secret forces none):
+/// about 2.4 s here, never fewer than cryptsetup picks on the build machine (see
+/// [`pbkdf2_block_budget`]). sha256: 10M for a 256-bit key, 5M for 512 bits.
+pub fn keyslot_iterations(hash: Hash, key_len: usize) -> u32 {
+    let n = pbkdf2_block_budget(hash) / blocks(hash, key_len);
+    n.clamp(u64::from(PBKDF2_MIN_ITERATIONS), u64::from(u32::MAX)) as u32
+}
+
+/// PBKDF2 iterations of a new volume key digest (`key_len`-byte key, when the Secret forces
+/// no cost): 1/16 of [`keyslot_iterations`], as cryptsetup's 125 ms digest target is 1/16 of
+/// its 2 s keyslot target. Measured cryptsetup picks on the build machine: sha256 518k
+/// (256-bit key) / 252k (512-bit); sha1 252k / 126k; sha512 212k / 190k; bifs: 625k / 312k,
+/// 312k / 156k, 262k / 262k.
+pub fn digest_iterations(hash: Hash, key_len: usize) -> u32 {
+    (keyslot_iterations(hash, key_len) / 16).max(PBKDF2_MIN_ITERATIONS)
+}
 
 impl KdfRequest {
-    /// Resolves the request to a concrete KDF, benchmarking whatever was not forced.
+    /// Resolves the request to a concrete KDF: the Secret's forced values, bifs's fixed costs
+    /// for the rest. Never depends on the machine.
     pub fn resolve(&self, key_len: usize) -> Result<Kdf, KdfError> {
         let argon2 = |kind| -> Result<Kdf, KdfError> {
-            let cpus = default_argon2_cpus();
-            let max_memory = self
-                .memory_kib
-                .unwrap_or_else(default_argon2_max_memory_kib);
-            let (time, memory_kib) = match (self.force_iterations, self.memory_kib) {
-                (Some(t), Some(m)) => (t, m),
-                // cryptsetup: forcing iterations keeps the memory at its maximum.
-                (Some(t), None) => (t, max_memory),
-                (None, _) => {
-                    let _step = step(KdfStep::Benchmark(self.kind));
-                    benchmark_argon2(kind, cpus, max_memory, key_len, KEYSLOT_TARGET)?
-                }
-            };
             let kdf = Kdf::Argon2 {
                 kind,
-                time,
-                memory_kib: memory_kib.max(8 * cpus),
-                cpus,
+                time: self.force_iterations.unwrap_or(ARGON2_TIME),
+                memory_kib: self
+                    .memory_kib
+                    .unwrap_or(ARGON2_MEMORY_KIB)
+                    .max(8 * ARGON2_CPUS),
+                cpus: ARGON2_CPUS,
             };
             check_new_cost(&kdf)?;
             Ok(kdf)
         };
         match self.kind {
             KdfKind::Pbkdf2 => {
-                let iterations = match self.force_iterations {
-                    Some(i) => i,
-                    None => {
-                        let _step = step(KdfStep::Benchmark(self.kind));
-                        pbkdf2_iterations_for(self.hash, KEYSLOT_TARGET, key_len)
-                    }
-                };
                 let kdf = Kdf::Pbkdf2 {
                     hash: self.hash,
-                    iterations,
+                    iterations: self
+                        .force_iterations
+                        .unwrap_or_else(|| keyslot_iterations(self.hash, key_len)),
                 };
                 check_new_cost(&kdf)?;
                 Ok(kdf)
             }
             KdfKind::Argon2i => argon2(Argon2Type::Argon2i),
             KdfKind::Argon2id => argon2(Argon2Type::Argon2id),
+        }
+    }
+
+    /// The digest iterations of a new header: cryptsetup skips its digest benchmark when the
+    /// costs are forced (1000, its minimum); otherwise bifs's fixed [`digest_iterations`].
+    pub fn digest_iterations(&self, key_len: usize) -> u32 {
+        match self.force_iterations {
+            Some(_) => PBKDF2_MIN_ITERATIONS,
+            None => digest_iterations(self.hash, key_len),
         }
     }
 }
@@ -377,108 +418,8 @@ fn check_new_cost(kdf: &Kdf) -> Result<(), KdfError> {
     }
 }
 
-/// cryptsetup: min(4, online CPUs).
-fn default_argon2_cpus() -> u32 {
-    let n = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    n.clamp(1, 4) as u32
-}
-
-/// cryptsetup: 1 GiB, but at most half of physical memory.
-fn default_argon2_max_memory_kib() -> u32 {
-    // What sysconf(_SC_PHYS_PAGES) × page size reports: sysinfo's total RAM.
-    let info = rustix::system::sysinfo();
-    #[allow(clippy::useless_conversion)] // the kernel's unsigned long: u32 on 32-bit targets
-    let total = u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit));
-    if total == 0 {
-        return ARGON2_DEFAULT_MAX_MEMORY_KIB;
-    }
-    let half_kib = (total / 1024 / 2).min(u64::from(u32::MAX)) as u32;
-    ARGON2_DEFAULT_MAX_MEMORY_KIB.min(half_kib)
-}
-
-/// PBKDF2 iterations that take about `target` here (never fewer than 1000), measured the way
-/// cryptsetup does: grow the trial until it runs long enough to time, then scale.
-pub fn pbkdf2_iterations_for(hash: Hash, target: Duration, key_len: usize) -> u32 {
-    let mut out = Zeroizing::new(vec![0u8; key_len.max(1)]);
-    let salt = [0u8; 32];
-    let mut trial: u32 = 1 << 14;
-    loop {
-        let start = Instant::now();
-        hash.pbkdf2(b"bifs benchmark", &salt, trial, &mut out);
-        let took = start.elapsed();
-        if took >= Duration::from_millis(250) || trial >= 1 << 28 {
-            let per_sec = f64::from(trial) / took.as_secs_f64().max(1e-6);
-            let n = (per_sec * target.as_secs_f64()).min(f64::from(u32::MAX)) as u32;
-            return n.max(PBKDF2_MIN_ITERATIONS);
-        }
-        trial = trial.saturating_mul(4);
-    }
-}
-
-/// Picks Argon2 (time, memory) toward `target`: first find parameters that run long enough to
-/// measure, then scale memory up to `max_memory_kib` before raising time, as cryptsetup does.
-fn benchmark_argon2(
-    kind: Argon2Type,
-    cpus: u32,
-    max_memory_kib: u32,
-    key_len: usize,
-    target: Duration,
-) -> Result<(u32, u32), KdfError> {
-    let min_memory = ARGON2_MIN_MEMORY_KIB.max(8 * cpus);
-    let max_memory = max_memory_kib.max(min_memory);
-    let limits = KdfLimits::cryptsetup();
-    let mut out = Zeroizing::new(vec![0u8; key_len.max(4)]);
-    let salt = [0u8; 32];
-    let measure = |time: u32, memory_kib: u32, out: &mut [u8]| -> Result<f64, KdfError> {
-        let kdf = Kdf::Argon2 {
-            kind,
-            time,
-            memory_kib,
-            cpus,
-        };
-        let start = Instant::now();
-        kdf.derive(b"bifs benchmark", &salt, out, &limits)?;
-        Ok(start.elapsed().as_secs_f64() * 1000.0)
-    };
-    let target_ms = target.as_secs_f64() * 1000.0;
-
-    let (mut time, mut memory) = (ARGON2_MIN_TIME, min_memory);
-    let mut ms = measure(time, memory, &mut out)?;
-    // 1. Grow until a run takes at least 250 ms (or we hit the ceiling), so timing is reliable.
-    while ms < 250.0 {
-        let factor = if ms < 10.0 { 16.0 } else { 250.0 / ms };
-        if memory < max_memory {
-            memory = ((f64::from(memory) * factor) as u32).clamp(memory + 1, max_memory);
-        } else {
-            time = ((f64::from(time) * factor) as u32).max(time + 1);
-        }
-        ms = measure(time, memory, &mut out)?;
-    }
-    // 2. Scale toward the target: memory first, then time; refine until within -5%..+10%.
-    for _ in 0..8 {
-        if (target_ms * 0.95..=target_ms * 1.10).contains(&ms) {
-            break;
-        }
-        let cost = f64::from(time) * f64::from(memory) * target_ms / ms;
-        let (new_time, new_memory) = if cost / f64::from(ARGON2_MIN_TIME) <= f64::from(max_memory) {
-            (ARGON2_MIN_TIME, (cost / f64::from(ARGON2_MIN_TIME)) as u32)
-        } else {
-            ((cost / f64::from(max_memory)) as u32, max_memory)
-        };
-        let new_memory = new_memory.clamp(min_memory, max_memory);
-        let new_time = new_time.max(ARGON2_MIN_TIME);
-        if (new_time, new_memory) == (time, memory) {
-            break;
-        }
-        (time, memory) = (new_time, new_memory);
-        ms = measure(time, memory, &mut out)?;
-    }
-    Ok((time, memory))
-}
-
 impl KdfKind {
+    /// The name LUKS and cryptsetup use.
     pub fn name(self) -> &'static str {
         match self {
             KdfKind::Pbkdf2 => "pbkdf2",
@@ -530,9 +471,6 @@ impl fmt::Display for Kdf {
 /// a front end can say what the wait is: a spinner, a log line, a status record's phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KdfStep {
-    /// Measuring this machine to choose a new keyslot's cost (cryptsetup's benchmark toward
-    /// an unlock time of 2 s).
-    Benchmark(KdfKind),
     /// Deriving a keyslot's key at this cost: for a new keyslot, or to try to unlock one.
     Derive(Kdf),
 }
@@ -540,11 +478,6 @@ pub enum KdfStep {
 impl fmt::Display for KdfStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KdfStep::Benchmark(kind) => write!(
-                f,
-                "benchmarking {} for a new keyslot (as cryptsetup: toward 2 s per unlock)",
-                kind.name()
-            ),
             KdfStep::Derive(kdf) => write!(f, "deriving the key: {kdf}"),
         }
     }
@@ -558,7 +491,7 @@ static PROCESS_OBSERVER: OnceLock<Arc<KdfObserver>> = OnceLock::new();
 
 thread_local! {
     static SCOPED_OBSERVERS: RefCell<Vec<Arc<KdfObserver>>> = const { RefCell::new(Vec::new()) };
-    /// Steps running on this thread: a derivation inside a benchmark is not reported again.
+    /// Steps running on this thread: a derivation inside another is not reported again.
     static STEP_DEPTH: Cell<u32> = const { Cell::new(0) };
 }
 
@@ -718,12 +651,10 @@ mod tests {
             kdf.derive(b"p", &[0; 32], &mut [0; 32], &KdfLimits::default())
                 .unwrap();
         });
-        let cpus = default_argon2_cpus();
-        let lanes = if cpus == 1 { "lane" } else { "lanes" };
         assert_eq!(
             *seen.lock().unwrap(),
             [
-                format!("begin deriving the key: argon2id, 1 MiB, t=4, {cpus} {lanes}"),
+                format!("begin deriving the key: argon2id, 1 MiB, t=4, {ARGON2_CPUS} lanes"),
                 "end".to_string()
             ]
         );
@@ -751,8 +682,8 @@ mod tests {
         );
         assert_eq!(argon2(64).to_string(), "argon2i, 64 KiB, t=4, 1 lane");
         assert_eq!(
-            KdfStep::Benchmark(KdfKind::Argon2i).to_string(),
-            "benchmarking argon2i for a new keyslot (as cryptsetup: toward 2 s per unlock)"
+            KdfStep::Derive(argon2(1 << 20)).to_string(),
+            "deriving the key: argon2i, 1 GiB, t=4, 1 lane"
         );
     }
 }

@@ -204,17 +204,20 @@ impl BifsFs {
     }
 }
 
-/// Logs why a path was refused and gives its errno. Refusals and wrong passphrases are what an
-/// operator needs to see; plain misses stay at debug (shells and tools probe names).
+/// Logs why a path was refused and gives its errno. Wrong passphrases are what an operator
+/// needs to see, and a refused open; names that do not exist (an unknown image, namespace or
+/// Secret) and lookups of refused combinations stay at debug: shells and tools probe names,
+/// and anyone who can reach the mount must not be able to fill the log with them.
 fn refuse(op: &str, node: &Node, e: &CatalogError) -> Errno {
     let path = path_of(node);
     match e {
-        CatalogError::NoImage(_) => tracing::debug!(op, path, "{e}"),
-        CatalogError::Refused { .. }
+        CatalogError::NoImage(_)
         | CatalogError::UnknownSecret(_)
-        | CatalogError::UnknownNamespace(_) => {
-            tracing::info!(op, path, "refused: {e}")
+        | CatalogError::UnknownNamespace(_) => tracing::debug!(op, path, "{e}"),
+        CatalogError::Refused { .. } if op != "open" => {
+            tracing::debug!(op, path, "refused: {e}")
         }
+        CatalogError::Refused { .. } => tracing::info!(op, path, "refused: {e}"),
         CatalogError::WrongPassphrase { .. } => tracing::warn!(op, path, "refused: {e}"),
         _ => tracing::error!(op, path, "{e}"),
     }

@@ -8,8 +8,7 @@
 //! token (`super::authorize`).
 
 use std::convert::Infallible;
-use std::io::SeekFrom;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::Path as FsPath;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,14 +21,13 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use bifs_k8s::manifest::{
-    parse_backing_images, valid_name, BackingImage, BackingImageSpec, ObjectMeta, State as Phase,
-    API_VERSION, KIND, PARAM_PATH,
+    parse_backing_images, valid_name, BackingImage, BackingImageSpec, ObjectMeta, API_VERSION, KIND,
 };
-use bifs_node::longhorn::{self, status, Outcome, StatusError};
-use bifs_node::store::{Store, StoreError};
+use bifs_node::longhorn::upload::{self, Finished, UploadError, UploadRequest};
+use bifs_node::longhorn::{self, status, ApplyOptions, Outcome, StatusError};
+use bifs_node::store::{Layout, Store, StoreError};
 
 use super::{Access, AppState};
 use bifs_k8s::Secret;
@@ -40,9 +38,9 @@ use bifs_k8s::Secret;
 const ADMISSION_WAIT: Duration = Duration::from_millis(1500);
 /// How often the status stream looks at the store.
 const POLL: Duration = Duration::from_millis(300);
-/// Where partial uploads wait for their remaining bytes, inside the store's state directory.
-const UPLOADS_DIR: &str = ".bifs/uploads";
 const SECTOR: u64 = 512;
+/// How long a refused upload's remaining body is read (and dropped) before the answer.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -51,6 +49,64 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/uploads/{name}", get(upload_offset).put(upload))
         .route("/api/v1/secrets", get(secrets))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/node", get(node))
+        .route("/api/v1/sign", axum::routing::post(sign))
+}
+
+/// Who this server is and how its views are reached: the base URL for Longhorn (its
+/// `--advertise-url`, else the URL the request came in on), the node, and which views need a
+/// signed URL (those that need the token: plaintext ones, and all of them without
+/// `--public-read`).
+async fn node(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&s, &headers, Access::Read)?;
+    let token = s.policy.token.is_some();
+    Ok(Json(json!({
+        "node": s.node.name,
+        "advertiseUrl": s.node.advertise_url,
+        "signedViews": if !token { vec![] } else if s.policy.public_read { vec!["raw", "decrypt"] } else { vec!["ignore", "raw", "encrypt", "decrypt"] },
+        "defaultExpirySeconds": super::signed::DEFAULT_EXPIRY.as_secs(),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct SignRequest {
+    /// The view's path (`/views/...`), as the URL will carry it.
+    path: String,
+    /// Seconds from now (default: a day).
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// Signs a view's path for a token holder: the URL to give Longhorn (which sends no token).
+/// Only for the token holder (it grants plaintext reads), only for `/views/` paths.
+async fn sign(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<SignRequest>,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, Access::Plaintext)?;
+    if !req.path.starts_with("/views/") || req.path.contains(['?', '#']) {
+        return Err(ApiError::BadRequest(
+            "path must be a view's path, /views/..., without a query".into(),
+        ));
+    }
+    let secs = req
+        .expires_in
+        .unwrap_or(super::signed::DEFAULT_EXPIRY.as_secs())
+        .min(366 * 86400);
+    let expires = super::signed::unix_now() + secs;
+    let path = match &s.signer {
+        Some(signer) => signer.sign_path(&req.path, expires),
+        // No token: nothing needs a signature.
+        None => req.path.clone(),
+    };
+    let url = s
+        .node
+        .advertise_url
+        .as_ref()
+        .map(|base| format!("{}{path}", base.trim_end_matches('/')));
+    Ok(Json(json!({ "path": path, "url": url, "expires": expires })).into_response())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,22 +125,56 @@ enum ApiError {
     /// Refused by the access policy (no or wrong token): serve's answer as it is.
     #[error("{}", .0.message)]
     Denied(super::HttpError),
+    /// The store has not the room the request needs.
+    #[error("{0}")]
+    NoSpace(String),
+    /// Something failed on the server; the message carries no server path (the log has the
+    /// full error).
     #[error("{0}")]
     Internal(String),
 }
 
+impl ApiError {
+    /// An internal error: logged in full, answered without the server's paths.
+    fn internal(public: String, full: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %full, "API request failed");
+        ApiError::Internal(public)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(format!("store: {e}"))
+        ApiError::internal(e.public_message(), &e)
     }
 }
 
 impl From<StatusError> for ApiError {
     fn from(e: StatusError) -> Self {
         match e {
-            StatusError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            StatusError::Busy(_) => ApiError::Conflict(e.to_string()),
-            e => ApiError::Internal(e.to_string()),
+            StatusError::NotFound { name, .. } => {
+                ApiError::NotFound(format!("backing image {name} not found"))
+            }
+            StatusError::Busy(_) | StatusError::LonghornManaged(_) => {
+                ApiError::Conflict(e.to_string())
+            }
+            StatusError::Store(e) => e.into(),
+            e => ApiError::internal(e.to_string(), &e),
+        }
+    }
+}
+
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Refused(m) | UploadError::Failed(m) => ApiError::Refused(m),
+            UploadError::TooLong { .. } => ApiError::Refused(e.to_string()),
+            UploadError::Busy(_) | UploadError::Exists(_) => ApiError::Conflict(e.to_string()),
+            UploadError::Offset { given, have } => ApiError::Offset { given, have },
+            UploadError::NoSpace { .. } => ApiError::NoSpace(e.to_string()),
+            UploadError::Store(e) if e.is_no_space() => {
+                ApiError::NoSpace(format!("insufficient storage: {}", e.public_message()))
+            }
+            UploadError::Store(e) => e.into(),
         }
     }
 }
@@ -100,6 +190,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Denied(e) => e.status,
+            ApiError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut body = json!({ "message": self.to_string() });
@@ -133,8 +224,18 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::Internal(format!("worker: {e}")))?
+        .map_err(|e| ApiError::internal("the request's worker stopped".into(), &e))?
 }
+
+/// The names the API takes: a backing image name (Longhorn's rules) of at most 63
+/// characters. Longer names never exist in a store (an apply shortens names past 40, as
+/// Longhorn's webhook does), so they are refused before the disk is looked at.
+fn api_name(name: &str) -> bool {
+    name.len() <= MAX_NAME && valid_name(name)
+}
+
+/// The longest name an upload may have (a Kubernetes label value's limit).
+const MAX_NAME: usize = 63;
 
 fn json_text(code: StatusCode, text: String) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], text).into_response()
@@ -167,7 +268,7 @@ async fn get_one(
 async fn record_json(s: &AppState, name: String) -> Result<String, ApiError> {
     let root = s.store_root.clone();
     blocking(move || {
-        if !valid_name(&name) {
+        if !api_name(&name) {
             return Err(ApiError::NotFound(format!(
                 "backing image {name:?} not found"
             )));
@@ -204,7 +305,24 @@ async fn create(
             image.name()
         )));
     }
+    if s.layout() == Layout::Flat {
+        return Err(ApiError::Conflict(
+            "the store is a flat directory of images: downloads and clones are made in a \
+             Longhorn disk store (one with backing-images/), so the flat store stays as it is; \
+             uploads are stored as plain files"
+                .into(),
+        ));
+    }
     run_apply(&s, image).await
+}
+
+/// How the server applies for remote callers: their downloads policed, and no waiting for
+/// another writer of the same name (409 instead).
+fn remote_apply(s: &AppState) -> ApplyOptions {
+    ApplyOptions {
+        downloads: s.limits.downloads.clone(),
+        wait: false,
+    }
 }
 
 /// Applies one image in the background and answers with its outcome, or with 202 when the
@@ -218,12 +336,13 @@ async fn run_apply(s: &AppState, image: BackingImage) -> Result<Response, ApiErr
     let name = image.name().to_string();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let st = s.clone();
+    let opts = remote_apply(s);
     tokio::task::spawn_blocking(move || {
         let opened =
             load_secrets(&st).and_then(|secrets| Ok((Store::open_disk(&st.store_root)?, secrets)));
         let outcome = match opened {
             Ok((store, secrets)) => {
-                longhorn::apply(&store, vec![image], &longhorn::Secrets(&secrets))
+                longhorn::apply_with(&store, vec![image], &longhorn::Secrets(&secrets), &opts)
                     .pop()
                     .map(|r| r.outcome)
                     .unwrap_or_else(|| Outcome::Failed("nothing was applied".into()))
@@ -253,15 +372,24 @@ async fn delete(
 ) -> Result<Response, ApiError> {
     authorize(&s, &headers, Access::Write)?;
     let root = s.store_root.clone();
+    let layout = s.layout();
     blocking(move || {
-        if !valid_name(&name) {
+        if !api_name(&name) {
             return Err(ApiError::NotFound(format!(
                 "backing image {name:?} not found"
             )));
         }
-        let store = Store::open_disk(&root)?;
-        status::delete(&store, &name)?;
-        let _ = std::fs::remove_file(upload_path(&root, &name));
+        let store = Store::open_for_writes(&root, layout)?;
+        match layout {
+            Layout::Longhorn => status::delete(&store, &name)?,
+            Layout::Flat => {
+                if !upload::delete_flat(&store, &name)? {
+                    return Err(ApiError::NotFound(format!(
+                        "backing image {name} not found"
+                    )));
+                }
+            }
+        }
         Ok(
             Json(json!({ "message": format!("backingimage.longhorn.io/{name} deleted") }))
                 .into_response(),
@@ -321,16 +449,20 @@ fn snapshot(root: &FsPath) -> Result<String, ApiError> {
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-fn upload_path(root: &FsPath, name: &str) -> PathBuf {
-    root.join(UPLOADS_DIR).join(format!("{name}.part"))
-}
-
+/// An upload's name: checked before anything else, so an odd one is a clear 400 and never
+/// reaches the disk.
 fn upload_name(name: &str) -> Result<(), ApiError> {
+    if name.len() > MAX_NAME {
+        return Err(ApiError::BadRequest(format!(
+            "metadata.name: {} characters is too long: at most {MAX_NAME}",
+            name.chars().count()
+        )));
+    }
     if valid_name(name) {
         Ok(())
     } else {
-        Err(ApiError::Refused(format!(
-            "metadata.name: invalid name {name:?}: 2 to 63 characters, letters, digits, '_', '.', '-', starting with a letter or digit"
+        Err(ApiError::BadRequest(format!(
+            "metadata.name: invalid name {name:?}: 2 to {MAX_NAME} characters, lower-case letters, digits, '_', '.', '-', starting with a letter or digit"
         )))
     }
 }
@@ -343,11 +475,13 @@ async fn upload_offset(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&s, &headers, Access::Write)?;
     upload_name(&name)?;
-    let have = match tokio::fs::metadata(upload_path(&s.store_root, &name)).await {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(ApiError::Internal(e.to_string())),
-    };
+    let root = s.store_root.clone();
+    let layout = s.layout();
+    let have = blocking(move || {
+        let store = Store::open_for_writes(&root, layout)?;
+        Ok(upload::received(&store, &name)?)
+    })
+    .await?;
     Ok(Json(json!({ "offset": have })))
 }
 
@@ -385,8 +519,9 @@ fn tag_list(tags: &Option<String>) -> Option<Vec<String>> {
 /// `PUT /api/v1/uploads/{name}?offset=O&size=N[&checksum=SHA512][&minNumberOfCopies=C]
 /// [&dataEngine=v1][&nodeSelector=a,b][&diskSelector=c]`: the body is bytes
 /// `O..` of an image of `N` bytes. Any number of requests make one upload (a dropped one
-/// resumes at `GET`'s offset); the one that completes it applies the image
-/// (`sourceType: upload`) and answers as a create does.
+/// resumes at `GET`'s offset); the one that completes it stores the image
+/// (`sourceType: upload`) and answers as a create does. The bytes land in place in the store
+/// (`bifs_node::longhorn::upload`): one writer per name (409), room checked first (507).
 async fn upload(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -402,7 +537,12 @@ async fn upload(
             q.size
         )));
     }
-    let part = upload_path(&s.store_root, &name);
+    if q.offset > q.size {
+        return Err(ApiError::Refused(format!(
+            "offset: {} is past the announced size of {} bytes",
+            q.offset, q.size
+        )));
+    }
     let image = BackingImage {
         api_version: API_VERSION.into(),
         kind: KIND.into(),
@@ -412,7 +552,6 @@ async fn upload(
         },
         spec: BackingImageSpec {
             source_type: "upload".into(),
-            source_parameters: [(PARAM_PATH.to_string(), part.display().to_string())].into(),
             checksum: q.checksum.clone(),
             min_number_of_copies: q.min_number_of_copies,
             data_engine: q.data_engine.clone(),
@@ -422,103 +561,99 @@ async fn upload(
         },
         status: None,
     };
-    // Refused before any byte is taken: a bad name or checksum, or an image that exists.
-    image
-        .validate()
-        .map_err(|e| ApiError::Refused(e.to_string()))?;
-    let root = s.store_root.clone();
-    let n = name.clone();
-    blocking(move || {
-        let store = Store::open_disk(&root)?;
-        match status::read(&store, &n)? {
-            Some(r) if r.status.as_ref().map(|st| st.state()) != Some(Phase::Failed) => Err(
-                ApiError::Conflict(format!("backing image {n} already exists; delete it first")),
-            ),
-            _ => Ok(()),
-        }
+    let req = UploadRequest {
+        image,
+        offset: q.offset,
+        size: q.size,
+    };
+    // Refused before any byte is taken: a bad name or checksum, a name another request
+    // writes, an image that exists, an offset that does not follow, no room.
+    let st = s.clone();
+    let layout = s.layout();
+    let mut up = blocking(move || {
+        let secrets = load_secrets(&st)?;
+        let store = Store::open_for_writes(&st.store_root, layout)?;
+        Ok(upload::begin(store, req, &longhorn::Secrets(&secrets))?)
     })
     .await?;
 
-    let dir = s.store_root.join(UPLOADS_DIR);
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
-    let io = |e: std::io::Error| ApiError::Internal(format!("{}: {e}", part.display()));
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&part)
-        .await
-        .map_err(io)?;
-    let have = file.metadata().await.map_err(io)?.len();
-    if q.offset > have {
-        return Err(ApiError::Offset {
-            given: q.offset,
-            have,
-        });
+    // The bytes go to a blocking writer through a short queue: at most a few chunks of this
+    // request are in memory, whatever the client sends.
+    enum Msg {
+        Data(bytes::Bytes),
+        Broken(String),
     }
-    // Resending from an earlier offset replaces what followed it.
-    file.set_len(q.offset).await.map_err(io)?;
-    file.seek(SeekFrom::Start(q.offset)).await.map_err(io)?;
-    let mut at = q.offset;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(4);
+    let writer = tokio::task::spawn_blocking(move || -> Result<Finished, UploadError> {
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                Msg::Data(chunk) => up.write(&chunk)?,
+                Msg::Broken(why) => {
+                    tracing::info!(backing_image = ?up.name(), received = up.received(), why, "upload request broke off");
+                    break;
+                }
+            }
+        }
+        up.finish()
+    });
+    let idle = s.limits.send_timeout;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        // A dropped connection ends here: what arrived is kept for the resume.
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                file.flush().await.map_err(io)?;
-                return Err(ApiError::BadRequest(format!(
-                    "the upload broke off at byte {at}: {e}; resume from GET /api/v1/uploads/{name}"
-                )));
+    let mut broke: Option<String> = None;
+    let mut writer_stopped = false;
+    loop {
+        let next = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => Some(Err(format!("no data for {} s", idle.as_secs()))),
+            Ok(None) => None,
+            Ok(Some(Ok(c))) => Some(Ok(c)),
+            Ok(Some(Err(e))) => Some(Err(e.to_string())),
+        };
+        let msg = match next {
+            None => break,
+            Some(Ok(chunk)) => Msg::Data(chunk),
+            Some(Err(why)) => {
+                broke = Some(why.clone());
+                Msg::Broken(why)
             }
         };
-        if at + chunk.len() as u64 > q.size {
-            drop(file);
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(ApiError::Refused(format!(
-                "size: more than the announced {} bytes were sent; the upload was discarded",
-                q.size
-            )));
+        let last = matches!(msg, Msg::Broken(_));
+        // A closed queue: the writer stopped (its error is the answer).
+        if tx.send(msg).await.is_err() {
+            writer_stopped = true;
+            break;
         }
-        file.write_all(&chunk).await.map_err(io)?;
-        at += chunk.len() as u64;
-    }
-    file.flush().await.map_err(io)?;
-    file.sync_data().await.map_err(io)?;
-    drop(file);
-    if at < q.size {
-        return Ok(
-            Json(json!({ "offset": at, "size": q.size, "complete": false })).into_response(),
-        );
-    }
-    let result = run_apply_to_end(&s, image).await;
-    let _ = tokio::fs::remove_file(&part).await;
-    result
-}
-
-/// As `run_apply`, but the request stays open until the image is done: the staged upload is
-/// removed after, so the copy must have finished with it.
-async fn run_apply_to_end(s: &AppState, image: BackingImage) -> Result<Response, ApiError> {
-    let name = image.name().to_string();
-    let st = s.clone();
-    let outcome = blocking(move || {
-        let secrets = load_secrets(&st)?;
-        let store = Store::open_disk(&st.store_root)?;
-        Ok(
-            longhorn::apply(&store, vec![image], &longhorn::Secrets(&secrets))
-                .pop()
-                .map(|r| r.outcome)
-                .unwrap_or_else(|| Outcome::Failed("nothing was applied".into())),
-        )
-    })
-    .await?;
-    match outcome {
-        Outcome::Created | Outcome::Unchanged => {
-            Ok(json_text(StatusCode::CREATED, record_json(s, name).await?))
+        if last {
+            break;
         }
-        Outcome::Refused(m) | Outcome::Failed(m) => Err(ApiError::Refused(m)),
-        Outcome::Conflict(m) => Err(ApiError::Conflict(m)),
+    }
+    drop(tx);
+    if writer_stopped {
+        // Let the client finish sending what it announced (bounded in bytes and time), so it
+        // reads the answer (507, 422) rather than a connection reset under its feet.
+        let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+        let mut left = q.size;
+        while left > 0 {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(Ok(c))) => left = left.saturating_sub(c.len() as u64),
+                _ => break,
+            }
+        }
+    }
+    let finished = writer
+        .await
+        .map_err(|e| ApiError::internal("the upload's writer stopped".into(), &e))??;
+    match finished {
+        Finished::Partial { offset } => match broke {
+            Some(why) => Err(ApiError::BadRequest(format!(
+                "the upload broke off at byte {offset}: {why}; resume from GET /api/v1/uploads/{name}"
+            ))),
+            None => Ok(
+                Json(json!({ "offset": offset, "size": q.size, "complete": false }))
+                    .into_response(),
+            ),
+        },
+        Finished::Complete(rec) => {
+            let text = one_json(std::slice::from_ref(&*rec), true)?;
+            Ok(json_text(StatusCode::CREATED, text))
+        }
     }
 }

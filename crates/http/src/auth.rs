@@ -58,6 +58,12 @@ impl Token {
     fn matches(&self, presented: &[u8]) -> bool {
         bifs_core::keys::ct_eq(self.0.as_bytes(), presented)
     }
+
+    /// The signer of URLs for this token (its key is derived from the token, see
+    /// [`crate::signed`]).
+    pub fn signer(&self) -> crate::signed::Signer {
+        crate::signed::Signer::from_token(self.0.as_bytes())
+    }
 }
 
 /// Who may do what.

@@ -31,6 +31,7 @@ pub mod auth;
 pub mod metrics;
 pub mod page;
 pub mod server;
+pub mod signed;
 pub mod views;
 
 use std::ops::Deref;
@@ -42,10 +43,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use bifs_node::catalog::{Catalog, CatalogError};
+use bifs_node::longhorn::DownloadPolicy;
 
 pub use auth::{Access, Policy, Token};
 pub use metrics::Metrics;
-pub use server::{Listener, ServeConfig, ServeError, TlsFiles};
+pub use server::{ConnectionLimits, Listener, ServeConfig, ServeError, TlsFiles};
 
 /// The state every handler shares (see the module doc).
 #[derive(Clone)]
@@ -69,12 +71,98 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The SHA-512 of views, computed once per view identity.
     pub sums: views::SumCache,
+    /// What remote callers may make the server do (downloads, time, memory).
+    pub limits: ServerLimits,
+    /// Memory for responses' view chunks, in KiB: a response reads ahead in 1 MiB chunks while
+    /// this budget has room, in small unbudgeted chunks otherwise (see `views`).
+    pub response_budget: Arc<tokio::sync::Semaphore>,
+    /// Who this server is, for the URLs it hands out and the messages it sends.
+    pub node: NodeInfo,
+    /// Signs and checks signed URLs (`None` without a token: nothing needs signing).
+    pub signer: Option<signed::Signer>,
+    /// Set when the server stops: requests waiting for a view to be prepared give up at once.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// What bounds the work remote callers can cause, besides the connection limits
+/// ([`ServeConfig::connections`]).
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// What downloads created through the API may reach (`--allow-download-from`,
+    /// `--max-download-size`, `--max-download-time`).
+    pub downloads: DownloadPolicy,
+    /// An upload body that sends nothing for this long is cut off (`--send-timeout`).
+    pub send_timeout: std::time::Duration,
+    /// Bytes of view data responses may hold read ahead, all together
+    /// (`--response-memory`).
+    pub response_memory: u64,
+}
+
+pub const DEFAULT_RESPONSE_MEMORY: u64 = 128 << 20;
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            downloads: DownloadPolicy::remote(
+                Vec::new(),
+                None,
+                bifs_node::longhorn::download::DEFAULT_MAX_TIME,
+            ),
+            send_timeout: server::DEFAULT_SEND_TIMEOUT,
+            response_memory: DEFAULT_RESPONSE_MEMORY,
+        }
+    }
+}
+
+/// Who a server is: what its URLs and its "not here" answers name.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    /// The node's name (`NODE_NAME`, else the host name).
+    pub name: String,
+    /// The base URL clients (Longhorn's download pods) reach this server at
+    /// (`--advertise-url`); `None`: the URL it listens on.
+    pub advertise_url: Option<String>,
+}
+
+impl NodeInfo {
+    /// This node as a message names it: `node NAME (URL)`.
+    pub fn describe(&self) -> String {
+        match &self.advertise_url {
+            Some(u) => format!("node {} ({u})", self.name),
+            None => format!("node {}", self.name),
+        }
+    }
 }
 
 impl AppState {
-    pub fn new(catalog: Arc<Catalog>, secrets_paths: Vec<PathBuf>, policy: Policy) -> Self {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        secrets_paths: Vec<PathBuf>,
+        policy: Policy,
+        node: NodeInfo,
+    ) -> Self {
+        Self::with_limits(
+            catalog,
+            secrets_paths,
+            policy,
+            node,
+            ServerLimits::default(),
+        )
+    }
+
+    pub fn with_limits(
+        catalog: Arc<Catalog>,
+        secrets_paths: Vec<PathBuf>,
+        policy: Policy,
+        node: NodeInfo,
+        limits: ServerLimits,
+    ) -> Self {
         let store_root = catalog.store().root().to_path_buf();
         let state_dir = catalog.store().state().path().to_path_buf();
+        let kib = usize::try_from(limits.response_memory >> 10)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        let signer = policy.token.as_ref().map(Token::signer);
         Self {
             inner: Arc::new(Shared {
                 catalog,
@@ -84,8 +172,29 @@ impl AppState {
                 policy,
                 metrics: Metrics::default(),
                 sums: views::SumCache::default(),
+                limits,
+                response_budget: Arc::new(tokio::sync::Semaphore::new(kib)),
+                node,
+                signer,
+                stopping: tokio::sync::watch::channel(false).0,
             }),
         }
+    }
+
+    /// The layout the served store had when it was opened: writes keep to it.
+    pub fn layout(&self) -> bifs_node::store::Layout {
+        self.catalog.store().layout()
+    }
+
+    /// Tells requests that wait for a view to be prepared that the server is stopping.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`Self::stop`] was called.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// Whether the request (its headers) may do `access`; the error is the response to send.
@@ -134,6 +243,7 @@ impl HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
+        let busy = self.status == StatusCode::SERVICE_UNAVAILABLE;
         let mut resp = (
             self.status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -146,9 +256,17 @@ impl IntoResponse for HttpError {
                 HeaderValue::from_static("Bearer realm=\"bifs\""),
             );
         }
+        if busy {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
         resp
     }
 }
+
+/// Seconds a client is told to wait (`Retry-After`) when a view is still being prepared or
+/// the derivation queue is full.
+pub const RETRY_AFTER_SECS: u64 = 10;
 
 impl From<CatalogError> for HttpError {
     fn from(e: CatalogError) -> Self {
@@ -157,11 +275,33 @@ impl From<CatalogError> for HttpError {
             | CatalogError::UnknownSecret(_)
             | CatalogError::UnknownNamespace(_)
             | CatalogError::Refused { .. } => StatusCode::NOT_FOUND,
-            CatalogError::WrongPassphrase { .. } => StatusCode::FORBIDDEN,
-            CatalogError::View { .. } | CatalogError::Io { .. } => {
+            CatalogError::WrongPassphrase { .. }
+            | CatalogError::Failed {
+                over_budget: true, ..
+            } => StatusCode::FORBIDDEN,
+            CatalogError::Busy { .. } | CatalogError::Preparing { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            CatalogError::View { .. } | CatalogError::Io { .. } | CatalogError::Failed { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        Self::new(status, e.to_string())
+        // I/O errors may carry the server's paths (a qcow2 backing file, the store): the
+        // client gets the image and the OS error's kind, the log gets everything.
+        let message = match &e {
+            CatalogError::Io { image, error }
+            | CatalogError::View {
+                image,
+                error: bifs_core::view::ViewError::Io(error),
+            } => {
+                tracing::error!(image = ?image, error = %e, "reading a view failed");
+                format!(
+                    "image {image:?}: reading it failed ({}); the server log has the details",
+                    error.kind()
+                )
+            }
+            _ => e.to_string(),
+        };
+        Self::new(status, message)
     }
 }

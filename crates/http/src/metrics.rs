@@ -10,6 +10,7 @@
 //!
 //! The backing images per state are read from the store's records at each scrape.
 
+use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 
 use axum::extract::State;
@@ -40,6 +41,9 @@ pub struct Metrics {
     bytes: Family<ModeLabel, Counter<u64, AtomicU64>>,
     open_views: Gauge,
     reads_in_flight: Gauge,
+    connections: Gauge,
+    send_timeouts: Counter,
+    buffered: Gauge,
 }
 
 /// Decrements reads in flight when a read ends (however it ends).
@@ -65,10 +69,24 @@ impl Metrics {
     pub fn handle_closed(&self) {
         self.open_views.dec();
     }
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+    pub fn connection_closed(&self) {
+        self.connections.dec();
+    }
+    pub fn send_timed_out(&self) {
+        self.send_timeouts.inc();
+    }
+    /// Response bytes read from views and not sent yet (`n` may be negative).
+    pub fn buffered(&self, n: i64) {
+        self.buffered.inc_by(n);
+    }
 
     /// The Prometheus text exposition (format 0.0.4) of the server's counters, the process's
-    /// events and `states` (backing images per state, read by the caller).
-    pub fn render(&self, states: StateCounts) -> String {
+    /// events, `states` (backing images per state, read by the caller) and the key derivation
+    /// pool.
+    pub fn render(&self, states: StateCounts, pool: bifs_node::kdfpool::PoolStats) -> String {
         let mut registry = Registry::default();
         for mode in Mode::ALL {
             // Every view kind shows, at 0 until read.
@@ -89,8 +107,24 @@ impl Metrics {
             "View reads running on the blocking pool",
             self.reads_in_flight.clone(),
         );
+        registry.register(
+            "bifs_http_connections",
+            "Connections open (at most --max-connections)",
+            self.connections.clone(),
+        );
+        registry.register(
+            "bifs_http_send_timeouts",
+            "Connections closed because the client took no data for --send-timeout",
+            self.send_timeouts.clone(),
+        );
+        registry.register(
+            "bifs_http_response_buffer_bytes",
+            "View bytes read for responses and not sent yet",
+            self.buffered.clone(),
+        );
         registry.register_collector(Box::new(EventsCollector(events::snapshot())));
         registry.register_collector(Box::new(states));
+        registry.register_collector(Box::new(PoolCollector(pool)));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
@@ -125,6 +159,15 @@ impl Collector for EventsCollector {
             ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
         }
         let mut m = encoder.encode_descriptor(
+            "bifs_key_derivations",
+            "Key derivation jobs (stable encrypt headers, unlocks) per outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in &ev.derivations {
+            ConstCounter::new(*n).encode(m.encode_family(&[("outcome", *outcome)])?)?;
+        }
+        let mut m = encoder.encode_descriptor(
             "bifs_apply_duration_seconds",
             "Time to apply one backing image, per outcome",
             None,
@@ -138,6 +181,41 @@ impl Collector for EventsCollector {
             m.encode_family(&[("outcome", *outcome)])?
                 .encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)?;
         }
+        Ok(())
+    }
+}
+
+/// The key derivation pool as of one scrape.
+#[derive(Debug)]
+struct PoolCollector(bifs_node::kdfpool::PoolStats);
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let p = &self.0;
+        let mut m = encoder.encode_descriptor(
+            "bifs_key_derivations_running",
+            "Key derivations running now (at most --max-kdf-jobs)",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&(p.running as i64))?;
+        let mut m = encoder.encode_descriptor(
+            "bifs_key_derivations_queued",
+            "Key derivation jobs waiting, per queue",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_family(&[("queue", "request")])?
+            .encode_gauge(&(p.queued_request as i64))?;
+        m.encode_family(&[("queue", "background")])?
+            .encode_gauge(&(p.queued_background as i64))?;
+        let m = encoder.encode_descriptor(
+            "bifs_key_derivations_refused",
+            "Requests refused because the request queue was full (503)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(p.refused).encode(m)?;
         Ok(())
     }
 }
@@ -189,17 +267,73 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-/// Ready when the store can be listed.
+/// Ready when the store lists, bifs can read all of it, and every view it must serve is
+/// prepared: the encrypt views (stable headers) and the unlocks of LUKS images under their
+/// own Secret. The body says what is missing. Answered from what the background pass found
+/// last (at most a second old): never waits for a derivation, never blocks behind one.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let catalog = state.catalog.clone();
-    match tokio::task::spawn_blocking(move || catalog.store().list()).await {
-        Ok(Ok(images)) => (StatusCode::OK, format!("ok: {} images\n", images.len())),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store not readable: {e}\n"),
-        ),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    let r = state.catalog.readiness();
+    let code = if r.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, readiness_text(&r))
+}
+
+fn readiness_text(r: &bifs_node::catalog::Readiness) -> String {
+    let mut out = String::new();
+    if !r.checked {
+        out.push_str("starting: the first look at the store is under way\n");
+        return out;
     }
+    if let Some(e) = &r.store_error {
+        let _ = writeln!(out, "store not readable: {e}");
+        for w in &r.warnings {
+            let _ = writeln!(out, "WARNING: {w}");
+        }
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{}: {} images",
+        if r.ready() { "ok" } else { "not ready" },
+        r.images
+    );
+    let line = |out: &mut String, what: &str, c: &bifs_node::catalog::Counts| {
+        let _ = writeln!(
+            out,
+            "{what}: {} ready, {} refused, {} preparing",
+            c.ready, c.refused, c.preparing
+        );
+    };
+    line(&mut out, "encrypt views", &r.encrypt);
+    line(
+        &mut out,
+        "decrypt views (the image's own Secret)",
+        &r.decrypt_own,
+    );
+    line(
+        &mut out,
+        "decrypt views (other Secrets, tried in the background)",
+        &r.decrypt_other,
+    );
+    if r.decrypt_skipped > 0 {
+        let _ = writeln!(
+            out,
+            "decrypt views not tried in the background (an unlock would cost more than 4 default keyslots; tried on request): {}",
+            r.decrypt_skipped
+        );
+    }
+    let _ = writeln!(
+        out,
+        "key derivations: {} running of {} at once, {} requests and {} background jobs waiting, {} image digests waiting",
+        r.pool.running, r.pool.jobs, r.pool.queued_request, r.pool.queued_background, r.digests_pending
+    );
+    for w in &r.warnings {
+        let _ = writeln!(out, "WARNING: {w}");
+    }
+    out
 }
 
 /// Counts, view kinds and image names (no Secret names or values): image names are what a
@@ -218,7 +352,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
             header::CONTENT_TYPE,
             prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
         )],
-        state.metrics.render(states),
+        state.metrics.render(states, state.catalog.readiness().pool),
     )
         .into_response()
 }
@@ -236,7 +370,7 @@ mod tests {
     fn label_values_are_escaped() {
         let m = Metrics::default();
         bifs_node::events::header_created("a\"b\\c\nd");
-        let out = m.render(StateCounts([0; ImageState::ALL.len()]));
+        let out = m.render(StateCounts([0; ImageState::ALL.len()]), Default::default());
         assert!(
             lines(&out).contains(&r#"bifs_encrypt_headers_created_total{image="a\"b\\c\nd"} 1"#),
             "{out}"
@@ -247,7 +381,8 @@ mod tests {
     fn histogram_buckets_are_cumulative_when_rendered() {
         bifs_node::events::apply_finished("conflict", Duration::from_millis(50));
         bifs_node::events::apply_finished("conflict", Duration::from_secs(7200));
-        let out = Metrics::default().render(StateCounts([0; ImageState::ALL.len()]));
+        let out =
+            Metrics::default().render(StateCounts([0; ImageState::ALL.len()]), Default::default());
         let l = lines(&out);
         for want in [
             "bifs_apply_duration_seconds_bucket{outcome=\"conflict\",le=\"0.1\"} 1",
@@ -265,7 +400,7 @@ mod tests {
         m.bytes_read(Mode::Encrypt, 4096);
         let r = m.read_started();
         m.handle_opened();
-        let out = m.render(StateCounts([0; ImageState::ALL.len()]));
+        let out = m.render(StateCounts([0; ImageState::ALL.len()]), Default::default());
         let l = lines(&out);
         assert!(
             l.contains(&"bifs_http_view_bytes_read_total{mode=\"encrypt\"} 4096"),
@@ -278,7 +413,7 @@ mod tests {
         assert!(l.contains(&"bifs_http_reads_in_flight 1"), "{out}");
         assert!(l.contains(&"bifs_http_open_views 1"), "{out}");
         drop(r);
-        let out = m.render(StateCounts([0; ImageState::ALL.len()]));
+        let out = m.render(StateCounts([0; ImageState::ALL.len()]), Default::default());
         assert!(
             lines(&out).contains(&"bifs_http_reads_in_flight 0"),
             "{out}"

@@ -8,13 +8,12 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -25,12 +24,17 @@ use tokio::task::JoinHandle;
 use super::{Access, AppState, HttpError};
 use bifs_core::io::ReadAt;
 use bifs_k8s::SecretRef;
-use bifs_node::catalog::{CatalogError, Mode};
+use bifs_node::catalog::{CatalogError, Mode, Opening};
 use bifs_node::store::valid_component;
+use bifs_node::store::SourceIdentity;
 
 /// Bytes per blocking read: large enough that the per-chunk hop to the blocking pool is
 /// noise, small enough that a request holds little memory (one chunk read ahead, one sent).
 const CHUNK: u64 = 1 << 20;
+/// Bytes per read when the server's response budget (`--response-memory`) is spent: a
+/// response always makes progress, in chunks small enough that any number of connections
+/// (up to `--max-connections`) fit in memory.
+const SMALL_CHUNK: u64 = 64 << 10;
 
 const SUM_SUFFIX: &str = ".sha512";
 
@@ -92,80 +96,245 @@ fn parse(path: &str) -> Result<ViewPath, HttpError> {
 struct Opened {
     view: Arc<dyn ReadAt>,
     etag: String,
+    /// The stored file's version the view is pinned to.
+    id: SourceIdentity,
     modified: SystemTime,
     mode: Mode,
     image: String,
 }
 
-/// Opens the view on the blocking pool (an open may run a KDF or write a header).
+/// How long a request waits for its view to be prepared (a key derivation) before a 503 with
+/// `Retry-After`: under the ~55 s backing-image-manager allows before the first byte of a
+/// download (its sync file fails when no byte came 60 s after it was created, and the HEAD
+/// before the GET takes some of that).
+const PREPARE_WAIT: Duration = Duration::from_secs(50);
+
+/// A view's ETag: the view kind, the Secret and its version (a token that changes whenever the
+/// Secret does, never derived from its values), the stored file's version and the view's
+/// length. Known from the file's metadata alone: a HEAD needs no key derivation.
+fn etag(
+    state: &AppState,
+    mode: Mode,
+    secret: Option<&SecretRef>,
+    id: &SourceIdentity,
+    len: u64,
+) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(mode.name().as_bytes());
+    if let Some(s) = secret {
+        h.update(format!("\0{}\0{}\0", s.namespace, s.name).as_bytes());
+        // Decrypt views are the image's plaintext whatever Secret opens them: only encrypt
+        // views change with the Secret.
+        if mode == Mode::Encrypt {
+            h.update(state.catalog.secret_version(s));
+        }
+    }
+    identity_bytes(&mut h, id);
+    h.update(len.to_le_bytes());
+    format!("\"{}\"", hex::encode(&h.finalize()[..16]))
+}
+
+fn identity_bytes(h: &mut sha2::Sha256, id: &SourceIdentity) {
+    h.update(id.dev.to_le_bytes());
+    h.update(id.ino.to_le_bytes());
+    h.update(id.size.to_le_bytes());
+    h.update(id.mtime_ns.to_le_bytes());
+    // The change time too: a rewrite that puts the mtime back must not keep the ETag
+    // (If-Range would then splice two versions, and the cached SHA-512 would be stale).
+    h.update(id.ctime_ns.to_le_bytes());
+}
+
+fn modified_of(id: &SourceIdentity) -> SystemTime {
+    if id.mtime_ns >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(id.mtime_ns as u64)
+    } else {
+        SystemTime::UNIX_EPOCH
+    }
+}
+
+/// Opens the view, waiting (up to [`PREPARE_WAIT`]) while it is being prepared. The wait
+/// holds no thread; a client that goes away drops it, and with it its claim on the job (an
+/// unlock nobody else wants stops before its next keyslot).
 async fn open(state: &AppState, vp: ViewPath) -> Result<Opened, HttpError> {
-    let catalog = state.catalog.clone();
-    tokio::task::spawn_blocking(move || -> Result<Opened, HttpError> {
-        let img = catalog.image(vp.mode, vp.secret.as_ref(), &vp.image)?;
-        let (view, id) = catalog.open(vp.mode, vp.secret.as_ref(), &img)?;
-        // The view's identity: mode, Secret, the stored file's version and, for encrypt, the
-        // LUKS2 binary header the view serves (its UUID, sequence id and checksum change
-        // whenever a new header is made for the same source).
-        let mut h = sha2::Sha256::new();
-        h.update(vp.mode.name().as_bytes());
-        if let Some(s) = &vp.secret {
-            h.update(format!("\0{}\0{}\0", s.namespace, s.name).as_bytes());
-        }
-        h.update(id.dev.to_le_bytes());
-        h.update(id.ino.to_le_bytes());
-        h.update(id.size.to_le_bytes());
-        h.update(id.mtime_ns.to_le_bytes());
-        h.update(view.len().to_le_bytes());
-        if vp.mode == Mode::Encrypt {
-            let mut hdr = vec![0u8; 4096];
-            bifs_core::io::read_full_at(&*view, 0, &mut hdr).map_err(|e| CatalogError::Io {
-                image: img.name.clone(),
-                error: e,
-            })?;
-            h.update(&hdr);
-        }
-        let digest = h.finalize();
-        let etag = format!("\"{}\"", hex::encode(&digest[..16]));
-        let modified = if id.mtime_ns >= 0 {
-            SystemTime::UNIX_EPOCH + Duration::from_nanos(id.mtime_ns as u64)
-        } else {
-            SystemTime::UNIX_EPOCH
-        };
-        Ok(Opened {
-            view,
-            etag,
-            modified,
-            mode: vp.mode,
-            image: img.name,
+    let deadline = tokio::time::Instant::now() + PREPARE_WAIT;
+    let vp = Arc::new(vp);
+    loop {
+        let catalog = state.catalog.clone();
+        let v = vp.clone();
+        let opening = tokio::task::spawn_blocking(move || {
+            let img = catalog.image(v.mode, v.secret.as_ref(), &v.image)?;
+            let o = catalog.open_now(v.mode, v.secret.as_ref(), &img)?;
+            Ok::<_, CatalogError>((img, o))
         })
+        .await
+        .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("open: {e}")))?;
+        let (img, opening) = opening.map_err(|e| not_here(state, e))?;
+        let pending = match opening {
+            Opening::Ready(view, id) => return opened(state, &vp, img.name, view, id).await,
+            Opening::Pending(p) => p,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        pending.on_settled(move || {
+            let _ = tx.send(());
+        });
+        tokio::select! {
+            _ = rx => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(CatalogError::Preparing { image: img.name }.into());
+            }
+            _ = state.stopped() => {
+                return Err(HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server is stopping",
+                ));
+            }
+        }
+        drop(pending);
+    }
+}
+
+async fn opened(
+    state: &AppState,
+    vp: &ViewPath,
+    image: String,
+    view: Arc<dyn ReadAt>,
+    id: SourceIdentity,
+) -> Result<Opened, HttpError> {
+    let etag = etag(state, vp.mode, vp.secret.as_ref(), &id, view.len());
+    Ok(Opened {
+        view,
+        etag,
+        id,
+        modified: modified_of(&id),
+        mode: vp.mode,
+        image,
+    })
+}
+
+/// What a view's SHA-512 is cached under across restarts (the ETag of an encrypt view changes
+/// at every start; its bytes need not). For an encrypt view, its first 4 KiB (the binary
+/// header: salt, UUID, checksum of the metadata) identify its stable header.
+async fn sum_key(o: &Opened) -> Result<String, HttpError> {
+    if o.mode != Mode::Encrypt {
+        return Ok(o.etag.clone());
+    }
+    let v = o.view.clone();
+    let hdr = tokio::task::spawn_blocking(move || {
+        let mut hdr = vec![0u8; 4096];
+        bifs_core::io::read_full_at(&*v, 0, &mut hdr).map(|()| hdr)
     })
     .await
     .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("open: {e}")))?
+    .map_err(|error| CatalogError::Io {
+        image: o.image.clone(),
+        error,
+    })?;
+    let mut h = sha2::Sha256::new();
+    h.update(b"encrypt\0");
+    identity_bytes(&mut h, &o.id);
+    h.update(&hdr);
+    Ok(format!("\"{}\"", hex::encode(&h.finalize()[..16])))
+}
+
+/// A catalog error as the answer; an image this node does not hold is a 404 that names the
+/// node (each node serves the images of its own disks).
+fn not_here(state: &AppState, e: CatalogError) -> HttpError {
+    let no_image = matches!(e, CatalogError::NoImage(_));
+    let mut err = HttpError::from(e);
+    if no_image {
+        err.message = format!(
+            "{} on {}: each node serves the images of its own disks; ask the node that holds it",
+            err.message,
+            state.node.describe()
+        );
+    }
+    err
+}
+
+/// HEAD: the headers a GET would send, from the file's metadata alone (sizes, never a key
+/// derivation), so a client's HEAD deadline (4 s in Longhorn v1.7) is met whether or not the
+/// view is prepared yet. A refusal already known for this version of the file (a wrong
+/// passphrase) is answered as the GET would.
+async fn head(state: &AppState, vp: ViewPath, headers: &HeaderMap) -> Result<Response, HttpError> {
+    let catalog = state.catalog.clone();
+    let (vp, info) = tokio::task::spawn_blocking(move || {
+        let img = catalog.image(vp.mode, vp.secret.as_ref(), &vp.image)?;
+        catalog.known_refusal(vp.mode, vp.secret.as_ref(), &img)?;
+        let info = catalog.info(vp.mode, &img)?;
+        Ok::<_, CatalogError>((vp, info))
+    })
+    .await
+    .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("head: {e}")))?
+    .map_err(|e| not_here(state, e))?;
+    let etag = etag(
+        state,
+        vp.mode,
+        vp.secret.as_ref(),
+        &info.identity,
+        info.size,
+    );
+    let mut out = HeaderMap::new();
+    common(&mut out, &etag, modified_of(&info.identity));
+    if let Some(inm) = headers.get(header::IF_NONE_MATCH) {
+        if etag_listed(inm.as_bytes(), &etag) {
+            return Ok((StatusCode::NOT_MODIFIED, out).into_response());
+        }
+    }
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(info.size));
+    Ok((StatusCode::OK, out).into_response())
 }
 
 async fn view(
     State(state): State<AppState>,
     Path(path): Path<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    match serve_view(&state, &path, &headers).await {
+    match serve_view(&state, &path, &method, &uri, &headers).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
+/// A signed URL's check (before any lookup): `Ok(true)` when the request carries a valid
+/// signature for its exact path, `Ok(false)` when it carries none.
+fn signed(state: &AppState, uri: &Uri) -> Result<bool, HttpError> {
+    let Some((expires, signature)) = uri.query().and_then(crate::signed::signature_params) else {
+        return Ok(false);
+    };
+    let Some(signer) = &state.signer else {
+        // No token: every request is allowed already (loopback only).
+        return Ok(true);
+    };
+    signer
+        .verify(uri.path(), &expires, &signature, crate::signed::unix_now())
+        .map(|()| true)
+        .map_err(|e| HttpError::new(StatusCode::FORBIDDEN, e.to_string()))
+}
+
 async fn serve_view(
     state: &AppState,
     path: &str,
+    method: &Method,
+    uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Response, HttpError> {
+    // Before anything else: a signed URL is checked against the path exactly as sent.
+    let signed = signed(state, uri)?;
     let vp = parse(path)?;
     let access = match vp.mode {
         Mode::Raw | Mode::Decrypt => Access::Plaintext,
         Mode::Ignore | Mode::Encrypt => Access::Read,
     };
     // Before any lookup: no probing for names without the right to read.
-    state.authorize(headers, access)?;
+    if !signed {
+        state.authorize(headers, access)?;
+    }
     // `<image>.sha512` is the checksum, unless an image is really named so.
     let (vp, sum) = match vp.image.strip_suffix(SUM_SUFFIX) {
         Some(base)
@@ -177,6 +346,9 @@ async fn serve_view(
         }
         _ => (vp, false),
     };
+    if *method == Method::HEAD && !sum {
+        return head(state, vp, headers).await;
+    }
     let opened = open(state, vp).await?;
     if sum {
         return checksum(state, opened).await;
@@ -185,10 +357,14 @@ async fn serve_view(
 }
 
 fn common_headers(h: &mut HeaderMap, o: &Opened) {
-    if let Ok(v) = HeaderValue::from_str(&o.etag) {
+    common(h, &o.etag, o.modified);
+}
+
+fn common(h: &mut HeaderMap, etag: &str, modified: SystemTime) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(o.modified)) {
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
         h.insert(header::LAST_MODIFIED, v);
     }
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -341,14 +517,23 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
         image: String,
         mode: Mode,
         metrics: super::Metrics,
+        budget: Arc<tokio::sync::Semaphore>,
     }
     impl Cursor {
         fn spawn_next(&mut self) {
             if self.next >= self.end {
                 return;
             }
+            // A full chunk holds 1 MiB of the response budget until hyper has sent it; with
+            // the budget spent, a small chunk outside it (memory per connection stays small).
+            let permit = self
+                .budget
+                .clone()
+                .try_acquire_many_owned((CHUNK >> 10) as u32)
+                .ok();
+            let chunk = if permit.is_some() { CHUNK } else { SMALL_CHUNK };
             // Chunks after the first are aligned, so views read whole sectors.
-            let len = (CHUNK - self.next % CHUNK).min(self.end - self.next);
+            let len = (chunk - self.next % chunk).min(self.end - self.next);
             let (view, off) = (self.view.clone(), self.next);
             let metrics = self.metrics.clone();
             let mode = self.mode;
@@ -368,7 +553,7 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
                     done += n;
                 }
                 metrics.bytes_read(mode, len);
-                Ok(Bytes::from(buf))
+                Ok(Bytes::from_owner(Buffered::new(buf, permit, metrics)))
             }));
         }
     }
@@ -380,6 +565,7 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
         image: o.image,
         mode: o.mode,
         metrics: state.metrics.clone(),
+        budget: state.response_budget.clone(),
     };
     cursor.metrics.handle_opened();
     let guard = HandleGuard(cursor.metrics.clone());
@@ -399,7 +585,7 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
             }
             Err(e) => {
                 tracing::warn!(
-                    image = %c.image, mode = c.mode.name(), error = %e,
+                    image = ?c.image, mode = c.mode.name(), error = %e,
                     "aborting a download: the view failed to read (a changed source fails its open views)"
                 );
                 c.next = c.end;
@@ -408,6 +594,41 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
         }
     });
     Body::from_stream(stream)
+}
+
+/// A chunk of a response: its bytes, and its share of the response budget, given back when
+/// hyper drops the chunk (sent, or the connection closed).
+struct Buffered {
+    buf: Vec<u8>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    metrics: super::Metrics,
+}
+
+impl Buffered {
+    fn new(
+        buf: Vec<u8>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        metrics: super::Metrics,
+    ) -> Self {
+        metrics.buffered(buf.len() as i64);
+        Self {
+            buf,
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl AsRef<[u8]> for Buffered {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Buffered {
+    fn drop(&mut self) {
+        self.metrics.buffered(-(self.buf.len() as i64));
+    }
 }
 
 /// Counts a served view as an open handle for as long as its body lives.
@@ -425,15 +646,8 @@ pub struct SumCache {
     running: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn sum_path(state: &AppState, etag: &str) -> PathBuf {
-    state
-        .state_dir
-        .join("http-sha512")
-        .join(etag.trim_matches('"'))
-}
-
 async fn checksum(state: &AppState, o: Opened) -> Result<Response, HttpError> {
-    let path = sum_path(state, &o.etag);
+    let key = sum_key(&o).await?;
     let gate = {
         let mut running = state.sums.running.lock().unwrap_or_else(|e| e.into_inner());
         running.entry(o.etag.clone()).or_default().clone()
@@ -443,31 +657,33 @@ async fn checksum(state: &AppState, o: Opened) -> Result<Response, HttpError> {
     let etag = o.etag.clone();
     let image = o.image.clone();
     let metrics = state.metrics.clone();
+    let catalog = state.catalog.clone();
     let sum = tokio::task::spawn_blocking(move || -> io::Result<String> {
-        if let Ok(s) = std::fs::read_to_string(&path) {
-            let s = s.trim();
-            if s.len() == 128 && s.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return Ok(s.to_owned());
-            }
+        // The cache is the store's: written atomically (temporary file, fsync, rename).
+        let cache = catalog.store().state();
+        if let Some(s) = cache.view_sum(&key) {
+            return Ok(s);
         }
         let started = std::time::Instant::now();
         let sum =
             bifs_node::checksum::sha512_hex(&*o.view, |n| metrics.bytes_read(o.mode, n))?;
-        tracing::info!(image = %o.image, mode = o.mode.name(), secs = started.elapsed().as_secs_f64(), "SHA-512 of a view computed");
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+        tracing::info!(image = ?o.image, mode = o.mode.name(), secs = started.elapsed().as_secs_f64(), "SHA-512 of a view computed");
+        if let Err(e) = cache.save_view_sum(&key, &sum) {
+            // The sum is right; only the next request computes it again.
+            tracing::warn!(image = ?o.image, error = %e, "could not cache a view's SHA-512");
         }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{sum}\n"))?;
-        std::fs::rename(&tmp, &path)?;
         Ok(sum)
     })
     .await
     .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("checksum: {e}")))?
     .map_err(|e| {
+        tracing::error!(image = ?image, error = %e, "computing the SHA-512 of a view failed");
         HttpError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("image {image:?}: computing the SHA-512: {e}"),
+            format!(
+                "image {image:?}: computing the SHA-512 failed ({}); the server log has the details",
+                e.kind()
+            ),
         )
     })?;
     {

@@ -65,7 +65,24 @@ pub struct ObjectMeta {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
+
+/// The labels longhorn-manager's mutator puts on every BackingImage
+/// (`types.GetBackingImageLabels`: `GetBaseLabelsForSystemManagedComponent` plus the
+/// component), merged over the object's own.
+pub const LONGHORN_LABELS: [(&str, &str); 2] = [
+    ("longhorn.io/component", "backing-image"),
+    ("longhorn.io/managed-by", "longhorn-manager"),
+];
+
+/// The annotation bifs puts on the BackingImages it lists but did not make: image
+/// directories backing-image-manager filled on this disk. bifs serves and clones them, and
+/// never changes or deletes them.
+pub const MANAGED_BY_LONGHORN: (&str, &str) = ("bifs/managed-by", "longhorn");
 
 /// How a backing image gets its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -485,7 +502,7 @@ impl BackingImage {
     /// has `source` (its spec's Secret and its status checksum) on the disk `disk_uuid`:
     /// values trimmed; a clone's `encryption` defaulted to `ignore`; an `ignore` clone takes
     /// the source's Secret and checksum, `encrypt` (and bifs's `rekey`) the parameters'
-    /// Secret and no checksum, `decrypt` neither; `disks`, `diskFileSpecMap`,
+    /// Secret and no checksum, `decrypt` no checksum and the manifest's own Secret (if any); `disks`, `diskFileSpecMap`,
     /// `minNumberOfCopies` and `dataEngine` defaulted. bifs also lower-cases the checksum.
     pub fn mutated_spec(&self, source: Option<&SourceFacts>, disk_uuid: &str) -> BackingImageSpec {
         let mut spec = self.spec.clone();
@@ -518,11 +535,9 @@ impl BackingImage {
                     spec.secret_namespace = param(PARAM_SECRET_NAMESPACE);
                     spec.checksum.clear();
                 }
-                Some(Encryption::Decrypt) => {
-                    spec.secret.clear();
-                    spec.secret_namespace.clear();
-                    spec.checksum.clear();
-                }
+                // Longhorn's mutator rewrites spec.secret only for `ignore`: a decrypt clone
+                // keeps what its manifest says (usually nothing: the plaintext needs none).
+                Some(Encryption::Decrypt) => spec.checksum.clear(),
                 None => {}
             }
         } else if !spec.secret.is_empty() && spec.secret_namespace.is_empty() {

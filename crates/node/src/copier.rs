@@ -23,8 +23,10 @@ use bifs_core::io::ReadAt;
 /// Bytes per read from the view: large enough for the XTS engine and the page cache to
 /// stream, small enough that memory stays bounded.
 pub const CHUNK: usize = 8 * 1024 * 1024;
-/// Hole granularity: a block of zeros this large is not written.
-pub const HOLE_BLOCK: usize = 64 * 1024;
+/// Hole granularity: a block of zeros this large (aligned) is not written. 4 KiB, as
+/// backing-image-manager's copy (`IdleTimeoutCopy` skips all-zero 4 KiB reads), so a file's
+/// allocated size (`realSize`) is what Longhorn's own copy of it would have.
+pub const HOLE_BLOCK: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -302,16 +304,26 @@ pub fn copy_stream(
     w.finish()
 }
 
-/// Writes the non-zero `HOLE_BLOCK`s of `data` at `offset`; zero blocks stay holes.
+/// Writes the non-zero `HOLE_BLOCK`s of `data` at `offset`; zero blocks stay holes. Runs of
+/// non-zero blocks go out in one write.
 fn write_sparse(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     let mut pos = 0;
+    let mut run: Option<usize> = None;
     while pos < data.len() {
         let end = (pos + HOLE_BLOCK).min(data.len());
-        let block = &data[pos..end];
-        if block.iter().any(|&b| b != 0) {
-            file.write_all_at(block, offset + pos as u64)?;
+        let zero = data[pos..end].iter().all(|&b| b == 0);
+        match (zero, run) {
+            (false, None) => run = Some(pos),
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..pos], offset + start as u64)?;
+                run = None;
+            }
+            _ => {}
         }
         pos = end;
+    }
+    if let Some(start) = run {
+        file.write_all_at(&data[start..], offset + start as u64)?;
     }
     Ok(())
 }

@@ -37,12 +37,15 @@ pub struct Events {
     pub headers_created: BTreeMap<String, u64>,
     pub unlock_failures: BTreeMap<(&'static str, String), u64>,
     pub applies: BTreeMap<&'static str, Histogram>,
+    /// Key derivation jobs per outcome (`ready`, `refused`, `failed`, `cancelled`).
+    pub derivations: BTreeMap<&'static str, u64>,
 }
 
 static EVENTS: Mutex<Events> = Mutex::new(Events {
     headers_created: BTreeMap::new(),
     unlock_failures: BTreeMap::new(),
     applies: BTreeMap::new(),
+    derivations: BTreeMap::new(),
 });
 
 fn events() -> std::sync::MutexGuard<'static, Events> {
@@ -74,6 +77,11 @@ pub fn apply_finished(outcome: &'static str, took: Duration) {
         .entry(outcome)
         .or_default()
         .observe(took.as_secs_f64());
+}
+
+/// A key derivation job (a stable header, an unlock) ended with `outcome`.
+pub fn derivation(outcome: &'static str) {
+    *events().derivations.entry(outcome).or_default() += 1;
 }
 
 /// A copy of every count so far, for a face to render.

@@ -7,6 +7,7 @@
 //! - [`catalog`]: which views a store has, opening them, unlocked keys cached per image and
 //!   Secret;
 //! - [`checksum`]: the one SHA-512 reader (views, stored files);
+//! - [`kdfpool`]: the threads key derivations run on, their number and queue bounded;
 //! - [`copier`]: a view or a stream into a file: sparse, SHA-512 while writing, progress;
 //! - [`longhorn`]: BackingImage manifests applied to a store, status, `get`, `delete`;
 //! - [`events`]: process-wide counts of what happened (headers made, unlock failures,
@@ -17,6 +18,7 @@ pub mod catalog;
 pub mod checksum;
 pub mod copier;
 pub mod events;
+pub mod kdfpool;
 pub mod longhorn;
 pub mod signals;
 pub mod store;

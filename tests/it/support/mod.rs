@@ -6,6 +6,7 @@
 //! - [`mount`]: a real `bifs mount` that is always unmounted;
 //! - [`apply`]: the Longhorn workflow through the binary, a local HTTP server;
 //! - [`server`]: a real `bifs serve` with curl;
+//! - [`serve_node`]: `bifs serve` with any flags, its log as it comes, curl with timings;
 //! - [`node`]: Secret volumes as the kubelet writes them;
 //! - [`longhorn_client`]: backing-image-manager's download client (Go, built once).
 
@@ -18,6 +19,7 @@ pub mod apply;
 pub mod longhorn_client;
 pub mod mount;
 pub mod node;
+pub mod serve_node;
 pub mod server;
 
 /// The `bifs` binary cargo built for these tests.

@@ -159,27 +159,42 @@ struct Extent {
 
 impl Qcow2Image {
     pub fn open(path: &Path) -> Result<Self, Qcow2Error> {
-        Self::open_in_chain(path, &mut Vec::new())
+        Self::open_in_chain(path, &super::open_image_file, &mut Vec::new())
     }
 
     /// The image in an already open `file`; `path` names it (backing file names are
     /// relative to its directory).
     pub fn from_file(file: File, path: &Path) -> Result<Self, Qcow2Error> {
-        Self::from_file_in_chain(file, path, &mut Vec::new())
+        Self::from_file_with(file, path, &super::open_image_file)
+    }
+
+    /// [`Self::from_file`], opening backing files with `opener` (a store's refuses files
+    /// outside it: a backing file name is hostile input).
+    pub fn from_file_with(
+        file: File,
+        path: &Path,
+        opener: super::Opener<'_>,
+    ) -> Result<Self, Qcow2Error> {
+        Self::from_file_in_chain(file, path, opener, &mut Vec::new())
     }
 
     /// `chain` holds the (device, inode) of the images above this one, to catch loops.
-    fn open_in_chain(path: &Path, chain: &mut Vec<(u64, u64)>) -> Result<Self, Qcow2Error> {
-        let file = super::open_image_file(path).map_err(|error| Qcow2Error::Io {
+    fn open_in_chain(
+        path: &Path,
+        opener: super::Opener<'_>,
+        chain: &mut Vec<(u64, u64)>,
+    ) -> Result<Self, Qcow2Error> {
+        let file = opener(path).map_err(|error| Qcow2Error::Io {
             what: "image",
             error,
         })?;
-        Self::from_file_in_chain(file, path, chain)
+        Self::from_file_in_chain(file, path, opener, chain)
     }
 
     fn from_file_in_chain(
         file: File,
         path: &Path,
+        opener: super::Opener<'_>,
         chain: &mut Vec<(u64, u64)>,
     ) -> Result<Self, Qcow2Error> {
         let io_err = |what| move |error| Qcow2Error::Io { what, error };
@@ -205,7 +220,7 @@ impl Qcow2Image {
             .collect();
 
         let backing = match header.backing {
-            Some(backing) => Some(open_backing(path, backing, chain)?),
+            Some(backing) => Some(open_backing(path, backing, opener, chain)?),
             None => None,
         };
         let l2_tables = (L2_CACHE_BYTES >> header.cluster_bits)
@@ -639,6 +654,7 @@ impl Backing {
 fn open_backing(
     image: &Path,
     backing: BackingRef,
+    opener: super::Opener<'_>,
     chain: &mut Vec<(u64, u64)>,
 ) -> Result<Backing, Qcow2Error> {
     let name = PathBuf::from(OsString::from_vec(backing.name));
@@ -657,13 +673,15 @@ fn open_backing(
         Some("qcow2") => Format::Qcow2,
         Some("raw") => Format::Raw,
         Some(other) => return Err(Qcow2Error::BackingFormat(other.to_owned())),
-        None => super::detect(&path).map_err(io_err)?,
+        None => super::detect::detect_file(&opener(&path).map_err(io_err)?).map_err(io_err)?,
     };
     match format {
         Format::Qcow2 => Ok(Backing::Qcow2(Box::new(
-            Qcow2Image::open_in_chain(&path, chain).map_err(wrap)?,
+            Qcow2Image::open_in_chain(&path, opener, chain).map_err(wrap)?,
         ))),
-        Format::Raw => Ok(Backing::Raw(RawFile::open(&path).map_err(io_err)?)),
+        Format::Raw => Ok(Backing::Raw(
+            RawFile::from_file(opener(&path).map_err(io_err)?).map_err(io_err)?,
+        )),
         other => Err(Qcow2Error::BackingFormat(other.to_string())),
     }
 }

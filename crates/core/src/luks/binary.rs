@@ -20,6 +20,8 @@ const OFF_SEQID: usize = 16;
 const OFF_LABEL: usize = 24;
 const OFF_CSUM_ALG: usize = 72;
 const OFF_SALT: usize = 104;
+/// Bytes of a binary header's salt.
+pub const SALT_SIZE: usize = 64;
 const OFF_UUID: usize = 168;
 const OFF_SUBSYSTEM: usize = 208;
 const OFF_HDR_OFFSET: usize = 256;
@@ -158,9 +160,14 @@ impl BinaryHeader {
         })
     }
 
-    /// Writes this header and `json` into `area` (exactly `hdr_size` bytes, zeroed), with a
-    /// fresh random salt and the checksum.
-    pub fn write(&self, area: &mut [u8], json: &[u8]) -> Result<(), LuksError> {
+    /// Writes this header and `json` into `area` (exactly `hdr_size` bytes, zeroed), with
+    /// `salt` (random in cryptsetup's headers; each copy its own) and the checksum.
+    pub fn write(
+        &self,
+        area: &mut [u8],
+        json: &[u8],
+        salt: &[u8; SALT_SIZE],
+    ) -> Result<(), LuksError> {
         let json_area = self.hdr_size as usize - BINARY_HEADER_SIZE;
         // The JSON must leave room for at least one terminating NUL.
         if json.len() >= json_area || area.len() != self.hdr_size as usize {
@@ -181,7 +188,7 @@ impl BinaryHeader {
         area[OFF_SEQID..OFF_SEQID + 8].copy_from_slice(&self.seqid.to_be_bytes());
         put_str(&mut area[OFF_LABEL..OFF_CSUM_ALG], &self.label);
         put_str(&mut area[OFF_CSUM_ALG..OFF_SALT], "sha256");
-        getrandom::fill(&mut area[OFF_SALT..OFF_UUID]).map_err(LuksError::Random)?;
+        area[OFF_SALT..OFF_UUID].copy_from_slice(salt);
         put_str(&mut area[OFF_UUID..OFF_SUBSYSTEM], &self.uuid);
         put_str(&mut area[OFF_SUBSYSTEM..OFF_HDR_OFFSET], &self.subsystem);
         area[OFF_HDR_OFFSET..OFF_HDR_OFFSET + 8].copy_from_slice(&self.hdr_offset.to_be_bytes());
@@ -207,7 +214,7 @@ mod tests {
             hdr_offset: 0x4000,
         };
         let mut area = vec![0u8; 0x4000];
-        h.write(&mut area, b"{\"x\":1}").unwrap();
+        h.write(&mut area, b"{\"x\":1}", &[7u8; SALT_SIZE]).unwrap();
         assert_eq!(BinaryHeader::parse(&area, 0x4000).unwrap(), h);
         assert!(
             BinaryHeader::parse(&area, 0).is_err(),

@@ -31,6 +31,15 @@ pub enum LuksError {
     Xts(#[from] crate::xts::XtsError),
     #[error("the OS random number generator failed: {0}")]
     Random(getrandom::Error),
+    /// A seeded key stream asked for more bytes than ChaCha20 gives under one key.
+    #[error("the header's key stream ran out")]
+    StreamExhausted,
+    /// An unlock stopped between keyslots because its caller no longer wants it.
+    #[error("unlock cancelled (its client went away or the server is stopping)")]
+    Cancelled,
+    /// An unlock tried as many keyslots as its limits allow (each a KDF run) and none opened.
+    #[error("no keyslot opened within the limit of {tried} keyslots tried per unlock (--max-kdf-keyslots)")]
+    KeyslotBudget { tried: u32 },
     /// Our own new metadata did not serialize (cannot happen with serde_json's maps, but the
     /// API says it may).
     #[error("serializing new LUKS2 metadata: {0}")]

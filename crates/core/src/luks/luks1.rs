@@ -212,6 +212,36 @@ impl Luks1Header {
         passphrase: &Passphrase,
         limits: &KdfLimits,
     ) -> Result<VolumeKey, LuksError> {
+        self.unlock_until(src, passphrase, limits, &|| false)
+    }
+
+    /// The PBKDF2 of every active keyslot, in the order an unlock tries them, and the master
+    /// key digest's (hash, iterations); empty when the hash is not one bifs computes.
+    pub fn kdf_plan(&self) -> (Vec<Kdf>, Option<(Hash, u32)>) {
+        let Ok(hash) = self.hash() else {
+            return (Vec::new(), None);
+        };
+        let kdfs = self
+            .keyslots
+            .iter()
+            .filter(|k| k.active)
+            .map(|k| Kdf::Pbkdf2 {
+                hash,
+                iterations: k.iterations,
+            })
+            .collect();
+        (kdfs, Some((hash, self.mk_digest_iterations)))
+    }
+
+    /// [`Self::unlock`] that asks `stop` before each keyslot and tries at most
+    /// `limits.max_keyslots` of them.
+    pub fn unlock_until(
+        &self,
+        src: &dyn ReadAt,
+        passphrase: &Passphrase,
+        limits: &KdfLimits,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<VolumeKey, LuksError> {
         let spec = self.cipher();
         if spec != super::CIPHER {
             return Err(Unsupported::Cipher(spec).into());
@@ -229,7 +259,13 @@ impl Luks1Header {
         let hash = self.hash()?;
         Kdf::check_digest_iterations(self.mk_digest_iterations, limits)?;
         let key_len = self.key_bytes as usize;
-        for ks in self.keyslots.iter().filter(|k| k.active) {
+        for (tried, ks) in (0u32..).zip(self.keyslots.iter().filter(|k| k.active)) {
+            if stop() {
+                return Err(LuksError::Cancelled);
+            }
+            if tried >= limits.max_keyslots {
+                return Err(LuksError::KeyslotBudget { tried });
+            }
             let material_offset = u64::from(ks.material_sector) * 512;
             // Validation put the material before the payload; the image may still be cut.
             if material_offset + self.material_sectors() * 512 > src.len() {

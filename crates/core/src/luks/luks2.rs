@@ -15,6 +15,7 @@ use super::error::{Invalid, Unsupported};
 use super::metadata::{
     Af, Area, Config, DigestJson, KdfJson, Keyslot, Metadata, Segment, SegmentSize,
 };
+use super::random::{OsRandom, Randomness};
 use super::{
     af, ct_eq, open_key_material, validate, DataSegment, LuksError, CIPHER, DATA_OFFSET, STRIPES,
 };
@@ -97,21 +98,40 @@ impl Copy {
     }
 }
 
+/// Reads into `buf` until it is full or the source ends; returns how many bytes were read.
+fn read_up_to(src: &dyn ReadAt, offset: u64, buf: &mut [u8]) -> Result<usize, LuksError> {
+    let mut done = 0;
+    while done < buf.len() {
+        match src.read_at(offset + done as u64, &mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
 /// Reads one copy's bytes at `offset`: the binary header checks, then the whole copy and
 /// its checksum (cryptsetup's `hdr_read_disk`).
 fn read_area(src: &dyn ReadAt, offset: u64) -> Result<(BinaryHeader, Vec<u8>), LuksError> {
     let mut head = vec![0u8; BINARY_HEADER_SIZE];
-    let n = src.read_at(offset, &mut head)?;
+    let n = read_up_to(src, offset, &mut head)?;
     head.truncate(n);
+    // A copy whose magic is there but whose bytes are cut off is a truncated image, not "no
+    // LUKS here": it must never be taken for plain data.
+    let magic = if offset == 0 {
+        binary::MAGIC_PRIMARY
+    } else {
+        binary::MAGIC_SECONDARY
+    };
+    let has_magic = head.starts_with(magic);
+    if has_magic && head.len() < BINARY_HEADER_SIZE {
+        return Err(LuksError::Truncated("LUKS2 binary header"));
+    }
     // The size is checked (at most 4 MiB) before it is allocated.
     let hdr_size = binary::check_pre(&head, offset)?;
     let mut area = vec![0u8; hdr_size as usize];
-    if src.read_at(offset, &mut area)? < area.len() {
-        return Err(Invalid::NoCopyAt {
-            offset,
-            found: "the image ends inside it",
-        }
-        .into());
+    if read_up_to(src, offset, &mut area)? < area.len() {
+        return Err(LuksError::Truncated("LUKS2 JSON area"));
     }
     let bin = BinaryHeader::parse(&area, offset)?;
     Ok((bin, area))
@@ -131,6 +151,13 @@ fn parse_json(area: &[u8]) -> Result<Value, Invalid> {
     if area.first() != Some(&b'{') {
         return Err(Invalid::JsonOpening);
     }
+    // cryptsetup's parser (json-c, without JSON_TOKENER_VALIDATE_UTF8) takes strings as bytes:
+    // a header whose JSON strings are not valid UTF-8 loads and opens. serde_json wants UTF-8,
+    // so invalid sequences become U+FFFD: the header loads and opens as it does for
+    // cryptsetup (only such a string, where printed, shows U+FFFD instead of the raw bytes).
+    let area_len = area.len() as u64;
+    let text = String::from_utf8_lossy(area);
+    let area = text.as_bytes();
     let mut stream = serde_json::Deserializer::from_slice(area).into_iter::<Value>();
     let json = match stream.next() {
         Some(Ok(v)) => v,
@@ -150,7 +177,7 @@ fn parse_json(area: &[u8]) -> Result<Value, Invalid> {
     if depth(&json) > MAX_JSON_DEPTH {
         return Err(Invalid::JsonDepth(MAX_JSON_DEPTH));
     }
-    validate::validate(&json, area.len() as u64)?;
+    validate::validate(&json, area_len)?;
     Ok(json)
 }
 
@@ -300,6 +327,18 @@ impl Luks2Header {
         passphrase: &Passphrase,
         limits: &KdfLimits,
     ) -> Result<(VolumeKey, u32), LuksError> {
+        self.unlock_until(src, passphrase, limits, &|| false)
+    }
+
+    /// [`Self::unlock`] that asks `stop` before each keyslot (a KDF run cannot be interrupted,
+    /// but the next one need not start) and tries at most `limits.max_keyslots` of them.
+    pub fn unlock_until(
+        &self,
+        src: &dyn ReadAt,
+        passphrase: &Passphrase,
+        limits: &KdfLimits,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(VolumeKey, u32), LuksError> {
         if let Some(u) = self.unsupported() {
             return Err(u.into());
         }
@@ -308,35 +347,71 @@ impl Luks2Header {
             return Err(Unsupported::NoBoundKeyslot.into());
         };
         let mut last_err = LuksError::WrongPassphrase;
+        for (tried, (id, ks)) in (0u32..).zip(self.keyslots_to_try()) {
+            if stop() {
+                return Err(LuksError::Cancelled);
+            }
+            if tried >= limits.max_keyslots {
+                return Err(LuksError::KeyslotBudget { tried });
+            }
+            match open_keyslot(
+                src,
+                id,
+                ks,
+                self.segment.key_len,
+                (digest_id, digest),
+                passphrase,
+                limits,
+            ) {
+                Ok(key) => return Ok((key, id.parse().unwrap_or(0))),
+                Err(LuksError::WrongPassphrase) => {}
+                // A keyslot we cannot use must not hide another that opens.
+                Err(e) => {
+                    tracing::debug!(keyslot = %id, error = %e, "keyslot skipped");
+                    last_err = e;
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// The keyslots an unlock tries, in its order: bound to the data segment's digest,
+    /// preferred ones (priority 2) first, "ignore" (0) never, ids 0..31 only (cryptsetup opens
+    /// no others; this also bounds the KDF runs).
+    fn keyslots_to_try(&self) -> Vec<(&String, &Keyslot)> {
+        let md = &self.metadata;
+        let Some((digest_id, _)) = md.digest_of_segment("0") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
         for priority in [2, 1] {
             for (id, ks) in &md.keyslots {
-                // cryptsetup opens keyslots 0..31 only; this also bounds the KDF runs.
                 if id.parse::<usize>().map_or(true, |n| n >= MAX_KEYSLOTS)
                     || ks.priority.unwrap_or(1) != priority
                     || md.digest_of_keyslot(id).map(|(d, _)| d) != Some(digest_id)
                 {
                     continue;
                 }
-                match open_keyslot(
-                    src,
-                    id,
-                    ks,
-                    self.segment.key_len,
-                    (digest_id, digest),
-                    passphrase,
-                    limits,
-                ) {
-                    Ok(key) => return Ok((key, id.parse().unwrap_or(0))),
-                    Err(LuksError::WrongPassphrase) => {}
-                    // A keyslot we cannot use must not hide another that opens.
-                    Err(e) => {
-                        tracing::debug!(keyslot = %id, error = %e, "keyslot skipped");
-                        last_err = e;
-                    }
-                }
+                out.push((id, ks));
             }
         }
-        Err(last_err)
+        out
+    }
+
+    /// The KDF of every keyslot an unlock would try, in order (those whose KDF cannot be read
+    /// are left out: they fail before any work), and the digest's PBKDF2 (hash, iterations).
+    pub fn kdf_plan(&self) -> (Vec<Kdf>, Option<(Hash, u32)>) {
+        let kdfs = self
+            .keyslots_to_try()
+            .into_iter()
+            .filter_map(|(id, ks)| ks.kdf.as_ref().and_then(|k| keyslot_kdf(id, k).ok()))
+            .map(|(kdf, _)| kdf)
+            .collect();
+        let digest = self.metadata.digest_of_segment("0").and_then(|(_, d)| {
+            let hash = Hash::from_name(d.hash.as_deref()?)?;
+            Some((hash, cost(d.iterations)))
+        });
+        (kdfs, digest)
     }
 
     /// Checks `key` against the data segment's digest: the volume key is right.
@@ -358,18 +433,46 @@ impl Luks2Header {
         key: &VolumeKey,
         passphrase: &Passphrase,
     ) -> Result<Vec<u8>, LuksError> {
+        Self::format_with(
+            params,
+            key,
+            KeyslotKey::Passphrase(passphrase),
+            &mut OsRandom,
+        )
+    }
+
+    /// [`Self::format`] with the keyslot's key given or derived here, and every other value
+    /// that cryptsetup takes from its RNG drawn from `rng`, in this order (a format: the
+    /// stable encrypt views depend on it): the keyslots area's fill (all of it, before keyslot
+    /// 0 is written over its start), keyslot 0's KDF salt (only when derived here), its AF
+    /// stripes, the digest's salt, the UUID (when `params.uuid` is `None`), then the primary
+    /// and the secondary binary header's salt.
+    pub fn format_with(
+        params: &FormatParams,
+        key: &VolumeKey,
+        keyslot: KeyslotKey<'_>,
+        rng: &mut dyn Randomness,
+    ) -> Result<Vec<u8>, LuksError> {
         check_format_params(params, key)?;
         let mut region = vec![0u8; DATA_OFFSET as usize];
         let area_offset = 2 * DEFAULT_HDR_SIZE;
-        getrandom::fill(&mut region[area_offset as usize..]).map_err(LuksError::Random)?;
-        let (kdf_json, material) = new_keyslot(params, key, passphrase)?;
+        rng.fill(&mut region[area_offset as usize..])?;
+        let (kdf_json, material) = new_keyslot(params, key, keyslot, rng)?;
         region[area_offset as usize..area_offset as usize + material.len()]
             .copy_from_slice(&material);
-        let digest = new_digest(params, key)?;
+        let digest = new_digest(params, key, rng)?;
         let metadata = new_metadata(params, key.len(), kdf_json, digest);
-        write_copies(&mut region, params, &metadata)?;
+        write_copies(&mut region, params, &metadata, rng)?;
         Ok(region)
     }
+}
+
+/// Keyslot 0's key (the key of its area): derived by [`Luks2Header::format_with`] from a
+/// passphrase under a salt it draws, or already derived by the caller with the keyslot's KDF
+/// (`params.kdf`) under `salt` (then stored as the keyslot's salt).
+pub enum KeyslotKey<'a> {
+    Passphrase(&'a Passphrase),
+    Derived { salt: &'a [u8], key: &'a [u8] },
 }
 
 /// No valid primary: the first legal secondary offset with a readable copy.
@@ -422,24 +525,43 @@ fn check_format_params(params: &FormatParams, key: &VolumeKey) -> Result<(), Luk
 fn new_keyslot(
     params: &FormatParams,
     key: &VolumeKey,
-    passphrase: &Passphrase,
+    keyslot: KeyslotKey<'_>,
+    rng: &mut dyn Randomness,
 ) -> Result<(KdfJson, Zeroizing<Vec<u8>>), LuksError> {
     let key_len = key.len();
-    let kdf_salt = random_bytes(SALT_LEN)?;
     let mut area_key = Zeroizing::new(vec![0u8; key_len]);
-    // Our own parameters: checked against cryptsetup's limits, not a reader's lower cap.
-    params.kdf.derive(
-        passphrase.as_bytes(),
-        &kdf_salt,
-        &mut area_key,
-        &KdfLimits::cryptsetup(),
-    )?;
+    let kdf_salt = match keyslot {
+        KeyslotKey::Passphrase(passphrase) => {
+            let mut salt = vec![0u8; SALT_LEN];
+            rng.fill(&mut salt)?;
+            // Our own parameters: checked against cryptsetup's limits, not a reader's lower cap.
+            params.kdf.derive(
+                passphrase.as_bytes(),
+                &salt,
+                &mut area_key,
+                &KdfLimits::cryptsetup(),
+            )?;
+            salt
+        }
+        KeyslotKey::Derived { salt, key: derived } => {
+            if salt.len() != SALT_LEN || derived.len() != key_len {
+                return Err(Unsupported::KeyslotKeySize {
+                    id: "0".into(),
+                    key_size: derived.len() as u64,
+                    area_key_size: key_len as i64,
+                }
+                .into());
+            }
+            area_key.copy_from_slice(derived);
+            salt.to_vec()
+        }
+    };
     let mut rng_err = None;
     let mut material = af::split(key.as_bytes(), STRIPES as usize, params.hash, |b| {
-        rng_err = getrandom::fill(b).err();
+        rng_err = rng.fill(b).err();
     });
     if let Some(e) = rng_err {
-        return Err(LuksError::Random(e));
+        return Err(e);
     }
     let material_len = key_len * STRIPES as usize;
     material.resize(material_len.div_ceil(512) * 512, 0);
@@ -477,15 +599,18 @@ fn new_keyslot(
     Ok((kdf, material))
 }
 
-/// The volume key digest: PBKDF2 over the key, benchmarked toward 125 ms unless given.
-fn new_digest(params: &FormatParams, key: &VolumeKey) -> Result<DigestJson, LuksError> {
-    let iterations = match params.digest_iterations {
-        Some(n) => n,
-        None => {
-            crate::kdf::pbkdf2_iterations_for(params.hash, crate::kdf::DIGEST_TARGET, key.len())
-        }
-    };
-    let salt = random_bytes(SALT_LEN)?;
+/// The volume key digest: PBKDF2 over the key, at the given iterations or bifs's fixed count
+/// for the hash and key size ([`crate::kdf::digest_iterations`]).
+fn new_digest(
+    params: &FormatParams,
+    key: &VolumeKey,
+    rng: &mut dyn Randomness,
+) -> Result<DigestJson, LuksError> {
+    let iterations = params
+        .digest_iterations
+        .unwrap_or_else(|| crate::kdf::digest_iterations(params.hash, key.len()));
+    let mut salt = vec![0u8; SALT_LEN];
+    rng.fill(&mut salt)?;
     let mut digest = vec![0u8; params.hash.output_len()];
     params
         .hash
@@ -558,12 +683,20 @@ fn write_copies(
     region: &mut [u8],
     params: &FormatParams,
     metadata: &Metadata,
+    rng: &mut dyn Randomness,
 ) -> Result<(), LuksError> {
     let json = serde_json::to_vec(metadata).map_err(LuksError::SerializeMetadata)?;
-    let uuid = params
-        .uuid
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let uuid = match &params.uuid {
+        Some(u) => u.clone(),
+        None => {
+            let mut bytes = [0u8; 16];
+            rng.fill(&mut bytes)?;
+            // A version 4 (random) UUID, as cryptsetup's libuuid makes.
+            uuid::Builder::from_random_bytes(bytes)
+                .into_uuid()
+                .to_string()
+        }
+    };
     for hdr_offset in [0, DEFAULT_HDR_SIZE] {
         let bin = BinaryHeader {
             hdr_size: DEFAULT_HDR_SIZE,
@@ -573,16 +706,16 @@ fn write_copies(
             subsystem: String::new(),
             hdr_offset,
         };
+        let mut salt = [0u8; binary::SALT_SIZE];
+        rng.fill(&mut salt)?;
         let start = hdr_offset as usize;
-        bin.write(&mut region[start..start + DEFAULT_HDR_SIZE as usize], &json)?;
+        bin.write(
+            &mut region[start..start + DEFAULT_HDR_SIZE as usize],
+            &json,
+            &salt,
+        )?;
     }
     Ok(())
-}
-
-fn random_bytes(n: usize) -> Result<Vec<u8>, LuksError> {
-    let mut v = vec![0u8; n];
-    getrandom::fill(&mut v).map_err(LuksError::Random)?;
-    Ok(v)
 }
 
 fn decode_b64(what: &'static str, id: &str, s: Option<&str>) -> Result<Vec<u8>, LuksError> {

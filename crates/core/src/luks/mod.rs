@@ -16,11 +16,13 @@ pub mod json;
 pub mod luks1;
 pub mod luks2;
 pub mod metadata;
+pub mod random;
 pub mod validate;
 
 pub use error::{Invalid, Layout, LuksError, Unsupported};
 pub use luks1::Luks1Header;
-pub use luks2::{FormatParams, Luks2Header};
+pub use luks2::{FormatParams, KeyslotKey, Luks2Header};
+pub use random::{KeyStream, OsRandom, Randomness};
 
 /// The only cipher bifs implements, as LUKS2 spells it.
 pub const CIPHER: &str = "aes-xts-plain64";
@@ -129,9 +131,32 @@ impl LuksHeader {
         passphrase: &Passphrase,
         limits: &KdfLimits,
     ) -> Result<VolumeKey, LuksError> {
+        self.unlock_until(src, passphrase, limits, &|| false)
+    }
+
+    /// [`Self::unlock`] that asks `stop` before each keyslot ([`LuksError::Cancelled`] when it
+    /// says so) and tries at most `limits.max_keyslots` keyslots.
+    pub fn unlock_until(
+        &self,
+        src: &dyn ReadAt,
+        passphrase: &Passphrase,
+        limits: &KdfLimits,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<VolumeKey, LuksError> {
         match self {
-            LuksHeader::V1(h) => h.unlock(src, passphrase, limits),
-            LuksHeader::V2(h) => h.unlock(src, passphrase, limits).map(|(key, _)| key),
+            LuksHeader::V1(h) => h.unlock_until(src, passphrase, limits, stop),
+            LuksHeader::V2(h) => h
+                .unlock_until(src, passphrase, limits, stop)
+                .map(|(key, _)| key),
+        }
+    }
+
+    /// The KDFs an unlock would run, in order, and the digest's PBKDF2 (see
+    /// [`Luks2Header::kdf_plan`]): what an unlock would cost, known before any work.
+    pub fn kdf_plan(&self) -> (Vec<crate::kdf::Kdf>, Option<(crate::kdf::Hash, u32)>) {
+        match self {
+            LuksHeader::V1(h) => h.kdf_plan(),
+            LuksHeader::V2(h) => h.kdf_plan(),
         }
     }
 }

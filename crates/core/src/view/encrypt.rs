@@ -42,8 +42,10 @@ impl EncryptView {
         params: &LuksParams,
         sector_size: Option<usize>,
     ) -> Result<Self, ViewError> {
-        let header = new_header(params, source.len(), sector_size)?;
-        Self::with_header(source, Arc::new(MemSource(header)), &params.passphrase)
+        // One key derivation: the header is made with a key we hold, not unlocked again.
+        let (header, key) = new_header_and_key(params, source.len(), sector_size)?;
+        let parsed = Luks2Header::read(&MemSource(header.clone()))?;
+        Self::with_key(source, Arc::new(MemSource(header)), &parsed, &key)
     }
 
     /// The LUKS2 image of `source` with an existing header region (`DATA_OFFSET` bytes, e.g.
@@ -118,13 +120,11 @@ pub fn new_header_and_key(
     }
     let key = VolumeKey::random(params.key_bytes()).map_err(ViewError::Random)?;
     let kdf = params.kdf.resolve(params.key_bytes())?;
-    // cryptsetup skips the digest benchmark when costs are forced (minimum 1000 iterations).
-    let digest_iterations = params.kdf.force_iterations.map(|_| 1000);
     let format = FormatParams {
         hash: params.hash,
         kdf,
         sector_size,
-        digest_iterations,
+        digest_iterations: Some(params.kdf.digest_iterations(params.key_bytes())),
         uuid: None,
         label: String::new(),
     };

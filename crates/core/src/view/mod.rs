@@ -12,11 +12,13 @@ pub mod encrypt;
 pub mod params;
 pub mod rekey;
 pub mod sectors;
+pub mod stable;
 
 pub use decrypt::DecryptView;
 pub use encrypt::EncryptView;
 pub use params::LuksParams;
 pub use rekey::{RekeyError, RekeyView};
+pub use stable::{StablePlan, StableSeed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {

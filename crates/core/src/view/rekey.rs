@@ -75,7 +75,7 @@ impl RekeyView {
             kdf,
             sector_size: seg.sector_size,
             // As for encrypt: cryptsetup skips the digest benchmark when costs are forced.
-            digest_iterations: new.kdf.force_iterations.map(|_| 1000),
+            digest_iterations: Some(new.kdf.digest_iterations(key.len())),
             uuid: None,
             label: String::new(),
         };

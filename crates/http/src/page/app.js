@@ -13,6 +13,9 @@ const $ = (sel) => document.querySelector(sel);
 
 let images = [];
 let secrets = [];
+// Who the server is (GET /api/v1/node): its address for Longhorn and which views need a
+// signed URL there (those that need the token).
+let node = { advertiseUrl: null, signedViews: [] };
 
 // ---- status fields, read defensively (bifs's flat status, or Longhorn's per-disk map) ----
 function diskStatus(b) {
@@ -118,18 +121,94 @@ function viewUrl(mode, name, secret) {
 }
 function viewsOf(b) {
   const s = secretOf(b);
+  const name = b.metadata.name;
   const out = [
-    { label: "Ignore (as stored)", url: viewUrl("ignore", b.metadata.name) },
-    { label: "Raw (qcow2 expanded)", url: viewUrl("raw", b.metadata.name) },
+    { mode: "ignore", label: "Ignore (as stored)", url: viewUrl("ignore", name), secret: s },
+    { mode: "raw", label: "Raw (qcow2 expanded)", url: viewUrl("raw", name), secret: null },
   ];
   if (s) {
-    out.push({ label: `Decrypt with ${s.namespace}/${s.name}`, url: viewUrl("decrypt", b.metadata.name, s) });
+    out.push({ mode: "decrypt", label: `Decrypt with ${s.namespace}/${s.name}`, url: viewUrl("decrypt", name, s), secret: null });
   } else {
     for (const sec of secrets) {
-      out.push({ label: `Encrypt with ${sec.namespace}/${sec.name}`, url: viewUrl("encrypt", b.metadata.name, sec) });
+      out.push({ mode: "encrypt", label: `Encrypt with ${sec.namespace}/${sec.name}`, url: viewUrl("encrypt", name, sec), secret: sec });
     }
   }
   return out;
+}
+
+// An image of the disk that Longhorn's backing-image-manager made: listed, never changed.
+function longhornManaged(b) {
+  const a = (b.metadata && b.metadata.annotations) || {};
+  return a["bifs/managed-by"] === "longhorn";
+}
+
+// ---- for Longhorn: the URL its download client can use, and a BackingImage manifest ----
+function baseUrl() {
+  return (node.advertiseUrl || location.origin).replace(/\/+$/, "");
+}
+
+// The view's URL for Longhorn, signed by the server when the view needs the token (Longhorn
+// sends none): { url, expires } (expires in UNIX seconds, or null).
+async function longhornUrl(v) {
+  if (!node.signedViews.includes(v.mode)) return { url: baseUrl() + v.url, expires: null };
+  const r = await call(`${API}/sign`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ path: v.url }),
+  });
+  return { url: baseUrl() + r.path, expires: r.expires };
+}
+
+// The name Longhorn will know the downloaded image by: the image, and what the view made of it.
+function longhornName(b, v) {
+  const suffix = { ignore: "", raw: "-raw", encrypt: "-encrypted", decrypt: "-decrypted" }[v.mode];
+  return (b.metadata.name + suffix).toLowerCase().replace(/[^a-z0-9_.-]/g, "-").slice(0, 40);
+}
+
+function longhornManifest(b, v, url, checksum) {
+  const spec = { sourceType: "download", sourceParameters: { url } };
+  if (checksum) spec.checksum = checksum;
+  // Encrypted bytes say which Secret opens them (Longhorn reads "encrypted" from spec.secret).
+  if (v.secret) { spec.secret = v.secret.name; spec.secretNamespace = v.secret.namespace; }
+  return yaml({
+    apiVersion: "longhorn.io/v1beta2", kind: "BackingImage",
+    metadata: { name: longhornName(b, v), namespace: "longhorn-system" }, spec,
+  });
+}
+
+async function showLonghorn(name, index) {
+  const b = images.find((x) => x.metadata.name === name);
+  const v = b && viewsOf(b)[index];
+  if (!v) return;
+  const d = $("#longhorn-dialog");
+  $("#longhorn-title").textContent = `${v.label}: for Longhorn`;
+  $("#longhorn-url").value = "…";
+  $("#longhorn-note").textContent = "";
+  $("#longhorn-manifest").textContent = "";
+  $("#longhorn-error").hidden = true;
+  d.showModal();
+  try {
+    const { url, expires } = await longhornUrl(v);
+    $("#longhorn-url").value = url;
+    $("#longhorn-note").textContent = expires
+      ? `Signed: this view needs the token, which Longhorn cannot send. Anyone with this URL can read it until ${new Date(expires * 1000).toLocaleString()}.`
+      : "Longhorn downloads it without a token.";
+    $("#longhorn-manifest").textContent = longhornManifest(b, v, url, null) + "\n# (computing the checksum…)";
+    const sum = await call(`${v.url}.sha512`);
+    const checksum = String((sum && sum.message) || sum || "").trim();
+    $("#longhorn-manifest").textContent = longhornManifest(b, v, url, /^[0-9a-f]{128}$/.test(checksum) ? checksum : null);
+  } catch (e) {
+    $("#longhorn-error").textContent = e.message;
+    $("#longhorn-error").hidden = false;
+  }
+  $("#longhorn-url").select();
+}
+
+async function loadNode() {
+  try {
+    const r = await call(`${API}/node`);
+    if (r) node = { advertiseUrl: r.advertiseUrl || null, signedViews: r.signedViews || [] };
+  } catch (_) { /* keep the defaults: unsigned URLs on this page's own address */ }
 }
 
 // ---- API calls, with the token ----
@@ -234,6 +313,10 @@ function row(b) {
   }
   const msg = messageOf(b);
   if (msg) stateCell.append(el("div", { class: `row-message${state === "failed" ? " failed" : state === "starting" ? " phase" : ""}`, title: msg }, msg));
+  const managed = longhornManaged(b);
+  if (managed) {
+    nameCell.append(el("div", { class: "hint managed", title: "Made by Longhorn's backing-image-manager on this disk: bifs lists, serves and clones it, and never changes or deletes it." }, "managed by Longhorn"));
+  }
   const from = b.spec && b.spec.sourceType ? b.spec.sourceType : "-";
   const fromDetail = from === "download" ? params(b).url : from === "clone" ? params(b)["backing-image"] : "";
   const ops = el("div", { class: "ops" });
@@ -246,7 +329,7 @@ function row(b) {
     }, "Download"));
     ops.append(el("button", { type: "button", "data-action": "clone", onclick: () => openCreate({ clone: name }) }, "Clone"));
   }
-  ops.append(el("button", { type: "button", "data-action": "delete", onclick: () => confirmDelete(name) }, "Delete"));
+  if (!managed) ops.append(el("button", { type: "button", "data-action": "delete", onclick: () => confirmDelete(name) }, "Delete"));
   return el("tr", { "data-name": name, "data-state": state },
     nameCell,
     stateCell,
@@ -274,16 +357,26 @@ function menuItems() {
   return [...$("#download-menu").querySelectorAll('[role="menuitem"]')];
 }
 
+// Each view twice: its download (a link), then, after all of them, its URL and manifest for
+// Longhorn (a dialog).
 function fillMenu(b) {
   const menu = $("#download-menu");
   const views = viewsOf(b);
-  const have = menuItems().map((a) => a.getAttribute("href")).join("\n");
-  if (have === views.map((v) => v.url).join("\n")) return;
+  const key = (x) => x.getAttribute("href") || x.dataset.longhorn;
+  const want = views.map((v) => v.url).concat(views.map((v) => `longhorn:${v.url}`));
+  if (menuItems().map(key).join("\n") === want.join("\n")) return;
   const focused = menuItems().indexOf(document.activeElement);
-  menu.replaceChildren(...views.map((v) => el("a", {
-    role: "menuitem", href: v.url, download: b.metadata.name, tabindex: "-1",
-    onclick: () => closeMenu(true),
-  }, v.label)));
+  const name = b.metadata.name;
+  menu.replaceChildren(
+    ...views.map((v) => el("a", {
+      role: "menuitem", href: v.url, download: name, tabindex: "-1",
+      onclick: () => closeMenu(true),
+    }, v.label)),
+    el("div", { class: "menu-heading", role: "presentation" }, "For Longhorn (URL and BackingImage manifest)"),
+    ...views.map((v, i) => el("button", {
+      type: "button", role: "menuitem", tabindex: "-1", "data-longhorn": `longhorn:${v.url}`,
+      onclick: () => { closeMenu(true); showLonghorn(name, i); },
+    }, `${v.label}…`)));
   if (focused >= 0) (menuItems()[focused] || menuItems()[0]).focus();
 }
 
@@ -478,7 +571,7 @@ function fillDetail(name) {
   const current = st.checksum || st.currentChecksum || "";
   add("Expected SHA512 Checksum", expected ? el("code", {}, expected) : "(none given: the first checksum is taken)");
   add("Current SHA512 Checksum", current ? el("code", {}, current) : "");
-  const failedCheck = /checksum mismatch/.test(messageOf(b));
+  const failedCheck = /doesn't match the file actual checksum|checksum mismatch/.test(messageOf(b));
   if (current && (!expected || expected.toLowerCase() === current)) add("Checksum", el("span", { class: "verified" }, "Verified"));
   else if (failedCheck || (expected && current)) add("Checksum", el("span", { class: "mismatch" }, "Failed"));
   const secret = secretOf(b);
@@ -490,8 +583,9 @@ function fillDetail(name) {
   add("Disk Tag", tags(spec.diskSelector, "disk"));
   add("Actual Size", human(sizeOf(b)));
   add("Virtual Size", human(st.virtualSize));
+  if (longhornManaged(b)) add("Managed by", "Longhorn (backing-image-manager's files on this disk: bifs never changes or deletes them)");
   if (stateOf(b) === "ready") {
-    const url = new URL(viewUrl("ignore", name), location.href).href;
+    const url = baseUrl() + viewUrl("ignore", name);
     add("URL for a Longhorn BackingImage", el("code", {}, url));
     add("Checksum file", el("a", { href: `${viewUrl("ignore", name)}.sha512` }, `${url}.sha512`));
     for (const v of viewsOf(b)) add(`Download: ${v.label}`, el("a", { href: v.url, download: name }, new URL(v.url, location.href).href));
@@ -686,7 +780,7 @@ function manifest(name, spec) {
 function updateManifestPreview() {
   const spec = specFromForm();
   let text = yaml(manifest($("#bi-name").value.trim(), spec));
-  if (spec.sourceType === "upload") text += "\n# the upload sets sourceParameters.path to the file it receives";
+  if (spec.sourceType === "upload") text += "\n# the upload stores the file's bytes in place, as they come";
   $("#create-manifest-text").textContent = text;
 }
 
@@ -783,6 +877,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("#bi-secret").addEventListener("change", secretChosen);
   $("#bi-secret").addEventListener("input", fillNamespaceSuggestions);
   $("#detail-close").addEventListener("click", () => $("#detail-dialog").close());
+  $("#longhorn-close").addEventListener("click", () => $("#longhorn-dialog").close());
   $("#download-menu").addEventListener("keydown", menuKey);
   // The menu closes on a click elsewhere; it follows its button when the page scrolls.
   document.addEventListener("click", (ev) => {
@@ -792,5 +887,8 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   window.addEventListener("resize", placeMenu);
   document.addEventListener("scroll", placeMenu, true);
-  if (await loadSecrets()) connect();
+  if (await loadSecrets()) {
+    await loadNode();
+    connect();
+  }
 });

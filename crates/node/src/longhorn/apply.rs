@@ -24,12 +24,13 @@ use bifs_k8s::{CryptoParams, Secret, SecretRef};
 
 use crate::store::{allocated, BackingCfg, Lock, LockMode, Store, StoreError};
 
-use super::source::{file_url_path, produce, virtual_size, Plan};
+use super::download::DownloadPolicy;
+use super::source::{file_url_path, produce, virtual_size, Output, Plan};
 use super::status::{self, revalidate};
 use bifs_k8s::manifest::{
     auto_correct_name, first_difference, BackingImage, BackingImageSpec, BackingImageStatus,
     Encryption, FieldError, Source, SourceFacts, SourceType, State, PARAM_BACKING_IMAGE,
-    PARAM_ENCRYPTION, PARAM_SECRET,
+    PARAM_ENCRYPTION, PARAM_SECRET, PARAM_URL,
 };
 
 /// What became of one applied image.
@@ -74,7 +75,7 @@ pub struct Secrets<'a>(pub &'a [Secret]);
 
 impl Secrets<'_> {
     /// The Secret's LUKS parameters, or a refusal naming `field`.
-    fn params(&self, id: &SecretRef, field: &str) -> Result<CryptoParams, FieldError> {
+    pub(crate) fn params(&self, id: &SecretRef, field: &str) -> Result<CryptoParams, FieldError> {
         let secret = self.0.iter().find(|s| &s.id == id).ok_or_else(|| {
             FieldError::param(
                 field,
@@ -87,8 +88,40 @@ impl Secrets<'_> {
     }
 }
 
-/// Applies `images` in dependency order (a clone after its source) and reports on each.
+/// How an apply behaves beyond the manifests: who asked (what downloads may reach) and
+/// whether it waits for another writer of the same image.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// What downloads may reach ([`DownloadPolicy::operator`] for `bifs apply`).
+    pub downloads: DownloadPolicy,
+    /// Wait for another apply, upload or delete holding an image (`bifs apply`), or answer
+    /// [`Outcome::Conflict`] at once (the server: one writer per name, a second gets 409).
+    pub wait: bool,
+}
+
+impl ApplyOptions {
+    /// `bifs apply`'s: the node's operator, waiting for other writers.
+    pub fn operator() -> Self {
+        Self {
+            downloads: DownloadPolicy::operator(),
+            wait: true,
+        }
+    }
+}
+
+/// Applies `images` in dependency order (a clone after its source) and reports on each, as the
+/// node's operator ([`ApplyOptions::operator`]).
 pub fn apply(store: &Store, images: Vec<BackingImage>, secrets: &Secrets<'_>) -> Vec<Report> {
+    apply_with(store, images, secrets, &ApplyOptions::operator())
+}
+
+/// [`apply`] with `opts`: what a server applies for remote callers.
+pub fn apply_with(
+    store: &Store,
+    images: Vec<BackingImage>,
+    secrets: &Secrets<'_>,
+    opts: &ApplyOptions,
+) -> Vec<Report> {
     let mut renamed: HashMap<String, String> = HashMap::new();
     let images = images
         .into_iter()
@@ -117,7 +150,7 @@ pub fn apply(store: &Store, images: Vec<BackingImage>, secrets: &Secrets<'_>) ->
             continue;
         }
         let started = Instant::now();
-        let outcome = match apply_one(store, &image, secrets) {
+        let outcome = match apply_one(store, &image, secrets, opts) {
             Ok(o) => o,
             Err(e) => Outcome::Failed(format!("store: {e}")),
         };
@@ -281,28 +314,67 @@ fn apply_one(
     store: &Store,
     image: &BackingImage,
     secrets: &Secrets<'_>,
+    opts: &ApplyOptions,
 ) -> Result<Outcome, StoreError> {
     let source = match image.validate() {
         Ok(s) => s,
         Err(e) => return Ok(Outcome::Refused(e.to_string())),
     };
+    if let Source::Download { url } = &source {
+        if let Err(e) = opts.downloads.check_url(url) {
+            return Ok(Outcome::Refused(
+                FieldError::param(PARAM_URL, e).to_string(),
+            ));
+        }
+    }
     // Without the lock first: re-applying a ready image must not wait for clones reading it.
     if let Some(done) = existing(store, image)? {
         return Ok(done);
     }
-    let _lock = lock_waiting(store, image.name(), LockMode::Exclusive)?;
+    let _lock = if opts.wait {
+        lock_waiting(store, image.name(), LockMode::Exclusive)?
+    } else {
+        match store.lock(image.name(), LockMode::Exclusive, false)? {
+            Some(l) => l,
+            None => return Ok(Outcome::Conflict(busy(image.name()))),
+        }
+    };
     if let Some(done) = existing(store, image)? {
         return Ok(done);
     }
-    let admitted = match admit(store, image, &source, secrets) {
+    if status::read(store, image.name())
+        .map_err(status_to_store)?
+        .is_none()
+        && status::longhorn_managed(store, image.name()).is_some()
+    {
+        return Ok(Outcome::Refused(format!(
+            "metadata.name: backing image {} is on this disk already, managed by Longhorn \
+             (backing-image-manager's files, which bifs never changes); pick another name",
+            image.name()
+        )));
+    }
+    let admitted = match admit(store, image, &source, secrets, opts) {
         Ok(a) => a,
         Err(e) => return Ok(Outcome::Refused(e.to_string())),
     };
-    create(store, image, admitted)
+    create(store, image, admitted, &opts.downloads)
+}
+
+/// The message of a name another writer holds.
+pub fn busy(name: &str) -> String {
+    format!(
+        "backing image {name} is being written by another request (an upload, apply or \
+         delete of the same name); try again when it is done"
+    )
 }
 
 /// Makes the admitted image: record, copy, verification, `backing.cfg`, rename.
-fn create(store: &Store, image: &BackingImage, admitted: Admitted) -> Result<Outcome, StoreError> {
+fn create(
+    store: &Store,
+    image: &BackingImage,
+    admitted: Admitted,
+    downloads: &DownloadPolicy,
+) -> Result<Outcome, StoreError> {
     let name = image.name();
     let disk = store.disk_uuid().to_string();
     // A retry keeps the directory name of the earlier attempt and starts it afresh.
@@ -324,6 +396,10 @@ fn create(store: &Store, image: &BackingImage, admitted: Admitted) -> Result<Out
         status: Some(status),
         ..image.clone()
     };
+    // As Longhorn's mutator, over the manifest's own labels.
+    for (k, v) in bifs_k8s::manifest::LONGHORN_LABELS {
+        rec.metadata.labels.insert(k.into(), v.into());
+    }
     store.write_record(name, &rec)?;
     let dir = store.prepare_dir(name, &uuid)?;
     let (file, tmp) = store.create_tmp(&dir)?;
@@ -349,9 +425,13 @@ fn create(store: &Store, image: &BackingImage, admitted: Admitted) -> Result<Out
         let mut copying = || progress.borrow_mut().start();
         let mut cb = |done: u64, total: Option<u64>| progress.borrow_mut().update(done, total);
         produce(
+            store,
             &admitted.plan,
-            &file,
-            tmp.clone(),
+            downloads,
+            Output {
+                file: &file,
+                path: tmp.clone(),
+            },
             &opts,
             &mut copying,
             Some(&mut cb),
@@ -384,13 +464,11 @@ fn create(store: &Store, image: &BackingImage, admitted: Admitted) -> Result<Out
     let checksum = copied.sha512.clone().unwrap_or_default();
     if let Some(expected) = &admitted.expected_checksum {
         if *expected != checksum {
-            let message = FieldError::new(
-                "spec.checksum",
-                format!(
-                    "checksum mismatch: expected {expected}, got {checksum}; the file was removed"
-                ),
-            )
-            .to_string();
+            // backing-image-manager's words (sync_file.go postProcessSyncFile), so that what
+            // watches Longhorn's messages matches bifs's.
+            let message = format!(
+                "failed to process sync file: the expected checksum {expected} doesn't match the file actual checksum {checksum}"
+            );
             return fail(&mut rec, message);
         }
     }
@@ -426,7 +504,13 @@ fn create(store: &Store, image: &BackingImage, admitted: Admitted) -> Result<Out
     Ok(Outcome::Created)
 }
 
-fn set_state(rec: &mut BackingImage, disk: &str, state: State, progress: u8, message: &str) {
+pub(crate) fn set_state(
+    rec: &mut BackingImage,
+    disk: &str,
+    state: State,
+    progress: u8,
+    message: &str,
+) {
     if let Some(st) = rec.status.as_mut() {
         st.set_file(disk, state, progress, message);
     }
@@ -448,13 +532,13 @@ fn lock_waiting(store: &Store, name: &str, mode: LockMode) -> Result<Lock, Store
 }
 
 /// Longhorn's `util.RandomID()`: 8 hex digits of a random UUID.
-fn new_uuid() -> String {
+pub(crate) fn new_uuid() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
 /// `status.ownerID`: the node's name (`NODE_NAME`, as Longhorn's pods get it, else the host
 /// name).
-fn node_name() -> String {
+pub fn node_name() -> String {
     std::env::var("NODE_NAME")
         .ok()
         .filter(|n| !n.is_empty())
@@ -494,11 +578,12 @@ fn admit(
     image: &BackingImage,
     source: &Source,
     secrets: &Secrets<'_>,
+    opts: &ApplyOptions,
 ) -> Result<Admitted, FieldError> {
     match source {
         Source::Download { url } => {
-            if file_url_path(url).is_some() || is_loopback(url) {
-                tracing::info!(backing_image = image.name(), url, "file:// and loopback URLs are a bifs extension (Longhorn's webhook refuses them)");
+            if opts.downloads.local && (file_url_path(url).is_some() || is_loopback(url)) {
+                tracing::info!(backing_image = image.name(), url, "a file:// or loopback URL: reads a file or a service of this node (Longhorn's webhook accepts both until v1.11.4/v1.12.1, which refuse them)");
             }
             admit_own(store, image, secrets, Plan::Download { url: url.clone() })
         }
@@ -509,7 +594,15 @@ fn admit(
             backing_image,
             encryption,
             secret,
-        } => admit_clone(store, image, backing_image, *encryption, secret, secrets),
+        } => admit_clone(
+            store,
+            image,
+            backing_image,
+            *encryption,
+            secret,
+            secrets,
+            opts.wait,
+        ),
     }
 }
 
@@ -636,6 +729,7 @@ fn admit_clone(
     encryption: Encryption,
     secret: &Option<SecretRef>,
     secrets: &Secrets<'_>,
+    wait: bool,
 ) -> Result<Admitted, FieldError> {
     if backing_image == image.name() {
         return Err(FieldError::param(
@@ -655,8 +749,11 @@ fn admit_clone(
         revalidate(store, rec);
     }
     let source_lock = store
-        .lock(backing_image, LockMode::Shared, true)
+        .lock(backing_image, LockMode::Shared, wait)
         .map_err(|e| FieldError::new("store", e.to_string()))?;
+    if source_lock.is_none() && !wait {
+        return Err(FieldError::param(PARAM_BACKING_IMAGE, busy(backing_image)));
+    }
     let src = clone_source(store, backing_image)?;
     let spec = image.mutated_spec(Some(&src.facts), store.disk_uuid());
     let plan = clone_plan(image, backing_image, encryption, secret, secrets, &src)?;
@@ -777,10 +874,6 @@ pub const KEY_PHASE: &str = "preparing the key";
 /// What a key-derivation step makes of the record's message.
 pub fn key_phase_message(step: &KdfStep) -> String {
     match step {
-        KdfStep::Benchmark(kind) => format!(
-            "{KEY_PHASE}: measuring {} on this node for the new keyslot's cost (as cryptsetup does)",
-            kind.name()
-        ),
         KdfStep::Derive(kdf) => format!("{KEY_PHASE}: deriving it with {kdf}"),
     }
 }

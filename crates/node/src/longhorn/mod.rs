@@ -12,9 +12,12 @@
 //! [`status::get`], [`status::watch`], [`status::delete`].
 
 pub mod apply;
+pub mod download;
 pub mod source;
 pub mod status;
+pub mod upload;
 
-pub use apply::{apply, Outcome, Report, Secrets};
+pub use apply::{apply, apply_with, node_name, ApplyOptions, Outcome, Report, Secrets};
 pub use bifs_k8s::manifest::{BackingImage, FieldError};
+pub use download::{Cidr, DownloadPolicy};
 pub use status::{delete, get, list, watch, StatusError};

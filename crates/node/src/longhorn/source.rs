@@ -5,9 +5,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
+use super::download::DownloadPolicy;
 use crate::copier::{copy_stream, copy_view, Copied, CopyError, CopyOptions, ProgressFn};
+use crate::store::Store;
 use bifs_core::image::{self, raw::RawFile, ReadAt};
 use bifs_core::kdf::KdfLimits;
 use bifs_core::view::{DecryptView, EncryptView, RekeyError, RekeyView, ViewError};
@@ -78,20 +79,41 @@ impl Plan {
     }
 }
 
-/// Runs `plan`, writing into `file` (at `path`, for messages). `copying` is called once the
-/// key is ready (at once for a plan without one), as the copy begins.
+/// A backing image of the store, opened beneath its root (a `backing` that is a symlink out
+/// of the store is refused). Messages name the image's file name, not the server's path.
+fn open_stored(store: &Store, path: &Path) -> Result<Arc<dyn ReadAt>, SourceError> {
+    match store.open_image(path).and_then(RawFile::from_file) {
+        Ok(f) => Ok(Arc::new(f)),
+        Err(e) => Err(field(
+            PARAM_BACKING_IMAGE,
+            format!("opening the source image: {e}"),
+        )),
+    }
+}
+
+/// Runs `plan`, writing into `out`. Clone sources are opened
+/// beneath `store`'s root; downloads follow `downloads`. `copying` is called once the key is
+/// ready (at once for a plan without one), as the copy begins.
+/// Where a plan writes: the open file and its path (for messages).
+pub struct Output<'a> {
+    pub file: &'a File,
+    pub path: PathBuf,
+}
+
 pub fn produce(
+    store: &Store,
     plan: &Plan,
-    file: &File,
-    path: PathBuf,
+    downloads: &DownloadPolicy,
+    out: Output<'_>,
     opts: &CopyOptions,
     copying: &mut dyn FnMut(),
     progress: Option<ProgressFn<'_>>,
 ) -> Result<Copied, SourceError> {
+    let Output { file, path } = out;
     match plan {
         Plan::Download { url } => {
             copying();
-            download(url, file, path, opts, progress)
+            download(store, url, downloads, file, path, opts, progress)
         }
         Plan::Upload { path: src } => {
             let view = open_raw(src, PARAM_PATH)?;
@@ -99,14 +121,21 @@ pub fn produce(
             Ok(copy_view(&*view, file, path, opts, progress)?)
         }
         Plan::Copy { source } => {
-            let view = open_raw(source, PARAM_BACKING_IMAGE)?;
+            let view = open_stored(store, source)?;
             copying();
             Ok(copy_view(&*view, file, path, opts, progress)?)
         }
         Plan::Encrypt { source, params } => {
             // The source's raw disk: a qcow2 is read through its reader, never expanded into
-            // a temporary raw file.
-            let disk = image::open_virtual_disk(source)
+            // a temporary raw file; its backing files too are opened beneath the store.
+            let opener = |p: &Path| store.open_image(p);
+            let disk = store
+                .open_image(source)
+                .map_err(|e| image::OpenError::Io {
+                    path: source.clone(),
+                    error: e,
+                })
+                .and_then(|f| image::virtual_disk_with(f, source, &opener))
                 .map_err(|e| field(PARAM_BACKING_IMAGE, e.to_string()))?;
             let view = EncryptView::create(disk, &params.luks, None).map_err(|e| {
                 field(
@@ -118,7 +147,7 @@ pub fn produce(
             Ok(copy_view(&view, file, path, opts, progress)?)
         }
         Plan::Decrypt { source, params } => {
-            let raw = open_raw(source, PARAM_BACKING_IMAGE)?;
+            let raw = open_stored(store, source)?;
             let view = DecryptView::open(raw, &params.luks.passphrase, &KdfLimits::default())
                 .map_err(|e| match e {
                     ViewError::NotEncrypted => field(PARAM_BACKING_IMAGE, e.to_string()),
@@ -131,7 +160,7 @@ pub fn produce(
             Ok(copy_view(&view, file, path, opts, progress)?)
         }
         Plan::Rekey { source, old, new } => {
-            let raw = open_raw(source, PARAM_BACKING_IMAGE)?;
+            let raw = open_stored(store, source)?;
             let view =
                 RekeyView::create(raw, &old.luks.passphrase, &new.luks).map_err(|e| match e {
                     RekeyError::Unlock(e) => field(
@@ -150,28 +179,50 @@ pub fn produce(
 }
 
 fn download(
+    store: &Store,
     url: &str,
+    policy: &DownloadPolicy,
     file: &File,
     path: PathBuf,
     opts: &CopyOptions,
     progress: Option<ProgressFn<'_>>,
 ) -> Result<Copied, SourceError> {
     if let Some(local) = file_url_path(url) {
+        if !policy.local {
+            // Admission refuses it already; this is the second lock on the door.
+            return Err(field(
+                PARAM_URL,
+                "file:// URLs are for bifs apply on the node",
+            ));
+        }
         let view = open_raw(&local, PARAM_URL)?;
         return Ok(copy_view(&*view, file, path, opts, progress)?);
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(30)))
-        // A stalled server must not hang an apply forever; a slow one may take its time.
-        .timeout_recv_response(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let mut response = agent
+    policy.check_url(url).map_err(|e| field(PARAM_URL, e))?;
+    // The most the download may bring: the flag, and never more than the store has free.
+    let free = store.free_bytes().ok();
+    let limit = match (policy.max_bytes, free) {
+        (Some(m), Some(f)) => m.min(f),
+        (Some(m), None) => m,
+        (None, Some(f)) => f,
+        (None, None) => u64::MAX,
+    };
+    let mut response = policy
+        .agent()
         .get(url)
         .call()
         .map_err(|e| field(PARAM_URL, format!("GET {url}: {e}")))?;
     let total = response.body().content_length();
-    let mut reader = response.body_mut().as_reader();
+    if let Some(t) = total.filter(|&t| t > limit) {
+        return Err(field(
+            PARAM_URL,
+            format!(
+                "GET {url}: the download is {t} bytes, more than the {limit} allowed \
+                 (--max-download-size, or the store's free space)"
+            ),
+        ));
+    }
+    let mut reader = response.body_mut().with_config().limit(limit).reader();
     match copy_stream(&mut reader, total, file, path, opts, progress) {
         Err(CopyError::Read { offset, source }) => Err(field(
             PARAM_URL,
@@ -208,11 +259,19 @@ pub fn file_url_path(url: &str) -> Option<PathBuf> {
     Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
 }
 
-/// The size of the disk an image file holds: a qcow2's virtual size, else the file size.
+/// The size of the disk an image file holds, as backing-image-manager gets it from `qemu-img
+/// info` (format probed): a qcow2's virtual size; a LUKS1 image's payload (qemu probes LUKS1
+/// as its `luks` format and reports the data after the header); else the file size (qemu has
+/// no LUKS2 driver: a LUKS2 image probes as raw).
 pub fn virtual_size(path: &Path, file_size: u64) -> u64 {
     match image::detect(path) {
         Ok(image::Format::Qcow2) => image::qcow2::Qcow2Image::open(path)
             .map(|q| q.len())
+            .unwrap_or(file_size),
+        Ok(image::Format::Luks1) => RawFile::open(path)
+            .ok()
+            .and_then(|f| bifs_core::luks::Luks1Header::read(&f).ok())
+            .map(|h| file_size.saturating_sub(h.segment().offset))
             .unwrap_or(file_size),
         _ => file_size,
     }

@@ -15,7 +15,7 @@ use crate::store::{LockMode, Store, StoreError};
 
 use bifs_k8s::manifest::{
     BackingImage, BackingImageStatus, DiskFileStatus, Encryption, SourceType, State,
-    DATA_ENGINE_V1, PARAM_ENCRYPTION,
+    DATA_ENGINE_V1, MANAGED_BY_LONGHORN, PARAM_ENCRYPTION,
 };
 
 /// The message of a record whose apply stopped without finishing (killed, machine down).
@@ -34,6 +34,8 @@ pub enum StatusError {
         "backing image {0} is busy (being applied, or cloned from); try again when that is done"
     )]
     Busy(String),
+    #[error("backing image {0} is managed by Longhorn (backing-image-manager's files on this disk): bifs never deletes or changes it; delete the BackingImage in Longhorn")]
+    LonghornManaged(String),
 }
 
 /// The record of `name` in the current shape, if there is one.
@@ -133,12 +135,15 @@ pub fn observe(store: &Store, rec: BackingImage) -> BackingImage {
 
 /// A non-settled state with nobody holding the image's lock means the apply died: reported
 /// as failed (the record itself is left for the next apply). Reads only the lock, never the
-/// image, so it is cheap enough for every scrape of `/metrics`.
+/// image, so it is cheap enough for every scrape of `/metrics`. An upload is the exception:
+/// between its requests nobody holds it, and it waits, `in-progress`, for the rest of its
+/// bytes (its message says where to resume).
 pub fn mark_interrupted(store: &Store, mut rec: BackingImage) -> BackingImage {
     let disk = store.disk_uuid().to_string();
+    let upload = rec.spec.source_type.trim() == "upload" && rec.spec.source_parameters.is_empty();
     if let Some(st) = rec.status.as_mut() {
         let f = st.file();
-        if !f.state.is_settled() && store.is_busy(&rec.metadata.name) == Some(false) {
+        if !upload && !f.state.is_settled() && store.is_busy(&rec.metadata.name) == Some(false) {
             st.set_file(&disk_key(st, &disk), State::Failed, f.progress, INTERRUPTED);
         }
     }
@@ -250,22 +255,136 @@ pub fn file_changed(store: &Store, name: &str, uuid: &str) -> bool {
             .is_ok_and(|now| now != cfg.modification_time)
 }
 
-/// All records, or the one named; observed.
+/// All records, or the one named; observed. The image directories of the disk that have no
+/// bifs record (backing-image-manager filled them) are listed too, after the records, as
+/// [`longhorn_managed`] shows them.
 pub fn list(store: &Store, name: Option<&str>) -> Result<Vec<BackingImage>, StatusError> {
     let names = match name {
         Some(n) => vec![n.to_string()],
         None => store.record_names()?,
     };
     let mut out = Vec::new();
-    for n in names {
-        if let Some(r) = read(store, &n)? {
+    for n in &names {
+        if let Some(r) = read(store, n)? {
             out.push(observe(store, r));
         }
+    }
+    let recorded: std::collections::BTreeSet<String> =
+        out.iter().map(|b| b.metadata.name.clone()).collect();
+    let disk = match store.disk_images() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(store = %store.root().display(), error = %e, "cannot list the disk's image directories");
+            Vec::new()
+        }
+    };
+    for img in disk {
+        if recorded.contains(&img.name) || name.is_some_and(|n| n != img.name) {
+            continue;
+        }
+        out.push(from_disk(store, &img));
     }
     Ok(out)
 }
 
-/// One BackingImage, observed; `NotFound` when the store has no record of it.
+/// The BackingImage of an image directory of the disk that bifs has no record of (Longhorn's
+/// backing-image-manager filled it), if there is one by that name.
+pub fn longhorn_managed(store: &Store, name: &str) -> Option<BackingImage> {
+    let images = store.disk_images().ok()?;
+    images
+        .iter()
+        .find(|i| i.name == name)
+        .map(|i| from_disk(store, i))
+}
+
+/// What an image directory backing-image-manager filled says of itself, in a BackingImage's
+/// shape: its `backing.cfg` (name, uuid, sizes, checksum) when the cfg describes the file as
+/// it is (`ready`), else `unknown` with Longhorn's words for a file changed since. Marked
+/// [`MANAGED_BY_LONGHORN`] and labelled as Longhorn labels its objects; its spec is what can
+/// be known from the disk (nothing of its source).
+pub fn from_disk(store: &Store, img: &crate::store::DiskImage) -> BackingImage {
+    let disk = store.disk_uuid().to_string();
+    let backing = img.backing();
+    let file_size = std::fs::metadata(&backing).map(|m| m.len()).unwrap_or(0);
+    let cfg = img.cfg.clone().unwrap_or_default();
+    let current = img.cfg_current();
+    let mut st = BackingImageStatus {
+        uuid: img.uuid.clone(),
+        size: file_size,
+        virtual_size: u64::try_from(cfg.virtual_size)
+            .ok()
+            .filter(|v| *v > 0)
+            .unwrap_or_else(|| super::source::virtual_size(&backing, file_size)),
+        real_size: u64::try_from(cfg.real_size)
+            .ok()
+            .filter(|v| *v > 0)
+            .unwrap_or_else(|| crate::store::allocated(&backing).unwrap_or(0)),
+        checksum: if current {
+            cfg.current_checksum.clone()
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    };
+    if current {
+        st.set_file(&disk, State::Ready, 100, "");
+    } else {
+        let now = modification_time(&backing).unwrap_or_default();
+        st.set_file(
+            &disk,
+            State::Unknown,
+            100,
+            &format!("ready file is suddenly modified at {now}, need to re-check the checksum (backing-image-manager re-checks it; bifs does not touch Longhorn's files)"),
+        );
+    }
+    let mut labels = BTreeMap::new();
+    for (k, v) in bifs_k8s::manifest::LONGHORN_LABELS {
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let annotations = BTreeMap::from([(
+        MANAGED_BY_LONGHORN.0.to_string(),
+        MANAGED_BY_LONGHORN.1.to_string(),
+    )]);
+    let mut spec = bifs_k8s::manifest::BackingImageSpec {
+        checksum: cfg.expected_checksum.clone(),
+        min_number_of_copies: bifs_k8s::manifest::DEFAULT_MIN_NUMBER_OF_COPIES,
+        data_engine: DATA_ENGINE_V1.into(),
+        ..Default::default()
+    };
+    if !disk.is_empty() {
+        spec.disk_file_spec_map.insert(
+            disk.clone(),
+            bifs_k8s::manifest::DiskFileSpec {
+                eviction_requested: false,
+                data_engine: DATA_ENGINE_V1.into(),
+            },
+        );
+    }
+    BackingImage {
+        api_version: bifs_k8s::manifest::API_VERSION.into(),
+        kind: bifs_k8s::manifest::KIND.into(),
+        metadata: bifs_k8s::manifest::ObjectMeta {
+            name: img.name.clone(),
+            namespace: "longhorn-system".into(),
+            labels,
+            annotations,
+        },
+        spec,
+        status: Some(st),
+    }
+}
+
+/// Whether `b` is an image of the disk that Longhorn manages (listed, never changed by bifs).
+pub fn is_longhorn_managed(b: &BackingImage) -> bool {
+    b.metadata
+        .annotations
+        .get(MANAGED_BY_LONGHORN.0)
+        .map(String::as_str)
+        == Some(MANAGED_BY_LONGHORN.1)
+}
+
+/// One BackingImage, observed (a Longhorn-managed one too); `NotFound` when the store has
+/// neither a record nor an image directory of that name.
 pub fn get(store: &Store, name: &str) -> Result<BackingImage, StatusError> {
     list(store, Some(name))?
         .pop()
@@ -317,6 +436,9 @@ pub fn delete(store: &Store, name: &str) -> Result<(), StatusError> {
         return Err(StatusError::Busy(name.into()));
     };
     let Some(rec) = read(store, name)? else {
+        if longhorn_managed(store, name).is_some() {
+            return Err(StatusError::LonghornManaged(name.into()));
+        }
         return Err(StatusError::NotFound {
             name: name.into(),
             store: store.root().display().to_string(),

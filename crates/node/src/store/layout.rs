@@ -130,6 +130,56 @@ fn scan_flat(root: &Path, state: &Path) -> io::Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// Directories of `root`'s layout that this process cannot enter (see
+/// [`super::Store::access_warnings`]).
+pub fn access_warnings(root: &Path, layout: Layout) -> Vec<String> {
+    use rustix::fs::{access, Access};
+    let can_enter = |d: &Path| access(d, Access::READ_OK | Access::EXEC_OK);
+    let mut out = Vec::new();
+    if let Err(e) = can_enter(root) {
+        out.push(format!(
+            "cannot read the store {}: {}",
+            root.display(),
+            std::io::Error::from(e)
+        ));
+        return out;
+    }
+    if layout != Layout::Longhorn {
+        return out;
+    }
+    let dir = root.join(IMAGES_DIR);
+    if let Err(e) = can_enter(&dir) {
+        out.push(format!(
+            "cannot read {}: {}",
+            dir.display(),
+            std::io::Error::from(e)
+        ));
+        return out;
+    }
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return out;
+    };
+    let mut blocked = Vec::new();
+    for e in entries.flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) && can_enter(&p).is_err() {
+            blocked.push(p);
+        }
+    }
+    blocked.sort();
+    if let Some(first) = blocked.first() {
+        out.push(format!(
+            "cannot enter {} image director{} of this Longhorn disk (e.g. {}): backing-image-manager \
+             makes them mode 0644 (no search bit), so their images are invisible to this \
+             process; run bifs as root (the DaemonSet does) or with CAP_DAC_READ_SEARCH",
+            blocked.len(),
+            if blocked.len() == 1 { "y" } else { "ies" },
+            first.display()
+        ));
+    }
+    out
+}
+
 /// Every complete image directory of the disk at `root`, one per name, sorted by name.
 ///
 /// A directory counts once `backing` exists (one holding only `backing.tmp` is a download in
@@ -151,8 +201,13 @@ pub fn scan_disk(
     dirs.sort();
     let mut by_name: BTreeMap<String, Vec<DiskImage>> = BTreeMap::new();
     for d in dirs {
-        if !fs::metadata(d.join(BACKING)).is_ok_and(|m| m.is_file()) {
-            continue;
+        match fs::metadata(d.join(BACKING)) {
+            Ok(m) if m.is_file() => {}
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                warn_once(&d, &e);
+                continue;
+            }
+            _ => continue,
         }
         if let Some(image) = read_image_dir(&d) {
             by_name.entry(image.name.clone()).or_default().push(image);
@@ -162,6 +217,16 @@ pub fn scan_disk(
         .into_iter()
         .filter_map(|(name, copies)| pick_ready(&name, copies, preferred(&name)))
         .collect())
+}
+
+/// A directory that cannot be entered is reported once per process (the listing runs often).
+fn warn_once(dir: &Path, e: &io::Error) {
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.insert(dir.to_path_buf()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot enter a backing image directory: its image is invisible to bifs (backing-image-manager makes these directories mode 0644; run bifs as root)");
+    }
 }
 
 /// The image of one directory with a `backing` file, or `None` (with a warning) when its

@@ -27,10 +27,14 @@ use bifs_core::image::{self, Format};
 
 pub mod atomic;
 pub mod cfg;
+pub mod confine;
+pub mod digests;
 pub mod disk;
 pub mod identity;
 pub mod layout;
 pub mod state;
+pub mod sums;
+pub mod upload;
 
 pub use atomic::write_atomic;
 pub use cfg::{BackingCfg, DiskCfg};
@@ -60,6 +64,34 @@ pub enum StoreError {
     Record { path: PathBuf, message: String },
     #[error("invalid backing image name {0:?}")]
     Name(String),
+    #[error("{0:?} already exists in the store")]
+    Exists(String),
+}
+
+impl StoreError {
+    /// The error without the server's paths, for a remote client (the full error goes to
+    /// the log): what was being done and the OS error.
+    pub fn public_message(&self) -> String {
+        match self {
+            StoreError::Open { error, .. } => format!("store: {error}"),
+            StoreError::NotADirectory(_) => "store: not a directory".into(),
+            StoreError::State { error, .. } => format!("state directory: {error}"),
+            StoreError::Io { what, error, .. } => format!("store: {what}: {error}"),
+            StoreError::Record { message, .. } => format!("record: {message}"),
+            StoreError::Name(_) | StoreError::Exists(_) => self.to_string(),
+        }
+    }
+
+    /// Whether the disk (or a quota) is full.
+    pub fn is_no_space(&self) -> bool {
+        let e = match self {
+            StoreError::Open { error, .. }
+            | StoreError::State { error, .. }
+            | StoreError::Io { error, .. } => error,
+            _ => return false,
+        };
+        matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    }
 }
 
 pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
@@ -78,11 +110,20 @@ pub struct StoredImage {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// The root, open: every image is opened beneath it ([`confine`]).
+    root_dir: std::sync::Arc<fs::File>,
     layout: Layout,
     state: StateDir,
     /// The UUID of `longhorn-disk.cfg`; empty when the store has none (a flat store, or a
     /// Longhorn disk opened read-only before any apply).
     disk_uuid: String,
+}
+
+fn open_root(root: &Path) -> Result<fs::File, StoreError> {
+    fs::File::open(root).map_err(|error| StoreError::Open {
+        path: root.to_owned(),
+        error,
+    })
 }
 
 fn check_dir(root: &Path) -> Result<PathBuf, StoreError> {
@@ -112,11 +153,34 @@ impl Store {
         })?;
         let disk_uuid = read_disk_uuid(&root);
         Ok(Self {
+            root_dir: std::sync::Arc::new(open_root(&root)?),
             root,
             layout,
             state,
             disk_uuid,
         })
+    }
+
+    /// Opens `root` for a server's writes in the `layout` it serves: a Longhorn disk as
+    /// [`Store::open_disk`] does, a flat store as it is (images are written as plain files
+    /// beside the others; only the lock directory is made). A flat store never becomes a
+    /// Longhorn disk behind the views' back.
+    pub fn open_for_writes(root: &Path, layout: Layout) -> Result<Self, StoreError> {
+        if layout == Layout::Longhorn {
+            return Self::open_disk(root);
+        }
+        let root = check_dir(root)?;
+        let state = StateDir::at(&root.join(DEFAULT_STATE_DIR));
+        let store = Self {
+            root_dir: std::sync::Arc::new(open_root(&root)?),
+            disk_uuid: read_disk_uuid(&root),
+            root,
+            layout: Layout::Flat,
+            state,
+        };
+        let locks = store.locks_dir();
+        fs::create_dir_all(&locks).map_err(io_err("creating", &locks))?;
+        Ok(store)
     }
 
     /// Opens `root` as a Longhorn disk to write backing images into: creates
@@ -133,6 +197,7 @@ impl Store {
         let disk_cfg = root.join(layout::DISK_CFG);
         let disk = DiskCfg::ensure(&disk_cfg).map_err(io_err("disk config", &disk_cfg))?;
         let store = Self {
+            root_dir: std::sync::Arc::new(open_root(&root)?),
             root,
             layout: Layout::Longhorn,
             state,
@@ -151,6 +216,7 @@ impl Store {
         let state = StateDir::at(&root.join(DEFAULT_STATE_DIR));
         let disk_uuid = read_disk_uuid(&root);
         Ok(Self {
+            root_dir: std::sync::Arc::new(open_root(&root)?),
             root,
             layout,
             state,
@@ -175,8 +241,37 @@ impl Store {
         &self.disk_uuid
     }
 
+    /// Opens a file of the store for reading, beneath its root: a symlink or qcow2 backing
+    /// file name that leads out of the store is refused ([`confine`]).
+    pub fn open_image(&self, path: &Path) -> io::Result<fs::File> {
+        confine::open_beneath(&self.root, &self.root_dir, path)
+    }
+
+    /// Bytes the store's file system has free for this process (`statvfs`: `f_bavail`).
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let st = rustix::fs::fstatvfs(&self.root_dir)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// The format of the image at `path`, opened beneath the root; `None` (with a warning,
+    /// once per path) when it leads out of the store.
+    fn detect_confined(&self, name: &str, path: &Path) -> io::Result<Option<Format>> {
+        match self.open_image(path) {
+            Ok(file) => image::detect::detect_file(&file).map(Some),
+            Err(e) if confine::is_outside(&e) => {
+                warn_once(
+                    path,
+                    || tracing::warn!(image = ?name, "refusing an image that leads out of the store (a symlink to a file outside it)"),
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every image, sorted by name, with its detected format. Unreadable files are skipped
-    /// with a warning: one bad file must not hide the others.
+    /// with a warning: one bad file must not hide the others. Files that lead out of the
+    /// store (symlinks) are not images of it.
     pub fn list(&self) -> io::Result<Vec<StoredImage>> {
         let preferred = |n: &str| self.recorded_uuid(n);
         let mut out = Vec::new();
@@ -184,10 +279,11 @@ impl Store {
             .layout
             .scan(&self.root, self.state.path(), &preferred)?
         {
-            match image::detect(&path) {
-                Ok(format) => out.push(StoredImage { name, path, format }),
+            match self.detect_confined(&name, &path) {
+                Ok(Some(format)) => out.push(StoredImage { name, path, format }),
+                Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(image = %path.display(), error = %e, "skipping unreadable image")
+                    tracing::warn!(image = ?name, error = %e, "skipping unreadable image")
                 }
             }
         }
@@ -203,21 +299,46 @@ impl Store {
         else {
             return Ok(None);
         };
-        match image::detect(&path) {
-            Ok(format) => Ok(Some(StoredImage {
+        match self.detect_confined(name, &path) {
+            Ok(Some(format)) => Ok(Some(StoredImage {
                 name: name.to_owned(),
                 path,
                 format,
             })),
+            Ok(None) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 
+    /// What keeps bifs from seeing the whole store, loudly: a Longhorn disk's image
+    /// directories it cannot enter. backing-image-manager creates them with mode 0666 less
+    /// the umask (0644: no search bit), so only root (or CAP_DAC_READ_SEARCH) sees inside.
+    pub fn access_warnings(&self) -> Vec<String> {
+        layout::access_warnings(&self.root, self.layout)
+    }
+
     /// The complete image directories of the disk, one per name (the ready copy).
     pub fn disk_images(&self) -> io::Result<Vec<DiskImage>> {
         let preferred = |n: &str| self.recorded_uuid(n);
-        layout::scan_disk(&self.root, &preferred)
+        Ok(layout::scan_disk(&self.root, &preferred)?
+            .into_iter()
+            .filter(|i| !matches!(self.detect_confined(&i.name, &i.backing()), Ok(None)))
+            .collect())
+    }
+}
+
+/// Runs `warn` the first time `path` is seen (listings run every second: one line, not a
+/// flood).
+fn warn_once(path: &Path, warn: impl FnOnce()) {
+    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>> =
+        std::sync::Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen
+        .get_or_insert_with(Default::default)
+        .insert(path.to_owned())
+    {
+        warn();
     }
 }
 
@@ -226,7 +347,7 @@ fn read_disk_uuid(root: &Path) -> String {
         Ok(Some(c)) => c.disk_uuid,
         Ok(None) => String::new(),
         Err(e) => {
-            tracing::warn!(store = %root.display(), error = %e, "unreadable longhorn-disk.cfg");
+            tracing::warn!(store = ?root, error = %e, "unreadable longhorn-disk.cfg");
             String::new()
         }
     }

@@ -26,6 +26,10 @@ pub struct HeaderRecord {
     pub source: SourceIdentity,
     /// The raw (virtual) size padded to 512 bytes: the data segment's size.
     pub padded_len: u64,
+    /// The stored file's SHA-512 (hex) the stable header was made from; absent in records of
+    /// earlier bifs versions (random headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sha512: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -164,10 +168,12 @@ mod tests {
             source: SourceIdentity {
                 size: 1,
                 mtime_ns: 2,
+                ctime_ns: 5,
                 dev: 3,
                 ino: 4,
             },
             padded_len: 512,
+            source_sha512: None,
         };
         state.save_header("img", &secret, b"hdr", &record).unwrap();
         let (_, got) = state.load_header("img", &secret).unwrap().unwrap();

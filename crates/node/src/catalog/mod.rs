@@ -1,29 +1,41 @@
-//! What the mount serves: the store's images under each mode and Secret, and the views
-//! behind them. Everything here is plain Rust, testable without FUSE; the adapter only turns
-//! its answers and errors into replies.
+//! What the mount and the server serve: the store's images under each mode and Secret, and
+//! the views behind them. Everything here is plain Rust, testable without FUSE; the faces only
+//! turn its answers and errors into replies.
 //!
-//! Unlocked volume keys are cached per (mode, image, Secret) for the life of the mount, so an
-//! Argon2 unlock happens once per mount, not once per open. A wrong passphrase is cached too
-//! (while the image is unchanged): retrying an open must not cost an Argon2 run each time.
+//! No key derivation happens on the path of a request: encrypt views (their stable LUKS2
+//! headers, [`bifs_core::view::stable`]) and decrypt views (unlocked keys) are prepared by
+//! jobs on the derivation pool ([`prepare`], [`crate::kdfpool`]), ahead of requests by the
+//! background pass ([`Catalog::start_background`]) or when a request finds its pair not
+//! ready ([`Catalog::open_now`] hands back a [`Pending`] to wait on). Results are kept per
+//! version of the stored file: a wrong passphrase too, so a retry costs no KDF.
 //!
 //! A catalog made from a [`SecretSource`] follows its files: it looks for changes at most once
 //! a second when listing, and on every keyed open. A Secret that was rotated, added or removed
-//! loses its cached unlocks (only that Secret's), so the next open uses the new passphrase.
+//! loses its prepared views (only that Secret's), so the next open uses the new passphrase.
+
+mod prepare;
+
+pub use prepare::{Counts, Pending, Readiness, WorkConfig};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io;
+use std::ops::Deref;
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::store::{HeaderRecord, SourceIdentity, Store, StoredImage, Watched};
+use crate::kdfpool::{Busy, Class};
+use crate::store::digests::FileStamp;
+use crate::store::{SourceIdentity, Store, StoredImage, Watched};
 use bifs_core::image::{self, raw::RawFile, ReadAt};
 use bifs_core::kdf::KdfLimits;
-use bifs_core::keys::VolumeKey;
-use bifs_core::luks::{Luks2Header, LuksError, LuksHeader, DATA_OFFSET};
+use bifs_core::luks::{LuksError, LuksHeader, DATA_OFFSET};
 use bifs_core::view::{encrypt, DecryptView, EncryptView, ViewError};
 use bifs_k8s::{CryptoParams, Secret, SecretRef, SecretSource};
+
+use prepare::{Pair, Readiness as ReadinessState, Settled, Work};
 
 /// The four views of an image: one top-level directory each in the mount, one path prefix
 /// each over HTTP.
@@ -77,12 +89,29 @@ pub enum CatalogError {
     View { image: String, error: ViewError },
     #[error("image {image:?}: {error}")]
     Io { image: String, error: io::Error },
+    /// Preparing the view failed (cached for this version of the file); `over_budget` when
+    /// the work it needs is beyond the server's limits.
+    #[error("image {image:?}: {message}")]
+    Failed {
+        image: String,
+        message: String,
+        over_budget: bool,
+    },
+    /// Too many key derivations wait already.
+    #[error("image {image:?}: {busy}")]
+    Busy { image: String, busy: Busy },
+    /// Still being prepared when the caller stopped waiting.
+    #[error(
+        "image {image:?}: its view is still being prepared (a key derivation); try again shortly"
+    )]
+    Preparing { image: String },
 }
 
 impl CatalogError {
     /// The errno a caller sees. Refused combinations are EINVAL (the path names something
-    /// bifs will not make), unknown names ENOENT, a wrong passphrase EACCES, and a source
-    /// that vanished or changed EIO.
+    /// bifs will not make), unknown names ENOENT, a wrong passphrase EACCES, a source that
+    /// vanished or changed EIO, work beyond the server's limits EPERM, a full derivation
+    /// queue EAGAIN.
     pub fn errno(&self) -> i32 {
         match self {
             CatalogError::NoImage(_)
@@ -100,6 +129,11 @@ impl CatalogError {
                 None => libc::EIO,
             },
             CatalogError::View { .. } => libc::EIO,
+            CatalogError::Failed {
+                over_budget: true, ..
+            } => libc::EPERM,
+            CatalogError::Failed { .. } => libc::EIO,
+            CatalogError::Busy { .. } | CatalogError::Preparing { .. } => libc::EAGAIN,
         }
     }
 }
@@ -111,43 +145,63 @@ pub struct FileInfo {
     /// 512-byte blocks: what `cp --sparse=auto` uses to decide whether to look for holes.
     pub blocks: u64,
     pub mtime: SystemTime,
+    /// The stored file's version the sizes are of.
+    pub identity: SourceIdentity,
 }
 
-enum Cached {
-    Encrypt {
-        padded_len: u64,
-        header: Arc<RawFile>,
-        parsed: Luks2Header,
-        key: VolumeKey,
-    },
-    Decrypt {
-        identity: SourceIdentity,
-        header: LuksHeader,
-        key: VolumeKey,
-    },
-    WrongPassphrase {
-        identity: SourceIdentity,
-    },
+/// A view opened, or the hold of a request on its preparation.
+pub enum Opening {
+    Ready(Arc<dyn ReadAt>, SourceIdentity),
+    Pending(Pending),
 }
 
-type Slot = Arc<Mutex<Option<Cached>>>;
+pub(crate) type PairKey = (Mode, String, SecretRef);
 
 type SecretMap = BTreeMap<SecretRef, Arc<CryptoParams>>;
 
 /// How often listing looks at the Secret files (keyed opens always look).
 const SECRETS_RECHECK: Duration = Duration::from_secs(1);
 
+/// How long a blocking open (FUSE) waits for its view to be prepared: a header at bifs's
+/// default cost takes seconds, a queue of them a minute; an unlock of a hostile image may take
+/// hours, and must not hold a FUSE thread that long (EAGAIN: the job goes on while wanted).
+const OPEN_WAIT: Duration = Duration::from_secs(120);
+
 struct Watch {
     source: SecretSource,
     checked: Instant,
 }
 
+/// The catalog: cheap to clone (every clone is the same catalog).
+#[derive(Clone)]
 pub struct Catalog {
+    inner: Arc<Inner>,
+}
+
+/// The catalog's state (a [`Catalog`] derefs to it; its fields are private).
+pub struct Inner {
     store: Store,
     secrets: RwLock<Arc<SecretMap>>,
     watch: Option<Mutex<Watch>>,
     limits: KdfLimits,
-    keys: Mutex<HashMap<(Mode, String, SecretRef), Slot>>,
+    pairs: Mutex<HashMap<PairKey, Arc<Pair>>>,
+    /// A token per Secret that changes whenever the Secret does (for validators such as ETags:
+    /// never derived from its values).
+    versions: Mutex<HashMap<SecretRef, [u8; 16]>>,
+    work: OnceLock<Work>,
+    work_config: Mutex<WorkConfig>,
+    readiness: Mutex<ReadinessState>,
+    digest_memo: Mutex<HashMap<String, (FileStamp, [u8; 64])>>,
+    /// What an unlock of a LUKS image would cost (default keyslots), per version of the file.
+    unlock_costs: Mutex<HashMap<String, (FileStamp, f64)>>,
+    background: AtomicBool,
+}
+
+impl Deref for Catalog {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
 }
 
 /// Secrets whose CRYPTO_* keys are invalid are left out with a warning: they can neither
@@ -187,11 +241,20 @@ impl Catalog {
 
     fn build(store: Store, secrets: SecretMap, watch: Option<Mutex<Watch>>) -> Self {
         Self {
-            store,
-            secrets: RwLock::new(Arc::new(secrets)),
-            watch,
-            limits: KdfLimits::default(),
-            keys: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                store,
+                secrets: RwLock::new(Arc::new(secrets)),
+                watch,
+                limits: KdfLimits::default(),
+                pairs: Mutex::new(HashMap::new()),
+                versions: Mutex::new(HashMap::new()),
+                work: OnceLock::new(),
+                work_config: Mutex::new(WorkConfig::default()),
+                readiness: Mutex::new(ReadinessState::default()),
+                digest_memo: Mutex::new(HashMap::new()),
+                unlock_costs: Mutex::new(HashMap::new()),
+                background: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -220,18 +283,34 @@ impl Catalog {
             .clone()
     }
 
-    /// Puts `map` in force and forgets the cached unlocks of the `changed` Secrets.
+    /// Puts `map` in force and forgets the prepared views of the `changed` Secrets.
     fn replace_secrets(&self, map: SecretMap, changed: &BTreeSet<SecretRef>) {
         *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
         if changed.is_empty() {
             return;
         }
-        // An open that already holds a forgotten slot finishes in it; later opens get new ones.
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        keys.retain(|(_, _, secret), _| !changed.contains(secret));
+        {
+            // An open that already holds a forgotten pair finishes with it; later opens get new
+            // ones. A job still running for a forgotten pair has its result dropped.
+            let mut pairs = self.pairs.lock().unwrap_or_else(|e| e.into_inner());
+            pairs.retain(|(_, _, secret), _| !changed.contains(secret));
+        }
+        let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
         for secret in changed {
+            versions.remove(secret);
             tracing::info!(%secret, "Secret added, changed or removed; its cached unlocks are forgotten");
         }
+    }
+
+    /// A token for `secret` that changes whenever the Secret does (and at every start): what a
+    /// validator of a view keyed by it may include. Random, never derived from its values.
+    pub fn secret_version(&self, secret: &SecretRef) -> [u8; 16] {
+        self.secrets(false);
+        let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        *versions.entry(secret.clone()).or_insert_with(|| {
+            // A random (v4) UUID's bytes.
+            uuid::Uuid::new_v4().into_bytes()
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -316,7 +395,7 @@ impl Catalog {
         };
         // One descriptor for the metadata and the bytes: a rename in between must not mix
         // one file's size with another's content.
-        let file = image::open_image_file(&img.path).map_err(io_err)?;
+        let file = self.store.open_image(&img.path).map_err(io_err)?;
         let meta = file.metadata().map_err(io_err)?;
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         let file_blocks = meta.blocks();
@@ -344,12 +423,15 @@ impl Catalog {
             size,
             blocks: blocks.min(size.div_ceil(512)),
             mtime,
+            identity: SourceIdentity::of(&meta),
         })
     }
 
     /// The disk `img` holds, read through `file` (a descriptor of `img.path`).
     fn disk_of(&self, img: &StoredImage, file: fs::File) -> Result<Arc<dyn ReadAt>, CatalogError> {
-        image::virtual_disk_of(file, &img.path).map_err(|e| match e {
+        // A qcow2's backing files are opened beneath the store's root too.
+        let opener = |p: &std::path::Path| self.store.open_image(p);
+        image::virtual_disk_with(file, &img.path, &opener).map_err(|e| match e {
             image::OpenError::Io { error, .. } => CatalogError::Io {
                 image: img.name.clone(),
                 error,
@@ -363,12 +445,43 @@ impl Catalog {
 
     /// The view `mode` makes of `img` (with `secret` for encrypt/decrypt), guarded so that
     /// its reads fail with EIO once the stored file changes, and the identity it is pinned to.
+    /// Blocks while the view is being prepared (a key derivation on the pool), up to two
+    /// minutes: for callers that may wait (the FUSE mount, tests).
     pub fn open(
         &self,
         mode: Mode,
         secret: Option<&SecretRef>,
         img: &StoredImage,
     ) -> Result<(Arc<dyn ReadAt>, SourceIdentity), CatalogError> {
+        let deadline = Instant::now() + OPEN_WAIT;
+        loop {
+            match self.open_now(mode, secret, img)? {
+                Opening::Ready(view, id) => return Ok((view, id)),
+                Opening::Pending(p) => {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    p.on_settled(move || {
+                        let _ = tx.send(());
+                    });
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if rx.recv_timeout(left).is_err() {
+                        return Err(CatalogError::Preparing {
+                            image: img.name.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The view if it is ready now, else a hold on its preparation (queued as a request:
+    /// [`CatalogError::Busy`] when the request queue is full) to wait on. Never derives a key
+    /// itself.
+    pub fn open_now(
+        &self,
+        mode: Mode,
+        secret: Option<&SecretRef>,
+        img: &StoredImage,
+    ) -> Result<Opening, CatalogError> {
         let io_err = |error| CatalogError::Io {
             image: img.name.clone(),
             error,
@@ -377,7 +490,12 @@ impl Catalog {
             self.secrets(true);
         }
         // The identity and every byte come from this one descriptor (see `Watched::open`).
-        let (file, identity) = Watched::open(&img.path).map_err(io_err)?;
+        let (file, identity) = self
+            .store
+            .open_image(&img.path)
+            .and_then(Watched::pin)
+            .map_err(io_err)?;
+        let stamp = FileStamp::of(&file.metadata().map_err(io_err)?);
         let dup = || file.try_clone().map_err(io_err);
         let stored = || -> Result<Arc<dyn ReadAt>, CatalogError> {
             Ok(Arc::new(RawFile::from_file(dup()?).map_err(io_err)?))
@@ -385,215 +503,115 @@ impl Catalog {
         let view: Arc<dyn ReadAt> = match (mode, secret) {
             (Mode::Ignore, _) => stored()?,
             (Mode::Raw, _) => self.disk_of(img, dup()?)?,
-            (Mode::Encrypt, Some(secret)) => {
-                self.open_encrypt(img, secret, identity, self.disk_of(img, dup()?)?)?
+            (Mode::Encrypt | Mode::Decrypt, Some(secret)) => {
+                self.check_secret(secret)?;
+                let key = (mode, img.name.clone(), secret.clone());
+                let pair = self.pair(&key);
+                let ready = {
+                    let st = pair.lock();
+                    match st.current(&stamp) {
+                        Some(v) => Some(self.view_of(img, secret, v, &|| {
+                            if mode == Mode::Encrypt {
+                                self.disk_of(img, dup()?)
+                            } else {
+                                stored()
+                            }
+                        })?),
+                        _ => None,
+                    }
+                };
+                match ready {
+                    Some(v) => v,
+                    None => {
+                        let pending =
+                            self.ensure(&key, img, stamp, Class::Request)
+                                .map_err(|busy| CatalogError::Busy {
+                                    image: img.name.clone(),
+                                    busy,
+                                })?;
+                        return Ok(Opening::Pending(pending));
+                    }
+                }
             }
-            (Mode::Decrypt, Some(secret)) => self.open_decrypt(img, secret, identity, stored()?)?,
             (_, None) => return Err(CatalogError::NoImage(img.name.clone())),
         };
-        Ok((
+        Ok(Opening::Ready(
             Arc::new(Watched::new(view, file, img.path.clone(), identity)),
             identity,
         ))
     }
 
-    fn slot(&self, mode: Mode, img: &StoredImage, secret: &SecretRef) -> Slot {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        keys.entry((mode, img.name.clone(), secret.clone()))
-            .or_default()
-            .clone()
+    /// The refusal already settled for `img`'s current version under `secret` (a wrong
+    /// passphrase, work beyond the limits), if any: what a HEAD answers without waiting.
+    pub fn known_refusal(
+        &self,
+        mode: Mode,
+        secret: Option<&SecretRef>,
+        img: &StoredImage,
+    ) -> Result<(), CatalogError> {
+        let Some(secret) = secret.filter(|_| mode.keyed()) else {
+            return Ok(());
+        };
+        let Ok(stamp) = fs::metadata(&img.path).map(|m| FileStamp::of(&m)) else {
+            return Ok(());
+        };
+        let pair = self.pair(&(mode, img.name.clone(), secret.clone()));
+        let st = pair.lock();
+        match st.current(&stamp) {
+            Some(v @ (Settled::WrongPassphrase | Settled::Failed { .. })) => self
+                .view_of(img, secret, v, &|| unreachable_source())
+                .map(drop),
+            _ => Ok(()),
+        }
     }
 
-    fn open_encrypt(
+    /// The view a settled pair gives over `source` (the disk for encrypt, the stored file for
+    /// decrypt), or its refusal.
+    fn view_of(
         &self,
         img: &StoredImage,
         secret: &SecretRef,
-        identity: SourceIdentity,
-        disk: Arc<dyn ReadAt>,
+        settled: &Settled,
+        source: &dyn Fn() -> Result<Arc<dyn ReadAt>, CatalogError>,
     ) -> Result<Arc<dyn ReadAt>, CatalogError> {
-        // The slot before the Secret: a rotation in between forgets this slot, not a new one.
-        let slot = self.slot(Mode::Encrypt, img, secret);
-        let params = self.check_secret(secret)?;
-        let padded = encrypt::padded_len(disk.len());
         let view_err = |error| CatalogError::View {
             image: img.name.clone(),
             error,
         };
-        // Held while a header is loaded or made: two first opens must not make two headers.
-        let mut cached = match slot.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::WouldBlock) => {
-                tracing::info!(image = %img.name, %secret, "a read of this encrypt view waits for its LUKS2 header, being made by another read (key derivation)");
-                slot.lock().unwrap_or_else(|e| e.into_inner())
-            }
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-        };
-        let fits =
-            matches!(&*cached, Some(Cached::Encrypt { padded_len, .. }) if *padded_len == padded);
-        if !fits {
-            *cached = Some(self.encrypt_header(img, &params, disk.len(), identity)?);
-        }
-        let Some(Cached::Encrypt {
-            header,
-            parsed,
-            key,
-            ..
-        }) = &*cached
-        else {
-            return Err(view_err(ViewError::Io(io::Error::other(
-                "key cache in an impossible state",
-            ))));
-        };
-        let header: Arc<dyn ReadAt> = header.clone();
-        Ok(Arc::new(
-            EncryptView::with_key(disk, header, parsed, key).map_err(view_err)?,
-        ))
-    }
-
-    /// The persisted header when it still fits the source and opens with the Secret, else a
-    /// new one (persisted before it is served, so every reader sees the same bytes).
-    fn encrypt_header(
-        &self,
-        img: &StoredImage,
-        params: &CryptoParams,
-        source_len: u64,
-        identity: SourceIdentity,
-    ) -> Result<Cached, CatalogError> {
-        let secret = &params.secret;
-        let state = self.store.state();
-        let io_err = |error| CatalogError::Io {
-            image: img.name.clone(),
-            error,
-        };
-        let view_err = |error| CatalogError::View {
-            image: img.name.clone(),
-            error,
-        };
-        let padded_len = encrypt::padded_len(source_len);
-        let record = HeaderRecord {
-            source: identity,
-            padded_len,
-        };
-        match state.load_header(&img.name, secret).map_err(io_err)? {
-            Some((file, old)) if old.padded_len == padded_len => {
-                match self.unlock_persisted(file, params) {
-                    Ok((header, parsed, key)) => {
-                        if old.source != identity {
-                            tracing::info!(
-                                image = %img.name, %secret,
-                                "source changed but its size did not; reusing its persisted LUKS2 header"
-                            );
-                            state
-                                .save_record(&img.name, secret, &record)
-                                .map_err(io_err)?;
-                        }
-                        return Ok(Cached::Encrypt {
-                            padded_len,
-                            header,
-                            parsed,
-                            key,
-                        });
-                    }
-                    Err(e) => {
-                        if matches!(e, ViewError::Luks(LuksError::WrongPassphrase)) {
-                            crate::events::unlock_failed(Mode::Encrypt.name(), &img.name);
-                        }
-                        tracing::warn!(
-                            image = %img.name, %secret, error = %e,
-                            "persisted LUKS2 header unusable; making a new one (the encrypt view's bytes change)"
-                        )
-                    }
-                }
-            }
-            Some((_, old)) => tracing::info!(
-                image = %img.name, %secret, old_size = old.padded_len, new_size = padded_len,
-                "source size changed; making a new LUKS2 header"
-            ),
-            None => {
-                tracing::info!(image = %img.name, %secret, kdf = params.luks.kdf.kind.name(), "making the LUKS2 header of a new encrypt view: its first read waits for the key derivation (seconds at the Secret's cost)")
-            }
-        }
-        let (bytes, key) =
-            encrypt::new_header_and_key(&params.luks, source_len, None).map_err(view_err)?;
-        let file = state
-            .save_header(&img.name, secret, &bytes, &record)
-            .map_err(io_err)?;
-        drop(bytes);
-        crate::events::header_created(&img.name);
-        let header = Arc::new(RawFile::from_file(file).map_err(io_err)?);
-        let parsed = Luks2Header::read(&*header).map_err(|e| view_err(e.into()))?;
-        Ok(Cached::Encrypt {
-            padded_len,
-            header,
-            parsed,
-            key,
-        })
-    }
-
-    fn unlock_persisted(
-        &self,
-        file: fs::File,
-        params: &CryptoParams,
-    ) -> Result<(Arc<RawFile>, Luks2Header, VolumeKey), ViewError> {
-        let header = Arc::new(RawFile::from_file(file)?);
-        let parsed = Luks2Header::read(&*header)?;
-        encrypt::check_region(header.len(), &parsed)?;
-        let (key, _) = parsed.unlock(&*header, &params.luks.passphrase, &self.limits)?;
-        Ok((header, parsed, key))
-    }
-
-    fn open_decrypt(
-        &self,
-        img: &StoredImage,
-        secret: &SecretRef,
-        identity: SourceIdentity,
-        image: Arc<dyn ReadAt>,
-    ) -> Result<Arc<dyn ReadAt>, CatalogError> {
-        let slot = self.slot(Mode::Decrypt, img, secret);
-        let params = self.check_secret(secret)?;
-        let view_err = |error| CatalogError::View {
-            image: img.name.clone(),
-            error,
-        };
-        let wrong = || CatalogError::WrongPassphrase {
-            image: img.name.clone(),
-            secret: secret.clone(),
-        };
-        let mut cached = slot.lock().unwrap_or_else(|e| e.into_inner());
-        match &*cached {
-            Some(Cached::Decrypt {
-                identity: id,
+        match settled {
+            Settled::Encrypt {
                 header,
+                parsed,
                 key,
-            }) if *id == identity => {
-                return Ok(Arc::new(
-                    DecryptView::with_key(image, header.clone(), key).map_err(view_err)?,
-                ));
+            } => {
+                let header: Arc<dyn ReadAt> = header.clone();
+                Ok(Arc::new(
+                    EncryptView::with_key(source()?, header, parsed, key).map_err(view_err)?,
+                ))
             }
-            Some(Cached::WrongPassphrase { identity: id }) if *id == identity => {
-                return Err(wrong())
-            }
-            _ => {}
-        }
-        let header = read_luks(img, &*image)?;
-        match header.unlock(&*image, &params.luks.passphrase, &self.limits) {
-            Ok(key) => {
-                let view = DecryptView::with_key(image, header.clone(), &key).map_err(view_err)?;
-                *cached = Some(Cached::Decrypt {
-                    identity,
-                    header,
-                    key,
-                });
-                Ok(Arc::new(view))
-            }
-            Err(LuksError::WrongPassphrase) => {
-                crate::events::unlock_failed(Mode::Decrypt.name(), &img.name);
-                *cached = Some(Cached::WrongPassphrase { identity });
-                Err(wrong())
-            }
-            Err(e) => Err(view_err(e.into())),
+            Settled::Decrypt { header, key } => Ok(Arc::new(
+                DecryptView::with_key(source()?, header.clone(), key).map_err(view_err)?,
+            )),
+            Settled::WrongPassphrase => Err(CatalogError::WrongPassphrase {
+                image: img.name.clone(),
+                secret: secret.clone(),
+            }),
+            Settled::Failed {
+                message,
+                over_budget,
+                ..
+            } => Err(CatalogError::Failed {
+                image: img.name.clone(),
+                message: message.clone(),
+                over_budget: *over_budget,
+            }),
         }
     }
+}
+
+/// Never called: a refusal builds no view.
+fn unreachable_source() -> Result<Arc<dyn ReadAt>, CatalogError> {
+    Err(CatalogError::NoImage(String::new()))
 }
 
 /// Why `mode` refuses `img`, if it does.
