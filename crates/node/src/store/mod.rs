@@ -31,6 +31,7 @@ pub mod disk;
 pub mod identity;
 pub mod layout;
 pub mod state;
+pub mod watch;
 
 pub use atomic::write_atomic;
 pub use cfg::{BackingCfg, DiskCfg};
@@ -38,6 +39,7 @@ pub use disk::{allocated, Lock, LockMode};
 pub use identity::{SourceIdentity, Watched};
 pub use layout::{DiskImage, Layout};
 pub use state::{HeaderRecord, StateDir};
+pub use watch::{Change, StoreWatch};
 
 /// bifs's state directory inside the store: records, locks and (by default) headers.
 pub const DEFAULT_STATE_DIR: &str = ".bifs";
