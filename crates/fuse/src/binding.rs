@@ -47,6 +47,8 @@ pub struct Stale;
 #[derive(Debug, Default)]
 pub struct Binding {
     bound: Mutex<Option<Bound>>,
+    /// The stored file an open of the still unbound inode is reading.
+    opening: Mutex<Option<PathBuf>>,
     /// Bumped each time the source is reported written in place: a handle remembers the
     /// count at its open and fails its reads once it moved.
     writes: AtomicU64,
@@ -92,6 +94,26 @@ impl Binding {
     /// new open may use this inode.
     pub fn mark_written(&self) {
         self.stale.store(true, Ordering::SeqCst);
+        self.writes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Records that an open of this inode reads the stored file at `path` (before it takes
+    /// the write count and the file's identity).
+    pub fn begin_open(&self, path: PathBuf) {
+        *self.opening.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+    }
+
+    /// The file an open of the unbound inode reads, if one is in progress.
+    pub fn opening(&self) -> Option<PathBuf> {
+        self.opening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The file an open of this still unbound inode reads was written: that open fails its
+    /// reads (it may have taken the identity before the write and bind after it).
+    pub fn note_write(&self) {
         self.writes.fetch_add(1, Ordering::SeqCst);
     }
 

@@ -100,6 +100,8 @@ impl MountOptions {
 pub(crate) struct Shared {
     catalog: Arc<Catalog>,
     inodes: Inodes,
+    /// Store changes, applied by opens and by the invalidator's thread.
+    changes: invalidate::Changes,
     /// Set when the session ends: the invalidator's thread stops.
     stopped: AtomicBool,
 }
@@ -107,8 +109,9 @@ pub(crate) struct Shared {
 /// One open file.
 struct Handle {
     view: Arc<dyn ReadAt>,
-    /// The inode's binding, and its count of in-place writes when this handle was opened.
-    binding: Option<(Arc<Binding>, u64)>,
+    binding: Arc<Binding>,
+    /// The binding's count of in-place writes when this handle was opened.
+    writes: u64,
 }
 
 thread_local! {
@@ -134,6 +137,7 @@ impl BifsFs {
             shared: Arc::new(Shared {
                 catalog: catalog.into(),
                 inodes: Inodes::new(),
+                changes: invalidate::Changes::new(),
                 stopped: AtomicBool::new(false),
             }),
             handles: Mutex::new(HashMap::new()),
@@ -307,26 +311,21 @@ impl BifsFs {
         self.inodes().node(ino.0).ok_or(Errno::ENOENT)
     }
 
-    /// Binds inode `ino` to the version `view` is of (page-cache mode): `Err(ESTALE)` when
-    /// the inode holds another version, so the kernel looks the name up again.
+    /// Binds `binding` (of inode `ino`) to the version `view` is of (page-cache mode):
+    /// `Err(ESTALE)` when the inode holds another version, so the kernel looks the name up
+    /// again.
     fn bind(
         &self,
         ino: u64,
+        binding: &Binding,
         node: &Node,
         img: &StoredImage,
         view: &dyn ReadAt,
         source: SourceIdentity,
-    ) -> Result<(Arc<Binding>, u64), Errno> {
+    ) -> Result<(), Errno> {
         let Node::Image { mode, .. } = node else {
             return Err(Errno::EISDIR);
         };
-        // The kernel opens only numbers it looked up, and lookup gives image nodes a binding.
-        let binding = self.inodes().binding(ino).ok_or(Errno::ESTALE)?;
-        if binding.is_stale() {
-            return Err(Errno::ESTALE);
-        }
-        // Taken before the version is: a write reported in between fails this handle's reads.
-        let writes = binding.writes();
         let header = if *mode == Mode::Encrypt {
             Some(fingerprint(view).map_err(|e| io_errno(&e))?)
         } else {
@@ -343,7 +342,7 @@ impl BifsFs {
             attr: self.attr(ino, FileType::RegularFile, 0o440, size, blocks, mtime),
         };
         match binding.bind(bound) {
-            Ok(()) => Ok((binding, writes)),
+            Ok(()) => Ok(()),
             Err(binding::Stale) => {
                 tracing::debug!(
                     path = path_of(node),
@@ -498,9 +497,14 @@ impl Filesystem for BifsFs {
             let Node::Image { mode, secret, name } = &node else {
                 return Err(Errno::EISDIR);
             };
-            if self.cache == CacheMode::KeepCache
-                && self.inodes().binding(ino.0).is_some_and(|b| b.is_stale())
-            {
+            // Every write whose event is queued happened before this open: count it now, not
+            // against the version this open is about to bind.
+            self.shared
+                .changes
+                .catch_up(self.inodes(), self.catalog().store());
+            // The kernel opens only numbers it looked up, and lookup gives image nodes one.
+            let binding = self.inodes().binding(ino.0).ok_or(Errno::ESTALE)?;
+            if self.cache == CacheMode::KeepCache && binding.is_stale() {
                 // Before any work: the kernel retries on a fresh lookup.
                 return Err(Errno::ESTALE);
             }
@@ -508,28 +512,33 @@ impl Filesystem for BifsFs {
                 .catalog()
                 .image(*mode, secret.as_ref(), name)
                 .map_err(|e| refuse("open", &node, &e))?;
+            binding.begin_open(img.path.clone());
+            // Taken before the source's identity is: a write reported from here on fails
+            // this handle's reads.
+            let writes = binding.writes();
             let (view, identity) = self
                 .catalog()
                 .open(*mode, secret.as_ref(), &img)
                 .map_err(|e| refuse("open", &node, &e))?;
-            let (binding, flags) = match self.cache {
-                CacheMode::DirectIo => {
-                    let binding = self.inodes().binding(ino.0).map(|b| {
-                        let w = b.writes();
-                        (b, w)
-                    });
-                    (binding, FopenFlags::FOPEN_DIRECT_IO)
-                }
+            let flags = match self.cache {
+                CacheMode::DirectIo => FopenFlags::FOPEN_DIRECT_IO,
                 CacheMode::KeepCache => {
-                    let bound = self.bind(ino.0, &node, &img, &*view, identity)?;
-                    (Some(bound), FopenFlags::FOPEN_KEEP_CACHE)
+                    self.bind(ino.0, &binding, &node, &img, &*view, identity)?;
+                    FopenFlags::FOPEN_KEEP_CACHE
                 }
             };
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             self.handles
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(fh, Handle { view, binding });
+                .insert(
+                    fh,
+                    Handle {
+                        view,
+                        binding,
+                        writes,
+                    },
+                );
             Ok((fh, flags))
         });
         match r {
@@ -551,8 +560,8 @@ impl Filesystem for BifsFs {
     ) {
         READ_BUF.with_borrow_mut(|buf| {
             let r = guarded("read", || {
-                let (view, written) = self
-                    .handle(fh, |h| (h.view.clone(), h.binding.clone()))
+                let (view, binding, writes) = self
+                    .handle(fh, |h| (h.view.clone(), h.binding.clone(), h.writes))
                     .ok_or(Errno::EBADF)?;
                 let want = (size as u64).min(view.len().saturating_sub(offset)) as usize;
                 if buf.len() < want {
@@ -575,7 +584,7 @@ impl Filesystem for BifsFs {
                 }
                 // Checked after the read, as the view checks its source: a write reported
                 // while it ran fails it.
-                if written.is_some_and(|(b, at_open)| b.writes() != at_open) {
+                if binding.writes() != writes {
                     tracing::debug!(
                         ino = ino.0,
                         offset,

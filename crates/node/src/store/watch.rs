@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -120,8 +120,10 @@ impl StoreWatch {
         self.drain()
     }
 
-    /// Reads every queued event without blocking.
-    fn drain(&mut self) -> io::Result<Vec<Change>> {
+    /// Every change queued so far, without blocking. A reader that must not act on a change
+    /// it comes after (an open binding the version it sees) drains the queue first: the
+    /// kernel queues a write's event before the write returns.
+    pub fn drain(&mut self) -> io::Result<Vec<Change>> {
         let mut out = Vec::new();
         let mut new_dirs = Vec::new();
         let mut buf = [MaybeUninit::<u8>::uninit(); 16 * 1024];
@@ -172,6 +174,13 @@ impl StoreWatch {
     }
 }
 
+/// The inotify descriptor, readable when changes are queued (to `poll` it beside others).
+impl AsFd for StoreWatch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +217,13 @@ mod tests {
             .write_all(b"x")
             .unwrap();
         wait_for(&mut w, &Change::Written(root.join("a.img")));
+        // Queued before the write returned: a drain right after it sees it.
+        fs::write(&a, b"again").unwrap();
+        assert!(w
+            .drain()
+            .unwrap()
+            .contains(&Change::Written(root.join("a.img"))));
+        assert!(w.drain().unwrap().is_empty());
 
         let tmp = root.join("a.img.tmp");
         fs::write(&tmp, b"new").unwrap();
