@@ -28,7 +28,7 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 4)]
     threads: usize,
     /// Page-cache use of open files.
-    #[arg(long, value_enum, default_value = "direct-io")]
+    #[arg(long, value_enum, default_value = "keep-cache")]
     cache: CacheArg,
     /// Also serve the views over HTTP on ADDR:PORT (as `bifs serve`, same catalog).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -45,9 +45,10 @@ pub struct MountArgs {
 /// `--cache`, as [`CacheMode`] (the FUSE face's own type knows nothing of clap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum CacheArg {
-    /// Page cache kept across opens: repeated reads are free, the kernel reads ahead.
+    /// Page cache kept across opens, dropped when a source or Secret changes: the kernel
+    /// reads ahead and repeated reads are free; a reader never gets bytes of two versions.
     KeepCache,
-    /// Every read goes to bifs: no page cache, so never a page from before a source changed.
+    /// Every read goes to bifs: no page cache at all.
     DirectIo,
 }
 
@@ -83,6 +84,7 @@ pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
         )?;
     }
     let fs = BifsFs::new(catalog, &opts);
+    let invalidator = fs.invalidator();
     let mut session = fuser::Session::new(fs, &args.mountpoint, &opts.fuser_config())
         .with_context(|| {
             format!(
@@ -90,6 +92,9 @@ pub fn mount(args: &MountArgs) -> anyhow::Result<()> {
                 args.mountpoint.display()
             )
         })?;
+    invalidator
+        .start(session.notifier())
+        .context("starting the page-cache invalidation thread")?;
     let mut unmounter = session.unmount_callable();
     let mountpoint = args.mountpoint.clone();
     let stop = bifs_node::signals::on_stop(move |sig| {

@@ -465,3 +465,224 @@ fn longhorn_layout_source_change_and_umount() {
     assert!(log.contains("source image changed"), "{log}");
     drop(m);
 }
+
+/// A store of one raw image `a.img` (`len` bytes of `noise(seed)`) with the module's Secrets,
+/// mounted with `extra` options.
+struct OneImage {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    src: PathBuf,
+    secrets: PathBuf,
+    m: Mounted,
+}
+
+impl OneImage {
+    fn mount(bytes: &[u8], extra: &[&str]) -> Self {
+        require_tools(&["fusermount3", "cryptsetup"]);
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        fs::create_dir_all(root.join("store")).unwrap();
+        let src = root.join("store/a.img");
+        fs::write(&src, bytes).unwrap();
+        let secrets = root.join("secrets.yaml");
+        fs::write(&secrets, SECRETS).unwrap();
+        let m = Mounted::start(
+            &root.join("store"),
+            &secrets,
+            None,
+            &root.join("mnt"),
+            extra,
+        );
+        OneImage {
+            _dir: dir,
+            root,
+            src,
+            secrets,
+            m,
+        }
+    }
+
+    /// Rewrites the source in place (same inode), in one write.
+    fn write_in_place(&self, bytes: &[u8]) {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&self.src)
+            .unwrap()
+            .write_all_at(bytes, 0)
+            .unwrap();
+    }
+
+    /// Replaces the source by a rename, as Longhorn and most tools do.
+    fn replace(&self, bytes: &[u8]) {
+        let tmp = self.root.join("store/.a.img.tmp");
+        fs::write(&tmp, bytes).unwrap();
+        fs::rename(&tmp, &self.src).unwrap();
+    }
+}
+
+/// Reads a whole file through an open handle, 1 MiB per read(2) as `cp` does.
+fn read_through(f: &fs::File, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = vec![0u8; len];
+    let mut off = 0;
+    while off < len {
+        let n = f.read_at(&mut out[off..(off + MIB).min(len)], off as u64)?;
+        if n == 0 {
+            break;
+        }
+        off += n;
+    }
+    out.truncate(off);
+    Ok(out)
+}
+
+/// The default mount keeps view pages in the kernel's page cache (a second read costs the
+/// daemon nothing), and a source changed under a reader whose pages are cached never gives
+/// that reader a mix: written in place, its reads fail with EIO; replaced by rename, it keeps
+/// reading the old file whole (or gets EIO); a new open reads the new bytes whole, however
+/// soon after the change it comes.
+#[test]
+fn page_cache_by_default_and_a_changed_source_never_mixes() {
+    full_tier_only!("root, /dev/fuse and fusermount3");
+    let len = 4 * MIB;
+    let v1 = noise(11, len);
+    let fx = OneImage::mount(&v1, &[]);
+    let view = fx.m.path("raw/a.img");
+
+    // Cached: the second read is served without bifs.
+    assert!(fs::read(&view).unwrap() == v1);
+    let before = fx.m.daemon_read_bytes();
+    assert!(fs::read(&view).unwrap() == v1);
+    let cost = fx.m.daemon_read_bytes() - before;
+    assert!(
+        cost < (len / 8) as u64,
+        "a second read of a view reached bifs: the daemon read {cost} bytes"
+    );
+
+    // Written in place under a reader whose pages are all cached: EIO, never old and new.
+    let h = fs::File::open(&view).unwrap();
+    assert!(read_through(&h, len).unwrap() == v1);
+    let v2 = noise(12, len);
+    fx.write_in_place(&v2);
+    for off in [0, MIB as u64, (len - 4096) as u64] {
+        let mut buf = vec![0u8; 4096];
+        let e = h.read_at(&mut buf, off).unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EIO),
+            "cached read at {off}: {e}"
+        );
+    }
+    drop(h);
+    assert!(fs::read(&view).unwrap() == v2, "a new open after the write");
+
+    // Replaced by rename under a cached reader: the old file whole, or EIO.
+    let h = fs::File::open(&view).unwrap();
+    assert!(read_through(&h, len).unwrap() == v2);
+    let v3 = noise(13, len);
+    fx.replace(&v3);
+    match read_through(&h, len) {
+        Ok(got) => assert!(got == v2, "a reader of the replaced file got other bytes"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+    }
+    drop(h);
+    assert!(
+        fs::read(&view).unwrap() == v3,
+        "a new open after the rename"
+    );
+
+    // Changes followed at once by a new open (before inotify is heard, the kernel's entry
+    // still names the old inode): always exactly the newest bytes.
+    for k in 0..20u64 {
+        let v = noise(100 + k, len);
+        if k % 2 == 0 {
+            fx.write_in_place(&v);
+        } else {
+            fx.replace(&v);
+        }
+        assert!(
+            fs::read(&view).unwrap() == v,
+            "open right after change {k} did not read the new bytes"
+        );
+        assert!(fs::read(fx.m.path("ignore/a.img")).unwrap() == v);
+    }
+    let log = fx.m.log_text();
+    assert!(
+        log.contains("source changed: dropping the cached pages"),
+        "{log}"
+    );
+}
+
+/// A Secret rotated under a reader of its encrypt view: the cached pages are dropped (the
+/// open handle's re-read reaches bifs again and still gets the bytes it was opened on),
+/// and a new open gets the new header, which opens with the new passphrase only.
+#[test]
+fn a_secret_rotation_drops_the_encrypt_views_cached_pages() {
+    full_tier_only!("root, /dev/fuse and fusermount3, cryptsetup");
+    let src = noise(21, 3 * MIB);
+    let fx = OneImage::mount(&src, &[]);
+    let view = fx.m.path("encrypt/ns/s1/a.img");
+    let len = 16 * MIB + 3 * MIB;
+
+    let h = fs::File::open(&view).unwrap();
+    let e1 = read_through(&h, len).unwrap();
+    assert_eq!(e1.len(), len);
+    let before = fx.m.daemon_read_bytes();
+    assert!(read_through(&h, len).unwrap() == e1);
+    let cached_cost = fx.m.daemon_read_bytes() - before;
+    assert!(
+        cached_cost < MIB as u64,
+        "re-read reached bifs: {cached_cost} bytes"
+    );
+
+    let rotated = SECRETS.replace("\"pass one\"", "\"pass rotated\"");
+    assert_ne!(rotated, SECRETS);
+    fs::write(&fx.secrets, rotated).unwrap();
+    fx.m.wait_for_log("Secret changed: dropping the cached pages", 10);
+
+    let before = fx.m.daemon_read_bytes();
+    assert!(
+        read_through(&h, len).unwrap() == e1,
+        "the open handle's bytes changed with the rotation"
+    );
+    let refetched = fx.m.daemon_read_bytes() - before;
+    assert!(
+        refetched > (len / 2) as u64,
+        "after the rotation the open handle was still served from the page cache ({refetched} bytes reached bifs)"
+    );
+    drop(h);
+
+    let e2 = fs::read(&view).unwrap();
+    assert_eq!(e2.len(), len);
+    assert!(
+        e2[..4096] != e1[..4096],
+        "a new open still got the old header"
+    );
+    let out = fx.root.join("e2.luks");
+    fs::write(&out, &e2).unwrap();
+    fs::write(fx.root.join("new.key"), "pass rotated").unwrap();
+    fs::write(fx.root.join("old.key"), "pass one").unwrap();
+    run(Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(fx.root.join("new.key"))
+        .arg(&out));
+    let old = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(fx.root.join("old.key"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        !old.status.success(),
+        "the old passphrase opens the new header"
+    );
+    let dec = fx.root.join("e2.dec");
+    run(Command::new(BIFS)
+        .args(["decrypt", "--secret"])
+        .arg(&fx.secrets)
+        .args(["--secret-name", "ns/s1"])
+        .arg(&out)
+        .arg(&dec));
+    assert!(fs::read(&dec).unwrap()[..src.len()] == src[..]);
+    let log = fx.m.log_text();
+    assert!(!log.contains("pass one") && !log.contains("pass rotated"));
+}

@@ -3,40 +3,62 @@
 //!
 //! Every callback runs its work under `catch_unwind`: a panic in a worker thread would take
 //! the whole mount down, so a bug becomes EIO and a log line instead.
+//!
+//! With the page cache on ([`CacheMode::KeepCache`], the default) three things keep a reader
+//! from ever being served bytes of two versions of a view (README, "Page cache"):
+//! - [`binding`]: each inode is bound to one version of its view; an open that finds another
+//!   version gets `ESTALE` and the kernel retries it on a new inode, with an empty cache;
+//! - every `read(2)` asks bifs for the attributes first (`FUSE_AUTO_INVAL_DATA` with an
+//!   attribute lifetime of zero for image files), and a bound inode whose source changed
+//!   reports the source's new mtime, on which the kernel drops its pages before it reads;
+//! - [`invalidate`]: inotify on the store and the catalog's Secret-change hook drop the pages
+//!   and names of the views a change touched right away, and fail reads of handles whose
+//!   source was written in place.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, Request,
     SessionACL,
 };
 
 use bifs_core::io::ReadAt;
+use bifs_node::store::{SourceIdentity, StoredImage};
 
+pub mod binding;
+pub mod invalidate;
 pub mod tree;
 
 pub use bifs_node::catalog::{Catalog, CatalogError, FileInfo, Mode};
+pub use binding::{Binding, Bound, Version};
+pub use invalidate::Invalidator;
 pub use tree::{Inodes, Node};
 
-/// How long the kernel may cache names and attributes. Short: the store can change.
+/// How long the kernel may cache names, and the attributes of directories (and of every
+/// file with direct I/O). Short: the store can change.
 const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache an image file's attributes with the page cache on: not at
+/// all, so that each `read(2)` asks (`FUSE_AUTO_INVAL_DATA`), and a changed source's pages are
+/// dropped before they are served again.
+const CACHED_FILE_ATTR_TTL: Duration = Duration::ZERO;
 /// `st_blksize`: tools size their reads from it, and big reads keep the XTS engine busy.
 const BLKSIZE: u32 = 1 << 20;
 
-/// How open files use the kernel page cache. `keep-cache` measured faster for `cp` (README,
-/// "Performance"), but only `direct-io` guarantees that a reader never gets pages cached before
-/// its source changed, so that is the CLI's default.
+/// How open files use the kernel page cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheMode {
-    /// Page cache kept across opens (`FOPEN_KEEP_CACHE`): repeated reads are free, and the
-    /// kernel reads ahead for sequential readers such as `cp`.
+    /// Page cache kept across opens (`FOPEN_KEEP_CACHE`), each inode bound to one version of
+    /// its view and its pages dropped when its source or Secret changes: repeated reads are
+    /// free and the kernel reads ahead for sequential readers such as `cp`.
     KeepCache,
     /// Every read goes to bifs (`FOPEN_DIRECT_IO`): no page cache, request size = read size.
     DirectIo,
@@ -74,20 +96,37 @@ impl MountOptions {
     }
 }
 
-pub struct BifsFs {
-    // Shared with `bifs mount --serve`'s HTTP server: one key cache, one header per view.
+/// What the request handlers and the [`Invalidator`] share.
+pub(crate) struct Shared {
     catalog: Arc<Catalog>,
     inodes: Inodes,
-    handles: Mutex<HashMap<u64, Arc<dyn ReadAt>>>,
+    /// Store changes, applied by opens and by the invalidator's thread.
+    changes: invalidate::Changes,
+    /// Set when the session ends: the invalidator's thread stops.
+    stopped: AtomicBool,
+}
+
+/// One open file.
+struct Handle {
+    view: Arc<dyn ReadAt>,
+    binding: Arc<Binding>,
+    /// The binding's count of in-place writes when this handle was opened.
+    writes: u64,
+}
+
+thread_local! {
+    /// Each worker's read buffer, kept between requests: no allocation or zeroing per read.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+pub struct BifsFs {
+    shared: Arc<Shared>,
+    handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
     mounted_at: SystemTime,
     cache: CacheMode,
-    /// Source identity at the last open of each inode: with `keep-cache`, the kernel's cached
-    /// pages are kept only while the source is unchanged (an open without FOPEN_KEEP_CACHE
-    /// makes the kernel drop them).
-    opened: Mutex<HashMap<u64, bifs_node::store::SourceIdentity>>,
 }
 
 impl BifsFs {
@@ -95,16 +134,33 @@ impl BifsFs {
         let uid = rustix::process::getuid().as_raw();
         let gid = rustix::process::getgid().as_raw();
         Self {
-            catalog: catalog.into(),
-            inodes: Inodes::new(),
+            shared: Arc::new(Shared {
+                catalog: catalog.into(),
+                inodes: Inodes::new(),
+                changes: invalidate::Changes::new(),
+                stopped: AtomicBool::new(false),
+            }),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             uid,
             gid,
             mounted_at: SystemTime::now(),
             cache: opts.cache,
-            opened: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// What drops cached pages when sources and Secrets change; start it with the session's
+    /// notifier once the session exists ([`Invalidator::start`]).
+    pub fn invalidator(&self) -> Invalidator {
+        Invalidator::new(self.shared.clone())
+    }
+
+    fn catalog(&self) -> &Catalog {
+        &self.shared.catalog
+    }
+
+    fn inodes(&self) -> &Inodes {
+        &self.shared.inodes
     }
 
     fn dir_attr(&self, ino: u64) -> FileAttr {
@@ -139,50 +195,98 @@ impl BifsFs {
         }
     }
 
+    fn file_attr(&self, ino: u64, info: &FileInfo) -> FileAttr {
+        self.attr(
+            ino,
+            FileType::RegularFile,
+            0o440,
+            info.size,
+            info.blocks,
+            info.mtime,
+        )
+    }
+
+    /// How long the kernel may keep `attr`.
+    fn attr_ttl(&self, attr: &FileAttr) -> Duration {
+        if self.cache == CacheMode::KeepCache && attr.kind == FileType::RegularFile {
+            CACHED_FILE_ATTR_TTL
+        } else {
+            TTL
+        }
+    }
+
     /// Checks that `node` exists now and returns its attributes (with the inode number it has
     /// or would get: nothing is allocated here).
     fn stat(&self, node: &Node) -> Result<FileAttr, CatalogError> {
-        let ino = self.inodes.ino(node);
+        let ino = self.inodes().ino(node);
         match node {
             Node::Root | Node::Mode(_) => {}
             Node::Namespace(_, ns) => {
-                self.catalog.secrets_in(ns)?;
+                self.catalog().secrets_in(ns)?;
             }
             Node::Secret(_, s) => {
-                self.catalog.check_secret(s)?;
+                self.catalog().check_secret(s)?;
             }
             Node::Image { mode, secret, name } => {
-                let img = self.catalog.image(*mode, secret.as_ref(), name)?;
-                let info = self.catalog.info(*mode, &img)?;
-                return Ok(self.attr(
-                    ino,
-                    FileType::RegularFile,
-                    0o440,
-                    info.size,
-                    info.blocks,
-                    info.mtime,
-                ));
+                let img = self.catalog().image(*mode, secret.as_ref(), name)?;
+                self.retire_if_moved(ino, &img);
+                let info = self.catalog().info(*mode, &img)?;
+                return Ok(self.file_attr(ino, &info));
             }
         }
         Ok(self.dir_attr(ino))
+    }
+
+    /// Marks the binding of `ino` stale when its name now leads to another file, or its file
+    /// changed, so that this lookup hands out a new number rather than one whose cached pages
+    /// belong to the old version.
+    fn retire_if_moved(&self, ino: u64, img: &StoredImage) {
+        let Some(binding) = self.inodes().binding(ino) else {
+            return;
+        };
+        let Some(bound) = binding.bound() else {
+            return;
+        };
+        let same = bound.path == img.path
+            && SourceIdentity::of_path(&img.path).is_ok_and(|now| now == bound.version.source);
+        if !same {
+            binding.mark_stale();
+        }
+    }
+
+    /// The attributes of a bound inode: those of the version it holds (the size its pages
+    /// and handles have), with the source's current mtime once the source changed, so that
+    /// the kernel (`FUSE_AUTO_INVAL_DATA`) drops the pages it holds before the next read is
+    /// served from them. A source that is gone reports the bound version as it was: its open
+    /// handles still read the unlinked file.
+    fn bound_attr(&self, ino: u64, bound: &Bound) -> FileAttr {
+        let mut attr = bound.attr;
+        attr.ino = INodeNo(ino);
+        if let Ok(meta) = std::fs::metadata(&bound.path) {
+            if SourceIdentity::of(&meta) != bound.version.source {
+                attr.mtime = meta.modified().unwrap_or(attr.mtime);
+                attr.ctime = attr.mtime;
+            }
+        }
+        attr
     }
 
     /// Names below a directory node.
     fn children(&self, node: &Node) -> Result<Vec<(String, Node)>, CatalogError> {
         let names: Vec<String> = match node {
             Node::Root => Mode::ALL.iter().map(|m| m.name().to_owned()).collect(),
-            Node::Mode(m) if m.keyed() => self.catalog.namespaces(),
+            Node::Mode(m) if m.keyed() => self.catalog().namespaces(),
             Node::Mode(m) | Node::Secret(m, _) => {
                 if let Node::Secret(_, s) = node {
-                    self.catalog.check_secret(s)?;
+                    self.catalog().check_secret(s)?;
                 }
-                self.catalog
+                self.catalog()
                     .images(*m)?
                     .into_iter()
                     .map(|i| i.name)
                     .collect()
             }
-            Node::Namespace(_, ns) => self.catalog.secrets_in(ns)?,
+            Node::Namespace(_, ns) => self.catalog().secrets_in(ns)?,
             Node::Image { .. } => return Ok(Vec::new()),
         };
         Ok(names
@@ -191,17 +295,77 @@ impl BifsFs {
             .collect())
     }
 
-    fn view(&self, fh: FileHandle) -> Option<Arc<dyn ReadAt>> {
+    fn handle<T>(&self, fh: FileHandle, f: impl FnOnce(&Handle) -> T) -> Option<T> {
         self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh.0)
-            .cloned()
+            .map(f)
+    }
+
+    fn view(&self, fh: FileHandle) -> Option<Arc<dyn ReadAt>> {
+        self.handle(fh, |h| h.view.clone())
     }
 
     fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
-        self.inodes.node(ino.0).ok_or(Errno::ENOENT)
+        self.inodes().node(ino.0).ok_or(Errno::ENOENT)
     }
+
+    /// Binds `binding` (of inode `ino`) to the version `view` is of (page-cache mode):
+    /// `Err(ESTALE)` when the inode holds another version, so the kernel looks the name up
+    /// again.
+    fn bind(
+        &self,
+        ino: u64,
+        binding: &Binding,
+        node: &Node,
+        img: &StoredImage,
+        view: &dyn ReadAt,
+        source: SourceIdentity,
+    ) -> Result<(), Errno> {
+        let Node::Image { mode, .. } = node else {
+            return Err(Errno::EISDIR);
+        };
+        let header = if *mode == Mode::Encrypt {
+            Some(fingerprint(view).map_err(|e| io_errno(&e))?)
+        } else {
+            None
+        };
+        let size = view.len();
+        let info = self.catalog().info(*mode, img).ok();
+        let mtime = info.map_or_else(|| mtime_of(&source), |i| i.mtime);
+        let blocks = info.map_or(size.div_ceil(512), |i| i.blocks.min(size.div_ceil(512)));
+        let bound = Bound {
+            version: Version { source, header },
+            path: img.path.clone(),
+            qcow2: img.format == bifs_core::image::Format::Qcow2,
+            attr: self.attr(ino, FileType::RegularFile, 0o440, size, blocks, mtime),
+        };
+        match binding.bind(bound) {
+            Ok(()) => Ok(()),
+            Err(binding::Stale) => {
+                tracing::debug!(
+                    path = path_of(node),
+                    ino,
+                    "the view changed since this inode was bound; ESTALE makes the kernel look it up again"
+                );
+                Err(Errno::ESTALE)
+            }
+        }
+    }
+}
+
+/// A fingerprint of a view's first 4 KiB (for an encrypt view, its LUKS2 binary header).
+fn fingerprint(view: &dyn ReadAt) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 4096.min(usize::try_from(view.len()).unwrap_or(4096))];
+    bifs_core::io::read_full_at(view, 0, &mut buf)?;
+    // Fixed keys: the same bytes give the same value for the life of the process.
+    Ok(BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(&buf))
+}
+
+fn mtime_of(id: &SourceIdentity) -> SystemTime {
+    let ns = u64::try_from(id.mtime_ns).unwrap_or(0);
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
 /// Logs why a path was refused and gives its errno. Wrong passphrases are what an operator
@@ -263,7 +427,23 @@ impl Filesystem for BifsFs {
         let _ = config
             .set_max_readahead(u32::MAX)
             .or_else(|max| config.set_max_readahead(max));
+        if self.cache == CacheMode::KeepCache {
+            // A page cache that the kernel drops when a file's mtime or size changes, checked
+            // on every read (attributes never cached): see the module documentation.
+            if let Err(missing) = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA) {
+                tracing::warn!(
+                    ?missing,
+                    "the kernel lacks FUSE_AUTO_INVAL_DATA: a reader may be served cached pages of \
+                     a changed source until inotify's invalidation arrives (never pages of two \
+                     versions); use --cache direct-io to rule that out"
+                );
+            }
+        }
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -275,34 +455,38 @@ impl Filesystem for BifsFs {
                 .ok_or(Errno::ENOENT)?;
             let mut attr = self.stat(&node).map_err(|e| refuse("lookup", &node, &e))?;
             // Only a name that exists gets a number, counted until the kernel forgets it.
-            attr.ino = INodeNo(self.inodes.lookup(&node));
+            let ino = self.inodes().lookup(&node);
+            attr.ino = INodeNo(ino);
+            // A number still bound to the current version answers for that version.
+            if let Some(bound) = self.inodes().binding(ino).and_then(|b| b.bound()) {
+                attr = self.bound_attr(ino, &bound);
+            }
             Ok(attr)
         });
         match r {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(attr) => reply.entry_with_ttls(&self.attr_ttl(&attr), &TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         // fuser's default `batch_forget` calls this once per inode (its argument type is not
-        // public, so it cannot be overridden).
-        if self.inodes.forget(ino.0, nlookup) {
-            // The kernel dropped the inode and its cached pages with it.
-            self.opened
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&ino.0);
-        }
+        // public, so it cannot be overridden). The kernel dropped the inode's pages with it.
+        self.inodes().forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let r = guarded("getattr", || {
+            // Asked on every read(2) with the page cache on: a bound inode answers with one
+            // stat of its source.
+            if let Some(bound) = self.inodes().binding(ino.0).and_then(|b| b.bound()) {
+                return Ok(self.bound_attr(ino.0, &bound));
+            }
             let node = self.node(ino)?;
             self.stat(&node).map_err(|e| refuse("getattr", &node, &e))
         });
         match r {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&self.attr_ttl(&attr), &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -316,28 +500,48 @@ impl Filesystem for BifsFs {
             let Node::Image { mode, secret, name } = &node else {
                 return Err(Errno::EISDIR);
             };
-            let (view, identity) = self
-                .catalog
+            // Every write whose event is queued happened before this open: count it now, not
+            // against the version this open is about to bind.
+            self.shared
+                .changes
+                .catch_up(self.inodes(), self.catalog().store());
+            // The kernel opens only numbers it looked up, and lookup gives image nodes one.
+            let binding = self.inodes().binding(ino.0).ok_or(Errno::ESTALE)?;
+            if self.cache == CacheMode::KeepCache && binding.is_stale() {
+                // Before any work: the kernel retries on a fresh lookup.
+                return Err(Errno::ESTALE);
+            }
+            let img = self
+                .catalog()
                 .image(*mode, secret.as_ref(), name)
-                .and_then(|img| self.catalog.open(*mode, secret.as_ref(), &img))
+                .map_err(|e| refuse("open", &node, &e))?;
+            binding.begin_open(img.path.clone());
+            // Taken before the source's identity is: a write reported from here on fails
+            // this handle's reads.
+            let writes = binding.writes();
+            let (view, identity) = self
+                .catalog()
+                .open(*mode, secret.as_ref(), &img)
                 .map_err(|e| refuse("open", &node, &e))?;
             let flags = match self.cache {
                 CacheMode::DirectIo => FopenFlags::FOPEN_DIRECT_IO,
                 CacheMode::KeepCache => {
-                    let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
-                    let unchanged = opened.insert(ino.0, identity) == Some(identity);
-                    if unchanged {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    }
+                    self.bind(ino.0, &binding, &node, &img, &*view, identity)?;
+                    FopenFlags::FOPEN_KEEP_CACHE
                 }
             };
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             self.handles
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(fh, view);
+                .insert(
+                    fh,
+                    Handle {
+                        view,
+                        binding,
+                        writes,
+                    },
+                );
             Ok((fh, flags))
         });
         match r {
@@ -349,7 +553,7 @@ impl Filesystem for BifsFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -357,28 +561,47 @@ impl Filesystem for BifsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let r = guarded("read", || {
-            let view = self.view(fh).ok_or(Errno::EBADF)?;
-            let want = (size as u64).min(view.len().saturating_sub(offset)) as usize;
-            let mut buf = vec![0u8; want];
-            let mut done = 0;
-            while done < want {
-                match view.read_at(offset + done as u64, &mut buf[done..]) {
-                    Ok(0) => break,
-                    Ok(n) => done += n,
-                    Err(e) => {
-                        tracing::error!(offset, size, error = %e, "read failed");
-                        return Err(io_errno(&e));
+        READ_BUF.with_borrow_mut(|buf| {
+            let r = guarded("read", || {
+                let (view, binding, writes) = self
+                    .handle(fh, |h| (h.view.clone(), h.binding.clone(), h.writes))
+                    .ok_or(Errno::EBADF)?;
+                let want = (size as u64).min(view.len().saturating_sub(offset)) as usize;
+                if buf.len() < want {
+                    buf.resize(want, 0);
+                }
+                let mut done = 0;
+                loop {
+                    // At least one call, also at the end of the file: it checks the source.
+                    match view.read_at(offset + done as u64, &mut buf[done..want]) {
+                        Ok(0) => break,
+                        Ok(n) => done += n,
+                        Err(e) => {
+                            tracing::error!(ino = ino.0, offset, size, error = %e, "read failed");
+                            return Err(io_errno(&e));
+                        }
+                    }
+                    if done >= want {
+                        break;
                     }
                 }
+                // Checked after the read, as the view checks its source: a write reported
+                // while it ran fails it.
+                if binding.writes() != writes {
+                    tracing::debug!(
+                        ino = ino.0,
+                        offset,
+                        "source written in place since this handle was opened; EIO"
+                    );
+                    return Err(Errno::EIO);
+                }
+                Ok(done)
+            });
+            match r {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(e),
             }
-            buf.truncate(done);
-            Ok(buf)
         });
-        match r {
-            Ok(buf) => reply.data(&buf),
-            Err(e) => reply.error(e),
-        }
     }
 
     fn release(
@@ -417,7 +640,7 @@ impl Filesystem for BifsFs {
             let mut entries = vec![
                 (ino.0, FileType::Directory, ".".to_owned()),
                 (
-                    self.inodes.ino(&node.parent()),
+                    self.inodes().ino(&node.parent()),
                     FileType::Directory,
                     "..".to_owned(),
                 ),
@@ -428,7 +651,7 @@ impl Filesystem for BifsFs {
                 } else {
                     FileType::RegularFile
                 };
-                entries.push((self.inodes.ino(&child), kind, name));
+                entries.push((self.inodes().ino(&child), kind, name));
             }
             Ok(entries)
         });

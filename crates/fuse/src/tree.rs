@@ -10,10 +10,12 @@
 //! knows the shape, so a path maps to a [`Node`] without touching the disk.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use bifs_k8s::SecretRef;
 use bifs_node::catalog::Mode;
+
+use crate::binding::Binding;
 
 /// A path in the mount.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -94,6 +96,10 @@ impl Node {
 /// `readdir` can report it without allocating). Two live nodes with the same hash get
 /// distinct numbers by probing upward; the later one then reports a different number in
 /// `readdir` than `stat` gives, which nothing relies on.
+///
+/// An image node's number carries a [`Binding`] (the version of the view its pages hold).
+/// Once that is stale, the next lookup of the name gets a new number (the old one lives on,
+/// for the handles open on it, until the kernel forgets it).
 pub struct Inodes {
     table: RwLock<Table>,
 }
@@ -107,6 +113,7 @@ struct Table {
 struct Entry {
     node: Node,
     lookups: u64,
+    binding: Option<Arc<Binding>>,
 }
 
 pub const ROOT_INO: u64 = 1;
@@ -145,7 +152,8 @@ impl Inodes {
     }
 
     /// Records one kernel lookup of `node`, which exists: call it right before the entry
-    /// reply. Returns its inode number.
+    /// reply. Returns its inode number: the one it has, unless that one's binding is stale,
+    /// then a new one.
     pub fn lookup(&self, node: &Node) -> u64 {
         if *node == Node::Root {
             return ROOT_INO;
@@ -153,20 +161,38 @@ impl Inodes {
         let mut t = self.write();
         if let Some(&ino) = t.by_node.get(node) {
             if let Some(e) = t.by_ino.get_mut(&ino) {
-                e.lookups += 1;
+                if !e.binding.as_ref().is_some_and(|b| b.is_stale()) {
+                    e.lookups += 1;
+                    return ino;
+                }
             }
-            return ino;
         }
         let ino = t.free_ino(node);
+        let binding = matches!(node, Node::Image { .. }).then(|| Arc::new(Binding::new()));
         t.by_ino.insert(
             ino,
             Entry {
                 node: node.clone(),
                 lookups: 1,
+                binding,
             },
         );
         t.by_node.insert(node.clone(), ino);
         ino
+    }
+
+    /// The binding of an image node's number.
+    pub fn binding(&self, ino: u64) -> Option<Arc<Binding>> {
+        self.read().by_ino.get(&ino).and_then(|e| e.binding.clone())
+    }
+
+    /// Every number the kernel holds for an image node, with its node and binding.
+    pub fn bindings(&self) -> Vec<(u64, Node, Arc<Binding>)> {
+        self.read()
+            .by_ino
+            .iter()
+            .filter_map(|(&ino, e)| Some((ino, e.node.clone(), e.binding.clone()?)))
+            .collect()
     }
 
     /// The kernel dropped `n` lookups of `ino`; the number is freed when none remain.
@@ -181,7 +207,10 @@ impl Inodes {
             return false;
         }
         if let Some(e) = t.by_ino.remove(&ino) {
-            t.by_node.remove(&e.node);
+            // The name may already have a newer number.
+            if t.by_node.get(&e.node) == Some(&ino) {
+                t.by_node.remove(&e.node);
+            }
         }
         true
     }
@@ -205,8 +234,7 @@ impl Inodes {
 }
 
 impl Table {
-    /// The first number at or above `node`'s hash that is not the root's, not 0 and not held
-    /// by another node.
+    /// The first number at or above `node`'s hash that is not the root's, not 0 and not held.
     fn free_ino(&self, node: &Node) -> u64 {
         use std::hash::BuildHasher;
         // Fixed keys: the same path hashes the same for the life of the process.
@@ -214,7 +242,7 @@ impl Table {
             std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
         let mut ino = hasher.hash_one(node);
         loop {
-            if ino > ROOT_INO && !self.by_ino.get(&ino).is_some_and(|e| e.node != *node) {
+            if ino > ROOT_INO && !self.by_ino.contains_key(&ino) {
                 return ino;
             }
             ino = ino.wrapping_add(1);
@@ -312,6 +340,27 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_binding_gives_the_name_a_new_number() {
+        let inodes = Inodes::new();
+        let a = image("a.img");
+        let old = inodes.lookup(&a);
+        let binding = inodes.binding(old).unwrap();
+        assert!(inodes.binding(ROOT_INO).is_none());
+        binding.mark_stale();
+        let new = inodes.lookup(&a);
+        assert_ne!(new, old);
+        assert_eq!(inodes.ino(&a), new);
+        assert!(!inodes.binding(new).unwrap().is_stale());
+        // Both live until the kernel forgets each; forgetting the old one keeps the name's
+        // new number.
+        assert_eq!(inodes.bindings().len(), 2);
+        assert!(inodes.forget(old, 1));
+        assert_eq!(inodes.node(new), Some(a.clone()));
+        assert_eq!(inodes.lookup(&a), new);
+        assert_eq!(inodes.bindings().len(), 1);
+    }
+
+    #[test]
     fn colliding_hashes_get_distinct_numbers() {
         let inodes = Inodes::new();
         let a = image("a.img");
@@ -325,6 +374,7 @@ mod tests {
                 Entry {
                     node: a.clone(),
                     lookups: 1,
+                    binding: None,
                 },
             );
             t.by_node.insert(a.clone(), hb);

@@ -120,6 +120,32 @@ impl Mounted {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Bytes the daemon has read so far with read(2) and pread(2) (`rchar` of /proc/PID/io):
+    /// a view read served from the kernel's page cache adds nothing to it.
+    pub fn daemon_read_bytes(&self) -> u64 {
+        let io = fs::read_to_string(format!("/proc/{}/io", self.pid())).unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rchar in /proc/PID/io")
+    }
+
+    /// Waits until the daemon's log contains `what` (or fails after `secs`).
+    pub fn wait_for_log(&self, what: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let log = self.log_text();
+            if log.contains(what) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} in the daemon's log after {secs} s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether the daemon is still running.
     pub fn alive(&mut self) -> bool {
         self.child

@@ -172,6 +172,9 @@ struct Watch {
     checked: Instant,
 }
 
+/// Told which Secrets changed; see [`Catalog::on_secrets_changed`].
+type SecretsHook = Box<dyn Fn(&BTreeSet<SecretRef>) + Send + Sync>;
+
 /// The catalog: cheap to clone (every clone is the same catalog).
 #[derive(Clone)]
 pub struct Catalog {
@@ -195,6 +198,7 @@ pub struct Inner {
     /// What an unlock of a LUKS image would cost (default keyslots), per version of the file.
     unlock_costs: Mutex<HashMap<String, (FileStamp, f64)>>,
     background: AtomicBool,
+    secrets_hooks: RwLock<Vec<SecretsHook>>,
 }
 
 impl Deref for Catalog {
@@ -254,8 +258,28 @@ impl Catalog {
                 digest_memo: Mutex::new(HashMap::new()),
                 unlock_costs: Mutex::new(HashMap::new()),
                 background: AtomicBool::new(false),
+                secrets_hooks: RwLock::new(Vec::new()),
             }),
         }
+    }
+
+    /// Calls `hook` with the Secrets that were added, changed or removed, each time a change
+    /// of the Secret files is put in force (after their cached unlocks are forgotten, so an
+    /// encrypt view opened from then on may get a new header). A face that keeps view bytes
+    /// (the FUSE page cache) drops those of the views under these Secrets. The hook runs on
+    /// whichever thread noticed the change (an open, a listing, [`Catalog::refresh_secrets`]):
+    /// it must be quick and must not call back into the catalog.
+    pub fn on_secrets_changed(&self, hook: impl Fn(&BTreeSet<SecretRef>) + Send + Sync + 'static) {
+        self.secrets_hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(hook));
+    }
+
+    /// Looks at the Secret files for changes (at most once a second, as listing does), so that
+    /// a rotation is noticed, and its hooks called, without waiting for an open.
+    pub fn refresh_secrets(&self) {
+        self.secrets(false);
     }
 
     /// The current Secrets, after reading any change to their files (`always`: even when
@@ -299,6 +323,14 @@ impl Catalog {
         for secret in changed {
             versions.remove(secret);
             tracing::info!(%secret, "Secret added, changed or removed; its cached unlocks are forgotten");
+        }
+        for hook in self
+            .secrets_hooks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            hook(changed);
         }
     }
 
@@ -888,5 +920,43 @@ mod tests {
         let (view, now) = catalog.open(Mode::Raw, None, &img).unwrap();
         assert_ne!(now, identity);
         assert!(read_all(&*view) == noise(3, 64 << 10));
+    }
+
+    #[test]
+    fn a_rotation_is_told_to_the_hooks_with_the_secrets_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store_dir = dir.path().join("store");
+        fs::create_dir(&store_dir).unwrap();
+        fs::write(store_dir.join("a.img"), noise(1, 64 << 10)).unwrap();
+        let file = dir.path().join("secrets.yaml");
+        let write = |pass: &str| {
+            let yaml = [
+                secret_yaml("ns", "good", pass, ""),
+                secret_yaml("ns", "other", "unchanged", ""),
+            ]
+            .concat();
+            fs::write(&file, yaml).unwrap();
+        };
+        write("first");
+        let catalog = Catalog::watching(
+            Store::open(&store_dir, None).unwrap(),
+            SecretSource::open(&file).unwrap(),
+        );
+        let told = Arc::new(Mutex::new(Vec::<BTreeSet<SecretRef>>::new()));
+        let t = told.clone();
+        catalog.on_secrets_changed(move |changed| t.lock().unwrap().push(changed.clone()));
+        let good = secret("ns", "good");
+        let img = catalog.image(Mode::Encrypt, Some(&good), "a.img").unwrap();
+        let before = read_all(&*catalog.open(Mode::Encrypt, Some(&good), &img).unwrap().0);
+        assert!(told.lock().unwrap().is_empty());
+
+        // A new passphrase of another length (the file's size changes with it).
+        write("the second passphrase");
+        let after = read_all(&*catalog.open(Mode::Encrypt, Some(&good), &img).unwrap().0);
+        assert_eq!(*told.lock().unwrap(), [BTreeSet::from([good.clone()])]);
+        assert!(
+            before != after,
+            "the rotated Secret's encrypt view kept its bytes"
+        );
     }
 }

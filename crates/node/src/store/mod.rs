@@ -35,6 +35,7 @@ pub mod layout;
 pub mod state;
 pub mod sums;
 pub mod upload;
+pub mod watch;
 
 pub use atomic::write_atomic;
 pub use cfg::{BackingCfg, DiskCfg};
@@ -42,6 +43,7 @@ pub use disk::{allocated, Lock, LockMode};
 pub use identity::{SourceIdentity, Watched};
 pub use layout::{DiskImage, Layout};
 pub use state::{HeaderRecord, StateDir};
+pub use watch::{Change, StoreWatch};
 
 /// bifs's state directory inside the store: records, locks and (by default) headers.
 pub const DEFAULT_STATE_DIR: &str = ".bifs";
