@@ -1143,7 +1143,7 @@ fn sizes_and_spec_as_longhorn_computes_them() {
     fs::create_dir_all(&store).unwrap();
     let s = store.to_str().unwrap();
     // 1 MiB where every other 4 KiB block is zero: half of it is holes at 4 KiB, none at 64 KiB.
-    let mut payload = disk_image(MIB as usize, 41);
+    let mut payload = crate::support::noise(41, MIB as usize);
     for block in payload.chunks_mut(8192) {
         block[4096..].fill(0);
     }

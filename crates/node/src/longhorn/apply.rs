@@ -464,12 +464,7 @@ fn create(
     let checksum = copied.sha512.clone().unwrap_or_default();
     if let Some(expected) = &admitted.expected_checksum {
         if *expected != checksum {
-            // backing-image-manager's words (sync_file.go postProcessSyncFile), so that what
-            // watches Longhorn's messages matches bifs's.
-            let message = format!(
-                "failed to process sync file: the expected checksum {expected} doesn't match the file actual checksum {checksum}"
-            );
-            return fail(&mut rec, message);
+            return fail(&mut rec, checksum_mismatch(expected, &checksum));
         }
     }
     let tmp_path = dir.join(crate::store::layout::BACKING_TMP);
@@ -865,6 +860,14 @@ fn note_kdf_costs(image: &str, params: &CryptoParams) {
             "the Secret's CRYPTO_PBKDF_MEMORY/CRYPTO_PBKDF_FORCE_ITERATIONS are honoured (a bifs extension: Longhorn does not pass them to cryptsetup for backing images)"
         );
     }
+}
+
+/// A checksum mismatch in backing-image-manager's words (sync_file.go
+/// `postProcessSyncFile`), so that what watches Longhorn's messages matches bifs's.
+pub(crate) fn checksum_mismatch(expected: &str, actual: &str) -> String {
+    format!(
+        "failed to process sync file: the expected checksum {expected} doesn't match the file actual checksum {actual}"
+    )
 }
 
 /// The message of a disk file whose key is being prepared (state `starting`), before the

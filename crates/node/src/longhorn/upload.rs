@@ -465,7 +465,8 @@ impl Upload {
                 let message = FieldError::new(
                     "spec.checksum",
                     format!(
-                        "checksum mismatch: expected {expected}, got {checksum}; the file was removed"
+                        "{}; the file was removed",
+                        super::apply::checksum_mismatch(&expected, &checksum)
                     ),
                 )
                 .to_string();
