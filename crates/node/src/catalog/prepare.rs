@@ -467,7 +467,7 @@ impl Catalog {
 
     fn digest_of(&self, img: &StoredImage, stamp: &FileStamp) -> Result<[u8; 64], String> {
         let started = Instant::now();
-        let file = image::open_image_file(&img.path).map_err(|e| format!("opening: {e}"))?;
+        let file = self.store.open_image(&img.path).map_err(|e| format!("opening: {e}"))?;
         let now = file
             .metadata()
             .map(|m| FileStamp::of(&m))
@@ -699,7 +699,7 @@ impl Catalog {
                 at: Instant::now(),
             })
         };
-        let file = match image::open_image_file(&img.path) {
+        let file = match self.store.open_image(&img.path) {
             Ok(f) => f,
             Err(e) => return failed(format!("opening: {e}"), false),
         };
