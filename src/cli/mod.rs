@@ -55,16 +55,16 @@ struct Cli {
     /// Refuse PBKDF2 keyslots and volume key digests of more iterations than this when
     /// unlocking. Default 1073741824 (2^30: minutes of work; cryptsetup allows 2^32).
     #[arg(long, global = true, env = "BIFS_MAX_KDF_ITERATIONS", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1000..))]
+          value_parser = clap::value_parser!(u32).range(1000..), help_heading = GLOBAL)]
     max_kdf_iterations: Option<u32>,
     /// Refuse Argon2 keyslots of more passes than this when unlocking. Default 1000.
     #[arg(long, global = true, env = "BIFS_MAX_KDF_TIME", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(4..))]
+          value_parser = clap::value_parser!(u32).range(4..), help_heading = GLOBAL)]
     max_kdf_time: Option<u32>,
     /// Keyslots one unlock tries (each a key derivation) before giving up. Default 32
     /// (cryptsetup's maximum: it tries them all).
     #[arg(long, global = true, env = "BIFS_MAX_KDF_KEYSLOTS", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=32))]
+          value_parser = clap::value_parser!(u32).range(1..=32), help_heading = GLOBAL)]
     max_kdf_keyslots: Option<u32>,
     #[command(subcommand)]
     command: Command,
