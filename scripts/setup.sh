@@ -47,7 +47,7 @@ if [[ ! -e /usr/lib/x86_64-linux-gnu/qemu/block-curl.so ]]; then
     "qemu-block-extra=$ver" "qemu-utils=$ver" >/dev/null
 fi
 
-# kubernetes-validate (PyPI; tests/deploy_manifests.rs), pinned with its dependencies, in its
+# kubernetes-validate (PyPI; tests/it/deploy_manifests.rs), pinned with its dependencies, in its
 # own venv of Debian's python3 (PEP 668: not into the system's site-packages).
 KV_VENV=/opt/kubernetes-validate
 KV_PINS="$(dirname "$0")/kubernetes-validate.txt"

@@ -17,7 +17,7 @@ for tool in cryptsetup qemu-img qemu-io fusermount3 setpriv python3 sha512sum go
 done
 /usr/bin/python3 -c 'import cryptography.hazmat.primitives.ciphers' 2>/dev/null \
     || missing+=("python3-cryptography")
-# deploy/ is rendered and validated offline (tests/deploy_manifests.rs).
+# deploy/ is rendered and validated offline (tests/it/deploy_manifests.rs).
 kubectl version --client -o json 2>/dev/null | grep -q '"kustomizeVersion": "v5' \
     || missing+=("kubectl with kustomize v5 (kubectl >= 1.27)")
 command -v kubernetes-validate >/dev/null || missing+=("kubernetes-validate")

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use zeroize::Zeroizing;
 
 use super::copy::{check_destination, materialize, CopyOptions};
-use super::table::{Columns, Table};
+use super::table::{self, Columns, Table};
 use bifs_core::image::raw::RawFile;
 use bifs_core::io::ReadAt;
 use bifs_core::view::RekeyView;
@@ -362,8 +362,8 @@ fn get_flat(
                 i.name.clone(),
                 "ready".to_string(),
                 i.format.to_string(),
-                status::human(size),
-                status::human(bifs_node::longhorn::source::virtual_size(&i.path, size)),
+                table::size(size),
+                table::size(bifs_node::longhorn::source::virtual_size(&i.path, size)),
             ];
             if wide {
                 row.push(i.path.display().to_string());

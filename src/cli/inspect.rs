@@ -15,24 +15,36 @@ pub fn run(path: &Path, as_json: bool) -> anyhow::Result<()> {
     let (format, disk) = open(path)?;
     let size = std::fs::metadata(path)?.len();
     let luks = format.is_luks().then(|| LuksHeader::read(&*disk));
+    let mut out = String::new();
     if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary_json(path, format, size, &*disk, luks.as_ref()))?
-        );
+        out =
+            serde_json::to_string_pretty(&summary_json(path, format, size, &*disk, luks.as_ref()))?;
+        out.push('\n');
     } else {
-        print!(
-            "{}",
-            summary_text(path, format, size, &*disk, luks.as_ref())
-        );
+        out.push_str(&summary_text(path, format, size, &*disk, luks.as_ref()));
         if let Some(Ok(h)) = &luks {
-            print!("{}", dump::luks_dump(h, &path.display().to_string()));
+            out.push_str(&dump::luks_dump(h, &path.display().to_string()));
         }
     }
+    print_all(&out)?;
     match luks {
         Some(Err(e)) => {
             Err(e).with_context(|| format!("reading the LUKS header of {}", path.display()))
         }
+        _ => Ok(()),
+    }
+}
+
+/// Writes `text` to stdout. A reader that stopped early (`bifs inspect IMAGE | head`) is not
+/// an error, as for cat: the rest is not wanted (`println!` would panic on the closed pipe).
+fn print_all(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
         _ => Ok(()),
     }
 }

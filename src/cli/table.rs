@@ -6,9 +6,18 @@
 //! and the rows known at the start, and only ever grow.
 
 use bifs_k8s::manifest::{BackingImage, SourceType, State, PARAM_BACKING_IMAGE, PARAM_ENCRYPTION};
-use bifs_node::longhorn::status::{self, human};
+use bifs_node::longhorn::status;
 
 const GAP: &str = "   ";
+
+/// A size as the tables print it, in binary units: `512 B`, `8.00 MiB`, `1.00 GiB`
+/// (indicatif's `HumanBytes`, as the progress bars show bytes).
+pub fn size(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
+}
+
+/// The widest [`size`]: a number below 1024 with two decimals and a unit (`1023.99 KiB`).
+const SIZE_WIDTH: usize = "1023.99 KiB".len();
 
 /// Column widths that only grow.
 pub struct Table {
@@ -109,7 +118,8 @@ impl Columns {
     }
 
     /// The widths of the fixed-format columns: every state bifs writes (`in-progress` is the
-    /// longest), `100%`, `1023KiB`, an 8-digit UUID, the checksum prefix, `23h59m`.
+    /// longest), `100%`, the widest size (`1023.99 KiB`), an 8-digit UUID, the checksum
+    /// prefix, `23h59m`.
     fn minimums(self) -> Vec<usize> {
         let state = State::ALL
             .iter()
@@ -117,7 +127,7 @@ impl Columns {
             .map(|s| s.as_str().len())
             .max()
             .unwrap_or(0);
-        let size = "1023KiB".len();
+        let size = SIZE_WIDTH;
         let mut m = vec![0, state, "100%".len(), size, size, 0];
         if self == Columns::Wide {
             m.extend([8, 0, CHECKSUM_PREFIX, "23h59m".len()]);
@@ -155,8 +165,8 @@ impl Columns {
             b.metadata.name.clone(),
             file.state.as_str().to_string(),
             progress,
-            human(st.size),
-            human(st.virtual_size),
+            size(st.size),
+            size(st.virtual_size),
             secret,
         ];
         if self == Columns::Wide {
@@ -245,6 +255,18 @@ mod tests {
             t.line(&["b", "ready", "x"]),
             "b               ready         x\n"
         );
+    }
+
+    #[test]
+    fn sizes_in_binary_units_never_wider_than_the_column() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(8 << 20), "8.00 MiB");
+        assert_eq!(size((8 << 20) + (16 << 20)), "24.00 MiB");
+        assert_eq!(size(1 << 30), "1.00 GiB");
+        for b in [1023, 1024 * 1024 - 1, (1 << 30) - 1, u64::MAX] {
+            assert!(size(b).len() <= SIZE_WIDTH, "{b}: {}", size(b));
+        }
     }
 
     #[test]

@@ -135,3 +135,166 @@ fn fences_are_found_with_their_lines() {
     assert_eq!((blocks[0].line, blocks[0].text.as_str()), (2, "echo a\n"));
     assert_eq!(blocks[1].text, "echo b\necho c\n");
 }
+
+/// The README is a front door, not the manual (issue 20): the rest lives under docs/.
+const README_MAX_LINES: usize = 250;
+
+#[test]
+fn the_readme_is_short() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lines = std::fs::read_to_string(root.join("README.md"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(
+        lines <= README_MAX_LINES,
+        "README.md has {lines} lines; keep it under {README_MAX_LINES} and move the rest to docs/"
+    );
+}
+
+/// The lines of a Markdown page outside fenced code blocks.
+fn prose_lines(markdown: &str) -> Vec<&str> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            out.push(line);
+        }
+    }
+    out
+}
+
+/// GitHub's anchor of a heading: lower-cased, punctuation dropped (letters, digits, `-`, `_`
+/// and spaces kept), spaces turned into `-`; a repeated heading gets `-1`, `-2`, ...
+fn anchors(markdown: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in prose_lines(markdown) {
+        let Some(text) = line
+            .strip_prefix('#')
+            .map(|t| t.trim_start_matches('#'))
+            .filter(|t| t.starts_with(' '))
+        else {
+            continue;
+        };
+        let slug: String = text
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let n = seen.entry(slug.clone()).or_insert(0);
+        out.push(if *n == 0 { slug } else { format!("{slug}-{n}") });
+        *n += 1;
+    }
+    out
+}
+
+/// The targets of the page's links and images: `[text](target)`, `![alt](target)`,
+/// `<img src="target">`, outside code blocks and inline code.
+fn link_targets(markdown: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, line) in prose_lines(markdown).into_iter().enumerate() {
+        // Inline code spans hold examples, not links.
+        let prose: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
+        let mut rest = prose.as_str();
+        while let Some(at) = rest.find("](") {
+            rest = &rest[at + 2..];
+            let end = rest.find([')', ' ']).unwrap_or(rest.len());
+            out.push((i, rest[..end].to_string()));
+        }
+        let mut rest = prose.as_str();
+        while let Some(at) = rest.find("src=\"") {
+            rest = &rest[at + 5..];
+            let end = rest.find('"').unwrap_or(rest.len());
+            out.push((i, rest[..end].to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_relative_link_and_anchor_of_the_docs_exists() {
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        let dir = page.parent().unwrap();
+        for (_, target) in link_targets(&text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (path, anchor) = match target.split_once('#') {
+                Some((p, a)) => (p, Some(a)),
+                None => (target.as_str(), None),
+            };
+            let file = if path.is_empty() {
+                page.clone()
+            } else {
+                dir.join(path)
+            };
+            if !file.exists() {
+                broken.push(format!("{}: {target} (no such file)", page.display()));
+                continue;
+            }
+            if let Some(a) = anchor {
+                let heads = match std::fs::read_to_string(&file) {
+                    Ok(t) if file.extension().is_some_and(|e| e == "md") => anchors(&t),
+                    _ => continue,
+                };
+                if !heads.iter().any(|h| h == a) {
+                    broken.push(format!("{}: {target} (no such heading)", page.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} relative links found: is the parser broken?"
+    );
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn anchors_and_links_are_read_as_github_does() {
+    let md = "# The mount: `bifs mount`\n```sh\n# a comment, not a heading\n```\n## Page cache: `--cache keep-cache` (default) vs `direct-io`\n## Tests\n## Tests\n";
+    assert_eq!(
+        anchors(md),
+        [
+            "the-mount-bifs-mount",
+            "page-cache---cache-keep-cache-default-vs-direct-io",
+            "tests",
+            "tests-1"
+        ]
+    );
+    let md = "see [a](docs/a.md#x) and `[not](a link)`, ![img](p.png \"t\")\n<img src=\"q.png\" alt=\"\">\n```\n[code](skipped.md)\n```\n";
+    let targets: Vec<String> = link_targets(md).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(targets, ["docs/a.md#x", "p.png", "q.png"]);
+}
+
+/// The README's two commands exist, and the test command is what CI runs (`.ci/run`).
+#[test]
+fn the_readmes_two_commands_are_the_scripts_ci_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for script in ["scripts/demo.sh", "scripts/test.sh"] {
+        assert!(
+            readme
+                .lines()
+                .any(|l| l.starts_with(&format!("bash {script} "))),
+            "README.md does not show `bash {script}`"
+        );
+        assert!(root.join(script).is_file(), "{script} is missing");
+    }
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    assert!(
+        ci.lines().any(|l| l.trim() == "exec bash scripts/test.sh"),
+        ".ci/run no longer runs the README's test command:\n{ci}"
+    );
+}

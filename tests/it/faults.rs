@@ -451,7 +451,7 @@ fn read_only_state_dir_while_a_header_is_persisted() {
 /// every version is one repeated byte, and every successful read of a handle holds the one
 /// byte its first read had; otherwise the read fails with EIO. Opens are kept out of the
 /// middle of a write(2) (a reader that opens while a write is copying can see that write's
-/// partial bytes whatever bifs checks: README, "When a source changes").
+/// partial bytes whatever bifs checks: docs/mount.md, "When a source changes").
 #[test]
 fn readers_never_mix_versions_while_the_source_is_rewritten() {
     full_tier_only!("root, /dev/fuse and fusermount3");

@@ -326,7 +326,7 @@ fn blocks(hash: Hash, key_len: usize) -> u64 {
 
 /// PBKDF2 iterations of a new keyslot deriving `key_len` bytes (when the Secret forces none):
 /// about 2.4 s here, never fewer than cryptsetup picks on the build machine (see
-/// [`pbkdf2_block_budget`]). sha256: 10M for a 256-bit key, 5M for 512 bits.
+/// `pbkdf2_block_budget`). sha256: 10M for a 256-bit key, 5M for 512 bits.
 pub fn keyslot_iterations(hash: Hash, key_len: usize) -> u32 {
     let n = pbkdf2_block_budget(hash) / blocks(hash, key_len);
     n.clamp(u64::from(PBKDF2_MIN_ITERATIONS), u64::from(u32::MAX)) as u32

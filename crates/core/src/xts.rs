@@ -8,7 +8,7 @@
 //! Elsewhere the first tweaks of a group of sectors are encrypted in one call, the per-block
 //! tweaks are derived sixteen chains at a time (AVX-512 or AVX2 where the CPU has it), and the
 //! XOR-encrypt-XOR runs on small chunks inside the `aes` backend while they sit in L1 (see
-//! "Performance" in the README for the measurements). `xts-mode` stays in the tests as an
+//! docs/performance.md for the measurements). `xts-mode` stays in the tests as an
 //! independent oracle.
 //!
 //! No `unsafe` here (bifs-core forbids it): the x86-64 SIMD code, the VAES engine and the AVX2

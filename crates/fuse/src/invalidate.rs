@@ -7,7 +7,7 @@
 //!
 //! Marking the bindings (stale; written, which fails the reads of handles opened before) is
 //! done under one lock with reading the events, by the thread and by every open before it
-//! binds ([`Changes::catch_up`]): the kernel queues a write's event before the write
+//! binds (`Changes::catch_up`): the kernel queues a write's event before the write
 //! returns, so an open never binds a version and then has an older write's event counted
 //! against it.
 //!

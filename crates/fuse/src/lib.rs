@@ -5,7 +5,7 @@
 //! the whole mount down, so a bug becomes EIO and a log line instead.
 //!
 //! With the page cache on ([`CacheMode::KeepCache`], the default) three things keep a reader
-//! from ever being served bytes of two versions of a view (README, "Page cache"):
+//! from ever being served bytes of two versions of a view (docs/mount.md, "Page cache"):
 //! - [`binding`]: each inode is bound to one version of its view; an open that finds another
 //!   version gets `ESTALE` and the kernel retries it on a new inode, with an empty cache;
 //! - every `read(2)` asks bifs for the attributes first (`FUSE_AUTO_INVAL_DATA` with an

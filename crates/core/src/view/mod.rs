@@ -1,4 +1,4 @@
-//! Transform views: each turns a source into another [`ReadAt`] — LUKS2 of a raw disk
+//! Transform views: each turns a source into another [`ReadAt`](crate::io::ReadAt) — LUKS2 of a raw disk
 //! ([`EncryptView`]), the plaintext of a LUKS image ([`DecryptView`]), or a LUKS image under a
 //! new header around the same volume key ([`RekeyView`]). A read through a view *is* the
 //! transform; nothing is materialized unless a caller copies it. Views take plain

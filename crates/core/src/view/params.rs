@@ -1,5 +1,5 @@
 //! What a new LUKS2 header is made with: plain LUKS parameters, whatever they were read from
-//! (a Kubernetes Secret becomes them in [`bifs_k8s`]). The cipher is always
+//! (a Kubernetes Secret becomes them in `bifs_k8s`, a crate above this one). The cipher is always
 //! `aes-xts-plain64`: the only one bifs supports, checked where the parameters are read.
 
 use crate::kdf::{Hash, KdfRequest};

@@ -4,7 +4,7 @@
 //!
 //! No key derivation happens on the path of a request: encrypt views (their stable LUKS2
 //! headers, [`bifs_core::view::stable`]) and decrypt views (unlocked keys) are prepared by
-//! jobs on the derivation pool ([`prepare`], [`crate::kdfpool`]), ahead of requests by the
+//! jobs on the derivation pool (`prepare`, [`crate::kdfpool`]), ahead of requests by the
 //! background pass ([`Catalog::start_background`]) or when a request finds its pair not
 //! ready ([`Catalog::open_now`] hands back a [`Pending`] to wait on). Results are kept per
 //! version of the stored file: a wrong passphrase too, so a retry costs no KDF.

@@ -467,7 +467,10 @@ impl Catalog {
 
     fn digest_of(&self, img: &StoredImage, stamp: &FileStamp) -> Result<[u8; 64], String> {
         let started = Instant::now();
-        let file = self.store.open_image(&img.path).map_err(|e| format!("opening: {e}"))?;
+        let file = self
+            .store
+            .open_image(&img.path)
+            .map_err(|e| format!("opening: {e}"))?;
         let now = file
             .metadata()
             .map(|m| FileStamp::of(&m))

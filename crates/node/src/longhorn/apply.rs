@@ -2,11 +2,11 @@
 //! say why) out.
 //!
 //! Per image, in steps: the name auto-corrected and the manifest checks ([`BackingImage::validate`]);
-//! the existing record compared ([`existing`]); under the image's exclusive lock, admission:
-//! the checks and mutations Longhorn's webhook makes against other objects ([`admit`]). A
+//! the existing record compared (`existing`); under the image's exclusive lock, admission:
+//! the checks and mutations Longhorn's webhook makes against other objects (`admit`). A
 //! refusal up to here leaves nothing behind, as a webhook refusal leaves no object. Then the
 //! record and one copy into `backing.tmp` with its SHA-512, `backing.cfg` and the rename to
-//! `backing` ([`create`]); the disk file moves pending → starting → in-progress → ready |
+//! `backing` (`create`); the disk file moves pending → starting → in-progress → ready |
 //! failed on the way.
 //!
 //! Library entry point: [`apply`] (one manifest or several, in dependency order).

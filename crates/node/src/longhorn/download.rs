@@ -11,7 +11,7 @@
 //! addresses are refused unless the operator allows a range (`--allow-download-from CIDR`).
 //!
 //! The check is made on the resolved addresses, by the resolver ureq connects through
-//! ([`CheckedResolver`]): the connection goes to an address that was checked (no second DNS
+//! (`CheckedResolver`): the connection goes to an address that was checked (no second DNS
 //! lookup between the check and the connect), and every redirect is resolved, so checked,
 //! again. Proxies from the environment are not used by remote downloads (a proxy would
 //! connect on the node's behalf to an address never checked). Size and time are bounded: the

@@ -4,7 +4,7 @@
 //!
 //! The BackingImage object and the manifest-only checks are [`bifs_k8s::manifest`].
 //! - [`source`]: download, upload and clone plans, each one pass of the copier.
-//! - [`apply`]: the engine (dependency order, Longhorn's webhook rules, states).
+//! - [`mod@apply`]: the engine (dependency order, Longhorn's webhook rules, states).
 //! - [`status`]: records (upgraded from the previous format), observation, `get`, `delete`.
 //!
 //! The disk itself (image directories, `backing.cfg`, records, locks) is [`crate::store`]'s.
