@@ -1231,13 +1231,13 @@ fn the_page_shows_the_key_phase() {
     fs::write(dir.join("base.raw"), disk_image(4 * MIB as usize, 12)).unwrap();
     let secrets = dir.join("secrets");
     fs::create_dir_all(&secrets).unwrap();
-    // Slow enough to see in a browser: 256 MiB, 4 passes, derived twice.
+    // Slow enough to see in a browser: 512 MiB, 8 passes (seconds on any machine).
     secret(
         &secrets,
         "slow.yaml",
         "slow",
         "pass",
-        "  CRYPTO_PBKDF: argon2i\n  CRYPTO_PBKDF_MEMORY: \"262144\"\n  CRYPTO_PBKDF_FORCE_ITERATIONS: \"4\"\n",
+        "  CRYPTO_PBKDF: argon2i\n  CRYPTO_PBKDF_MEMORY: \"524288\"\n  CRYPTO_PBKDF_FORCE_ITERATIONS: \"8\"\n",
     );
     let base = dir.join("base.yaml");
     fs::write(
@@ -1286,21 +1286,6 @@ fn the_page_shows_the_key_phase() {
         backing_image("base-slow", &clone_spec("base", "encrypt", Some("slow"))),
     )
     .unwrap();
-    let apply = Command::new(BIFS)
-        .args([
-            "apply",
-            "-f",
-            s(&clone),
-            "--secrets",
-            s(&secrets),
-            "--store",
-            s(&store),
-        ])
-        .env("BIFS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     const SCRIPT: &str = r##"
 import sys
 from selenium import webdriver
@@ -1317,6 +1302,9 @@ for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-
 d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 try:
     d.get(sys.argv[1])
+    WebDriverWait(d, 60, poll_frequency=0.1).until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#images tbody tr[data-name='base']"))
+    # The test starts the apply only now: the key phase is seconds long, not minutes.
+    print("loaded", flush=True)
     seen = []
     def phase(drv):
         rows = drv.find_elements(By.CSS_SELECTOR, "#images tbody tr[data-name='base-slow']")
@@ -1326,7 +1314,7 @@ try:
         msgs = [m.text for m in rows[0].find_elements(By.CSS_SELECTOR, "td.state .row-message")]
         bars = rows[0].find_elements(By.CSS_SELECTOR, "td.state progress")
         seen.append((badge, msgs, len(bars)))
-        return badge == "starting" and any(m.startswith("preparing the key: deriving it with argon2i, 256 MiB, t=4") for m in msgs) and not bars
+        return badge == "starting" and any(m.startswith("preparing the key: deriving it with argon2i, 512 MiB, t=8") for m in msgs) and not bars
     WebDriverWait(d, 90, poll_frequency=0.1, ignored_exceptions=STALE).until(phase)
     print("phase:", seen[-1][1])
     def copying(drv):
@@ -1338,11 +1326,39 @@ try:
 finally:
     d.quit()
 "##;
-    let out = Command::new("/usr/bin/python3")
+    let mut browser = Command::new("/usr/bin/python3")
         .args(["-c", SCRIPT, &format!("{url}/")])
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("python3 with selenium");
+    let mut browser_out = std::io::BufReader::new(browser.stdout.take().unwrap());
+    let mut loaded = String::new();
+    std::io::BufRead::read_line(&mut browser_out, &mut loaded).unwrap();
+    assert_eq!(loaded.trim(), "loaded", "the page did not load");
+    let apply = Command::new(BIFS)
+        .args([
+            "apply",
+            "-f",
+            s(&clone),
+            "--secrets",
+            s(&secrets),
+            "--store",
+            s(&store),
+        ])
+        .env("BIFS_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut browser_out, &mut rest).unwrap();
+    let out = browser.wait_with_output().unwrap();
+    let out = std::process::Output {
+        stdout: rest.into_bytes(),
+        ..out
+    };
     let apply = apply.wait_with_output().unwrap();
     let _ = serve.kill();
     let _ = serve.wait();
@@ -1354,7 +1370,7 @@ finally:
     );
     print!("{stdout}");
     assert!(
-        stdout.contains("phase: ['preparing the key: deriving it with argon2i, 256 MiB, t=4"),
+        stdout.contains("phase: ['preparing the key: deriving it with argon2i, 512 MiB, t=8"),
         "{stdout}"
     );
     assert!(apply.status.success(), "{}", text(&apply.stderr));
