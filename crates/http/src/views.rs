@@ -21,7 +21,7 @@ use bytes::Bytes;
 use sha2::Digest;
 use tokio::task::JoinHandle;
 
-use super::{Access, AppState, HttpError};
+use super::{conditional, Access, AppState, HttpError};
 use bifs_core::io::ReadAt;
 use bifs_k8s::SecretRef;
 use bifs_node::catalog::{CatalogError, Mode, Opening};
@@ -109,29 +109,51 @@ struct Opened {
 /// before the GET takes some of that).
 const PREPARE_WAIT: Duration = Duration::from_secs(50);
 
-/// A view's ETag: the view kind, the Secret and its version (a token that changes whenever the
+/// A view's validators: its ETag and its Last-Modified.
+///
+/// The ETag: the view kind, the Secret and its version (a token that changes whenever the
 /// Secret does, never derived from its values), the stored file's version and the view's
 /// length. Known from the file's metadata alone: a HEAD needs no key derivation.
-fn etag(
+///
+/// Last-Modified: the stored file's mtime; for an encrypt view, whose bytes also change with
+/// the Secret, the later of that and the time this server first saw the Secret's version (so an
+/// `If-Modified-Since` from before a Secret change gets the new bytes). Never later than now
+/// (RFC 9110 8.8.2.1).
+fn validators(
     state: &AppState,
     mode: Mode,
     secret: Option<&SecretRef>,
     id: &SourceIdentity,
     len: u64,
-) -> String {
+) -> (String, SystemTime) {
     let mut h = sha2::Sha256::new();
     h.update(mode.name().as_bytes());
+    let mut modified = modified_of(id);
     if let Some(s) = secret {
         h.update(format!("\0{}\0{}\0", s.namespace, s.name).as_bytes());
         // Decrypt views are the image's plaintext whatever Secret opens them: only encrypt
         // views change with the Secret.
         if mode == Mode::Encrypt {
-            h.update(state.catalog.secret_version(s));
+            let version = state.catalog.secret_version(s);
+            h.update(version);
+            modified = modified.max(state.versions_seen.first_seen(version));
         }
     }
     identity_bytes(&mut h, id);
     h.update(len.to_le_bytes());
-    format!("\"{}\"", hex::encode(&h.finalize()[..16]))
+    let etag = format!("\"{}\"", hex::encode(&h.finalize()[..16]));
+    (etag, modified.min(SystemTime::now()))
+}
+
+/// When this server first saw each Secret version (see [`validators`]).
+#[derive(Default)]
+pub struct VersionsSeen(Mutex<HashMap<[u8; 16], SystemTime>>);
+
+impl VersionsSeen {
+    fn first_seen(&self, version: [u8; 16]) -> SystemTime {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *seen.entry(version).or_insert_with(SystemTime::now)
+    }
 }
 
 fn identity_bytes(h: &mut sha2::Sha256, id: &SourceIdentity) {
@@ -200,12 +222,12 @@ async fn opened(
     view: Arc<dyn ReadAt>,
     id: SourceIdentity,
 ) -> Result<Opened, HttpError> {
-    let etag = etag(state, vp.mode, vp.secret.as_ref(), &id, view.len());
+    let (etag, modified) = validators(state, vp.mode, vp.secret.as_ref(), &id, view.len());
     Ok(Opened {
         view,
         etag,
         id,
-        modified: modified_of(&id),
+        modified,
         mode: vp.mode,
         image,
     })
@@ -266,7 +288,7 @@ async fn head(state: &AppState, vp: ViewPath, headers: &HeaderMap) -> Result<Res
     .await
     .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("head: {e}")))?
     .map_err(|e| not_here(state, e))?;
-    let etag = etag(
+    let (etag, modified) = validators(
         state,
         vp.mode,
         vp.secret.as_ref(),
@@ -274,11 +296,10 @@ async fn head(state: &AppState, vp: ViewPath, headers: &HeaderMap) -> Result<Res
         info.size,
     );
     let mut out = HeaderMap::new();
-    common(&mut out, &etag, modified_of(&info.identity));
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH) {
-        if etag_listed(inm.as_bytes(), &etag) {
-            return Ok((StatusCode::NOT_MODIFIED, out).into_response());
-        }
+    common(&mut out, &etag, modified);
+    let pre = conditional::evaluate(headers, Some(&etag), Some(modified));
+    if let Some(r) = conditional::stopped(pre, out.clone()) {
+        return Ok(r);
     }
     out.insert(
         header::CONTENT_TYPE,
@@ -351,7 +372,7 @@ async fn serve_view(
     }
     let opened = open(state, vp).await?;
     if sum {
-        return checksum(state, opened).await;
+        return checksum(state, opened, headers).await;
     }
     Ok(respond(state, opened, headers))
 }
@@ -368,17 +389,16 @@ fn common(h: &mut HeaderMap, etag: &str, modified: SystemTime) {
         h.insert(header::LAST_MODIFIED, v);
     }
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CACHE_CONTROL, conditional::REVALIDATE);
 }
 
 fn respond(state: &AppState, o: Opened, headers: &HeaderMap) -> Response {
     let len = o.view.len();
     let mut out = HeaderMap::new();
     common_headers(&mut out, &o);
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH) {
-        if etag_listed(inm.as_bytes(), &o.etag) {
-            return (StatusCode::NOT_MODIFIED, out).into_response();
-        }
+    let pre = conditional::evaluate(headers, Some(&o.etag), Some(o.modified));
+    if let Some(r) = conditional::stopped(pre, out.clone()) {
+        return r;
     }
     let range = headers
         .get(header::RANGE)
@@ -414,27 +434,25 @@ fn respond(state: &AppState, o: Opened, headers: &HeaderMap) -> Response {
     (status, out, body).into_response()
 }
 
-/// `If-None-Match`: weak comparison (RFC 9110 13.1.2), `*` matches any.
-fn etag_listed(value: &[u8], etag: &str) -> bool {
-    let Ok(s) = std::str::from_utf8(value) else {
-        return false;
-    };
-    s.split(',')
-        .map(str::trim)
-        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
-}
-
-/// `If-Range`: the range applies only if the client's copy is this one (strong comparison).
-/// A date matches only an unchanged Last-Modified, and never for encrypt views, whose header
-/// may be remade without the source's mtime changing.
+/// `If-Range`: the range applies only if the client's copy is this one (RFC 9110 13.1.5): an
+/// entity tag by strong comparison (`headers`' `ETag`); a date only if it is exactly the
+/// Last-Modified, and never for encrypt views, whose header may be remade without the source's
+/// mtime changing. (The `headers` crate's `IfRange` takes any date not before Last-Modified,
+/// which the RFC does not: so the date is compared here.)
 fn if_range_holds(value: Option<&HeaderValue>, o: &Opened) -> bool {
     let Some(v) = value.and_then(|v| v.to_str().ok()).map(str::trim) else {
         return true;
     };
-    if v.starts_with('"') {
-        return v == o.etag;
+    // "A valid entity-tag can be distinguished from a valid HTTP-date by examining the first
+    // three characters for a DQUOTE" (13.1.5).
+    if v.get(..3).is_some_and(|p| p.contains('"')) {
+        return match (v.parse::<headers::ETag>(), o.etag.parse::<headers::ETag>()) {
+            // If-Match's comparison is the strong one If-Range needs.
+            (Ok(theirs), Ok(ours)) => headers::IfMatch::from(theirs).precondition_passes(&ours),
+            _ => false,
+        };
     }
-    if v.starts_with("W/") || o.mode == Mode::Encrypt {
+    if o.mode == Mode::Encrypt {
         return false;
     }
     match httpdate::parse_http_date(v) {
@@ -451,6 +469,10 @@ fn trunc_secs(t: SystemTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
+/// What a `Range` field asks of a view of `len` bytes. Parsed here rather than with the
+/// `headers` crate's `Range`, whose `satisfiable_ranges` drops a suffix longer than the
+/// representation (RFC 9110 14.1.2: it selects the whole representation) and passes through
+/// first-pos > last-pos and first-pos >= len (invalid and unsatisfiable ranges).
 #[derive(Debug, PartialEq, Eq)]
 enum RangeSpec {
     /// Not a single byte range we serve (multiple ranges, other units, bad syntax): the
@@ -646,7 +668,7 @@ pub struct SumCache {
     running: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-async fn checksum(state: &AppState, o: Opened) -> Result<Response, HttpError> {
+async fn checksum(state: &AppState, o: Opened, request: &HeaderMap) -> Result<Response, HttpError> {
     let key = sum_key(&o).await?;
     let gate = {
         let mut running = state.sums.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -692,15 +714,15 @@ async fn checksum(state: &AppState, o: Opened) -> Result<Response, HttpError> {
             running.remove(&etag);
         }
     }
-    let mut out = HeaderMap::new();
-    out.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", &sum[..32])) {
-        out.insert(header::ETAG, v);
-    }
-    Ok((StatusCode::OK, out, format!("{sum}\n")).into_response())
+    // The ETag is the sum's own prefix (the same for the same bytes, across restarts and
+    // nodes); `no-cache`: the sum changes whenever the view does.
+    let etag = format!("\"{}\"", sum.get(..32).unwrap_or(&sum));
+    Ok(conditional::fixed(
+        request,
+        &etag,
+        "text/plain; charset=utf-8",
+        format!("{sum}\n"),
+    ))
 }
 
 #[cfg(test)]
@@ -753,13 +775,5 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,5-6", 1000), Ignored);
         assert_eq!(parse_range("items=0-1", 1000), Ignored);
         assert_eq!(parse_range("bytes=a-b", 1000), Ignored);
-    }
-
-    #[test]
-    fn if_none_match() {
-        assert!(etag_listed(b"\"abc\"", "\"abc\""));
-        assert!(etag_listed(b"W/\"x\", \"abc\"", "\"abc\""));
-        assert!(etag_listed(b"*", "\"abc\""));
-        assert!(!etag_listed(b"\"abd\"", "\"abc\""));
     }
 }
