@@ -6,7 +6,7 @@
 //! hyper closes the connection before `Content-Length` bytes: the client sees a truncated
 //! transfer, never a mix of old and new bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -29,12 +29,16 @@ use bifs_node::store::valid_component;
 use bifs_node::store::SourceIdentity;
 
 /// Bytes per blocking read: large enough that the per-chunk hop to the blocking pool is
-/// noise, small enough that a request holds little memory (one chunk read ahead, one sent).
+/// noise, small enough that a request holds little memory (`READ_AHEAD` chunks read ahead, one
+/// being sent, and those kept for reuse: all within the response budget).
 const CHUNK: u64 = 1 << 20;
 /// Bytes per read when the server's response budget (`--response-memory`) is spent: a
 /// response always makes progress, in chunks small enough that any number of connections
 /// (up to `--max-connections`) fit in memory.
 const SMALL_CHUNK: u64 = 64 << 10;
+/// Chunks read ahead of the one being sent: two, so that two blocking threads read (and
+/// encrypt) while the socket takes the current one.
+const READ_AHEAD: usize = 2;
 
 const SUM_SUFFIX: &str = ".sha512";
 
@@ -527,44 +531,63 @@ fn parse_range(value: &str, len: u64) -> RangeSpec {
     }
 }
 
-/// Reads `[start, end)` of the view in chunks on the blocking pool, one chunk ahead of the
-/// one being sent. Dropping the stream (the client went away) drops the read ahead: at most
-/// one more chunk is read, nothing after.
+/// Reads `[start, end)` of the view in chunks on the blocking pool, up to [`READ_AHEAD`]
+/// chunks ahead of the one being sent, so that reading (and encrypting) the next chunks
+/// overlaps the socket write of this one. Dropping the stream (the client went away) drops
+/// the reads ahead: at most those are read, nothing after.
+///
+/// A response reuses its full chunks (each goes back to the response's pool when hyper has
+/// sent it): no allocation, no zeroing and no page faults per chunk (docs/performance.md,
+/// "HTTP views": they cost the encrypt and the plain view about a sixth of their CPU).
 fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
     struct Cursor {
         view: Arc<dyn ReadAt>,
         next: u64,
         end: u64,
-        pending: Option<JoinHandle<io::Result<Bytes>>>,
+        pending: VecDeque<JoinHandle<io::Result<Bytes>>>,
         image: String,
         mode: Mode,
         metrics: super::Metrics,
         budget: Arc<tokio::sync::Semaphore>,
+        pool: Arc<Pool>,
     }
     impl Cursor {
-        fn spawn_next(&mut self) {
-            if self.next >= self.end {
-                return;
+        /// Starts reads until [`READ_AHEAD`] are in flight or the whole range is asked for.
+        fn fill(&mut self) {
+            while self.pending.len() < READ_AHEAD && self.next < self.end && self.spawn_next() {}
+        }
+
+        /// Starts the next read; false when it must wait for the one in flight.
+        fn spawn_next(&mut self) -> bool {
+            // A full chunk holds its share of the response budget for as long as it lives
+            // (sent, in flight or kept for reuse); with the budget spent, a small chunk
+            // outside it, not kept, and only one at a time (as before read-ahead was
+            // deeper: memory per connection stays two small chunks).
+            let chunk = self.pool.take().or_else(|| {
+                let permit = self
+                    .budget
+                    .clone()
+                    .try_acquire_many_owned((CHUNK >> 10) as u32)
+                    .ok()?;
+                Some(Chunk::new(CHUNK as usize, Some(permit), &self.metrics))
+            });
+            if chunk.is_none() && !self.pending.is_empty() {
+                return false;
             }
-            // A full chunk holds 1 MiB of the response budget until hyper has sent it; with
-            // the budget spent, a small chunk outside it (memory per connection stays small).
-            let permit = self
-                .budget
-                .clone()
-                .try_acquire_many_owned((CHUNK >> 10) as u32)
-                .ok();
-            let chunk = if permit.is_some() { CHUNK } else { SMALL_CHUNK };
+            let size = chunk.as_ref().map_or(SMALL_CHUNK, |_| CHUNK);
             // Chunks after the first are aligned, so views read whole sectors.
-            let len = (chunk - self.next % chunk).min(self.end - self.next);
+            let len = (size - self.next % size).min(self.end - self.next) as usize;
+            let mut chunk = chunk.unwrap_or_else(|| Chunk::new(len, None, &self.metrics));
             let (view, off) = (self.view.clone(), self.next);
             let metrics = self.metrics.clone();
             let mode = self.mode;
-            self.next += len;
-            self.pending = Some(tokio::task::spawn_blocking(move || {
+            let pool = self.pool.clone();
+            self.next += len as u64;
+            self.pending.push_back(tokio::task::spawn_blocking(move || {
                 let _in_flight = metrics.read_started();
-                let mut buf = vec![0u8; len as usize];
+                let buf = &mut chunk.buf[..len];
                 let mut done = 0;
-                while done < buf.len() {
+                while done < len {
                     let n = view.read_at(off + done as u64, &mut buf[done..])?;
                     if n == 0 {
                         return Err(io::Error::new(
@@ -574,35 +597,39 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
                     }
                     done += n;
                 }
-                metrics.bytes_read(mode, len);
-                Ok(Bytes::from_owner(Buffered::new(buf, permit, metrics)))
+                metrics.bytes_read(mode, len as u64);
+                Ok(Bytes::from_owner(Sent {
+                    chunk: Some(chunk),
+                    len,
+                    pool,
+                }))
             }));
+            true
         }
     }
     let cursor = Cursor {
         view: o.view,
         next: start,
         end,
-        pending: None,
+        pending: VecDeque::new(),
         image: o.image,
         mode: o.mode,
         metrics: state.metrics.clone(),
         budget: state.response_budget.clone(),
+        pool: Arc::default(),
     };
     cursor.metrics.handle_opened();
     let guard = HandleGuard(cursor.metrics.clone());
     let stream = futures_util::stream::unfold((cursor, guard), |(mut c, guard)| async move {
-        if c.pending.is_none() {
-            c.spawn_next();
-        }
-        let task = c.pending.take()?;
+        c.fill();
+        let task = c.pending.pop_front()?;
         let result = match task.await {
             Ok(r) => r,
             Err(e) => Err(io::Error::other(format!("read task: {e}"))),
         };
         match result {
             Ok(bytes) => {
-                c.spawn_next();
+                c.fill();
                 Some((Ok(bytes), (c, guard)))
             }
             Err(e) => {
@@ -611,6 +638,7 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
                     "aborting a download: the view failed to read (a changed source fails its open views)"
                 );
                 c.next = c.end;
+                c.pending.clear();
                 Some((Err(e), (c, guard)))
             }
         }
@@ -618,38 +646,74 @@ fn body_stream(state: &AppState, o: Opened, start: u64, end: u64) -> Body {
     Body::from_stream(stream)
 }
 
-/// A chunk of a response: its bytes, and its share of the response budget, given back when
-/// hyper drops the chunk (sent, or the connection closed).
-struct Buffered {
+/// A chunk buffer, and its share of the response budget while it lives.
+struct Chunk {
     buf: Vec<u8>,
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     metrics: super::Metrics,
 }
 
-impl Buffered {
+impl Chunk {
     fn new(
-        buf: Vec<u8>,
+        len: usize,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
-        metrics: super::Metrics,
+        metrics: &super::Metrics,
     ) -> Self {
-        metrics.buffered(buf.len() as i64);
+        metrics.buffered(len as i64);
         Self {
-            buf,
+            buf: vec![0u8; len],
             _permit: permit,
-            metrics,
+            metrics: metrics.clone(),
         }
     }
 }
 
-impl AsRef<[u8]> for Buffered {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        self.metrics.buffered(-(self.buf.len() as i64));
     }
 }
 
-impl Drop for Buffered {
+/// One response's sent full chunks, kept for its next reads.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Chunk>>);
+
+impl Pool {
+    fn take(&self) -> Option<Chunk> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn give(&self, chunk: Chunk) {
+        // Only budgeted full chunks, and no more than can be in flight at once.
+        if chunk._permit.is_none() || chunk.buf.len() != CHUNK as usize {
+            return;
+        }
+        let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() <= READ_AHEAD {
+            free.push(chunk);
+        }
+    }
+}
+
+/// A chunk being sent: the first `len` bytes of its buffer, which goes back to the pool when
+/// hyper drops it (sent, or the connection closed).
+struct Sent {
+    chunk: Option<Chunk>,
+    len: usize,
+    pool: Arc<Pool>,
+}
+
+impl AsRef<[u8]> for Sent {
+    fn as_ref(&self) -> &[u8] {
+        self.chunk.as_ref().map_or(&[], |c| &c.buf[..self.len])
+    }
+}
+
+impl Drop for Sent {
     fn drop(&mut self) {
-        self.metrics.buffered(-(self.buf.len() as i64));
+        if let Some(c) = self.chunk.take() {
+            self.pool.give(c);
+        }
     }
 }
 
