@@ -62,6 +62,21 @@ if [[ "$("$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null)" != "$KV_VERS
   $SUDO ln -sf "$KV_VENV/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
 fi
 
+# REDbot (PyPI; tests/it/redbot.rs lints bifs serve's answers), pinned with its dependencies,
+# in its own venv the same way. It has no --version: the venv's package metadata says it.
+RB_VENV=/opt/redbot
+RB_PINS="$(dirname "$0")/redbot.txt"
+RB_VERSION=$(sed -n 's/^redbot==//p' "$RB_PINS")
+if [[ "$("$RB_VENV/bin/python3" -c 'import importlib.metadata as m; print(m.version("redbot"))' 2>/dev/null)" != "$RB_VERSION" ]]; then
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  echo "setup: redbot $RB_VERSION into $RB_VENV" >&2
+  $SUDO rm -rf "$RB_VENV"
+  $SUDO /usr/bin/python3 -m venv "$RB_VENV"
+  $SUDO "$RB_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$RB_PINS"
+  $SUDO ln -sf "$RB_VENV/bin/redbot" /usr/local/bin/redbot
+fi
+
 # kubectl renders deploy/ (`kubectl kustomize`, kustomize v5 built in). Debian's own
 # kubernetes-client (1.20) is too old for deploy/'s kustomization, so it comes from
 # Kubernetes' apt repository (pkgs.k8s.io) or Google's (package kubectl); scripts/test.sh

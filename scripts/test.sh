@@ -21,6 +21,8 @@ done
 kubectl version --client -o json 2>/dev/null | grep -q '"kustomizeVersion": "v5' \
     || missing+=("kubectl with kustomize v5 (kubectl >= 1.27)")
 command -v kubernetes-validate >/dev/null || missing+=("kubernetes-validate")
+# bifs serve's answers are linted by REDbot (tests/it/redbot.rs).
+[ -x /opt/redbot/bin/redbot ] || command -v redbot >/dev/null || missing+=("redbot")
 if [ ${#missing[@]} -gt 0 ]; then
     printf '*** the full test tier cannot run; missing: %s (scripts/setup.sh installs them) ***\n' \
         "${missing[*]}" >&2

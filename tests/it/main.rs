@@ -27,6 +27,7 @@ mod luks_fidelity;
 mod mount;
 mod node_image;
 mod qcow2;
+mod redbot;
 mod secret_volumes;
 mod serve;
 mod serve_api;

@@ -356,6 +356,46 @@ fn conditional_and_range_answers() {
         304
     );
     assert_eq!(status(&url, &["-H", "If-None-Match: \"nope\""]).0, 200);
+    // If-Modified-Since (RFC 9110 13.1.3): 304 at or after Last-Modified, ignored beside an
+    // If-None-Match; If-Match / If-Unmodified-Since (13.1.1, 13.1.4): 412 when false.
+    // (`status` lower-cases the head: the date as sent, from a HEAD of our own.)
+    let raw_head = String::from_utf8_lossy(&run("curl", &["-sI", &url]).stdout).to_string();
+    let lm = raw_head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("last-modified:")
+                .then(|| l[14..].trim().to_string())
+        })
+        .expect("a Last-Modified");
+    let (code, h304) = status(&url, &["-H", &format!("If-Modified-Since: {lm}")]);
+    assert_eq!(code, 304);
+    assert_eq!(header(&h304, "etag"), Some(etag.as_str()));
+    assert_eq!(header(&h304, "content-length"), None);
+    let ims = format!("If-Modified-Since: {lm}");
+    assert_eq!(
+        status(&url, &["-H", "If-None-Match: \"nope\"", "-H", &ims]).0,
+        200
+    );
+    let past = "Sat, 01 Jan 2000 00:00:00 GMT";
+    assert_eq!(
+        status(&url, &["-H", &format!("If-Modified-Since: {past}")]).0,
+        200
+    );
+    assert_eq!(status(&url, &["-H", &format!("If-Match: {etag}")]).0, 200);
+    assert_eq!(status(&url, &["-H", "If-Match: \"nope\""]).0, 412);
+    assert_eq!(status(&url, &["-I", "-H", "If-Match: \"nope\""]).0, 412);
+    assert_eq!(
+        status(&url, &["-H", &format!("If-Unmodified-Since: {past}")]).0,
+        412
+    );
+    // The checksum: its own ETag, answered by If-None-Match; no-cache.
+    let (code, sum_head) = status(&format!("{url}.sha512"), &[]);
+    assert_eq!(code, 200);
+    assert_eq!(header(&sum_head, "cache-control"), Some("no-cache"));
+    let sum_etag = header(&sum_head, "etag").unwrap().to_string();
+    let inm = format!("If-None-Match: {sum_etag}");
+    assert_eq!(status(&format!("{url}.sha512"), &["-H", &inm]).0, 304);
     // 206 / 416.
     let (code, head) = status(&url, &["-r", "10-19"]);
     assert_eq!(code, 206);

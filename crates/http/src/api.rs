@@ -241,6 +241,14 @@ fn json_text(code: StatusCode, text: String) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
+/// A GET's JSON answer about live state: a strong ETag of its bytes and `Cache-Control:
+/// no-cache` (RFC 9111 5.2.2.4), so a poller may keep it and gets a 304 while nothing changed,
+/// and no cache ever serves it without asking.
+fn json_current(request: &HeaderMap, text: String) -> Response {
+    let etag = super::conditional::etag_of(text.as_bytes());
+    super::conditional::fixed(request, &etag, "application/json", text)
+}
+
 fn records(root: &FsPath, name: Option<&str>) -> Result<Vec<BackingImage>, ApiError> {
     let store = Store::open_read_only(root)?;
     Ok(status::list(&store, name)?)
@@ -253,7 +261,7 @@ fn one_json(images: &[BackingImage], single: bool) -> Result<String, ApiError> {
 async fn list(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&s, &headers, Access::Read)?;
     let text = blocking(move || one_json(&records(&s.store_root, None)?, false)).await?;
-    Ok(json_text(StatusCode::OK, text))
+    Ok(json_current(&headers, text))
 }
 
 async fn get_one(
@@ -262,7 +270,7 @@ async fn get_one(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     authorize(&s, &headers, Access::Read)?;
-    Ok(json_text(StatusCode::OK, record_json(&s, name).await?))
+    Ok(json_current(&headers, record_json(&s, name).await?))
 }
 
 async fn record_json(s: &AppState, name: String) -> Result<String, ApiError> {

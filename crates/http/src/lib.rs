@@ -28,6 +28,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod conditional;
 pub mod metrics;
 pub mod page;
 pub mod server;
@@ -71,6 +72,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The SHA-512 of views, computed once per view identity.
     pub sums: views::SumCache,
+    /// When each Secret version was first seen: part of encrypt views' Last-Modified.
+    pub versions_seen: views::VersionsSeen,
     /// What remote callers may make the server do (downloads, time, memory).
     pub limits: ServerLimits,
     /// Memory for responses' view chunks, in KiB: a response reads ahead in 1 MiB chunks while
@@ -172,6 +175,7 @@ impl AppState {
                 policy,
                 metrics: Metrics::default(),
                 sums: views::SumCache::default(),
+                versions_seen: views::VersionsSeen::default(),
                 limits,
                 response_budget: Arc::new(tokio::sync::Semaphore::new(kib)),
                 node,
