@@ -75,7 +75,10 @@ impl Mounted {
         mnt: &Path,
         extra: &[&str],
     ) -> Self {
-        fs::create_dir_all(mnt).unwrap();
+        // A dead mount (its daemon killed) is there but answers ENOTCONN to stat: it exists.
+        if let Err(e) = fs::create_dir_all(mnt) {
+            assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+        }
         let log = mnt.with_extension(format!("log{}", std::process::id()));
         let log_file = fs::File::create(&log).unwrap();
         let mut cmd = Command::new(BIFS);
