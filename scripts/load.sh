@@ -86,6 +86,12 @@ printf %s "$TOKEN" >"$WORK/token"
 SERVER=$!
 for _ in $(seq 100); do grep -q listening "$WORK/url" 2>/dev/null && break; sleep 0.1; done
 URL=$(sed -n 's/^bifs serve: listening on //p' "$WORK/url")
+# Traffic starts once the server is ready, as a rollout sends it: before its first look at the
+# store /readyz rightly says 503.
+for _ in $(seq 300); do
+    curl -fsS -o /dev/null -H "Authorization: Bearer $(cat "$WORK/token")" "$URL/readyz" 2>/dev/null && break
+    sleep 0.1
+done
 [ -n "$URL" ] || { cat "$WORK/server.log" >&2; exit 2; }
 # The encrypt view's header is made once, before the clock starts.
 curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" -r 0-4095 "$URL/views/encrypt/ns/load/normal.img"

@@ -364,3 +364,58 @@ fn a_longhorn_disk_bifs_cannot_enter_is_a_loud_warning() {
         "{list}"
     );
 }
+
+/// Many requests for one slow view share its one job, but each holds a connection while it
+/// waits: past `--max-kdf-jobs` + `--max-kdf-queue` waiting requests, the rest are answered 503
+/// at once (and their connections closed), so a crowd on one hostile image cannot fill
+/// `--max-connections` and keep every other view out (as `scripts/load.sh` showed: 600 requests
+/// on one image held their connections for the whole 50 s wait).
+#[test]
+fn a_crowd_on_one_slow_view_waits_within_the_budget_and_the_rest_is_refused_at_once() {
+    full_tier_only!("curl");
+    let d = tempfile::tempdir().unwrap();
+    let (store, secrets, token) = node(d.path());
+    let srv = Serve::start(&[
+        "--store".as_ref(),
+        store.as_os_str(),
+        "--secrets".as_ref(),
+        secrets.as_os_str(),
+        "--token-file".as_ref(),
+        token.as_os_str(),
+        "--public-read".as_ref(),
+        "--max-kdf-jobs=1".as_ref(),
+        "--max-kdf-queue=1".as_ref(),
+    ]);
+    let ready = srv.wait_ready(Duration::from_secs(60));
+    assert_eq!(ready.code, 200, "{}", ready.text());
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let url = format!("{}/views/decrypt/{NS}/a/iter.img", srv.url);
+    // Eight clients on the same 2^30-iteration unlock, each giving up after 6 s.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, auth) = (url.clone(), auth.clone());
+            std::thread::spawn(move || curl(&["-s", "--max-time", "6", "-H", &auth], &url))
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let refused: Vec<_> = results.iter().filter(|r| r.code == 503).collect();
+    let waited = results.iter().filter(|r| r.code == 0).count();
+    eprintln!(
+        "8 clients on one slow view: {} refused, {waited} waited until they left",
+        refused.len()
+    );
+    // jobs (1) + queue (1): two wait, six are refused, each at once and told when to return.
+    assert_eq!((refused.len(), waited), (6, 2), "{results:?}");
+    for r in refused {
+        assert!(
+            r.took < Duration::from_secs(3),
+            "a refusal took {:?}",
+            r.took
+        );
+        assert_eq!(r.header("Retry-After").as_deref(), Some("10"));
+        assert!(r.text().contains("being prepared"), "{}", r.text());
+    }
+    // The budget is free again once they left: another view answers at once.
+    let r = curl(&["-s"], &format!("{}/views/ignore/good.img", srv.url));
+    assert_eq!((r.code, r.body.len()), (200, 4 << 20));
+}

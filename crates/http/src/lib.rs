@@ -85,6 +85,11 @@ pub struct Shared {
     pub signer: Option<signed::Signer>,
     /// Set when the server stops: requests waiting for a view to be prepared give up at once.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Requests that may wait for a view being prepared, all views together
+    /// (`--max-kdf-jobs` + `--max-kdf-queue`): many requests for one slow view share one job, but each holds a
+    /// connection while it waits, and past this they would crowd every other view out of
+    /// `--max-connections`.
+    pub prepare_waiters: Arc<tokio::sync::Semaphore>,
 }
 
 /// What bounds the work remote callers can cause, besides the connection limits
@@ -166,6 +171,12 @@ impl AppState {
             .unwrap_or(usize::MAX)
             .min(tokio::sync::Semaphore::MAX_PERMITS);
         let signer = policy.token.as_ref().map(Token::signer);
+        // As many as the pool holds jobs, running and queued.
+        let work = catalog.work_config();
+        let waiters = work
+            .jobs
+            .saturating_add(work.max_queued)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         Self {
             inner: Arc::new(Shared {
                 catalog,
@@ -181,6 +192,7 @@ impl AppState {
                 node,
                 signer,
                 stopping: tokio::sync::watch::channel(false).0,
+                prepare_waiters: Arc::new(tokio::sync::Semaphore::new(waiters)),
             }),
         }
     }
@@ -263,6 +275,11 @@ impl IntoResponse for HttpError {
         if busy {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            // Shed the connection too: a refused client kept alive would hold one of the
+            // --max-connections slots for the idle timeout, keeping others in the backlog; it
+            // comes back after Retry-After on a new one.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

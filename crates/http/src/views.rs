@@ -199,6 +199,15 @@ async fn open(state: &AppState, vp: ViewPath) -> Result<Opened, HttpError> {
             Opening::Ready(view, id) => return opened(state, &vp, img.name, view, id).await,
             Opening::Pending(p) => p,
         };
+        let Ok(_waiting) = state.prepare_waiters.clone().try_acquire_owned() else {
+            return Err(HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "image {:?}: its view is being prepared and --max-kdf-jobs + --max-kdf-queue requests already wait for views being prepared; retry later",
+                    img.name
+                ),
+            ));
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         pending.on_settled(move || {
             let _ = tx.send(());

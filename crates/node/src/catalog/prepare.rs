@@ -283,6 +283,11 @@ fn unlock_units(kdfs: &[Kdf], digest: Option<(Hash, u32)>) -> f64 {
 const PASS_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Catalog {
+    /// How the derivation pool is sized.
+    pub fn work_config(&self) -> WorkConfig {
+        *self.work_config.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Sizes the derivation pool; only before its first use (returns false after).
     pub fn configure_work(&self, config: WorkConfig) -> bool {
         if self.work.get().is_some() {
