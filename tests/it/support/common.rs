@@ -807,14 +807,15 @@ pub fn make_luks1_with_qemu(
     let keyfile = write_keyfile(dir, stem, passphrase);
     // qemu benchmarks PBKDF2 (~0.5-2 s per run, whatever iter-time says) with thread CPU time;
     // on coarse CPU accounting a fast first round measures 0 ms and qemu gives up with
-    // "Unable to get accurate CPU usage". Retry that specific failure.
+    // "Unable to get accurate CPU usage" (on a fast CPU with tick-based accounting, often: 8
+    // tries in a row failed once here). Retry that specific failure; a failed try costs ms.
     let mut attempt = 0;
     let o = loop {
         attempt += 1;
         let _ = fs::remove_file(&path);
         let o = qemu_luks1_convert(payload, &path, &keyfile, cipher_alg, hash_alg);
         if o.status.success()
-            || attempt >= 8
+            || attempt >= 40
             || !stderr_of(&o).contains("Unable to get accurate CPU usage")
         {
             break o;
