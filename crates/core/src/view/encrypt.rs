@@ -44,8 +44,9 @@ impl EncryptView {
     ) -> Result<Self, ViewError> {
         // One key derivation: the header is made with a key we hold, not unlocked again.
         let (header, key) = new_header_and_key(params, source.len(), sector_size)?;
-        let parsed = Luks2Header::read(&MemSource(header.clone()))?;
-        Self::with_key(source, Arc::new(MemSource(header)), &parsed, &key)
+        let header: Arc<dyn ReadAt> = Arc::new(MemSource(header));
+        let parsed = Luks2Header::read(&*header)?;
+        Self::with_key(source, header, &parsed, &key)
     }
 
     /// The LUKS2 image of `source` with an existing header region (`DATA_OFFSET` bytes, e.g.

@@ -72,6 +72,17 @@ pub(super) enum Settled {
     },
 }
 
+impl Settled {
+    /// A failure settled now; `over_budget` when the work is beyond the server's limits.
+    fn failed(message: String, over_budget: bool) -> Self {
+        Settled::Failed {
+            message,
+            over_budget,
+            at: Instant::now(),
+        }
+    }
+}
+
 /// A failure that is not a refusal (an I/O error, a full state directory) is tried again
 /// after this long.
 const FAILED_RETRY: Duration = Duration::from_secs(30);
@@ -450,12 +461,7 @@ impl Catalog {
             match cat.digest_of(&img, &ticket.stamp) {
                 Ok(d) => cat.remember_digest(&img.name, &ticket.stamp, d),
                 Err(message) => {
-                    let failed = Settled::Failed {
-                        message,
-                        over_budget: false,
-                        at: Instant::now(),
-                    };
-                    cat.settle(&pair, &ticket, Some(failed));
+                    cat.settle(&pair, &ticket, Some(Settled::failed(message, false)));
                     return;
                 }
             }
@@ -525,12 +531,7 @@ impl Catalog {
             let params = match cat.check_secret(secret) {
                 Ok(p) => p,
                 Err(e) => {
-                    let failed = Settled::Failed {
-                        message: e.to_string(),
-                        over_budget: false,
-                        at: Instant::now(),
-                    };
-                    cat.settle(&pair, &ticket, Some(failed));
+                    cat.settle(&pair, &ticket, Some(Settled::failed(e.to_string(), false)));
                     return;
                 }
             };
@@ -582,11 +583,7 @@ impl Catalog {
     /// The stable header of `img` under `params`: one key derivation, then the header is
     /// compared with the persisted one and written when it differs.
     fn encrypt_job(&self, img: &StoredImage, params: &CryptoParams, ticket: &Ticket) -> Settled {
-        let failed = |message: String| Settled::Failed {
-            message,
-            over_budget: false,
-            at: Instant::now(),
-        };
+        let failed = |message: String| Settled::failed(message, false);
         let secret = &params.secret;
         let Some(d) = self.known_digest(&img.name, &ticket.stamp) else {
             return failed("the stored file's SHA-512 is not known".into());
@@ -616,16 +613,15 @@ impl Catalog {
             Err(e) => return failed(format!("Secret {secret}: {e}")),
         };
         if let Err(e) = plan.kdf().check(&self.limits) {
-            return Settled::Failed {
-                at: Instant::now(),
-                message: format!(
+            return Settled::failed(
+                format!(
                     "Secret {secret}'s keyslot ({}) is beyond this server's limits: {e}; \
                      lower the Secret's CRYPTO_PBKDF_MEMORY/CRYPTO_PBKDF_FORCE_ITERATIONS or raise \
                      --max-kdf-memory/--max-kdf-iterations/--max-kdf-time",
                     plan.kdf().type_name()
                 ),
-                over_budget: true,
-            };
+                true,
+            );
         }
         let started = Instant::now();
         let built = plan
@@ -700,13 +696,7 @@ impl Catalog {
         params: &CryptoParams,
         ticket: &Ticket,
     ) -> Option<Settled> {
-        let failed = |message: String, over_budget| {
-            Some(Settled::Failed {
-                message,
-                over_budget,
-                at: Instant::now(),
-            })
-        };
+        let failed = |message: String, over_budget| Some(Settled::failed(message, over_budget));
         let file = match self.store.open_image(&img.path) {
             Ok(f) => f,
             Err(e) => return failed(format!("opening: {e}"), false),
