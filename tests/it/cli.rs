@@ -897,21 +897,7 @@ fn get_and_get_w_show_the_key_phase_not_zero_percent() {
         ),
     )
     .unwrap();
-    let apply = Command::new(BIFS)
-        .args([
-            "apply",
-            "-f",
-            s(&clone),
-            "--secrets",
-            s(&slow),
-            "--store",
-            s(&store),
-        ])
-        .env("BIFS_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let apply = spawn_apply(&clone, &slow, &store);
     let name = "base-encrypted-with-a-longer-name";
     // Watched from when the clone's record exists (a watch of settled images ends at once).
     let record_path = store.join(format!(".bifs/records/{name}.json"));
@@ -1337,21 +1323,7 @@ finally:
     let mut loaded = String::new();
     std::io::BufRead::read_line(&mut browser_out, &mut loaded).unwrap();
     assert_eq!(loaded.trim(), "loaded", "the page did not load");
-    let apply = Command::new(BIFS)
-        .args([
-            "apply",
-            "-f",
-            s(&clone),
-            "--secrets",
-            s(&secrets),
-            "--store",
-            s(&store),
-        ])
-        .env("BIFS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let apply = spawn_apply(&clone, &secrets, &store);
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut browser_out, &mut rest).unwrap();
     let out = browser.wait_with_output().unwrap();
@@ -1403,4 +1375,24 @@ fn inspect_into_a_closed_pipe_exits_cleanly() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// `bifs apply -f MANIFEST --secrets SECRETS --store STORE` in the background (warnings only on
+/// stderr), for a test that watches it run.
+fn spawn_apply(manifest: &Path, secrets: &Path, store: &Path) -> std::process::Child {
+    Command::new(BIFS)
+        .args([
+            "apply",
+            "-f",
+            s(manifest),
+            "--secrets",
+            s(secrets),
+            "--store",
+            s(store),
+        ])
+        .env("BIFS_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }

@@ -1019,15 +1019,7 @@ fn f7_a_writer_that_restores_the_mtime_is_caught_over_fuse() {
     fs::create_dir_all(&store).unwrap();
     views_store(&store);
     let secrets = work.path().join("secret.yaml");
-    fs::write(
-        &secrets,
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {SECRET_NAME}, namespace: {SECRET_NS}}}\n\
-             stringData:\n  CRYPTO_KEY_VALUE: \"{PASSPHRASE}\"\n  CRYPTO_KEY_PROVIDER: secret\n  \
-             CRYPTO_PBKDF: pbkdf2\n  CRYPTO_PBKDF_FORCE_ITERATIONS: \"1000\"\n"
-        ),
-    )
-    .unwrap();
+    write_mount_secret(&secrets);
     let m = crate::support::mount::Mounted::start(
         &store,
         &secrets,
@@ -1140,15 +1132,7 @@ fn f9_links_out_of_the_store_are_not_in_the_mount() {
         .unwrap();
     let (store, a) = links_store(work.path());
     let secrets = work.path().join("secret.yaml");
-    fs::write(
-        &secrets,
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {SECRET_NAME}, namespace: {SECRET_NS}}}\n\
-             stringData:\n  CRYPTO_KEY_VALUE: \"{PASSPHRASE}\"\n  CRYPTO_KEY_PROVIDER: secret\n  \
-             CRYPTO_PBKDF: pbkdf2\n  CRYPTO_PBKDF_FORCE_ITERATIONS: \"1000\"\n"
-        ),
-    )
-    .unwrap();
+    write_mount_secret(&secrets);
     let m = crate::support::mount::Mounted::start(
         &store,
         &secrets,
@@ -1228,15 +1212,7 @@ fn f10_unknown_names_in_the_mount_are_not_logged_at_info() {
     fs::create_dir_all(&store).unwrap();
     fs::write(store.join("a.img"), vec![1u8; 4096]).unwrap();
     let secrets = work.path().join("secret.yaml");
-    fs::write(
-        &secrets,
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {SECRET_NAME}, namespace: {SECRET_NS}}}\n\
-             stringData:\n  CRYPTO_KEY_VALUE: \"{PASSPHRASE}\"\n  CRYPTO_KEY_PROVIDER: secret\n  \
-             CRYPTO_PBKDF: pbkdf2\n  CRYPTO_PBKDF_FORCE_ITERATIONS: \"1000\"\n"
-        ),
-    )
-    .unwrap();
+    write_mount_secret(&secrets);
     let m = crate::support::mount::Mounted::start(
         &store,
         &secrets,
@@ -1401,4 +1377,15 @@ fn f10_luks2_json_that_is_not_utf8_opens_as_cryptsetup_opens_it() {
     let a = decrypt(&img, &dir.path().join("a.out"));
     let b = decrypt(&plain, &dir.path().join("b.out"));
     assert!(a == b, "the odd header does not open to the same plaintext");
+}
+
+/// The servers' test Secret (PBKDF2 at 1000 iterations) as one manifest file, for a mount.
+fn write_mount_secret(path: &Path) {
+    let yaml = crate::support::serve_node::secret_yaml(
+        SECRET_NS,
+        SECRET_NAME,
+        PASSPHRASE,
+        "  CRYPTO_PBKDF: pbkdf2\n  CRYPTO_PBKDF_FORCE_ITERATIONS: \"1000\"\n",
+    );
+    fs::write(path, yaml).unwrap();
 }

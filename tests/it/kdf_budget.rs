@@ -113,6 +113,22 @@ fn node(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathB
     (store, secrets, token)
 }
 
+/// `bifs serve` of [`node`]'s store with its token, `--public-read` and `extra` flags.
+fn serve_node(dir: &Path, extra: &[&str]) -> Serve {
+    let (store, secrets, token) = node(dir);
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--store".as_ref(),
+        store.as_os_str(),
+        "--secrets".as_ref(),
+        secrets.as_os_str(),
+        "--token-file".as_ref(),
+        token.as_os_str(),
+        "--public-read".as_ref(),
+    ];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    Serve::start(&args)
+}
+
 fn metric(srv: &Serve, name: &str) -> f64 {
     let r = curl(&["-s"], &format!("{}/metrics", srv.url));
     r.text()
@@ -125,19 +141,14 @@ fn metric(srv: &Serve, name: &str) -> f64 {
 fn hostile_images_cost_what_the_limits_allow_and_never_slow_other_views() {
     full_tier_only!("curl");
     let d = tempfile::tempdir().unwrap();
-    let (store, secrets, token) = node(d.path());
-    let srv = Serve::start(&[
-        "--store".as_ref(),
-        store.as_os_str(),
-        "--secrets".as_ref(),
-        secrets.as_os_str(),
-        "--token-file".as_ref(),
-        token.as_os_str(),
-        "--public-read".as_ref(),
-        "--max-kdf-jobs=2".as_ref(),
-        "--max-kdf-queue=1".as_ref(),
-        "--max-kdf-memory=1048576".as_ref(),
-    ]);
+    let srv = serve_node(
+        d.path(),
+        &[
+            "--max-kdf-jobs=2",
+            "--max-kdf-queue=1",
+            "--max-kdf-memory=1048576",
+        ],
+    );
     // Ready once good.img's encrypt views are prepared: the hostile images cost more than the
     // background budget and are left for requests.
     let ready = srv.wait_ready(Duration::from_secs(60));
@@ -374,18 +385,7 @@ fn a_longhorn_disk_bifs_cannot_enter_is_a_loud_warning() {
 fn a_crowd_on_one_slow_view_waits_within_the_budget_and_the_rest_is_refused_at_once() {
     full_tier_only!("curl");
     let d = tempfile::tempdir().unwrap();
-    let (store, secrets, token) = node(d.path());
-    let srv = Serve::start(&[
-        "--store".as_ref(),
-        store.as_os_str(),
-        "--secrets".as_ref(),
-        secrets.as_os_str(),
-        "--token-file".as_ref(),
-        token.as_os_str(),
-        "--public-read".as_ref(),
-        "--max-kdf-jobs=1".as_ref(),
-        "--max-kdf-queue=1".as_ref(),
-    ]);
+    let srv = serve_node(d.path(), &["--max-kdf-jobs=1", "--max-kdf-queue=1"]);
     let ready = srv.wait_ready(Duration::from_secs(60));
     assert_eq!(ready.code, 200, "{}", ready.text());
     let auth = format!("Authorization: Bearer {TOKEN}");
