@@ -74,6 +74,32 @@ pub fn read_full_at(src: &dyn ReadAt, offset: u64, buf: &mut [u8]) -> io::Result
     Ok(())
 }
 
+/// Bytes of `src` in `start..end` that its hole information calls data, walking at most
+/// `max_extents` data extents; `None` past that (a fragmented range: the caller assumes the
+/// worst). A source without hole information counts the whole range.
+pub fn data_bytes_in(
+    src: &dyn ReadAt,
+    start: u64,
+    end: u64,
+    max_extents: usize,
+) -> io::Result<Option<u64>> {
+    let end = end.min(src.len());
+    let mut pos = start;
+    let mut total = 0u64;
+    for _ in 0..max_extents {
+        let Some(data) = src.next_data(pos)?.filter(|&d| d < end) else {
+            return Ok(Some(total));
+        };
+        let hole = src.next_hole(data)?.clamp(data, end);
+        total += hole - data;
+        if hole >= end {
+            return Ok(Some(total));
+        }
+        pos = hole;
+    }
+    Ok(None)
+}
+
 /// Bytes in memory as a source: a freshly formatted LUKS2 header region, test data.
 pub struct MemSource(pub Vec<u8>);
 

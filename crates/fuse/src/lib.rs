@@ -8,12 +8,15 @@
 //! from ever being served bytes of two versions of a view (docs/mount.md, "Page cache"):
 //! - [`binding`]: each inode is bound to one version of its view; an open that finds another
 //!   version gets `ESTALE` and the kernel retries it on a new inode, with an empty cache;
-//! - every `read(2)` asks bifs for the attributes first (`FUSE_AUTO_INVAL_DATA` with an
-//!   attribute lifetime of zero for image files), and a bound inode whose source changed
-//!   reports the source's new mtime, on which the kernel drops its pages before it reads;
+//! - bifs checks the source after every read it serves and fails the read (`EIO`) once the
+//!   source changed: a page that was not cached is never of another version than those that
+//!   were;
 //! - [`invalidate`]: inotify on the store and the catalog's Secret-change hook drop the pages
 //!   and names of the views a change touched right away, and fail reads of handles whose
-//!   source was written in place.
+//!   source was written in place. As a backstop for changes inotify does not see, the kernel
+//!   asks for an image file's attributes again once they are [`CACHED_FILE_ATTR_TTL`] old
+//!   (`FUSE_AUTO_INVAL_DATA`), and a bound inode whose source changed reports the source's new
+//!   mtime, on which the kernel drops its pages.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -46,10 +49,13 @@ pub use tree::{Inodes, Node};
 /// How long the kernel may cache names, and the attributes of directories (and of every
 /// file with direct I/O). Short: the store can change.
 const TTL: Duration = Duration::from_secs(1);
-/// How long the kernel may cache an image file's attributes with the page cache on: not at
-/// all, so that each `read(2)` asks (`FUSE_AUTO_INVAL_DATA`), and a changed source's pages are
-/// dropped before they are served again.
-const CACHED_FILE_ATTR_TTL: Duration = Duration::ZERO;
+/// How long the kernel may cache an image file's attributes with the page cache on. Short,
+/// as a backstop to inotify: once they are older, the next `read(2)` asks again
+/// (`FUSE_AUTO_INVAL_DATA`) and a changed source's pages are dropped before they are served.
+/// Not zero: that asks on every `read(2)`, a round trip to bifs (about 60 us here) that
+/// cost `cp` a tenth of its speed and made every cached 4 KiB read 70 times slower than a
+/// page-cache hit (docs/performance.md, "The mount").
+const CACHED_FILE_ATTR_TTL: Duration = Duration::from_millis(50);
 /// `st_blksize`: tools size their reads from it, and big reads keep the XTS engine busy.
 const BLKSIZE: u32 = 1 << 20;
 
@@ -94,6 +100,29 @@ impl MountOptions {
         cfg.clone_fd = true;
         cfg
     }
+}
+
+/// Sets the kernel read-ahead, in KiB, of the mounted file system whose device is `dev`
+/// (`major:minor`, as /proc/self/mountinfo gives it). FUSE mounts start at 128 KiB, which
+/// splits a `cp` into 256 KiB requests; 512 KiB measured fastest for `cp` from a view (larger
+/// windows leave the pages bifs writes out of the CPU cache by the time `cp` copies them:
+/// docs/performance.md). Writing /sys needs root.
+pub fn set_read_ahead(dev: &str, kib: u32) -> std::io::Result<()> {
+    let valid = dev.split_once(':').is_some_and(|(a, b)| {
+        [a, b]
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+    });
+    if !valid {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a major:minor device number: {dev:?}"),
+        ));
+    }
+    std::fs::write(
+        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
+        format!("{kib}\n"),
+    )
 }
 
 /// What the request handlers and the [`Invalidator`] share.
@@ -477,8 +506,8 @@ impl Filesystem for BifsFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let r = guarded("getattr", || {
-            // Asked on every read(2) with the page cache on: a bound inode answers with one
-            // stat of its source.
+            // Asked by a read(2) once the attributes are CACHED_FILE_ATTR_TTL old: a bound
+            // inode answers with one stat of its source.
             if let Some(bound) = self.inodes().binding(ino.0).and_then(|b| b.bound()) {
                 return Ok(self.bound_attr(ino.0, &bound));
             }

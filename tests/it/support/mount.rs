@@ -258,3 +258,30 @@ pub fn open_errno(path: &Path) -> i32 {
 pub fn blocks(path: &Path) -> u64 {
     fs::metadata(path).unwrap().blocks()
 }
+
+/// Reads `old.len()` bytes at `off` through `h`, whose source was just written, until the
+/// read fails: it must fail with EIO within 2 s (once inotify or the 50 ms attribute lifetime
+/// tells the kernel), and until then serve exactly `old`, the bytes `h` read before the write
+/// (cached pages of the one version the handle was opened on).
+pub fn fails_soon_with_eio(h: &fs::File, off: u64, old: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = vec![0u8; old.len()];
+    loop {
+        match h.read_at(&mut buf, off) {
+            Ok(n) => assert!(
+                buf[..n] == old[..n],
+                "read at {off} after its source was written: not the bytes read before"
+            ),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "read at {off}: {e}");
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a cached reader still read at {off} 2 s after its source was written"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

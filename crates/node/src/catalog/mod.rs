@@ -448,7 +448,10 @@ impl Catalog {
                         image: img.name.clone(),
                         error: e.into(),
                     })?;
-                (size, file_blocks.saturating_sub(DATA_OFFSET / 512))
+                (
+                    size,
+                    payload_blocks(&*file, header.segment().offset, file_blocks).map_err(io_err)?,
+                )
             }
         };
         Ok(FileInfo {
@@ -659,6 +662,16 @@ fn refusal(mode: Mode, img: &StoredImage) -> Option<ViewError> {
         Mode::Decrypt if !img.format.is_luks() => Some(ViewError::NotEncrypted),
         _ => None,
     }
+}
+
+/// The 512-byte blocks a LUKS file allocates past its header (`payload` on): what a decrypt
+/// view reports, so that `cp --sparse=auto` looks for holes (and pays a decryption of what it
+/// scans, [`DecryptView`]'s `SEEK_HOLE`) only when the ciphertext itself is sparse, never for
+/// the unwritten gaps every LUKS header has. A header region too fragmented to walk counts as
+/// all allocated.
+fn payload_blocks(file: &dyn ReadAt, payload: u64, file_blocks: u64) -> io::Result<u64> {
+    let header = bifs_core::io::data_bytes_in(file, 0, payload, 256)?.unwrap_or(payload);
+    Ok(file_blocks.saturating_sub(header / 512))
 }
 
 fn read_luks(img: &StoredImage, src: &dyn ReadAt) -> Result<LuksHeader, CatalogError> {
@@ -886,6 +899,49 @@ mod tests {
             read_all(&*view) == noise(1, 256 << 10),
             "decrypt(encrypt(a)) != a"
         );
+    }
+
+    /// Writes `bytes` to `path` leaving every all-zero 4 KiB block (and `gap`) unwritten.
+    fn write_sparse(path: &Path, bytes: &[u8], gap: std::ops::Range<usize>) {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::create(path).unwrap();
+        f.set_len(bytes.len() as u64).unwrap();
+        for (i, block) in bytes.chunks(4096).enumerate() {
+            if block.iter().any(|&b| b != 0) && !gap.contains(&(i * 4096)) {
+                f.write_all_at(block, i as u64 * 4096).unwrap();
+            }
+        }
+    }
+
+    /// A decrypt view reports the payload's allocation: a LUKS file whose only holes are in
+    /// its header looks whole (so `cp` does not decrypt it all to look for holes first), and
+    /// one whose ciphertext has a hole looks sparse.
+    #[test]
+    fn a_decrypt_view_counts_the_payload_blocks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = fixture(dir.path());
+        let bytes = add_luks_image(&catalog, dir.path());
+        let enc = dir.path().join("enc.img");
+        let good = secret("ns", "good");
+        let blocks = |catalog: &Catalog| {
+            let img = catalog
+                .image(Mode::Decrypt, Some(&good), "enc.img")
+                .unwrap();
+            catalog.info(Mode::Decrypt, &img).unwrap().blocks
+        };
+        write_sparse(&enc, &bytes, 0..0);
+        let header_holes = fs::metadata(&enc).unwrap().blocks() < bytes.len() as u64 / 512;
+        assert!(
+            header_holes,
+            "the file system here keeps no holes: nothing to test"
+        );
+        assert_eq!(blocks(&catalog), (256 << 10) / 512);
+        let payload = DATA_OFFSET as usize;
+        write_sparse(&enc, &bytes, payload + 65536..payload + 131072);
+        // 128 blocks fewer, give or take the file system's own blocks (ext4 counts its
+        // extent tree in st_blocks).
+        let sparse = blocks(&catalog);
+        assert!(sparse <= (256 << 10) / 512 - 64, "{sparse} blocks");
     }
 
     #[test]
