@@ -92,8 +92,8 @@ pub fn apply(files: &[PathBuf], store: &Path, secrets: &[PathBuf]) -> anyhow::Re
             );
         }
         match &r.outcome {
-            Outcome::Created => println!("{RESOURCE}/{} created", r.name),
-            Outcome::Unchanged => println!("{RESOURCE}/{} unchanged", r.name),
+            Outcome::Created => super::outln!("{RESOURCE}/{} created", r.name)?,
+            Outcome::Unchanged => super::outln!("{RESOURCE}/{} unchanged", r.name)?,
             Outcome::Failed(m) => {
                 failed += 1;
                 eprintln!("bifs: {RESOURCE}/{} failed: {m}", r.name);
@@ -228,21 +228,21 @@ fn print_images(
 ) -> anyhow::Result<()> {
     let now = jiff::Timestamp::now();
     match output {
-        Some(Output::Yaml) => print!("{}", status::to_yaml(images, single)?),
-        Some(Output::Json) => println!("{}", status::to_json(images, single)?),
+        Some(Output::Yaml) => super::out!("{}", status::to_yaml(images, single)?)?,
+        Some(Output::Json) => super::outln!("{}", status::to_json(images, single)?)?,
         Some(Output::Name) => {
             for b in images {
-                println!("{RESOURCE}/{}", b.name());
+                super::outln!("{RESOURCE}/{}", b.name())?;
             }
         }
         None | Some(Output::Wide) => {
             let columns = columns(output);
             if !images.is_empty() {
                 let table = columns.table(images, now);
-                print!(
+                super::out!(
                     "{}",
                     table.render(columns.header(), &columns.rows(images, now))
-                );
+                )?;
             }
         }
     }
@@ -372,7 +372,7 @@ fn get_flat(
         })
         .collect();
     if !rows.is_empty() {
-        print!("{}", Table::new(&header, &[]).render(&header, &rows));
+        super::out!("{}", Table::new(&header, &[]).render(&header, &rows))?;
     }
     match missing.first() {
         None => Ok(()),
@@ -383,7 +383,7 @@ fn get_flat(
 pub fn delete(store: &Path, name: &str) -> anyhow::Result<()> {
     let store = Store::open_disk(store)?;
     status::delete(&store, name)?;
-    println!("{RESOURCE}/{name} deleted");
+    super::outln!("{RESOURCE}/{name} deleted")?;
     Ok(())
 }
 
@@ -430,7 +430,7 @@ pub fn rekey(a: &RekeyArgs<'_>) -> anyhow::Result<()> {
         sha512: a.sha512,
     };
     let copy = std::time::Instant::now();
-    super::crypt::print_sha512(&materialize(&view, a.dst, &opts)?, a.dst);
+    super::crypt::print_sha512(&materialize(&view, a.dst, &opts)?, a.dst)?;
     super::crypt::log_done(key, copy.elapsed());
     Ok(())
 }

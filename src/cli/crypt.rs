@@ -72,7 +72,7 @@ pub fn encrypt(
         sha512,
     };
     let copy = Instant::now();
-    print_sha512(&materialize(&view, dst, &opts)?, dst);
+    print_sha512(&materialize(&view, dst, &opts)?, dst)?;
     log_done(key, copy.elapsed());
     Ok(())
 }
@@ -90,9 +90,10 @@ pub(super) fn log_done(key: Duration, copy: Duration) {
 }
 
 /// `--sha512`: the digest in `sha512sum`'s format, on stdout.
-pub(super) fn print_sha512(copied: &bifs_node::copier::Copied, dst: &Path) {
-    if let Some(sum) = &copied.sha512 {
-        println!("{sum}  {}", dst.display());
+pub(super) fn print_sha512(copied: &bifs_node::copier::Copied, dst: &Path) -> anyhow::Result<()> {
+    match &copied.sha512 {
+        Some(sum) => super::outln!("{sum}  {}", dst.display()),
+        None => Ok(()),
     }
 }
 
@@ -118,7 +119,7 @@ pub fn decrypt(
         sha512,
     };
     let copy = Instant::now();
-    print_sha512(&materialize(&view, dst, &opts)?, dst);
+    print_sha512(&materialize(&view, dst, &opts)?, dst)?;
     log_done(key, copy.elapsed());
     Ok(())
 }

@@ -26,25 +26,11 @@ pub fn run(path: &Path, as_json: bool) -> anyhow::Result<()> {
             out.push_str(&dump::luks_dump(h, &path.display().to_string()));
         }
     }
-    print_all(&out)?;
+    super::print_all(&out)?;
     match luks {
         Some(Err(e)) => {
             Err(e).with_context(|| format!("reading the LUKS header of {}", path.display()))
         }
-        _ => Ok(()),
-    }
-}
-
-/// Writes `text` to stdout. A reader that stopped early (`bifs inspect IMAGE | head`) is not
-/// an error, as for cat: the rest is not wanted (`println!` would panic on the closed pipe).
-fn print_all(text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
         _ => Ok(()),
     }
 }

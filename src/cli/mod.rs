@@ -432,6 +432,33 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 /// The error and its causes as one line, `outer: cause: root`. Typed errors often already print
 /// their cause (`"unsupported LUKS header: {0}"` with `#[from]`), so a cause whose text the line
 /// already ends with is not repeated.
+/// Writes `text` to stdout. A reader that stopped early (`bifs get | head`) is not an error,
+/// as for cat: the rest is not wanted (`print!` would panic on the closed pipe).
+pub(crate) fn print_all(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing to stdout"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `print!` through [`print_all`]: evaluates to `anyhow::Result<()>`.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::print_all(&format!($($arg)*)) };
+}
+
+/// `println!` through [`print_all`]: evaluates to `anyhow::Result<()>`.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::print_all(&format!("{}\n", format_args!($($arg)*))) };
+}
+pub(crate) use {out, outln};
+
 fn error_chain(e: &anyhow::Error) -> String {
     let mut line = e.to_string();
     for cause in e.chain().skip(1) {

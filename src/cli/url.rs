@@ -41,7 +41,7 @@ pub fn run(args: &UrlArgs) -> anyhow::Result<()> {
         "bifs url: {path} signed for {} s (until UNIX time {expires}); anyone with this URL can read that view until then",
         ttl.as_secs()
     );
-    println!("{base}{signed}");
+    super::outln!("{base}{signed}")?;
     Ok(())
 }
 

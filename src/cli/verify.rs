@@ -59,11 +59,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     };
     match &report.outcome.mismatch {
         None => {
-            println!("result: OK ({})", report.method.name());
+            super::outln!("result: OK ({})", report.method.name())?;
             Ok(())
         }
         Some(m) => {
-            println!("result: FAILED ({})", report.method.name());
+            super::outln!("result: FAILED ({})", report.method.name())?;
             bail!("verification failed: {m}")
         }
     }

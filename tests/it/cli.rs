@@ -1348,33 +1348,31 @@ finally:
     assert!(apply.status.success(), "{}", text(&apply.stderr));
 }
 
-/// `bifs inspect IMAGE | head` is not an error: a reader that closes the pipe early gets what
-/// it read, and bifs exits 0 (as cat does) instead of panicking on the closed pipe.
+/// `bifs inspect IMAGE | head` and `bifs get | head` are not errors: a reader that closes the
+/// pipe early gets what it read, and bifs exits 0 (as cat does) instead of panicking on the
+/// closed pipe.
 #[test]
-fn inspect_into_a_closed_pipe_exits_cleanly() {
+fn output_into_a_closed_pipe_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("disk.raw");
     fs::write(&img, vec![0u8; 4096]).unwrap();
-    let mut child = Command::new(BIFS)
-        .args(["inspect", img.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The read end closed before bifs writes: its write fails with EPIPE.
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        out.status,
-        text(&out.stderr)
-    );
-    assert!(
-        !text(&out.stderr).contains("panicked"),
-        "{}",
-        text(&out.stderr)
-    );
+    for args in [
+        vec!["inspect", s(&img)],
+        vec!["get", "--store", s(dir.path())],
+    ] {
+        let mut child = Command::new(BIFS)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The read end closed before bifs writes: its write fails with EPIPE.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {}: {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }
 
 /// `bifs apply -f MANIFEST --secrets SECRETS --store STORE` in the background (warnings only on

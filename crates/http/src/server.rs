@@ -106,7 +106,7 @@ pub enum ServeError {
 }
 
 impl ServeConfig {
-    /// The rules of who may listen where (README "Who may do what").
+    /// The rules of who may listen where (docs/security.md, "Who can do what").
     pub fn check(&self, policy: &Policy) -> Result<(), ServeError> {
         if self.listen.ip().is_loopback() {
             return Ok(());

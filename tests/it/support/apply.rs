@@ -1,4 +1,4 @@
-//! Helpers for `tests/apply.rs`: the bifs binary, a local HTTP server, test images, the
+//! Helpers for `tests/it/apply.rs`: the bifs binary, a local HTTP server, test images, the
 //! Longhorn example manifests rewritten for the local server, store inspection.
 
 pub use crate::support::noise;

@@ -1,5 +1,5 @@
-//! Secret volumes as the kubelet writes them, for tests/secret_volumes.rs and
-//! tests/node_image.rs.
+//! Secret volumes as the kubelet writes them, for tests/it/secret_volumes.rs and
+//! tests/it/node_image.rs.
 pub use bifs_k8s::kubelet::kubelet_write;
 
 /// Cheap but real KDF costs: PBKDF2 with 1000 iterations.

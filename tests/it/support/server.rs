@@ -1,8 +1,8 @@
 //! A real `bifs serve` on 127.0.0.1 (port 0) over a fresh Longhorn-style (or flat) store, with
 //! one cheap-KDF Secret and a bearer token, its log in `server.log`; stopped when dropped.
 //! API downloads come from a local HTTP server of the work directory (allowed with
-//! `--allow-download-from 127.0.0.0/8`). Shared by tests/serve_api.rs,
-//! tests/serve_metrics.rs and tests/browser.rs, with the curl and manifest helpers they share.
+//! `--allow-download-from 127.0.0.0/8`). Shared by tests/it/serve_api.rs,
+//! tests/it/serve_metrics.rs and tests/it/browser.rs, with the curl and manifest helpers they share.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -101,7 +101,6 @@ impl Server {
 
     /// Stops the server and starts it again on the same store, with the same arguments (a
     /// new port: `url` changes).
-    #[allow(dead_code)] // used by tests/hardening.rs
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -110,7 +109,6 @@ impl Server {
         self.url = url;
     }
 
-    #[allow(dead_code)] // used by tests/serve_api.rs and tests/browser.rs, not tests/serve_metrics.rs
     pub fn store(&self) -> PathBuf {
         self.store.clone()
     }
@@ -120,13 +118,11 @@ impl Server {
     }
 
     /// What the server logged so far (its stderr).
-    #[allow(dead_code)] // used by tests/hardening.rs
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
     /// The server's process id.
-    #[allow(dead_code)] // used by tests/hardening.rs
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -146,7 +142,6 @@ impl Server {
 
     /// A BackingImage named `name` that downloads `path` (under the work directory) from the
     /// local HTTP server, as YAML.
-    #[allow(dead_code)] // used by tests/serve_api.rs and tests/serve_metrics.rs
     pub fn download_yaml(&mut self, name: &str, path: &Path) -> String {
         download_manifest(name, &self.file_url(path))
     }
@@ -202,7 +197,6 @@ pub fn image_file(path: &Path, len: usize, seed: u8) {
 }
 
 /// `curl` with the given arguments: (HTTP status, body).
-#[allow(dead_code)] // used by tests/serve_api.rs and tests/serve_metrics.rs
 pub fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-sS", "-w", "\n%{http_code}"])
@@ -216,7 +210,6 @@ pub fn curl(args: &[&str]) -> (u16, String) {
 }
 
 /// A BackingImage named `name` that downloads `url`, as YAML.
-#[allow(dead_code)] // used by tests/serve_api.rs and tests/hardening.rs
 pub fn download_manifest(name: &str, url: &str) -> String {
     format!(
         "apiVersion: longhorn.io/v1beta2\nkind: BackingImage\nmetadata:\n  name: {name}\nspec:\n  sourceType: download\n  sourceParameters:\n    url: {url}\n"
