@@ -9,10 +9,10 @@
 //! AES-NI key expansion is `vaes.rs`'s ([`KeyPair`]); here its round keys are broadcast to all
 //! four lanes of a ZMM register, once, when keyed.
 //!
-//! Tweaks: a sector's first sixteen come from its encrypted IV: `T`, `T·x`, `T·x^2`, `T·x^3`
-//! in the four lanes of one vector (one variable shift-and-fold), the other three vectors that
-//! one times x^4, x^8 and x^12; the next step's are these times x^16, a two-byte lane shift
-//! and a carry-less multiply of the bytes shifted out.
+//! Tweaks: a sector's first sixteen come from its encrypted IV `T`: vector `i` holds
+//! `T·x^4i` to `T·x^(4i+3)` in its four lanes, each vector one shift-and-fold of `T` by
+//! per-lane counts; the next step's are these times x^16, a two-byte lane shift and a
+//! carry-less multiply of the bytes shifted out.
 //!
 //! Every `#[target_feature]` function here needs AES-NI, AVX-512F, AVX-512BW (the byte shifts
 //! within lanes), VAES and VPCLMULQDQ: a [`Vaes512Keys`] is made only after
@@ -200,20 +200,6 @@ fn mul_xv(t: __m512i, left: __m512i, right: __m512i) -> __m512i {
     )
 }
 
-/// Each lane times x^K (0 < K < 57), as [`mul_xv`] with one count for all lanes.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,vpclmulqdq")]
-fn mul_xk<const K: u32, const R: u32>(t: __m512i) -> __m512i {
-    const { assert!(K + R == 64 && K > 0 && K < 57) };
-    let carries = _mm512_srli_epi64::<R>(t);
-    let folded = _mm512_clmulepi64_epi128::<0x01>(carries, poly());
-    xor3(
-        _mm512_slli_epi64::<K>(t),
-        _mm512_bslli_epi128::<8>(carries),
-        folded,
-    )
-}
-
 /// Each lane times x^(4 VECS) = x^16, the tweaks of the next step: a two-byte lane shift and
 /// the bytes shifted out folded back in (at most 23 bits, so no second reduction).
 #[inline]
@@ -228,22 +214,20 @@ fn next_step(t: __m512i) -> __m512i {
 }
 
 /// The sector's first `4 * VECS` tweaks from its encrypted IV `t0`: lanes
-/// (t0·x^4i, t0·x^(4i+1), t0·x^(4i+2), t0·x^(4i+3)) in vector `i`.
+/// (t0·x^4i, t0·x^(4i+1), t0·x^(4i+2), t0·x^(4i+3)) in vector `i`, each computed from `t0`
+/// directly (one shift-and-fold by per-lane counts) so that they do not wait on each other: a
+/// one-sector call waits for them before its first round.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq")]
 fn first_tweaks(t0: __m128i) -> [__m512i; VECS] {
-    const { assert!(VECS == 4) };
     let b = _mm512_broadcast_i32x4(t0);
-    // Lane j times x^j (`_mm512_set_epi64` lists qwords from the top).
-    let left = _mm512_set_epi64(3, 3, 2, 2, 1, 1, 0, 0);
-    let right = _mm512_set_epi64(61, 61, 62, 62, 63, 63, 64, 64);
-    let v = mul_xv(b, left, right);
-    [
-        v,
-        mul_xk::<4, 60>(v),
-        mul_xk::<8, 56>(v),
-        mul_xk::<12, 52>(v),
-    ]
+    core::array::from_fn(|i| {
+        // Lane j of vector i times x^(4i + j) (`_mm512_set_epi64` lists qwords from the top).
+        let k = 4 * i as i64;
+        let left = _mm512_set_epi64(k + 3, k + 3, k + 2, k + 2, k + 1, k + 1, k, k);
+        let right = _mm512_sub_epi64(_mm512_set1_epi64(64), left);
+        mul_xv(b, left, right)
+    })
 }
 
 /// The encrypted IVs (little-endian `iv + k * step`, as plain64) of up to eight sectors.
