@@ -4,17 +4,19 @@
 //! Why not the `xts-mode` crate for data: it encrypts one block at a time and derives tweaks
 //! serially, which keeps AES-NI's pipeline (and the VAES paths of `aes` 0.9) mostly idle — about
 //! 3x slower than batched sectors here, and ~10x slower than this engine. On CPUs with VAES
-//! the whole pass runs in bifs-sys's VAES engine (its own AES rounds, tweaks in registers).
+//! the whole pass runs in one of bifs-sys's VAES engines (their own AES rounds, tweaks in
+//! registers): the 512-bit one where the CPU has AVX-512, else the 256-bit one.
 //! Elsewhere the first tweaks of a group of sectors are encrypted in one call, the per-block
 //! tweaks are derived sixteen chains at a time (AVX-512 or AVX2 where the CPU has it), and the
 //! XOR-encrypt-XOR runs on small chunks inside the `aes` backend while they sit in L1 (see
 //! docs/performance.md for the measurements). `xts-mode` stays in the tests as an
 //! independent oracle.
 //!
-//! No `unsafe` here (bifs-core forbids it): the x86-64 SIMD code, the VAES engine and the AVX2
+//! No `unsafe` here (bifs-core forbids it): the x86-64 SIMD code, the VAES engines and the AVX2
 //! and AVX-512 tweak kernels, is in `bifs_sys::xts`, the audited crate, because calling a
 //! `#[target_feature]` function and loading vectors through raw pointers are `unsafe`. It is
-//! reached through values that only a run-time CPU check makes ([`bifs_sys::xts::VaesKeys`],
+//! reached through values that only a run-time CPU check makes
+//! ([`bifs_sys::xts::Vaes512Keys`], [`bifs_sys::xts::VaesKeys`],
 //! [`bifs_sys::xts::TweakKernel`]) and whose methods check every length first, so nothing here
 //! can call it wrong. What stays here is the engine's safe part: the `aes` crate's keys and
 //! backends, the portable tweak kernel, the grouping and chunking of sectors, the known-answer
