@@ -20,6 +20,9 @@ XTS_SECS=${BENCH_XTS_SECS:-1}
 # cpu: both sides count CPU time (openssl speed without -elapsed counts user time), so time spent
 # waiting for a core on a shared machine is left out; wall: wall-clock time on both sides.
 XTS_CLOCK=${BENCH_XTS_CLOCK:-cpu}
+# The XTS kernel section 1 measures: empty for the one bifs picks, else one of those that
+# `target/release/deps/xts-* kernels` lists (vaes512, vaes256, avx512, avx2, portable).
+XTS_KERNEL_ARG=${BENCH_XTS_KERNEL:+kernel=$BENCH_XTS_KERNEL}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/build/bench
 PW=bench-passphrase
@@ -141,7 +144,11 @@ declare -A XO XS XR
 for ((r = 0; r < RUNS; r++)); do
   declare -A ours=()
   while read -r alg unit mbs; do XO[$alg.$unit]+="$mbs "; ours[$alg.$unit]=$mbs; done \
-    < <(taskset -c 0 "$XTS_BIN" "$XTS_SECS" "$XTS_BIN_CLOCK")
+    < <(taskset -c 0 "$XTS_BIN" "$XTS_SECS" "$XTS_BIN_CLOCK" $XTS_KERNEL_ARG 2>"$DIR/xts-kernel")
+  # The bench binary says on stderr which kernel it ran ("xts kernel: NAME").
+  XTS_KERNEL=$(sed -n 's/^xts kernel: //p' "$DIR/xts-kernel")
+  [[ -n $XTS_KERNEL ]] || { log "the XTS bench failed: $(cat "$DIR/xts-kernel")"; exit 1; }
+  ((r > 0)) || log "XTS kernel: $XTS_KERNEL"
   for alg in aes-128-xts aes-256-xts; do
     for unit in 512 4096; do
       k=$(taskset -c 0 openssl speed "${OSSL_ELAPSED[@]}" -evp "$alg" -bytes "$unit" -seconds "$XTS_SECS" 2>/dev/null | tail -1 | awk '{sub("k","",$2); print $2/1000}')
@@ -151,7 +158,7 @@ for ((r = 0; r < RUNS; r++)); do
   done
 done
 xmed() { tr ' ' '\n' <<<"$1" | grep . | median; }
-XTS_CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'): VAES $(grep -qw vaes /proc/cpuinfo && echo yes || echo no), AVX-512F $(grep -qw avx512f /proc/cpuinfo && echo yes || echo no)"
+XTS_CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'): VAES $(grep -qw vaes /proc/cpuinfo && echo yes || echo no), AVX-512F $(grep -qw avx512f /proc/cpuinfo && echo yes || echo no); kernel $XTS_KERNEL"
 
 # --- 2. encrypt: bifs vs cryptsetup reencrypt vs qemu-img vs cp ----------------------------------
 time_runs "cp raw file" clean_out cp "$STORE/disk.img" "$DIR/out/copy.img"
@@ -276,7 +283,7 @@ CP=${SECS["cp raw file"]}
 thr() { mibs "$BYTES" "${SECS[$1]}"; }
 {
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load $(cut -d' ' -f1-3 /proc/loadavg); $(uname -r)."
-  echo "XTS CPU: $XTS_CPU (bifs runs its 256-bit VAES kernel, no AVX-512 instructions, wherever the CPU has VAES and VPCLMULQDQ)."
+  echo "XTS CPU: $XTS_CPU (vaes512: the whole pass in 512-bit VAES registers, with AVX-512F/BW; vaes256: in 256-bit ones, VAES and VPCLMULQDQ without AVX-512; avx512/avx2: tweak kernels around the aes crate)."
   echo "Data: ${SIZE_MIB} MiB random image (qcow2: base64 text, compressed), median of $RUNS runs; inputs and outputs on $(df --output=fstype "$DIR" | tail -1) ($DIR), page cache warm."
   echo
   echo "| measurement | peer | bifs | ratio (bifs/peer) | target |"

@@ -5,8 +5,12 @@
 //! with its own tweak), on one thread, for a fixed time. A third size, `bulk`, is one call
 //! over 1 MiB of 4 KiB sectors: what the copier and the FUSE reads actually ask for.
 //!
-//! Usage: `cargo bench -p bifs-core --bench xts -- [SECONDS] [cpu]`; prints lines
-//! `aes-128-xts <bytes|bulk> <MB/s>` (MB = 10^6 bytes, openssl's "k" is 10^3).
+//! Usage: `cargo bench -p bifs-core --bench xts -- [SECONDS] [cpu] [kernel=NAME]`; prints
+//! lines `aes-128-xts <bytes|bulk> <MB/s>` (MB = 10^6 bytes, openssl's "k" is 10^3), and
+//! `xts kernel: NAME` on stderr. `kernel=NAME` forces one of the kernels this CPU runs
+//! (`bifs_core::xts::kernel_names`: vaes512, vaes256, avx512, avx2, portable) instead of the
+//! one `Xts::new` picks; the single argument `kernels` prints those names, the picked one
+//! first, and exits.
 //!
 //! Time is wall-clock time, as `openssl speed -elapsed` counts it; with `cpu` it is the
 //! thread's CPU time, as `openssl speed` without `-elapsed` counts it (user time): on a
@@ -15,7 +19,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bifs_core::xts::Xts;
+use bifs_core::xts::{kernel_names, Xts};
 
 /// Wall-clock or thread CPU time.
 #[derive(Clone, Copy)]
@@ -81,6 +85,12 @@ fn main() {
     if std::env::var_os("XTS_ECB").is_some() {
         ecb_ceiling();
     }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "kernels") {
+        println!("{}", kernel_names().join(" "));
+        return;
+    }
+    let kernel = args.iter().find_map(|a| a.strip_prefix("kernel="));
     // `cargo bench` passes `--bench`; the first number is the time per measurement.
     let secs = std::env::args()
         .skip(1)
@@ -95,10 +105,20 @@ fn main() {
         .map(|i| i.wrapping_mul(37).wrapping_add(11))
         .collect();
     for (name, key_len) in [("aes-128-xts", 32usize), ("aes-256-xts", 64)] {
-        let Ok(xts) = Xts::new(&key[..key_len]) else {
-            eprintln!("cannot key {name}");
-            std::process::exit(2);
+        let xts = match kernel {
+            Some(k) => Xts::with_kernel_named(&key[..key_len], k),
+            None => Xts::new(&key[..key_len]),
         };
+        let xts = match xts {
+            Ok(xts) => xts,
+            Err(e) => {
+                eprintln!("cannot key {name}: {e}");
+                std::process::exit(2);
+            }
+        };
+        if key_len == 32 {
+            eprintln!("xts kernel: {}", xts.kernel_name());
+        }
         for (label, unit, sector) in [
             ("512", 512usize, 512usize),
             ("4096", 4096, 4096),

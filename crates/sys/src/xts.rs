@@ -3,6 +3,8 @@
 //!
 //! - [`VaesKeys`]: the whole XTS pass in 256-bit VAES registers (its own AES key expansion and
 //!   rounds, tweaks in registers), for CPUs with VAES and VPCLMULQDQ.
+//! - [`Vaes512Keys`]: the same pass in 512-bit registers (four blocks per instruction), for
+//!   CPUs that also have AVX-512F and AVX-512BW; it shares the 256-bit engine's key expansion.
 //! - [`TweakKernel`]: the AVX2 and AVX-512 tweak kernels that bifs-core's `aes`-crate path runs
 //!   around the `aes` backend on other x86-64 CPUs: they derive the tweaks of a chunk along a
 //!   [`TweakChain`] and XOR them in, before and after the backend ciphers the chunk.
@@ -24,10 +26,14 @@
 #[cfg(target_arch = "x86_64")]
 mod vaes;
 #[cfg(target_arch = "x86_64")]
+mod vaes512;
+#[cfg(target_arch = "x86_64")]
 mod wide;
 
 #[cfg(target_arch = "x86_64")]
 pub use vaes::VaesKeys;
+#[cfg(target_arch = "x86_64")]
+pub use vaes512::Vaes512Keys;
 #[cfg(target_arch = "x86_64")]
 pub use wide::TweakKernel;
 

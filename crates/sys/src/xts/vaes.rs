@@ -62,21 +62,14 @@ impl VaesKeys {
         if !Self::available() {
             return None;
         }
-        if let (Ok(d), Ok(t)) = (
-            <&[u8; 16]>::try_from(data_key),
-            <&[u8; 16]>::try_from(tweak_key),
-        ) {
-            // SAFETY: `available()` found AES-NI and AVX2 just above.
-            return Some(Self(Schedules::Aes128(unsafe { Keys::new128(d, t) })));
-        }
-        if let (Ok(d), Ok(t)) = (
-            <&[u8; 32]>::try_from(data_key),
-            <&[u8; 32]>::try_from(tweak_key),
-        ) {
-            // SAFETY: as above.
-            return Some(Self(Schedules::Aes256(unsafe { Keys::new256(d, t) })));
-        }
-        None
+        // SAFETY: `available()` found AES-NI and AVX2 just above.
+        let keys = unsafe {
+            match KeyPair::expand(data_key, tweak_key)? {
+                KeyPair::Aes128(s) => Schedules::Aes128(Keys::broadcast(&s)),
+                KeyPair::Aes256(s) => Schedules::Aes256(Keys::broadcast(&s)),
+            }
+        };
+        Some(Self(keys))
     }
 
     /// Encrypts whole sectors in place: `buf` is sectors of `sector_size` bytes (a power of two
@@ -161,28 +154,73 @@ impl<const RK: usize> Drop for Keys<RK> {
     }
 }
 
-impl Keys<11> {
-    /// # Safety
-    /// The CPU must have AES-NI and AVX2.
-    #[target_feature(enable = "aes,avx2")]
-    unsafe fn new128(data: &[u8; 16], tweak: &[u8; 16]) -> Box<Self> {
-        Box::new(Self::from_schedules(expand128(data), expand128(tweak)))
-    }
-}
-
-impl Keys<15> {
-    /// # Safety
-    /// The CPU must have AES-NI and AVX2.
-    #[target_feature(enable = "aes,avx2")]
-    unsafe fn new256(data: &[u8; 32], tweak: &[u8; 32]) -> Box<Self> {
-        Box::new(Self::from_schedules(expand256(data), expand256(tweak)))
-    }
-}
-
 impl<const RK: usize> Keys<RK> {
+    /// Each key of `s` broadcast to both lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    unsafe fn broadcast(s: &Schedule<RK>) -> Box<Self> {
+        let b = |k: &[__m128i; RK]| core::array::from_fn(|i| _mm256_broadcastsi128_si256(k[i]));
+        Box::new(Self {
+            enc: b(&s.enc),
+            dec: b(&s.dec),
+            tweak: b(&s.tweak),
+        })
+    }
+}
+
+/// The 128-bit round keys of an XTS key pair, as AES-NI expands them: `enc` and `tweak` for
+/// encryption, `dec` the equivalent inverse cipher's. `RK` is 11 (AES-128) or 15 (AES-256).
+/// The wider kernels broadcast them to their registers (this one and `vaes512`'s). Zeroized on
+/// drop.
+pub(super) struct Schedule<const RK: usize> {
+    pub(super) enc: [__m128i; RK],
+    pub(super) dec: [__m128i; RK],
+    pub(super) tweak: [__m128i; RK],
+}
+
+impl<const RK: usize> Drop for Schedule<RK> {
+    fn drop(&mut self) {
+        self.enc.zeroize();
+        self.dec.zeroize();
+        self.tweak.zeroize();
+    }
+}
+
+/// The schedules of an AES-128 or an AES-256 XTS key pair.
+pub(super) enum KeyPair {
+    Aes128(Schedule<11>),
+    Aes256(Schedule<15>),
+}
+
+impl KeyPair {
+    /// Expands two AES-128 or two AES-256 keys; `None` for any other pair of lengths.
+    ///
+    /// # Safety
+    /// The CPU must have AES-NI.
+    #[target_feature(enable = "aes")]
+    pub(super) unsafe fn expand(data_key: &[u8], tweak_key: &[u8]) -> Option<Self> {
+        if let (Ok(d), Ok(t)) = (
+            <&[u8; 16]>::try_from(data_key),
+            <&[u8; 16]>::try_from(tweak_key),
+        ) {
+            return Some(Self::Aes128(Schedule::new(expand128(d), expand128(t))));
+        }
+        if let (Ok(d), Ok(t)) = (
+            <&[u8; 32]>::try_from(data_key),
+            <&[u8; 32]>::try_from(tweak_key),
+        ) {
+            return Some(Self::Aes256(Schedule::new(expand256(d), expand256(t))));
+        }
+        None
+    }
+}
+
+impl<const RK: usize> Schedule<RK> {
     #[inline]
-    #[target_feature(enable = "aes,avx2")]
-    fn from_schedules(mut data: [__m128i; RK], mut tweak: [__m128i; RK]) -> Self {
+    #[target_feature(enable = "aes")]
+    fn new(mut data: [__m128i; RK], mut tweak: [__m128i; RK]) -> Self {
         // The equivalent inverse cipher: the encryption keys in reverse order, the middle ones
         // through InvMixColumns.
         let dec_key = |i: usize| {
@@ -193,14 +231,14 @@ impl<const RK: usize> Keys<RK> {
                 _mm_aesimc_si128(k)
             }
         };
-        let keys = Self {
-            enc: core::array::from_fn(|i| _mm256_broadcastsi128_si256(data[i])),
-            dec: core::array::from_fn(|i| _mm256_broadcastsi128_si256(dec_key(i))),
-            tweak: core::array::from_fn(|i| _mm256_broadcastsi128_si256(tweak[i])),
+        let s = Self {
+            enc: data,
+            dec: core::array::from_fn(dec_key),
+            tweak,
         };
         data.zeroize();
         tweak.zeroize();
-        keys
+        s
     }
 }
 
