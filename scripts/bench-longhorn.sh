@@ -60,8 +60,10 @@ start_serve "$DIR/state-a"
 wait_ready >/dev/null
 log "adding Longhorn's documented Secret to a running server"
 cp "$DOCS" "$DIR/secrets/.partial" && s=$(now) && mv "$DIR/secrets/.partial" "$DIR/secrets/longhorn-crypto.yaml"
+# Until the first byte of the new view arrives (404 until the server has read the Secret; the
+# GET then waits for the header). /readyz would say 200 at once: it was ready before.
 for _ in $(seq 6000); do
-  [[ $(curl -s -o /dev/null -w '%{http_code}' "$URL/readyz") == 200 ]] && break
+  [[ $(curl -s -o /dev/null -r 0-0 -w '%{http_code}' "$URL/$VIEW") == 206 ]] && break
   sleep 0.1
 done
 ADDED=$(since "$s")

@@ -299,12 +299,20 @@ fn read_all(units: &[(Unit, String)]) -> Result<BTreeMap<SecretRef, Secret>, Sec
 
 impl SecretSource {
     /// Reads the Secrets under `path` (a manifest file, or a directory of manifests,
-    /// `NAMESPACE/NAME/` Secret volumes and manifest volumes). Fails when `path` holds none of
-    /// them; a directory whose volumes are all still empty is allowed (they may be filled later).
+    /// `NAMESPACE/NAME/` Secret volumes and manifest volumes). Fails when a manifest file
+    /// holds no Secret, or a directory holds only manifests without one; an empty directory,
+    /// or one whose volumes are all still empty, is allowed (a server reads what is added
+    /// while it runs; one-shot commands refuse it in [`load_secrets`]).
     pub fn open(path: &Path) -> Result<Self, SecretError> {
         let units = scan(path)?;
         if units.is_empty() {
-            return Err(SecretError::NoSecrets { path: path.into() });
+            if !fs::metadata(path).map_err(read_err(path))?.is_dir() {
+                return Err(SecretError::NoSecrets { path: path.into() });
+            }
+            tracing::warn!(
+                path = %path.display(),
+                "no Secret here yet: the views keyed by a Secret appear when one is added"
+            );
         }
         let secrets = read_all(&units)?;
         if secrets.is_empty() {
@@ -603,15 +611,35 @@ mod tests {
         assert!(!err.contains("..2026"), "{err}");
     }
 
+    /// A server may start before its Secrets exist: an empty directory, or empty volumes,
+    /// open with none and pick up what is added. A one-shot command needs one
+    /// ([`load_secrets`]), and a manifest file must hold one.
     #[test]
-    fn empty_volumes_wait_but_an_empty_directory_is_an_error() {
+    fn empty_directories_and_volumes_wait_for_secrets() {
         let d = tempfile::tempdir().unwrap();
-        assert!(SecretSource::open(d.path()).is_err());
+        let mut src = SecretSource::open(d.path()).unwrap();
+        assert_eq!(src.secrets().count(), 0);
+        let e = load_secrets(d.path()).unwrap_err();
+        assert!(matches!(e, SecretError::NoSecrets { .. }), "{e}");
+        let empty = d.path().join("empty.yaml");
+        fs::write(&empty, "").unwrap();
+        let e = SecretSource::open(&empty).err().unwrap();
+        assert!(matches!(e, SecretError::NoSecrets { .. }), "{e}");
+        fs::remove_file(&empty).unwrap();
+        fs::write(
+            d.path().join("s.yaml"),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: added, namespace: ns}\nstringData: {CRYPTO_KEY_VALUE: pw}\n",
+        )
+        .unwrap();
+        assert_eq!(src.refresh().unwrap().unwrap().len(), 1);
+        assert_eq!(pass(&src, "ns", "added"), b"pw");
+        fs::remove_file(d.path().join("s.yaml")).unwrap();
+        src.refresh().unwrap();
         fs::create_dir_all(d.path().join("ns/later")).unwrap();
         let mut src = SecretSource::open(d.path()).unwrap();
         assert_eq!(src.secrets().count(), 0);
         kubelet_write(&d.path().join("ns/later"), &[("CRYPTO_KEY_VALUE", "now")]);
-        assert_eq!(src.refresh().unwrap().unwrap().len(), 1);
+        assert!(src.refresh().unwrap().is_some());
         assert_eq!(pass(&src, "ns", "later"), b"now");
     }
 }
