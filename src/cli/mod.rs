@@ -327,6 +327,11 @@ pub fn main() -> ExitCode {
     // Before anything holds a key (after logging, so its warnings are seen): no core dumps,
     // no ptrace by other users.
     bifs_core::keys::harden_process();
+    // A mount or server prepares 16 MiB header regions on its threads: freed, they must go
+    // back to the system, not stay in the allocator's arenas (bifs_sys::malloc).
+    if !bifs_sys::malloc::return_large_blocks_to_the_system() {
+        tracing::debug!("the C allocator kept its own mmap threshold");
+    }
     {
         let ceiling = bifs_core::kdf::KdfLimits::cryptsetup();
         let limits = bifs_core::kdf::KdfLimits {

@@ -7,10 +7,12 @@
 //!   tweak kernels, reachable only through values that a run-time CPU check makes and whose
 //!   methods check the geometry first; bifs-core's `xts` keeps the rest of the engine;
 //! - [`sha512`]: SHA-512 through OpenSSL's libcrypto (the copier's one serial stage);
-//! - [`mlock`]: locking key buffers in RAM (no safe API offers `mlock`).
+//! - [`mlock`]: locking key buffers in RAM (no safe API offers `mlock`);
+//! - [`malloc`]: the C allocator's one setting a daemon needs (`mallopt`).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod malloc;
 pub mod mlock;
 pub mod sha512;
 pub mod xts;
