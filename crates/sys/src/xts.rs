@@ -23,6 +23,110 @@
 //! are passed as `[u8; 16]` and tweaks as little-endian `u128`s (bit `i` is the coefficient of
 //! x^i), as IEEE 1619 lays them out.
 
+/// The safe face of a VAES engine (`vaes`, `vaes512`): the key type, its expansion and the two
+/// calls, one copy for both widths. Invoked inside the engine's module, where `Keys<RK>` (with
+/// `unsafe fn broadcast(&Schedule<RK>) -> Box<Self>`), `KeyPair`, `STEP_BLOCKS` and
+/// `unsafe fn sectors::<RK, ENCRYPT>(&Keys<RK>, &mut [u8], usize, u64, u64)` are that
+/// module's own, and next to an `available()` that checks every target feature the module's
+/// code is compiled for (its module comment lists them).
+#[cfg(target_arch = "x86_64")]
+macro_rules! vaes_engine {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub struct $name(Schedules);
+
+        enum Schedules {
+            Aes128(Box<Keys<11>>),
+            Aes256(Box<Keys<15>>),
+        }
+
+        impl $name {
+            /// Expands an AES-128 (two 16-byte keys) or AES-256 (two 32-byte keys) XTS key
+            /// pair; `None` if this CPU cannot run the engine (`available()`) or the keys are
+            /// not two AES-128 or two AES-256 keys.
+            pub fn new(data_key: &[u8], tweak_key: &[u8]) -> Option<Self> {
+                if !Self::available() {
+                    return None;
+                }
+                // SAFETY: `available()` just found every feature this module's code needs,
+                // `Keys::broadcast`'s among them.
+                let keys = unsafe {
+                    match KeyPair::expand(data_key, tweak_key)? {
+                        KeyPair::Aes128(s) => Schedules::Aes128(Keys::broadcast(&s)),
+                        KeyPair::Aes256(s) => Schedules::Aes256(Keys::broadcast(&s)),
+                    }
+                };
+                Some(Self(keys))
+            }
+
+            /// Encrypts whole sectors in place: `buf` is sectors of `sector_size` bytes (a
+            /// power of two from 512 to 4096, [`check_sectors`]), sector `k` with IV
+            /// `first_iv + k * iv_step` (little-endian, as dm-crypt's plain64).
+            #[inline]
+            pub fn encrypt_sectors(
+                &self,
+                buf: &mut [u8],
+                sector_size: usize,
+                first_iv: u64,
+                iv_step: u64,
+            ) -> Result<(), GeometryError> {
+                self.run::<true>(buf, sector_size, first_iv, iv_step)
+            }
+
+            /// Decrypts whole sectors in place; the inverse of `encrypt_sectors`.
+            #[inline]
+            pub fn decrypt_sectors(
+                &self,
+                buf: &mut [u8],
+                sector_size: usize,
+                first_iv: u64,
+                iv_step: u64,
+            ) -> Result<(), GeometryError> {
+                self.run::<false>(buf, sector_size, first_iv, iv_step)
+            }
+
+            #[inline]
+            fn run<const ENCRYPT: bool>(
+                &self,
+                buf: &mut [u8],
+                sector_size: usize,
+                first_iv: u64,
+                iv_step: u64,
+            ) -> Result<(), GeometryError> {
+                check_sectors(buf.len(), sector_size)?;
+                // SAFETY: a value of this type exists only where `available()` found every
+                // feature `sectors` needs (`new` checks it); `check_sectors` made `buf` whole
+                // sectors of a power of two of at least 512 bytes, so each sector is whole
+                // steps of STEP_BLOCKS blocks.
+                unsafe {
+                    match &self.0 {
+                        Schedules::Aes128(k) => {
+                            sectors::<11, ENCRYPT>(k, buf, sector_size, first_iv, iv_step)
+                        }
+                        Schedules::Aes256(k) => {
+                            sectors::<15, ENCRYPT>(k, buf, sector_size, first_iv, iv_step)
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+
+        impl core::fmt::Debug for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let bits = match self.0 {
+                    Schedules::Aes128(_) => 128,
+                    Schedules::Aes256(_) => 256,
+                };
+                // Never the keys.
+                f.debug_struct(stringify!($name))
+                    .field("aes_bits", &bits)
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod vaes;
 #[cfg(target_arch = "x86_64")]

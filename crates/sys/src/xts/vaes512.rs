@@ -36,13 +36,10 @@ const STEP_BLOCKS: usize = 4 * VECS;
 // Every sector size `check_sectors` lets through is whole steps.
 const _: () = assert!((super::MIN_SECTOR_SIZE / 16).is_multiple_of(STEP_BLOCKS));
 
-/// An XTS key pair expanded for the 512-bit VAES engine, on a CPU that runs it: the only way to
-/// reach the engine. Zeroized on drop.
-pub struct Vaes512Keys(Schedules);
-
-enum Schedules {
-    Aes128(Box<Keys<11>>),
-    Aes256(Box<Keys<15>>),
+vaes_engine! {
+    /// An XTS key pair expanded for the 512-bit VAES engine, on a CPU that runs it: the only way to
+    /// reach the engine. Zeroized on drop.
+    Vaes512Keys
 }
 
 impl Vaes512Keys {
@@ -53,88 +50,6 @@ impl Vaes512Keys {
         VaesKeys::available()
             && std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
-    }
-
-    /// Expands an AES-128 (two 16-byte keys) or AES-256 (two 32-byte keys) XTS key pair;
-    /// `None` if this CPU cannot run the engine ([`Vaes512Keys::available`]) or the keys are
-    /// not two AES-128 or two AES-256 keys.
-    pub fn new(data_key: &[u8], tweak_key: &[u8]) -> Option<Self> {
-        if !Self::available() {
-            return None;
-        }
-        // SAFETY: `available()` found AES-NI and AVX-512F just above.
-        let keys = unsafe {
-            match KeyPair::expand(data_key, tweak_key)? {
-                KeyPair::Aes128(s) => Schedules::Aes128(Keys::broadcast(&s)),
-                KeyPair::Aes256(s) => Schedules::Aes256(Keys::broadcast(&s)),
-            }
-        };
-        Some(Self(keys))
-    }
-
-    /// Encrypts whole sectors in place: `buf` is sectors of `sector_size` bytes (a power of two
-    /// from 512 to 4096, [`check_sectors`]), sector `k` with IV `first_iv + k * iv_step`
-    /// (little-endian, as dm-crypt's plain64).
-    #[inline]
-    pub fn encrypt_sectors(
-        &self,
-        buf: &mut [u8],
-        sector_size: usize,
-        first_iv: u64,
-        iv_step: u64,
-    ) -> Result<(), GeometryError> {
-        self.run::<true>(buf, sector_size, first_iv, iv_step)
-    }
-
-    /// Decrypts whole sectors in place; the inverse of [`Vaes512Keys::encrypt_sectors`].
-    #[inline]
-    pub fn decrypt_sectors(
-        &self,
-        buf: &mut [u8],
-        sector_size: usize,
-        first_iv: u64,
-        iv_step: u64,
-    ) -> Result<(), GeometryError> {
-        self.run::<false>(buf, sector_size, first_iv, iv_step)
-    }
-
-    #[inline]
-    fn run<const ENCRYPT: bool>(
-        &self,
-        buf: &mut [u8],
-        sector_size: usize,
-        first_iv: u64,
-        iv_step: u64,
-    ) -> Result<(), GeometryError> {
-        check_sectors(buf.len(), sector_size)?;
-        // SAFETY: a `Vaes512Keys` exists only where `available()` found AES-NI, AVX2,
-        // AVX-512F/BW, VAES and VPCLMULQDQ; `check_sectors` made `buf` whole sectors of a
-        // power of two of at least 512 bytes, so each sector is whole steps of STEP_BLOCKS
-        // blocks.
-        unsafe {
-            match &self.0 {
-                Schedules::Aes128(k) => {
-                    sectors::<11, ENCRYPT>(k, buf, sector_size, first_iv, iv_step)
-                }
-                Schedules::Aes256(k) => {
-                    sectors::<15, ENCRYPT>(k, buf, sector_size, first_iv, iv_step)
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl core::fmt::Debug for Vaes512Keys {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let bits = match self.0 {
-            Schedules::Aes128(_) => 128,
-            Schedules::Aes256(_) => 256,
-        };
-        // Never the keys.
-        f.debug_struct("Vaes512Keys")
-            .field("aes_bits", &bits)
-            .finish_non_exhaustive()
     }
 }
 
