@@ -306,9 +306,7 @@ impl SecretSource {
     pub fn open(path: &Path) -> Result<Self, SecretError> {
         let units = scan(path)?;
         if units.is_empty() {
-            if !fs::metadata(path).map_err(read_err(path))?.is_dir() {
-                return Err(SecretError::NoSecrets { path: path.into() });
-            }
+            // Only a directory scans to nothing (a file is one manifest unit, checked below).
             tracing::warn!(
                 path = %path.display(),
                 "no Secret here yet: the views keyed by a Secret appear when one is added"
