@@ -306,7 +306,7 @@ pub fn copy_stream(
 
 /// Writes the non-zero `HOLE_BLOCK`s of `data` at `offset`; zero blocks stay holes. Runs of
 /// non-zero blocks go out in one write.
-fn write_sparse(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+pub(crate) fn write_sparse(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     let mut pos = 0;
     let mut run: Option<usize> = None;
     while pos < data.len() {

@@ -901,16 +901,14 @@ mod tests {
         );
     }
 
-    /// Writes `bytes` to `path` leaving every all-zero 4 KiB block (and `gap`) unwritten.
+    /// Writes `bytes` to `path` as the copier does (every all-zero block a hole), with `gap`
+    /// left a hole too.
     fn write_sparse(path: &Path, bytes: &[u8], gap: std::ops::Range<usize>) {
-        use std::os::unix::fs::FileExt;
+        let mut bytes = bytes.to_vec();
+        bytes[gap].fill(0);
         let f = fs::File::create(path).unwrap();
         f.set_len(bytes.len() as u64).unwrap();
-        for (i, block) in bytes.chunks(4096).enumerate() {
-            if block.iter().any(|&b| b != 0) && !gap.contains(&(i * 4096)) {
-                f.write_all_at(block, i as u64 * 4096).unwrap();
-            }
-        }
+        crate::copier::write_sparse(&f, &bytes, 0).unwrap();
     }
 
     /// A decrypt view reports the payload's allocation: a LUKS file whose only holes are in
