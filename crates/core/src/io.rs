@@ -27,6 +27,20 @@ pub trait ReadAt: Send + Sync {
     fn next_hole(&self, offset: u64) -> io::Result<u64> {
         Ok(self.len().max(offset))
     }
+
+    /// Runs `f` on the `len` bytes at `offset` where the source holds them (a file's page
+    /// cache, mapped), instead of copying them into a buffer first: for a transform that reads
+    /// each byte once. `None` where the source does not offer that (the default), for this
+    /// range or at all: the caller reads into its buffer instead. `Some(Err)` where the bytes
+    /// could not all be read (the source shrank meanwhile): whatever `f` did is void.
+    fn with_bytes_at(
+        &self,
+        _offset: u64,
+        _len: usize,
+        _f: &mut dyn FnMut(&[u8]),
+    ) -> Option<io::Result<()>> {
+        None
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
@@ -42,6 +56,14 @@ impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
     fn next_hole(&self, offset: u64) -> io::Result<u64> {
         (**self).next_hole(offset)
     }
+    fn with_bytes_at(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Option<io::Result<()>> {
+        (**self).with_bytes_at(offset, len, f)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
@@ -56,6 +78,14 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
     }
     fn next_hole(&self, offset: u64) -> io::Result<u64> {
         (**self).next_hole(offset)
+    }
+    fn with_bytes_at(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Option<io::Result<()>> {
+        (**self).with_bytes_at(offset, len, f)
     }
 }
 

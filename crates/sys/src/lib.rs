@@ -8,11 +8,14 @@
 //!   methods check the geometry first; bifs-core's `xts` keeps the rest of the engine;
 //! - [`sha512`]: SHA-512 through OpenSSL's libcrypto (the copier's one serial stage);
 //! - [`mlock`]: locking key buffers in RAM (no safe API offers `mlock`);
-//! - [`malloc`]: the C allocator's one setting a daemon needs (`mallopt`).
+//! - [`malloc`]: the C allocator's one setting a daemon needs (`mallopt`);
+//! - [`mapped`]: a file's bytes read through a short-lived mapping of its page cache, with a
+//!   SIGBUS guard for a file that shrinks meanwhile.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod malloc;
+pub mod mapped;
 pub mod mlock;
 pub mod sha512;
 pub mod xts;

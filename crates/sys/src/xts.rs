@@ -26,7 +26,8 @@
 /// The safe face of a VAES engine (`vaes`, `vaes512`): the key type, its expansion and the two
 /// calls, one copy for both widths. Invoked inside the engine's module, where `Keys<RK>` (with
 /// `unsafe fn broadcast(&Schedule<RK>) -> Box<Self>`), `KeyPair`, `STEP_BLOCKS` and
-/// `unsafe fn sectors::<RK, ENCRYPT>(&Keys<RK>, &mut [u8], usize, u64, u64)` are that
+/// `unsafe fn sectors::<RK, ENCRYPT>(&Keys<RK>, *const u8, *mut u8, usize, usize, u64, u64)`
+/// (source, destination, length, sector size, first IV, IV step) are that
 /// module's own, and next to an `available()` that checks every target feature the module's
 /// code is compiled for (its module comment lists them).
 #[cfg(target_arch = "x86_64")]
@@ -70,7 +71,8 @@ macro_rules! vaes_engine {
                 first_iv: u64,
                 iv_step: u64,
             ) -> Result<(), GeometryError> {
-                self.run::<true>(buf, sector_size, first_iv, iv_step)
+                let p = buf.as_mut_ptr();
+                self.run::<true>(p, p, buf.len(), sector_size, first_iv, iv_step)
             }
 
             /// Decrypts whole sectors in place; the inverse of `encrypt_sectors`.
@@ -82,29 +84,57 @@ macro_rules! vaes_engine {
                 first_iv: u64,
                 iv_step: u64,
             ) -> Result<(), GeometryError> {
-                self.run::<false>(buf, sector_size, first_iv, iv_step)
+                let p = buf.as_mut_ptr();
+                self.run::<false>(p, p, buf.len(), sector_size, first_iv, iv_step)
             }
 
+            /// `encrypt_sectors` (or, with `encrypt` false, `decrypt_sectors`) of `src` into
+            /// `dst`, of the same length: each byte of `src` is read once, so a source that is a
+            /// file's mapped page cache costs no copy of its own.
             #[inline]
-            fn run<const ENCRYPT: bool>(
+            pub fn sectors_from(
                 &self,
-                buf: &mut [u8],
+                encrypt: bool,
+                src: &[u8],
+                dst: &mut [u8],
                 sector_size: usize,
                 first_iv: u64,
                 iv_step: u64,
             ) -> Result<(), GeometryError> {
-                check_sectors(buf.len(), sector_size)?;
+                super::check_same_len(src.len(), dst.len())?;
+                let (from, to, len) = (src.as_ptr(), dst.as_mut_ptr(), dst.len());
+                if encrypt {
+                    self.run::<true>(from, to, len, sector_size, first_iv, iv_step)
+                } else {
+                    self.run::<false>(from, to, len, sector_size, first_iv, iv_step)
+                }
+            }
+
+            /// `len` bytes from `src` ciphered into `dst`: the same buffer (in place) or two
+            /// that do not overlap, both borrowed by the caller for `len` bytes.
+            #[inline]
+            fn run<const ENCRYPT: bool>(
+                &self,
+                src: *const u8,
+                dst: *mut u8,
+                len: usize,
+                sector_size: usize,
+                first_iv: u64,
+                iv_step: u64,
+            ) -> Result<(), GeometryError> {
+                check_sectors(len, sector_size)?;
                 // SAFETY: a value of this type exists only where `available()` found every
-                // feature `sectors` needs (`new` checks it); `check_sectors` made `buf` whole
+                // feature `sectors` needs (`new` checks it); `check_sectors` made `len` whole
                 // sectors of a power of two of at least 512 bytes, so each sector is whole
-                // steps of STEP_BLOCKS blocks.
+                // steps of STEP_BLOCKS blocks; `src` and `dst` are `len` bytes the callers
+                // borrowed, one `&mut` slice or a `&` and a `&mut` (which cannot overlap).
                 unsafe {
                     match &self.0 {
                         Schedules::Aes128(k) => {
-                            sectors::<11, ENCRYPT>(k, buf, sector_size, first_iv, iv_step)
+                            sectors::<11, ENCRYPT>(k, src, dst, len, sector_size, first_iv, iv_step)
                         }
                         Schedules::Aes256(k) => {
-                            sectors::<15, ENCRYPT>(k, buf, sector_size, first_iv, iv_step)
+                            sectors::<15, ENCRYPT>(k, src, dst, len, sector_size, first_iv, iv_step)
                         }
                     }
                 }
@@ -125,6 +155,30 @@ macro_rules! vaes_engine {
             }
         }
     };
+}
+
+/// How far ahead of the step being ciphered the VAES engines prefetch its source, in bytes.
+/// Measured with `bifs serve` of an encrypt view from a mapped source on a 2-vCPU Xeon:
+/// 1 KiB left the engine waiting on memory, 4 KiB was slower than 2 KiB.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Asks for the `STEP` bytes at `at + PREFETCH_AHEAD`, one cache line at a time, while a step
+/// of the engine ciphers the bytes at `at`: the source may be a file's pages straight from
+/// memory (`crate::mapped`), not a buffer a copy just put in the cache. A prefetch never
+/// faults, so an address past the end of the buffer costs nothing (`wrapping_add`: no claim
+/// that it is inside).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch<const STEP: usize>(at: *const i8) {
+    use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let mut line = 0;
+    while line < STEP {
+        // SAFETY: SSE is part of x86-64 (every x86-64 CPU has it); a prefetch reads no
+        // memory the program sees and never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_AHEAD + line)) };
+        line += 64;
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -168,6 +222,8 @@ pub enum GeometryError {
     TweakCount { blocks: usize, tweaks: usize },
     #[error("chunk of {blocks} blocks runs past the {remaining} blocks left in the tweak chain")]
     PastChain { blocks: usize, remaining: usize },
+    #[error("source of {src} bytes for a destination of {dst} bytes")]
+    Lengths { src: usize, dst: usize },
 }
 
 /// Checks that `len` bytes are whole sectors of a size the kernels take: a power of two from
@@ -177,6 +233,15 @@ pub fn check_sectors(len: usize, sector_size: usize) -> Result<(), GeometryError
     check_sector_size(sector_size)?;
     if !len.is_multiple_of(sector_size) {
         return Err(GeometryError::Unaligned { len, sector_size });
+    }
+    Ok(())
+}
+
+/// Checks that an out-of-place pass has as many source bytes as destination bytes.
+#[inline]
+pub fn check_same_len(src: usize, dst: usize) -> Result<(), GeometryError> {
+    if src != dst {
+        return Err(GeometryError::Lengths { src, dst });
     }
     Ok(())
 }

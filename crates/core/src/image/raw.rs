@@ -13,7 +13,14 @@ use super::ReadAt;
 pub struct RawFile {
     file: File,
     len: u64,
+    /// A regular file: its pages can be mapped ([`ReadAt::with_bytes_at`]).
+    mappable: bool,
 }
+
+/// Reads shorter than this are copied with `pread`: a mapping's fixed cost (two system calls
+/// and a TLB flush) is not worth a few pages. The views' reads are 128 KiB to 1 MiB (FUSE
+/// requests, HTTP chunks): docs/performance.md, "Reading the source where it lies".
+pub const MIN_MAPPED_READ: usize = 64 << 10;
 
 impl RawFile {
     pub fn open(path: &Path) -> io::Result<Self> {
@@ -31,11 +38,22 @@ impl RawFile {
         } else {
             meta.len()
         };
-        Ok(Self { file, len })
+        Ok(Self {
+            file,
+            len,
+            mappable: meta.file_type().is_file(),
+        })
     }
 
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    fn shrank(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("source shrank below its opened size of {} bytes", self.len),
+        )
     }
 
     /// `SEEK_DATA`/`SEEK_HOLE` on the file; `None` where the kernel says ENXIO (no data, or
@@ -63,18 +81,45 @@ impl ReadAt for RawFile {
         let mut done = 0;
         while done < want {
             match self.file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("source shrank below its opened size of {} bytes", self.len),
-                    ))
-                }
+                Ok(0) => return Err(self.shrank()),
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(done)
+    }
+
+    fn with_bytes_at(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Option<io::Result<()>> {
+        let inside = offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= self.len);
+        // Only pages the page cache holds: a page still on disk is read with `pread`, which
+        // reads ahead (a mapping's fault would read it without).
+        if !self.mappable
+            || len < MIN_MAPPED_READ
+            || !inside
+            || !bifs_sys::mapped::cached(&self.file, offset, len)
+        {
+            return None;
+        }
+        match bifs_sys::mapped::with_mapped(&self.file, offset, len, f) {
+            // A file that cannot be mapped (a file system without mmap) is read instead.
+            Err(e) if e.kind() != io::ErrorKind::UnexpectedEof => None,
+            Err(e) => Some(Err(e)),
+            // A file system with large folios may keep a shrunk file's last folio mapped,
+            // zeroed, instead of raising the fault the guard catches: the length tells.
+            Ok(()) => Some(match self.file.metadata() {
+                Ok(m) if m.len() < offset + len as u64 => Err(self.shrank()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }),
+        }
     }
 
     fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
@@ -94,5 +139,98 @@ impl ReadAt for RawFile {
             .lseek(rustix::fs::SeekFrom::Hole(offset))?
             .unwrap_or(self.len)
             .min(self.len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::sectors::{Direction, SectorTransform};
+    use crate::xts::Xts;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    /// A file of `len` patterned bytes, written through the page cache (so all of it is
+    /// cached, as a mapped read wants).
+    fn patterned(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
+        let data: Vec<u8> = (0..len as u32).map(|i| (i * 31 % 251) as u8).collect();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data).unwrap();
+        f.flush().unwrap();
+        (f, data)
+    }
+
+    fn mapped(raw: &RawFile, offset: u64, len: usize) -> Option<io::Result<Vec<u8>>> {
+        let mut got = Vec::new();
+        raw.with_bytes_at(offset, len, &mut |b| got = b.to_vec())
+            .map(|r| r.map(|()| got))
+    }
+
+    #[test]
+    fn mapped_reads_give_the_bytes_pread_gives() {
+        let (f, data) = patterned(3 << 20);
+        let raw = RawFile::open(f.path()).unwrap();
+        if mapped(&raw, 0, MIN_MAPPED_READ).is_none() {
+            eprintln!(
+                "SKIPPED mapped_reads_give_the_bytes_pread_gives: no mapped reads here (a kernel \
+                 without cachestat(2), or a file system without mmap)"
+            );
+            return;
+        }
+        for (offset, len) in [
+            (0u64, 1usize << 20),
+            (4095, MIN_MAPPED_READ),
+            (1 << 20, 2 << 20),
+        ] {
+            let got = mapped(&raw, offset, len).expect("mapped").unwrap();
+            assert_eq!(
+                got,
+                data[offset as usize..offset as usize + len],
+                "{offset} +{len}"
+            );
+        }
+        // Short reads, and ranges past the end, are left to pread.
+        assert!(mapped(&raw, 0, MIN_MAPPED_READ - 1).is_none());
+        assert!(mapped(&raw, (3 << 20) - 4096, MIN_MAPPED_READ).is_none());
+    }
+
+    fn transform(raw: RawFile, len: u64) -> SectorTransform {
+        SectorTransform {
+            inner: Arc::new(raw),
+            inner_offset: 4096,
+            len,
+            sector_size: 4096,
+            iv_tweak: 9,
+            direction: Direction::Encrypt,
+            xts: Xts::new(&(0..64u8).collect::<Vec<_>>()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_transform_over_a_file_gives_what_it_gives_over_the_same_bytes_in_memory() {
+        let (f, data) = patterned(2 << 20);
+        let len = (2 << 20) - 4096;
+        let over_file = transform(RawFile::open(f.path()).unwrap(), len);
+        let over_memory = SectorTransform {
+            inner: Arc::new(crate::io::MemSource(data.clone())),
+            ..transform(RawFile::open(f.path()).unwrap(), len)
+        };
+        for (offset, n) in [(0u64, len as usize), (4096, 1 << 20), (100, 300_000)] {
+            let mut a = vec![0u8; n];
+            let mut b = vec![1u8; n];
+            over_file.read_at(offset, &mut a).unwrap();
+            over_memory.read_at(offset, &mut b).unwrap();
+            assert!(a == b, "offset {offset}, {n} bytes");
+        }
+    }
+
+    #[test]
+    fn a_transform_over_a_file_that_shrank_fails_instead_of_serving_zeros() {
+        let (f, _) = patterned(2 << 20);
+        let t = transform(RawFile::open(f.path()).unwrap(), (2 << 20) - 4096);
+        f.as_file().set_len(1 << 20).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let e = t.read_at(1 << 20, &mut buf).expect_err("past the new end");
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -39,6 +39,34 @@ impl SectorTransform {
     /// Reads `buf.len()` bytes (clamped to the range) at `offset` within the range. Whole
     /// sectors are transformed in the caller's buffer; only a partial first or last sector
     /// goes through a scratch sector.
+    /// Ciphers the whole sectors at `pos` straight from where the source holds them into
+    /// `out` ([`ReadAt::with_bytes_at`]: no copy before the cipher); `false` where the source
+    /// does not offer its bytes so (or not all of them: a short source's end is read, as
+    /// zeros follow it).
+    fn crypt_from_source(&self, out: &mut [u8], pos: u64) -> io::Result<bool> {
+        let at = self.inner_offset + pos;
+        let iv = self.iv_tweak + pos / IV_UNIT as u64;
+        let mut ciphered = Ok(());
+        let read = self.inner.with_bytes_at(at, out.len(), &mut |src| {
+            ciphered = match self.direction {
+                Direction::Encrypt => self
+                    .xts
+                    .encrypt_sectors_from(src, out, self.sector_size, iv),
+                Direction::Decrypt => self
+                    .xts
+                    .decrypt_sectors_from(src, out, self.sector_size, iv),
+            };
+        });
+        match read {
+            None => Ok(false),
+            Some(r) => {
+                r?;
+                ciphered.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                Ok(true)
+            }
+        }
+    }
+
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         if offset >= self.len {
             return Ok(0);
@@ -51,8 +79,10 @@ impl SectorTransform {
             if pos == sector_start && n - done >= self.sector_size {
                 let run = (n - done) / self.sector_size * self.sector_size;
                 let chunk = &mut buf[done..done + run];
-                read_full_at(&*self.inner, self.inner_offset + pos, chunk)?;
-                self.crypt(chunk, pos)?;
+                if !self.crypt_from_source(chunk, pos)? {
+                    read_full_at(&*self.inner, self.inner_offset + pos, chunk)?;
+                    self.crypt(chunk, pos)?;
+                }
                 done += run;
                 pos += run as u64;
             } else {

@@ -25,7 +25,7 @@ use core::arch::x86_64::*;
 use zeroize::Zeroize;
 
 use super::vaes::{KeyPair, Schedule, VaesKeys};
-use super::{check_sectors, GeometryError};
+use super::{check_sectors, prefetch, GeometryError};
 
 /// Tweak vectors (four blocks each) in flight per step.
 const VECS: usize = 4;
@@ -196,65 +196,70 @@ fn encrypt_ivs<const RK: usize>(keys: &Keys<RK>, iv: u64, step: u64, n: usize) -
     ]
 }
 
-/// Ciphers whole sectors in place (`ENCRYPT` or decrypt); sector `k` has IV
-/// `first_iv + k * iv_step`.
+/// Ciphers `len` bytes of whole sectors from `src` into `dst` (`ENCRYPT` or decrypt); sector
+/// `k` has IV `first_iv + k * iv_step`.
 ///
 /// # Safety
 /// The CPU must have AES-NI, AVX2, AVX-512F/BW, VAES and VPCLMULQDQ
-/// ([`Vaes512Keys::available`]); `buf` must be whole sectors of `sector_size` bytes, each a
+/// ([`Vaes512Keys::available`]); `src` and `dst` point at `len` bytes, the same bytes (in
+/// place) or ones that do not overlap; `len` is whole sectors of `sector_size` bytes, each a
 /// multiple of [`STEP_BLOCKS`] blocks.
 #[target_feature(enable = "aes,avx2,avx512f,avx512bw,vaes,vpclmulqdq")]
 unsafe fn sectors<const RK: usize, const ENCRYPT: bool>(
     keys: &Keys<RK>,
-    buf: &mut [u8],
+    src: *const u8,
+    dst: *mut u8,
+    len: usize,
     sector_size: usize,
     first_iv: u64,
     iv_step: u64,
 ) {
-    let count = buf.len() / sector_size;
+    let count = len / sector_size;
     let steps = sector_size / (16 * STEP_BLOCKS);
     let rk = if ENCRYPT { &keys.enc } else { &keys.dec };
-    let base = buf.as_mut_ptr();
     let mut done = 0;
     while done < count {
         let n = (count - done).min(8);
         let iv = first_iv.wrapping_add((done as u64).wrapping_mul(iv_step));
         let firsts = encrypt_ivs(keys, iv, iv_step, n);
         for (s, t0) in firsts.iter().take(n).enumerate() {
-            // SAFETY: sector `done + s` of `count` lies inside `buf`.
-            let sector = unsafe { base.add((done + s) * sector_size) };
-            // SAFETY: the sector holds `steps` steps; the CPU features are the caller's.
-            unsafe { sector_pass::<RK, ENCRYPT>(rk, sector, steps, *t0) };
+            let at = (done + s) * sector_size;
+            // SAFETY: sector `done + s` of `count` lies inside both `len`-byte buffers; it
+            // holds `steps` steps; the CPU features are the caller's.
+            unsafe { sector_pass::<RK, ENCRYPT>(rk, src.add(at), dst.add(at), steps, *t0) };
         }
         done += n;
     }
 }
 
-/// One sector of `steps * STEP_BLOCKS` blocks at `p`, whose first tweak is `t0`.
+/// One sector of `steps * STEP_BLOCKS` blocks from `src` into `dst`, whose first tweak is `t0`.
 ///
 /// # Safety
-/// As [`sectors`]; `p` points at `steps * STEP_BLOCKS * 16` bytes.
+/// As [`sectors`]; `src` and `dst` (the same, or not overlapping) point at
+/// `steps * STEP_BLOCKS * 16` bytes.
 #[inline]
 #[target_feature(enable = "aes,avx2,avx512f,avx512bw,vaes,vpclmulqdq")]
 unsafe fn sector_pass<const RK: usize, const ENCRYPT: bool>(
     rk: &[__m512i; RK],
-    p: *mut u8,
+    src: *const u8,
+    dst: *mut u8,
     steps: usize,
     t0: __m128i,
 ) {
     let mut t = first_tweaks(t0);
-    let p = p.cast::<__m512i>();
+    let (src, dst) = (src.cast::<__m512i>(), dst.cast::<__m512i>());
     for step in 0..steps {
         if step > 0 {
             for tw in &mut t {
                 *tw = next_step(*tw);
             }
         }
-        // SAFETY: step `step` of `steps` is VECS vectors inside the sector.
-        let v = unsafe { p.add(step * VECS) };
+        // SAFETY: step `step` of `steps` is VECS vectors inside the sector, in both buffers.
+        let (from, to) = unsafe { (src.add(step * VECS), dst.add(step * VECS)) };
+        prefetch::<{ VECS * 64 }>(from.cast());
         let mut x: [__m512i; VECS] = core::array::from_fn(|i| {
             // SAFETY: as above; an unaligned load.
-            let d = unsafe { _mm512_loadu_si512(v.add(i)) };
+            let d = unsafe { _mm512_loadu_si512(from.add(i)) };
             xor3(d, t[i], rk[0])
         });
         for key in &rk[1..RK - 1] {
@@ -275,7 +280,7 @@ unsafe fn sector_pass<const RK: usize, const ENCRYPT: bool>(
                 _mm512_aesdeclast_epi128(*b, last)
             };
             // SAFETY: as above; an unaligned store.
-            unsafe { _mm512_storeu_si512(v.add(i), out) };
+            unsafe { _mm512_storeu_si512(to.add(i), out) };
         }
     }
 }
