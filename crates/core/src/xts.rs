@@ -205,6 +205,15 @@ impl Xts {
         self.process(buf, sector_size, first_iv, Direction::Decrypt)
     }
 
+    /// Whether [`Xts::encrypt_sectors_from`] ciphers out of place (the VAES engines); the
+    /// other kernels copy `src` into `dst` first and cipher there.
+    pub fn ciphers_out_of_place(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.direct.is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     /// [`Xts::encrypt_sectors`] of `src` into `dst` (of the same length), reading each byte of
     /// `src` once: with `src` a file's mapped page cache, no copy comes before the cipher.
     pub fn encrypt_sectors_from(

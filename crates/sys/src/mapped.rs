@@ -6,11 +6,14 @@
 //! Why `unsafe`: a mapping is raw memory whose pages the kernel supplies on access, and a file
 //! that shrinks under a mapping makes an access past its new end raise SIGBUS, which kills the
 //! process (a privileged server of a whole node, over one truncated image). So the bytes are
-//! handed out only inside [`with_mapped`], with a guard armed on the calling thread for exactly
-//! that range: the SIGBUS handler puts a page of zeros where the file's page was and notes the
-//! fault, and `with_mapped` returns an error instead of what `f` made of the bytes. A SIGBUS
-//! anywhere else goes on to the handler that was there before (Rust's stack-overflow report)
-//! or to the default action, as if this module were not there.
+//! handed out only inside [`with_mapped`], with a guard armed for exactly that range in a
+//! process-wide table (so a thread that `f` hands the bytes to, or an enclosing
+//! `with_mapped`'s bytes read inside a nested one, are covered too): the SIGBUS handler puts a
+//! page of zeros where the file's page was and notes the fault, and `with_mapped` returns an
+//! error instead of what `f` made of the bytes. A SIGBUS anywhere else, or sent by a process
+//! (`kill`), goes on to the handler that was there before (Rust's stack-overflow report) or to
+//! the default action, as if this module were not there; after that, no new mapping is made
+//! (the handler may be gone), and callers read with `pread`.
 //!
 //! The bytes may change under `f` while another process writes the file, as `pread` may return
 //! a mix of old and new bytes: callers check their source after the read, as they do after a
@@ -25,18 +28,32 @@ use std::sync::OnceLock;
 
 use rustix::mm::{MapFlags, ProtFlags};
 
-thread_local! {
-    /// The mapped range `[start, end)` this thread reads inside [`with_mapped`]; empty outside.
-    /// `const`-initialised and without a destructor, so the signal handler's access is a plain
-    /// thread-local load (no lazy initialisation, no allocation). Atomics, with compiler
-    /// fences around `f`, so that the compiler keeps every load and store where the handler
-    /// sees it: the handler runs between two instructions of this thread, not in any call the
-    /// compiler knows of.
-    static ARMED_START: AtomicUsize = const { AtomicUsize::new(0) };
-    static ARMED_END: AtomicUsize = const { AtomicUsize::new(0) };
-    /// Set by the handler when a page of the armed range was gone.
-    static FAULTED: AtomicBool = const { AtomicBool::new(false) };
+/// Ranges being read through a mapping, by any thread (at most this many at once; a read that
+/// finds no free slot is not mapped). A slot's `end` is stored last when it is armed and
+/// cleared first when it is disarmed, so the handler, which may run between any two
+/// instructions of any thread, sees either a whole range or none.
+const SLOTS: usize = 64;
+
+struct Slot {
+    taken: AtomicBool,
+    start: AtomicUsize,
+    end: AtomicUsize,
+    /// Set by the handler when a page of the range was gone.
+    faulted: AtomicBool,
 }
+
+static ARMED: [Slot; SLOTS] = [const {
+    Slot {
+        taken: AtomicBool::new(false),
+        start: AtomicUsize::new(0),
+        end: AtomicUsize::new(0),
+        faulted: AtomicBool::new(false),
+    }
+}; SLOTS];
+
+/// Set when the handler passed a SIGBUS on to the previous action, which may have put the
+/// default action back in place of ours: no mapping is made from then on.
+static PASSED_ON: AtomicBool = AtomicBool::new(false);
 
 /// The SIGBUS action in place before ours, for faults that are not ours; set once.
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
@@ -44,7 +61,8 @@ static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `f` on the `len` bytes of `file` at `offset`, read through a mapping of the file's
 /// pages, and unmaps them. `Err` if the mapping fails (a file that cannot be mapped: the caller
-/// reads it instead) or if part of the range was gone while `f` ran (the file shrank; `f` then
+/// reads it instead; `WouldBlock` when the slots of [`SLOTS`] reads at once are all taken) or
+/// if part of the range was gone while `f` ran (the file shrank; `f` then
 /// saw zeros there, and its result is dropped). The range should lie inside the file as it was
 /// opened: pages past its end are read as zeros and reported as such.
 pub fn with_mapped<R>(
@@ -57,6 +75,11 @@ pub fn with_mapped<R>(
         return Ok(f(&[]));
     }
     install()?;
+    if PASSED_ON.load(Ordering::SeqCst) {
+        return Err(io::Error::other(
+            "a SIGBUS was passed on to the previous handler: no more mapped reads",
+        ));
+    }
     let page = PAGE_SIZE.load(Ordering::Relaxed);
     let skip = (offset % page as u64) as usize;
     let map_len = skip
@@ -76,9 +99,12 @@ pub fn with_mapped<R>(
         )
     }?;
     let mapping = Mapping { ptr, len: map_len };
-    let guard = Armed::arm(ptr as usize, map_len);
-    // SAFETY: `map_len` readable bytes live at `ptr` until `mapping` drops, after `f` returns;
-    // a page the file no longer has reads as zeros (the guard), never a fault. `f`'s result
+    let guard = Armed::arm(ptr as usize, map_len).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::WouldBlock, "every mapped-read slot is taken")
+    })?;
+    // SAFETY: `map_len` readable bytes live at `ptr` until `mapping` drops, after `f` returns
+    // and the guard is disarmed; a page the file no longer has reads as zeros (the guard, on
+    // whichever thread reads it), never a fault. `f`'s result
     // cannot borrow the slice (its lifetime is `f`'s argument's), so nothing outlives the
     // mapping. The bytes may change under `f` (see the module documentation).
     let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>().add(skip), len) };
@@ -90,7 +116,8 @@ pub fn with_mapped<R>(
     if faulted {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
-            "the file shrank while it was being read",
+            "a page of the file was gone while it was being read (the file shrank, or reading \
+             the page failed)",
         ));
     }
     Ok(r)
@@ -141,15 +168,17 @@ pub fn cached(file: &impl AsFd, offset: u64, len: usize) -> bool {
         )
     };
     if r != 0 {
-        if io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        // Not in this kernel, or refused by a seccomp filter: not asked again.
+        if let Some(libc::ENOSYS | libc::EPERM) = io::Error::last_os_error().raw_os_error() {
             MISSING.store(true, Ordering::Relaxed);
         }
         return false;
     }
     let page = page_size() as u64;
-    let first = offset / page;
-    let last = (offset + len as u64 - 1) / page;
-    stat.nr_cache > last - first
+    let Some(end) = offset.checked_add(len as u64 - 1) else {
+        return false;
+    };
+    stat.nr_cache > end / page - offset / page
 }
 
 /// The system's page size.
@@ -173,41 +202,37 @@ impl Drop for Mapping {
     }
 }
 
-/// This thread's armed range while it lives; the range and fault flag of an enclosing
-/// `with_mapped` come back when it drops.
+/// A slot of [`ARMED`] holding one range while it lives.
 struct Armed {
-    outer: (usize, usize),
-    outer_faulted: bool,
+    slot: &'static Slot,
     done: bool,
 }
 
 impl Armed {
-    fn arm(start: usize, len: usize) -> Self {
-        // The end first cleared, so that the handler never sees a range that is half old, half
-        // new (it runs on this thread, between any two of these instructions).
-        let outer_end = ARMED_END.with(|e| e.swap(0, Ordering::SeqCst));
-        let outer_start = ARMED_START.with(|s| s.swap(start, Ordering::SeqCst));
-        let outer_faulted = FAULTED.with(|f| f.swap(false, Ordering::SeqCst));
-        ARMED_END.with(|e| e.store(start + len, Ordering::SeqCst));
-        let outer = (outer_start, outer_end);
-        Self {
-            outer,
-            outer_faulted,
-            done: false,
-        }
+    /// Takes a free slot for `[start, start + len)`; `None` if every slot is taken.
+    fn arm(start: usize, len: usize) -> Option<Self> {
+        let slot = ARMED.iter().find(|s| {
+            s.taken
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        })?;
+        slot.faulted.store(false, Ordering::SeqCst);
+        slot.start.store(start, Ordering::SeqCst);
+        slot.end.store(start + len, Ordering::SeqCst);
+        Some(Self { slot, done: false })
     }
 
-    /// Whether a page of the range was gone; the enclosing state is back.
+    /// Whether a page of the range was gone; the slot is free again.
     fn disarm(mut self) -> bool {
         self.done = true;
-        self.restore()
+        self.release()
     }
 
-    fn restore(&self) -> bool {
-        ARMED_END.with(|e| e.store(0, Ordering::SeqCst));
-        ARMED_START.with(|s| s.store(self.outer.0, Ordering::SeqCst));
-        let faulted = FAULTED.with(|f| f.swap(self.outer_faulted, Ordering::SeqCst));
-        ARMED_END.with(|e| e.store(self.outer.1, Ordering::SeqCst));
+    fn release(&self) -> bool {
+        self.slot.end.store(0, Ordering::SeqCst);
+        self.slot.start.store(0, Ordering::SeqCst);
+        let faulted = self.slot.faulted.swap(false, Ordering::SeqCst);
+        self.slot.taken.store(false, Ordering::SeqCst);
         faulted
     }
 }
@@ -215,7 +240,7 @@ impl Armed {
 impl Drop for Armed {
     fn drop(&mut self) {
         if !self.done {
-            self.restore();
+            self.release();
         }
     }
 }
@@ -255,49 +280,54 @@ fn install() -> io::Result<()> {
     r.map_err(io::Error::from_raw_os_error)
 }
 
-/// The SIGBUS handler: a fault inside this thread's armed range maps a page of zeros over the
-/// faulting page and returns (the access is retried and reads zeros); any other goes to the
-/// previous action. Only async-signal-safe work: thread-local loads and stores of plain
-/// values, `mmap`, `sigaction`.
+/// The SIGBUS handler: a fault inside an armed range maps a page of zeros over the faulting
+/// page and returns (the access is retried and reads zeros); any other SIGBUS, and one sent by
+/// a process, goes to the previous action. Only async-signal-safe work: atomic loads and stores
+/// of statics, `mmap`, `sigaction`, `raise`.
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
-    // SAFETY: the kernel passes a valid `siginfo_t` to an SA_SIGINFO handler; SIGBUS fills in
-    // `si_addr`.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    let start = ARMED_START
-        .try_with(|s| s.load(Ordering::SeqCst))
-        .unwrap_or(0);
-    let end = ARMED_END
-        .try_with(|e| e.load(Ordering::SeqCst))
-        .unwrap_or(0);
-    if start <= addr && addr < end {
-        let page = addr & !(PAGE_SIZE.load(Ordering::Relaxed) - 1);
-        // SAFETY: replaces one page of this thread's own armed mapping (made by
-        // `with_mapped`, unmapped only after the range is disarmed) with a private page of
-        // zeros; no other memory is touched.
-        let r = unsafe {
-            libc::mmap(
-                page as *mut c_void,
-                PAGE_SIZE.load(Ordering::Relaxed),
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                -1,
-                0,
-            )
-        };
-        if r != libc::MAP_FAILED {
-            let _ = FAULTED.try_with(|f| f.store(true, Ordering::SeqCst));
-            return;
+    // SAFETY: the kernel passes a valid `siginfo_t` to an SA_SIGINFO handler; a fault's SIGBUS
+    // fills in `si_addr` (for a sent one it means nothing, and `si_code` says so).
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // si_code > 0: raised by the kernel for a fault (BUS_ADRERR and the like); <= 0: sent.
+    if code > 0 {
+        if let Some(slot) = ARMED.iter().find(|s| {
+            let end = s.end.load(Ordering::SeqCst);
+            end != 0 && s.start.load(Ordering::SeqCst) <= addr && addr < end
+        }) {
+            let page_size = PAGE_SIZE.load(Ordering::Relaxed);
+            // SAFETY: replaces one page of an armed mapping (made by `with_mapped`, unmapped
+            // only after its range is disarmed) with a private page of zeros; no other memory
+            // is touched.
+            let r = unsafe {
+                libc::mmap(
+                    (addr & !(page_size - 1)) as *mut c_void,
+                    page_size,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if r != libc::MAP_FAILED {
+                slot.faulted.store(true, Ordering::SeqCst);
+                return;
+            }
         }
     }
+    PASSED_ON.store(true, Ordering::SeqCst);
     let Some(previous) = PREVIOUS.get() else {
         return;
     };
     let handler = previous.sa_sigaction;
     if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
-        // Put the old action back and return: the access faults again and the kernel takes
-        // the default action (a fault's SIGBUS cannot be ignored).
+        // Put the old action back and raise the signal again: it is delivered when this
+        // handler returns (SIGBUS is blocked while it runs), and a fault's access faults
+        // again, so the process ends (or ignores a sent SIGBUS) as without this module.
         // SAFETY: `previous` is the action `sigaction` gave back at install.
-        unsafe { libc::sigaction(libc::SIGBUS, previous, std::ptr::null_mut()) };
+        unsafe {
+            libc::sigaction(libc::SIGBUS, previous, std::ptr::null_mut());
+            libc::raise(libc::SIGBUS);
+        }
     } else if previous.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: an SA_SIGINFO action's handler has this signature.
         let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut c_void) =
@@ -399,6 +429,21 @@ mod tests {
             r.is_err(),
             "the outer range stays armed after the inner read"
         );
+    }
+
+    #[test]
+    fn bytes_read_on_another_thread_are_guarded_too() {
+        let data = vec![2u8; 4 * 4096];
+        let f = file_of(&data);
+        let r = with_mapped(&f, 0, data.len(), |b| {
+            f.set_len(4096).unwrap();
+            std::thread::scope(|s| {
+                s.spawn(|| std::hint::black_box(std::hint::black_box(b)[3 * 4096]))
+                    .join()
+                    .unwrap()
+            })
+        });
+        assert!(r.is_err(), "the fault on the other thread is the read's");
     }
 
     #[test]

@@ -13,8 +13,10 @@ use super::ReadAt;
 pub struct RawFile {
     file: File,
     len: u64,
-    /// A regular file: its pages can be mapped ([`ReadAt::with_bytes_at`]).
-    mappable: bool,
+    /// A regular file whose pages can be mapped ([`ReadAt::with_bytes_at`]); cleared when a
+    /// mapping fails (a file system without mmap, a security module's refusal), so that the
+    /// next reads do not try again.
+    mappable: std::sync::atomic::AtomicBool,
 }
 
 /// Reads shorter than this are copied with `pread`: a mapping's fixed cost (two system calls
@@ -41,7 +43,7 @@ impl RawFile {
         Ok(Self {
             file,
             len,
-            mappable: meta.file_type().is_file(),
+            mappable: meta.file_type().is_file().into(),
         })
     }
 
@@ -101,7 +103,7 @@ impl ReadAt for RawFile {
             .is_some_and(|end| end <= self.len);
         // Only pages the page cache holds: a page still on disk is read with `pread`, which
         // reads ahead (a mapping's fault would read it without).
-        if !self.mappable
+        if !self.mappable.load(std::sync::atomic::Ordering::Relaxed)
             || len < MIN_MAPPED_READ
             || !inside
             || !bifs_sys::mapped::cached(&self.file, offset, len)
@@ -109,8 +111,14 @@ impl ReadAt for RawFile {
             return None;
         }
         match bifs_sys::mapped::with_mapped(&self.file, offset, len, f) {
+            // Too many mapped reads at once: this one copies.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
             // A file that cannot be mapped (a file system without mmap) is read instead.
-            Err(e) if e.kind() != io::ErrorKind::UnexpectedEof => None,
+            Err(e) if e.kind() != io::ErrorKind::UnexpectedEof => {
+                self.mappable
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
             Err(e) => Some(Err(e)),
             // A file system with large folios may keep a shrunk file's last folio mapped,
             // zeroed, instead of raising the fault the guard catches: the length tells.

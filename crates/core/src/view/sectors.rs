@@ -36,14 +36,16 @@ impl SectorTransform {
         r.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     }
 
-    /// Reads `buf.len()` bytes (clamped to the range) at `offset` within the range. Whole
-    /// sectors are transformed in the caller's buffer; only a partial first or last sector
-    /// goes through a scratch sector.
     /// Ciphers the whole sectors at `pos` straight from where the source holds them into
     /// `out` ([`ReadAt::with_bytes_at`]: no copy before the cipher); `false` where the source
     /// does not offer its bytes so (or not all of them: a short source's end is read, as
-    /// zeros follow it).
+    /// zeros follow it), or the engine has no out-of-place pass.
     fn crypt_from_source(&self, out: &mut [u8], pos: u64) -> io::Result<bool> {
+        // A kernel that ciphers in place only would copy the mapped bytes first: the mapping
+        // would then cost more than the `pread` it replaces.
+        if !self.xts.ciphers_out_of_place() {
+            return Ok(false);
+        }
         let at = self.inner_offset + pos;
         let iv = self.iv_tweak + pos / IV_UNIT as u64;
         let mut ciphered = Ok(());
@@ -67,6 +69,9 @@ impl SectorTransform {
         }
     }
 
+    /// Reads `buf.len()` bytes (clamped to the range) at `offset` within the range. Whole
+    /// sectors are transformed in the caller's buffer; only a partial first or last sector
+    /// goes through a scratch sector.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         if offset >= self.len {
             return Ok(0);
