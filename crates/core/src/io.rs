@@ -43,51 +43,36 @@ pub trait ReadAt: Send + Sync {
     }
 }
 
-impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
-    fn len(&self) -> u64 {
-        (**self).len()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        (**self).read_at(offset, buf)
-    }
-    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
-        (**self).next_data(offset)
-    }
-    fn next_hole(&self, offset: u64) -> io::Result<u64> {
-        (**self).next_hole(offset)
-    }
-    fn with_bytes_at(
-        &self,
-        offset: u64,
-        len: usize,
-        f: &mut dyn FnMut(&[u8]),
-    ) -> Option<io::Result<()>> {
-        (**self).with_bytes_at(offset, len, f)
-    }
+/// `ReadAt` for a pointer to a source: every method the source's own.
+macro_rules! forward_read_at {
+    ($($pointer:ident)::+) => {
+        impl<T: ReadAt + ?Sized> ReadAt for $($pointer)::+<T> {
+            fn len(&self) -> u64 {
+                (**self).len()
+            }
+            fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+                (**self).read_at(offset, buf)
+            }
+            fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+                (**self).next_data(offset)
+            }
+            fn next_hole(&self, offset: u64) -> io::Result<u64> {
+                (**self).next_hole(offset)
+            }
+            fn with_bytes_at(
+                &self,
+                offset: u64,
+                len: usize,
+                f: &mut dyn FnMut(&[u8]),
+            ) -> Option<io::Result<()>> {
+                (**self).with_bytes_at(offset, len, f)
+            }
+        }
+    };
 }
 
-impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
-    fn len(&self) -> u64 {
-        (**self).len()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        (**self).read_at(offset, buf)
-    }
-    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
-        (**self).next_data(offset)
-    }
-    fn next_hole(&self, offset: u64) -> io::Result<u64> {
-        (**self).next_hole(offset)
-    }
-    fn with_bytes_at(
-        &self,
-        offset: u64,
-        len: usize,
-        f: &mut dyn FnMut(&[u8]),
-    ) -> Option<io::Result<()>> {
-        (**self).with_bytes_at(offset, len, f)
-    }
-}
+forward_read_at!(std::sync::Arc);
+forward_read_at!(Box);
 
 /// Fills `buf` completely from `offset`, zero-filling past the end of the source. Views use it
 /// where a partial sector must still be whole (the last sector of a source padded to 512 bytes).
