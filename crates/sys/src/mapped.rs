@@ -57,13 +57,14 @@ static PASSED_ON: AtomicBool = AtomicBool::new(false);
 
 /// The SIGBUS action in place before ours, for faults that are not ours; set once.
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+/// The page size ([`page_size`]); 0 until first asked.
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `f` on the `len` bytes of `file` at `offset`, read through a mapping of the file's
 /// pages, and unmaps them. `Err` if the mapping fails (a file that cannot be mapped: the caller
 /// reads it instead; `WouldBlock` when the slots of [`SLOTS`] reads at once are all taken) or
-/// if part of the range was gone while `f` ran (the file shrank; `f` then
-/// saw zeros there, and its result is dropped). The range should lie inside the file as it was
+/// if part of the range was gone while `f` ran (the file shrank; `f` then saw zeros there, and
+/// its result is dropped). The range should lie inside the file as it was
 /// opened: pages past its end are read as zeros and reported as such.
 pub fn with_mapped<R>(
     file: &impl AsFd,
@@ -80,8 +81,11 @@ pub fn with_mapped<R>(
             "a SIGBUS was passed on to the previous handler: no more mapped reads",
         ));
     }
-    let page = PAGE_SIZE.load(Ordering::Relaxed);
-    let skip = (offset % page as u64) as usize;
+    // A slot first: with none free, no mapping is made for nothing.
+    let guard = Armed::take().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::WouldBlock, "every mapped-read slot is taken")
+    })?;
+    let skip = (offset % page_size() as u64) as usize;
     let map_len = skip
         .checked_add(len)
         .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -99,14 +103,12 @@ pub fn with_mapped<R>(
         )
     }?;
     let mapping = Mapping { ptr, len: map_len };
-    let guard = Armed::arm(ptr as usize, map_len).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::WouldBlock, "every mapped-read slot is taken")
-    })?;
+    guard.cover(ptr as usize, map_len);
     // SAFETY: `map_len` readable bytes live at `ptr` until `mapping` drops, after `f` returns
     // and the guard is disarmed; a page the file no longer has reads as zeros (the guard, on
-    // whichever thread reads it), never a fault. `f`'s result
-    // cannot borrow the slice (its lifetime is `f`'s argument's), so nothing outlives the
-    // mapping. The bytes may change under `f` (see the module documentation).
+    // whichever thread reads it), never a fault. `f`'s result cannot borrow the slice (its
+    // lifetime is `f`'s argument's), so nothing outlives the mapping. The bytes may change
+    // under `f` (see the module documentation).
     let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>().add(skip), len) };
     compiler_fence(Ordering::SeqCst);
     let r = f(bytes);
@@ -181,11 +183,17 @@ pub fn cached(file: &impl AsFd, offset: u64, len: usize) -> bool {
     stat.nr_cache > end / page - offset / page
 }
 
-/// The system's page size.
+/// The system's page size, asked once; the handler reads [`PAGE_SIZE`], set before any range
+/// is armed (`with_mapped` asks first).
 fn page_size() -> usize {
+    let known = PAGE_SIZE.load(Ordering::Relaxed);
+    if known != 0 {
+        return known;
+    }
     // SAFETY: sysconf reads a constant of the system.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(page).unwrap_or(4096)
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    PAGE_SIZE.store(page, Ordering::Relaxed);
+    page
 }
 
 /// A mapping made by [`with_mapped`], unmapped on drop (also when `f` panics).
@@ -202,46 +210,41 @@ impl Drop for Mapping {
     }
 }
 
-/// A slot of [`ARMED`] holding one range while it lives.
-struct Armed {
-    slot: &'static Slot,
-    done: bool,
-}
+/// A slot of [`ARMED`], taken while it lives; it holds one range once [`Armed::cover`] set it.
+struct Armed(&'static Slot);
 
 impl Armed {
-    /// Takes a free slot for `[start, start + len)`; `None` if every slot is taken.
-    fn arm(start: usize, len: usize) -> Option<Self> {
-        let slot = ARMED.iter().find(|s| {
-            s.taken
-                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        })?;
-        slot.faulted.store(false, Ordering::SeqCst);
-        slot.start.store(start, Ordering::SeqCst);
-        slot.end.store(start + len, Ordering::SeqCst);
-        Some(Self { slot, done: false })
+    /// Takes a free slot; `None` if every slot is taken.
+    fn take() -> Option<Self> {
+        ARMED
+            .iter()
+            .find(|s| {
+                s.taken
+                    .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            })
+            .map(Self)
+    }
+
+    /// Arms the slot for `[start, start + len)`.
+    fn cover(&self, start: usize, len: usize) {
+        self.0.faulted.store(false, Ordering::SeqCst);
+        self.0.start.store(start, Ordering::SeqCst);
+        self.0.end.store(start + len, Ordering::SeqCst);
     }
 
     /// Whether a page of the range was gone; the slot is free again.
-    fn disarm(mut self) -> bool {
-        self.done = true;
-        self.release()
-    }
-
-    fn release(&self) -> bool {
-        self.slot.end.store(0, Ordering::SeqCst);
-        self.slot.start.store(0, Ordering::SeqCst);
-        let faulted = self.slot.faulted.swap(false, Ordering::SeqCst);
-        self.slot.taken.store(false, Ordering::SeqCst);
-        faulted
+    fn disarm(self) -> bool {
+        self.0.faulted.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for Armed {
     fn drop(&mut self) {
-        if !self.done {
-            self.release();
-        }
+        self.0.end.store(0, Ordering::SeqCst);
+        self.0.start.store(0, Ordering::SeqCst);
+        self.0.faulted.store(false, Ordering::SeqCst);
+        self.0.taken.store(false, Ordering::SeqCst);
     }
 }
 
@@ -249,7 +252,6 @@ impl Drop for Armed {
 fn install() -> io::Result<()> {
     static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
     let r = INSTALLED.get_or_init(|| {
-        PAGE_SIZE.store(page_size(), Ordering::Relaxed);
         // SAFETY: a zeroed `sigaction` is a valid empty one; `sigemptyset` and `sigaction`
         // get pointers to live locals; the handler is an `extern "C"` function of the
         // signature SA_SIGINFO asks for.

@@ -27,11 +27,16 @@ pub struct SectorTransform {
 }
 
 impl SectorTransform {
-    fn crypt(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+    /// Ciphers the whole sectors at `pos` into `buf`: from `src` where given (out of place),
+    /// else the bytes `buf` holds (in place).
+    fn crypt(&self, src: Option<&[u8]>, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        let (xts, sector_size) = (&self.xts, self.sector_size);
         let iv = self.iv_tweak + pos / IV_UNIT as u64;
-        let r = match self.direction {
-            Direction::Encrypt => self.xts.encrypt_sectors(buf, self.sector_size, iv),
-            Direction::Decrypt => self.xts.decrypt_sectors(buf, self.sector_size, iv),
+        let r = match (self.direction, src) {
+            (Direction::Encrypt, None) => xts.encrypt_sectors(buf, sector_size, iv),
+            (Direction::Decrypt, None) => xts.decrypt_sectors(buf, sector_size, iv),
+            (Direction::Encrypt, Some(src)) => xts.encrypt_sectors_from(src, buf, sector_size, iv),
+            (Direction::Decrypt, Some(src)) => xts.decrypt_sectors_from(src, buf, sector_size, iv),
         };
         r.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     }
@@ -46,26 +51,15 @@ impl SectorTransform {
         if !self.xts.ciphers_out_of_place() {
             return Ok(false);
         }
-        let at = self.inner_offset + pos;
-        let iv = self.iv_tweak + pos / IV_UNIT as u64;
         let mut ciphered = Ok(());
-        let read = self.inner.with_bytes_at(at, out.len(), &mut |src| {
-            ciphered = match self.direction {
-                Direction::Encrypt => self
-                    .xts
-                    .encrypt_sectors_from(src, out, self.sector_size, iv),
-                Direction::Decrypt => self
-                    .xts
-                    .decrypt_sectors_from(src, out, self.sector_size, iv),
-            };
-        });
+        let read = self
+            .inner
+            .with_bytes_at(self.inner_offset + pos, out.len(), &mut |src| {
+                ciphered = self.crypt(Some(src), out, pos);
+            });
         match read {
             None => Ok(false),
-            Some(r) => {
-                r?;
-                ciphered.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                Ok(true)
-            }
+            Some(r) => r.and(ciphered).map(|()| true),
         }
     }
 
@@ -86,7 +80,7 @@ impl SectorTransform {
                 let chunk = &mut buf[done..done + run];
                 if !self.crypt_from_source(chunk, pos)? {
                     read_full_at(&*self.inner, self.inner_offset + pos, chunk)?;
-                    self.crypt(chunk, pos)?;
+                    self.crypt(None, chunk, pos)?;
                 }
                 done += run;
                 pos += run as u64;
@@ -94,7 +88,7 @@ impl SectorTransform {
                 let mut scratch = [0u8; MAX_SECTOR_SIZE];
                 let sector = &mut scratch[..self.sector_size];
                 read_full_at(&*self.inner, self.inner_offset + sector_start, sector)?;
-                self.crypt(sector, sector_start)?;
+                self.crypt(None, sector, sector_start)?;
                 let from = (pos - sector_start) as usize;
                 let take = (self.sector_size - from).min(n - done);
                 buf[done..done + take].copy_from_slice(&sector[from..from + take]);
