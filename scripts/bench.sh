@@ -4,6 +4,7 @@
 #   scripts/bench.sh                       # 1 GiB image, median of 5 runs
 #   BENCH_SIZE_MIB=256 BENCH_RUNS=3 scripts/bench.sh
 #   BENCH_DIR=/some/dir scripts/bench.sh   # default /dev/shm/bifs-bench (tmpfs)
+#   BENCH_ONLY=xts scripts/bench.sh        # only the XTS engine against OpenSSL (build/bench/xts.md)
 #
 # Prints a Markdown table (medians and ratios) and writes it, with a CSV and an SVG chart, to
 # build/bench/. Absolute numbers on a shared machine are noise; the ratios between peers
@@ -16,6 +17,8 @@ SIZE_MIB=${BENCH_SIZE_MIB:-1024}
 RUNS=${BENCH_RUNS:-5}
 DIR=${BENCH_DIR:-/dev/shm/bifs-bench}
 RSS_GIB=${BENCH_RSS_GIB:-4}
+ONLY=${BENCH_ONLY:-}
+[[ -z $ONLY || $ONLY == xts ]] || { echo "bench: BENCH_ONLY must be empty or xts" >&2; exit 2; }
 XTS_SECS=${BENCH_XTS_SECS:-1}
 # cpu: both sides count CPU time (openssl speed without -elapsed counts user time), so time spent
 # waiting for a core on a shared machine is left out; wall: wall-clock time on both sides.
@@ -28,6 +31,17 @@ OUT=$ROOT/build/bench
 PW=bench-passphrase
 
 log() { echo "bench: $*" >&2; }
+
+# The share of CPU time the hypervisor gave to other guests since the bench started (/proc/stat
+# "steal"): on a shared VM every ratio below moves with it, the cipher's side (more CPU per
+# byte than a copy) more than its peer's.
+cpu_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9}' /proc/stat; }
+read -r TICKS0 STEAL0 < <(cpu_ticks)
+steal_pct() {
+  local t st
+  read -r t st < <(cpu_ticks)
+  awk -v t="$((t - TICKS0))" -v s="$((st - STEAL0))" 'BEGIN {if (t > 0) printf "%.0f %%", 100 * s / t; else print "n/a"}'
+}
 
 # --- tools ------------------------------------------------------------------------------------
 need=()
@@ -47,7 +61,11 @@ fi
 "$ROOT/scripts/setup.sh" >/dev/null
 
 log "building (release)"
-(cd "$ROOT" && cargo build --release --bins -q && cargo bench -p bifs-core --bench xts --no-run -q 2>/dev/null)
+if [[ $ONLY == xts ]]; then
+  (cd "$ROOT" && cargo bench -p bifs-core --bench xts --no-run -q 2>/dev/null)
+else
+  (cd "$ROOT" && cargo build --release --bins -q && cargo bench -p bifs-core --bench xts --no-run -q 2>/dev/null)
+fi
 BIFS=$ROOT/target/release/bifs
 
 mkdir -p "$OUT" "$DIR"
@@ -110,25 +128,6 @@ time_pairs() {
   log "$label: ${SECS[$label]} s, peer ${SECS["$label (peer)"]} s, ratio (median of $RUNS pairs) ${PAIR[$label]} [${r[*]}]"
 }
 
-# --- data -------------------------------------------------------------------------------------
-BYTES=$((SIZE_MIB * 1048576))
-log "making a ${SIZE_MIB} MiB random image in $DIR"
-head -c "$BYTES" /dev/urandom >"$STORE/disk.img"
-cat >"$DIR/secret.yaml" <<EOF
-apiVersion: v1
-kind: Secret
-metadata: {name: bench, namespace: default}
-stringData:
-  CRYPTO_KEY_VALUE: "$PW"
-  CRYPTO_KEY_CIPHER: aes-xts-plain64
-  CRYPTO_KEY_HASH: sha256
-  CRYPTO_KEY_SIZE: "512"
-  CRYPTO_PBKDF: pbkdf2
-  CRYPTO_PBKDF_FORCE_ITERATIONS: "1000"
-EOF
-SECRET=(--secret "$DIR/secret.yaml")
-export BIFS_LOG=warn
-
 # --- 1. XTS engine vs OpenSSL, one core ---------------------------------------------------------
 log "XTS engine vs openssl speed (${XTS_SECS}s per point, $RUNS rounds, $XTS_CLOCK time)"
 XTS_BIN=$(ls -t "$ROOT"/target/release/deps/xts-* | grep -v '\.d$' | head -1)
@@ -159,6 +158,49 @@ for ((r = 0; r < RUNS; r++)); do
 done
 xmed() { tr ' ' '\n' <<<"$1" | grep . | median; }
 XTS_CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'): VAES $(grep -qw vaes /proc/cpuinfo && echo yes || echo no), AVX-512F $(grep -qw avx512f /proc/cpuinfo && echo yes || echo no); kernel $XTS_KERNEL"
+# xts_rows: the table rows of this section.
+xts_rows() {
+  local alg unit o p t
+  for alg in aes-128-xts aes-256-xts; do
+    for unit in 4096 512; do
+      o=$(xmed "${XO[$alg.$unit]}"); p=$(xmed "${XS[$alg.$unit]}")
+      t="≥ 0.8"; [[ $unit == 4096 ]] && t="≥ 1.0"
+      echo "| XTS engine $alg, $unit-byte units, 1 core, $XTS_CLOCK time (MB/s; ratio: median of $RUNS pairs) | openssl $p | $o | $(xmed "${XR[$alg.$unit]}") | $t |"
+    done
+    o=$(xmed "${XO[$alg.bulk]}")
+    echo "| XTS engine $alg, 1 MiB of 4 KiB sectors per call (MB/s) | - | $o | - | - |"
+  done
+}
+XTS_LEGEND="(vaes512: the whole pass in 512-bit VAES registers, with AVX-512F/BW; vaes256: in 256-bit ones, VAES and VPCLMULQDQ without AVX-512; avx512/avx2: tweak kernels around the aes crate)"
+if [[ $ONLY == xts ]]; then
+  {
+    echo "XTS CPU: $XTS_CPU $XTS_LEGEND; host steal $(steal_pct)."
+    echo
+    echo "| measurement | peer | bifs | ratio (bifs/peer) | target |"
+    echo "| --- | --- | --- | --- | --- |"
+    xts_rows
+  } | tee "$OUT/xts.md"
+  exit 0
+fi
+
+# --- data -------------------------------------------------------------------------------------
+BYTES=$((SIZE_MIB * 1048576))
+log "making a ${SIZE_MIB} MiB random image in $DIR"
+head -c "$BYTES" /dev/urandom >"$STORE/disk.img"
+cat >"$DIR/secret.yaml" <<EOF
+apiVersion: v1
+kind: Secret
+metadata: {name: bench, namespace: default}
+stringData:
+  CRYPTO_KEY_VALUE: "$PW"
+  CRYPTO_KEY_CIPHER: aes-xts-plain64
+  CRYPTO_KEY_HASH: sha256
+  CRYPTO_KEY_SIZE: "512"
+  CRYPTO_PBKDF: pbkdf2
+  CRYPTO_PBKDF_FORCE_ITERATIONS: "1000"
+EOF
+SECRET=(--secret "$DIR/secret.yaml")
+export BIFS_LOG=warn
 
 # --- 2. encrypt: bifs vs cryptsetup reencrypt vs qemu-img vs cp ----------------------------------
 time_runs "cp raw file" clean_out cp "$STORE/disk.img" "$DIR/out/copy.img"
@@ -292,21 +334,13 @@ D=${SECS["bifs decrypt"]}
 CP=${SECS["cp raw file"]}
 thr() { mibs "$BYTES" "${SECS[$1]}"; }
 {
-  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load $(cut -d' ' -f1-3 /proc/loadavg); $(uname -r)."
-  echo "XTS CPU: $XTS_CPU (vaes512: the whole pass in 512-bit VAES registers, with AVX-512F/BW; vaes256: in 256-bit ones, VAES and VPCLMULQDQ without AVX-512; avx512/avx2: tweak kernels around the aes crate)."
+  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load $(cut -d' ' -f1-3 /proc/loadavg), host steal $(steal_pct); $(uname -r)."
+  echo "XTS CPU: $XTS_CPU $XTS_LEGEND."
   echo "Data: ${SIZE_MIB} MiB random image (qcow2: base64 text, compressed), median of $RUNS runs; inputs and outputs on $(df --output=fstype "$DIR" | tail -1) ($DIR), page cache warm."
   echo
   echo "| measurement | peer | bifs | ratio (bifs/peer) | target |"
   echo "| --- | --- | --- | --- | --- |"
-  for alg in aes-128-xts aes-256-xts; do
-    for unit in 4096 512; do
-      o=$(xmed "${XO[$alg.$unit]}"); p=$(xmed "${XS[$alg.$unit]}")
-      t="≥ 0.8"; [[ $unit == 4096 ]] && t="≥ 1.0"
-      echo "| XTS engine $alg, $unit-byte units, 1 core, $XTS_CLOCK time (MB/s; ratio: median of $RUNS pairs) | openssl $p | $o | $(xmed "${XR[$alg.$unit]}") | $t |"
-    done
-    o=$(xmed "${XO[$alg.bulk]}")
-    echo "| XTS engine $alg, 1 MiB of 4 KiB sectors per call (MB/s) | - | $o | - | - |"
-  done
+  xts_rows
   echo "| encrypt (MiB/s) | cryptsetup reencrypt --encrypt $(thr "cryptsetup reencrypt --encrypt") | $(thr "bifs encrypt") | $(ratio "${SECS["cryptsetup reencrypt --encrypt"]}" "$S") | ≥ 4 |"
   echo "| encrypt (MiB/s) | qemu-img convert -O luks $(thr "qemu-img convert -O luks") | $(thr "bifs encrypt") | $(ratio "${SECS["qemu-img convert -O luks"]}" "$S") | ≥ 8 |"
   echo "| encrypt (MiB/s) | cp of the raw file $(thr "cp raw file") | $(thr "bifs encrypt") | $(ratio "$CP" "$S") | - |"
