@@ -51,6 +51,7 @@ impl DecryptView {
             iv_tweak: seg.iv_tweak,
             direction: Direction::Decrypt,
             xts: Xts::new(key.as_bytes())?,
+            path: Default::default(),
         };
         Ok(Self { header, data })
     }

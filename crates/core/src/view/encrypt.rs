@@ -85,6 +85,7 @@ impl EncryptView {
             iv_tweak: parsed.segment.iv_tweak,
             direction: Direction::Encrypt,
             xts: Xts::new(key.as_bytes())?,
+            path: Default::default(),
         };
         Ok(Self { header, data })
     }

@@ -10,6 +10,7 @@ use crate::luks::LuksError;
 pub mod decrypt;
 pub mod encrypt;
 pub mod params;
+pub mod read_path;
 pub mod rekey;
 pub mod sectors;
 pub mod stable;

@@ -5,6 +5,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::io::{read_full_at, ReadAt};
+use crate::view::read_path::{ReadPath, Way};
 use crate::xts::{Xts, IV_UNIT, MAX_SECTOR_SIZE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub struct SectorTransform {
     pub iv_tweak: u64,
     pub direction: Direction,
     pub xts: Xts,
+    /// Whether whole sectors are ciphered from a mapping of the source or read first.
+    pub path: ReadPath,
 }
 
 impl SectorTransform {
@@ -78,10 +81,14 @@ impl SectorTransform {
             if pos == sector_start && n - done >= self.sector_size {
                 let run = (n - done) / self.sector_size * self.sector_size;
                 let chunk = &mut buf[done..done + run];
-                if !self.crypt_from_source(chunk, pos)? {
+                let chosen = self.path.begin(run);
+                let mapped = chosen.way == Way::Mapped && self.crypt_from_source(chunk, pos)?;
+                if !mapped {
                     read_full_at(&*self.inner, self.inner_offset + pos, chunk)?;
                     self.crypt(None, chunk, pos)?;
                 }
+                let way = if mapped { Way::Mapped } else { Way::Copied };
+                self.path.end(chosen, way, run);
                 done += run;
                 pos += run as u64;
             } else {
@@ -124,6 +131,7 @@ mod tests {
             iv_tweak: 3,
             direction: Direction::Encrypt,
             xts: Xts::new(&KEY).unwrap(),
+            path: Default::default(),
         }
     }
 
