@@ -43,6 +43,12 @@ pub trait ReadAt: Send + Sync {
     }
 }
 
+/// The shortest read a source offers mapped ([`ReadAt::with_bytes_at`]); shorter ones are
+/// copied with `pread`: a mapping's fixed cost (two system calls and a TLB flush) is not worth
+/// a few pages. The views' reads are 128 KiB to 1 MiB (FUSE requests, HTTP chunks):
+/// docs/performance.md, "Reading the source where it lies".
+pub const MIN_MAPPED_READ: usize = 64 << 10;
+
 /// `ReadAt` for a pointer to a source: every method the source's own.
 macro_rules! forward_read_at {
     ($($pointer:ident)::+) => {

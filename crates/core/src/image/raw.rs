@@ -19,10 +19,7 @@ pub struct RawFile {
     mappable: std::sync::atomic::AtomicBool,
 }
 
-/// Reads shorter than this are copied with `pread`: a mapping's fixed cost (two system calls
-/// and a TLB flush) is not worth a few pages. The views' reads are 128 KiB to 1 MiB (FUSE
-/// requests, HTTP chunks): docs/performance.md, "Reading the source where it lies".
-pub const MIN_MAPPED_READ: usize = 64 << 10;
+use crate::io::MIN_MAPPED_READ;
 
 impl RawFile {
     pub fn open(path: &Path) -> io::Result<Self> {

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 const EPOCH: u64 = 256;
 /// Reads at the start of each round that alternate between the two ways, timed.
 const PROBES: u64 = 8;
-/// Reads shorter than this are not timed: a source maps no read below 64 KiB
-/// (`image::raw::MIN_MAPPED_READ`), and a short `pread` costs more per byte than a long one.
-const MIN_TIMED: usize = 64 << 10;
+/// Reads shorter than this are not timed: no source maps them, and a short `pread` costs
+/// more per byte than a long one.
+const MIN_TIMED: usize = crate::io::MIN_MAPPED_READ;
 
 /// One way to read whole sectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
