@@ -5,6 +5,8 @@
 #   BENCH_SIZE_MIB=256 BENCH_RUNS=3 scripts/bench.sh
 #   BENCH_DIR=/some/dir scripts/bench.sh   # default /dev/shm/bifs-bench (tmpfs)
 #   BENCH_ONLY=xts scripts/bench.sh        # only the XTS engine against OpenSSL (build/bench/xts.md)
+#   BENCH_XTS_KERNEL=vaes256 scripts/bench.sh   # the XTS rows for one kernel only (default: the one
+#                                          # bifs picks, and vaes256 as well where that is vaes512)
 #
 # Prints a Markdown table (medians and ratios) and writes it, with a CSV and an SVG chart, to
 # build/bench/. Absolute numbers on a shared machine are noise; the ratios between peers
@@ -23,9 +25,10 @@ XTS_SECS=${BENCH_XTS_SECS:-1}
 # cpu: both sides count CPU time (openssl speed without -elapsed counts user time), so time spent
 # waiting for a core on a shared machine is left out; wall: wall-clock time on both sides.
 XTS_CLOCK=${BENCH_XTS_CLOCK:-cpu}
-# The XTS kernel section 1 measures: empty for the one bifs picks, else one of those that
-# `target/release/deps/xts-* kernels` lists (vaes512, vaes256, avx512, avx2, portable).
-XTS_KERNEL_ARG=${BENCH_XTS_KERNEL:+kernel=$BENCH_XTS_KERNEL}
+# The XTS kernel section 1 measures: empty for the one bifs picks (and, where that is vaes512,
+# vaes256 too: see section 1), else one of those that `target/release/deps/xts-* kernels` lists
+# (vaes512, vaes256, avx512, avx2, portable).
+XTS_FORCED=${BENCH_XTS_KERNEL:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/build/bench
 PW=bench-passphrase
@@ -139,36 +142,63 @@ esac
 # Each round measures bifs and then openssl at every point, one after the other on core 0; the
 # ratio column is the median of the per-round ratios (pairs measured minutes apart on a shared
 # machine can differ by more than the engines do).
+# On a CPU with AVX-512 bifs picks vaes512; the same rounds then also force vaes256, the kernel
+# a CPU with VAES but no AVX-512 runs (AMD Zen 3, Intel's client cores): its instructions on
+# this core, against the same OpenSSL figures (OpenSSL 3.0's XTS does not use VAES on either).
 declare -A XO XS XR
+XTS_KERNELS=()
+xts_run() { # xts_run KERNEL_ARG: the bench binary's "alg unit MB/s" lines; its kernel in $DIR/xts-kernel
+  taskset -c 0 "$XTS_BIN" "$XTS_SECS" "$XTS_BIN_CLOCK" ${1:+kernel=$1} 2>"$DIR/xts-kernel"
+}
+xts_kernel() { # The bench binary says on stderr which kernel it ran ("xts kernel: NAME").
+  local k; k=$(sed -n 's/^xts kernel: //p' "$DIR/xts-kernel")
+  [[ -n $k ]] || { log "the XTS bench failed: $(cat "$DIR/xts-kernel")"; exit 1; }
+  echo "$k"
+}
 for ((r = 0; r < RUNS; r++)); do
   declare -A ours=()
-  while read -r alg unit mbs; do XO[$alg.$unit]+="$mbs "; ours[$alg.$unit]=$mbs; done \
-    < <(taskset -c 0 "$XTS_BIN" "$XTS_SECS" "$XTS_BIN_CLOCK" $XTS_KERNEL_ARG 2>"$DIR/xts-kernel")
-  # The bench binary says on stderr which kernel it ran ("xts kernel: NAME").
-  XTS_KERNEL=$(sed -n 's/^xts kernel: //p' "$DIR/xts-kernel")
-  [[ -n $XTS_KERNEL ]] || { log "the XTS bench failed: $(cat "$DIR/xts-kernel")"; exit 1; }
-  ((r > 0)) || log "XTS kernel: $XTS_KERNEL"
+  while read -r alg unit mbs; do ours[first.$alg.$unit]=$mbs; done < <(xts_run "$XTS_FORCED")
+  if ((r == 0)); then
+    XTS_KERNELS=("$(xts_kernel)")
+    [[ -z $XTS_FORCED && ${XTS_KERNELS[0]} == vaes512 ]] && XTS_KERNELS+=(vaes256)
+    log "XTS kernels: ${XTS_KERNELS[*]}"
+  fi
+  for alg_unit in "${!ours[@]}"; do ours[${XTS_KERNELS[0]}.${alg_unit#first.}]=${ours[$alg_unit]}; done
+  for kern in "${XTS_KERNELS[@]:1}"; do
+    while read -r alg unit mbs; do ours[$kern.$alg.$unit]=$mbs; done < <(xts_run "$kern")
+    [[ $(xts_kernel) == "$kern" ]] || { log "the XTS bench ran $(xts_kernel), not $kern"; exit 1; }
+  done
+  for kern in "${XTS_KERNELS[@]}"; do
+    for alg in aes-128-xts aes-256-xts; do XO[$kern.$alg.bulk]+="${ours[$kern.$alg.bulk]} "; done
+  done
   for alg in aes-128-xts aes-256-xts; do
     for unit in 512 4096; do
       k=$(taskset -c 0 openssl speed "${OSSL_ELAPSED[@]}" -evp "$alg" -bytes "$unit" -seconds "$XTS_SECS" 2>/dev/null | tail -1 | awk '{sub("k","",$2); print $2/1000}')
       XS[$alg.$unit]+="$k "
-      XR[$alg.$unit]+="$(ratio "${ours[$alg.$unit]}" "$k") "
+      for kern in "${XTS_KERNELS[@]}"; do
+        XO[$kern.$alg.$unit]+="${ours[$kern.$alg.$unit]} "
+        XR[$kern.$alg.$unit]+="$(ratio "${ours[$kern.$alg.$unit]}" "$k") "
+      done
     done
   done
 done
 xmed() { tr ' ' '\n' <<<"$1" | grep . | median; }
-XTS_CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'): VAES $(grep -qw vaes /proc/cpuinfo && echo yes || echo no), AVX-512F $(grep -qw avx512f /proc/cpuinfo && echo yes || echo no); kernel $XTS_KERNEL"
-# xts_rows: the table rows of this section.
+XTS_CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') (family $(grep -m1 '^cpu family' /proc/cpuinfo | cut -d: -f2 | tr -d ' '), model $(grep -m1 '^model[[:space:]]*:' /proc/cpuinfo | cut -d: -f2 | tr -d ' ')): VAES $(grep -qw vaes /proc/cpuinfo && echo yes || echo no), AVX-512F $(grep -qw avx512f /proc/cpuinfo && echo yes || echo no); kernels ${XTS_KERNELS[*]}"
+# xts_rows: the table rows of this section, a block per kernel measured.
 xts_rows() {
-  local alg unit o p t
-  for alg in aes-128-xts aes-256-xts; do
-    for unit in 4096 512; do
-      o=$(xmed "${XO[$alg.$unit]}"); p=$(xmed "${XS[$alg.$unit]}")
-      t="≥ 0.8"; [[ $unit == 4096 ]] && t="≥ 1.0"
-      echo "| XTS engine $alg, $unit-byte units, 1 core, $XTS_CLOCK time (MB/s; ratio: median of $RUNS pairs) | openssl $p | $o | $(xmed "${XR[$alg.$unit]}") | $t |"
+  local kern alg unit o p t what
+  for kern in "${XTS_KERNELS[@]}"; do
+    what="XTS engine ($kern)"
+    [[ $kern == "${XTS_KERNELS[0]}" ]] || what="XTS engine ($kern: the VAES-without-AVX-512 path, forced on this core)"
+    for alg in aes-128-xts aes-256-xts; do
+      for unit in 4096 512; do
+        o=$(xmed "${XO[$kern.$alg.$unit]}"); p=$(xmed "${XS[$alg.$unit]}")
+        t="≥ 0.8"; [[ $unit == 4096 ]] && t="≥ 1.0"
+        echo "| $what $alg, $unit-byte units, 1 core, $XTS_CLOCK time (MB/s; ratio: median of $RUNS pairs) | openssl $p | $o | $(xmed "${XR[$kern.$alg.$unit]}") | $t |"
+      done
+      o=$(xmed "${XO[$kern.$alg.bulk]}")
+      echo "| $what $alg, 1 MiB of 4 KiB sectors per call (MB/s) | - | $o | - | - |"
     done
-    o=$(xmed "${XO[$alg.bulk]}")
-    echo "| XTS engine $alg, 1 MiB of 4 KiB sectors per call (MB/s) | - | $o | - | - |"
   done
 }
 XTS_LEGEND="(vaes512: the whole pass in 512-bit VAES registers, with AVX-512F/BW; vaes256: in 256-bit ones, VAES and VPCLMULQDQ without AVX-512; avx512/avx2: tweak kernels around the aes crate)"

@@ -453,6 +453,13 @@ fn io_errno(e: &std::io::Error) -> Errno {
 impl Filesystem for BifsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Read ahead as far as the kernel allows: `cp` reads sequentially.
+        //
+        // Deliberately left at their defaults: no writeback cache, fuser's 16 MiB max_write and
+        // the kernel's unlimited max_read. Kernels with FUSE large folios ("fuse: enable large
+        // folios", not in 6.18) cache a file in folios of up to min(max_write, max_read,
+        // max_pages) only under those settings; a small max_write on this read-only mount
+        // would keep a first (cold) `cp` allocating 4 KiB pages in the reader's thread, which
+        // is most of what it costs over a plain `cp` (docs/performance.md).
         let _ = config
             .set_max_readahead(u32::MAX)
             .or_else(|max| config.set_max_readahead(max));
