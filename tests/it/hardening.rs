@@ -1122,6 +1122,90 @@ fn f9_links_out_of_the_store_are_refused_over_http() {
     }
 }
 
+/// A Longhorn disk's root holds `replicas/` (every volume's data on the node) beside
+/// `backing-images/`: an image whose qcow2 backing file name or symlink climbs into it is
+/// refused, though both stay inside the disk.
+#[test]
+fn f9_a_longhorn_disk_serves_nothing_outside_backing_images() {
+    full_tier_only!("qemu-img, curl");
+    crate::support::common::require_tools();
+    let work = tempfile::Builder::new()
+        .prefix("bifs-links")
+        .tempdir()
+        .unwrap();
+    let disk = work.path().join("disk");
+    let replica = disk.join("replicas/pvc-victim-0a1b2c3d");
+    fs::create_dir_all(&replica).unwrap();
+    let volume = replica.join("volume-head-000.img");
+    fs::write(&volume, vec![0xa5; 1 << 20]).unwrap();
+    let (qdir, ldir, adir) = (
+        disk.join("backing-images/evil-1a2b3c4d"),
+        disk.join("backing-images/link-2b3c4d5e"),
+        disk.join("backing-images/fine-3c4d5e6f"),
+    );
+    for d in [&qdir, &ldir, &adir] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let a = crate::support::noise(23, 1 << 20);
+    fs::write(adir.join("backing"), &a).unwrap();
+    let o = crate::support::common::qemu_img([
+        "create",
+        "-u",
+        "-f",
+        "qcow2",
+        "-b",
+        "../../replicas/pvc-victim-0a1b2c3d/volume-head-000.img",
+        "-F",
+        "raw",
+        qdir.join("backing").to_str().unwrap(),
+        "1M",
+    ]);
+    crate::support::common::assert_ok(&o, "qemu-img create");
+    std::os::unix::fs::symlink(
+        "../../replicas/pvc-victim-0a1b2c3d/volume-head-000.img",
+        ldir.join("backing"),
+    )
+    .unwrap();
+    let s = Server::start_with(Options {
+        store: Some(&disk),
+        args: &["--public-read"],
+        ..Default::default()
+    });
+    let get = |path: &str| -> (u16, Vec<u8>) {
+        let out = s.work().join("body");
+        let _ = fs::remove_file(&out);
+        let (code, _) = curl(&[
+            "-H",
+            AUTH,
+            "-o",
+            out.to_str().unwrap(),
+            &format!("{}{path}", s.url),
+        ]);
+        (code, fs::read(&out).unwrap_or_default())
+    };
+    let (code, body) = get("/views/raw/fine");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(body == a);
+    for view in [
+        "raw/evil".to_string(),
+        format!("encrypt/{SECRET_NS}/{SECRET_NAME}/evil"),
+        "ignore/link".to_string(),
+        "raw/link".to_string(),
+    ] {
+        let (code, body) = get(&format!("/views/{view}"));
+        let text = String::from_utf8_lossy(&body);
+        assert_ne!(code, 200, "{view} served a replica: {text}");
+        assert!(
+            !body.contains(&0xa5),
+            "{view}: the replica's bytes were served"
+        );
+        assert!(
+            !text.contains(work.path().to_str().unwrap()),
+            "{view}: the error shows a server path: {text}"
+        );
+    }
+}
+
 #[test]
 fn f9_links_out_of_the_store_are_not_in_the_mount() {
     full_tier_only!("FUSE (root), qemu-img");

@@ -273,9 +273,19 @@ async fn sum_key(o: &Opened) -> Result<String, HttpError> {
 
 /// A catalog error as the answer; an image this node does not hold is a 404 that names the
 /// node (each node serves the images of its own disks).
+///
+/// A message may name the server's files (a view that could not be prepared says what failed
+/// to open: the image, a qcow2 backing file): the client gets them relative to the store
+/// (`<store>/...`), the log gets the message as it was.
 fn not_here(state: &AppState, e: CatalogError) -> HttpError {
     let no_image = matches!(e, CatalogError::NoImage(_));
     let mut err = HttpError::from(e);
+    let store = state.catalog.store();
+    let scrubbed = without_server_paths(&err.message, store.root(), store.state().path());
+    if scrubbed != err.message {
+        tracing::warn!(error = %err.message, "a view could not be opened");
+        err.message = scrubbed;
+    }
     if no_image {
         err.message = format!(
             "{} on {}: each node serves the images of its own disks; ask the node that holds it",
@@ -284,6 +294,22 @@ fn not_here(state: &AppState, e: CatalogError) -> HttpError {
         );
     }
     err
+}
+
+/// `message` with the store's root and its state directory written as `<store>` and
+/// `<state>`.
+fn without_server_paths(message: &str, root: &std::path::Path, state: &std::path::Path) -> String {
+    let mut m = message.to_owned();
+    // The longer first: a state directory inside the store is `<state>`, not `<store>/.bifs`.
+    let mut dirs = [(state, "<state>"), (root, "<store>")];
+    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_os_str().len()));
+    for (dir, name) in dirs {
+        let dir = dir.to_string_lossy();
+        if !dir.is_empty() && dir != "/" {
+            m = m.replace(&*dir, name);
+        }
+    }
+    m
 }
 
 /// HEAD: the headers a GET would send, from the file's metadata alone (sizes, never a key
@@ -801,6 +827,27 @@ async fn checksum(state: &AppState, o: Opened, request: &HeaderMap) -> Result<Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_name_files_relative_to_the_store() {
+        let root = std::path::Path::new("/var/lib/longhorn");
+        let state = std::path::Path::new("/var/lib/longhorn/.bifs");
+        assert_eq!(
+            without_server_paths(
+                "/var/lib/longhorn/backing-images/p-1a2b3c4d/backing: backing file /x: gone; \
+                 header /var/lib/longhorn/.bifs/h",
+                root,
+                state
+            ),
+            "<store>/backing-images/p-1a2b3c4d/backing: backing file /x: gone; header <state>/h"
+        );
+        assert_eq!(without_server_paths("no path", root, state), "no path");
+        let outside = std::path::Path::new("/var/lib/bifs");
+        assert_eq!(
+            without_server_paths("/var/lib/bifs/a and /var/lib/longhorn/b", root, outside),
+            "<state>/a and <store>/b"
+        );
+    }
 
     #[test]
     fn paths() {

@@ -98,6 +98,11 @@ pub enum Qcow2Error {
     BackingName { offset: u64, len: u32 },
     #[error("unsupported backing file format {0:?} (expected raw or qcow2)")]
     BackingFormat(String),
+    #[error(
+        "backing chain's L1 tables hold more than {} entries together (32 MiB)",
+        header::MAX_L1_ENTRIES
+    )]
+    ChainL1TooLarge,
     #[error("backing chain deeper than {MAX_CHAIN_DEPTH} images")]
     ChainTooDeep,
     #[error("backing chain loops back to {}", .0.display())]
@@ -157,9 +162,28 @@ struct Extent {
     len: u64,
 }
 
+/// The virtual size a qcow2 image in `file` declares, from its header alone: no backing file
+/// is opened (a backing file name is hostile input until a store's opener has checked it).
+pub fn declared_size(file: &File) -> Result<u64, Qcow2Error> {
+    let meta = file.metadata().map_err(|error| Qcow2Error::Io {
+        what: "image",
+        error,
+    })?;
+    Ok(Header::read(file, meta.len())?.virtual_size)
+}
+
+/// What the images above one being opened took.
+#[derive(Default)]
+struct Chain {
+    /// (device, inode) of each.
+    ids: Vec<(u64, u64)>,
+    /// Their L1 entries, together.
+    l1_entries: u64,
+}
+
 impl Qcow2Image {
     pub fn open(path: &Path) -> Result<Self, Qcow2Error> {
-        Self::open_in_chain(path, &super::open_image_file, &mut Vec::new())
+        Self::open_in_chain(path, &super::open_image_file, &mut Chain::default())
     }
 
     /// The image in an already open `file`; `path` names it (backing file names are
@@ -175,14 +199,15 @@ impl Qcow2Image {
         path: &Path,
         opener: super::Opener<'_>,
     ) -> Result<Self, Qcow2Error> {
-        Self::from_file_in_chain(file, path, opener, &mut Vec::new())
+        Self::from_file_in_chain(file, path, opener, &mut Chain::default())
     }
 
-    /// `chain` holds the (device, inode) of the images above this one, to catch loops.
+    /// `chain` holds what the images above this one took: their (device, inode), to catch
+    /// loops, and their L1 entries, bounded together.
     fn open_in_chain(
         path: &Path,
         opener: super::Opener<'_>,
-        chain: &mut Vec<(u64, u64)>,
+        chain: &mut Chain,
     ) -> Result<Self, Qcow2Error> {
         let file = opener(path).map_err(|error| Qcow2Error::Io {
             what: "image",
@@ -195,20 +220,26 @@ impl Qcow2Image {
         file: File,
         path: &Path,
         opener: super::Opener<'_>,
-        chain: &mut Vec<(u64, u64)>,
+        chain: &mut Chain,
     ) -> Result<Self, Qcow2Error> {
         let io_err = |what| move |error| Qcow2Error::Io { what, error };
         let meta = file.metadata().map_err(io_err("image"))?;
         let id = (meta.dev(), meta.ino());
-        if chain.contains(&id) {
+        if chain.ids.contains(&id) {
             return Err(Qcow2Error::BackingLoop(path.to_owned()));
         }
-        if chain.len() > MAX_CHAIN_DEPTH {
+        if chain.ids.len() > MAX_CHAIN_DEPTH {
             return Err(Qcow2Error::ChainTooDeep);
         }
-        chain.push(id);
+        chain.ids.push(id);
         let file_len = meta.len();
         let header = Header::read(&file, file_len)?;
+        // Each image's table is bounded by qemu's limit; a chain of them is bounded together,
+        // so that 17 small files cannot make one open hold 17 tables of 32 MiB.
+        chain.l1_entries = chain.l1_entries.saturating_add(header.l1_entries);
+        if chain.l1_entries > header::MAX_L1_ENTRIES {
+            return Err(Qcow2Error::ChainL1TooLarge);
+        }
 
         // Bounded by the file size: Header::read checked that the table lies inside it.
         let mut l1_bytes = vec![0u8; (header.l1_entries * 8) as usize];
@@ -218,6 +249,8 @@ impl Qcow2Image {
             .chunks_exact(8)
             .filter_map(|entry| header::be64(entry, 0))
             .collect();
+        // Not held while the backing files below are opened.
+        drop(l1_bytes);
 
         let backing = match header.backing {
             Some(backing) => Some(open_backing(path, backing, opener, chain)?),
@@ -655,7 +688,7 @@ fn open_backing(
     image: &Path,
     backing: BackingRef,
     opener: super::Opener<'_>,
-    chain: &mut Vec<(u64, u64)>,
+    chain: &mut Chain,
 ) -> Result<Backing, Qcow2Error> {
     let name = PathBuf::from(OsString::from_vec(backing.name));
     let path = image.parent().unwrap_or(Path::new("")).join(name);
@@ -743,6 +776,42 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(bytes).unwrap();
         Qcow2Image::open(file.path())
+    }
+
+    #[test]
+    fn a_chain_of_large_l1_tables_is_bounded_together() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        // 24 MiB of L1 each: under qemu's limit for one image, over it for the two together.
+        let entries: u64 = 3 << 20;
+        let make = |name: &str, backing: Option<&str>| {
+            let mut h = vec![0u8; CLUSTER];
+            h[..4].copy_from_slice(b"QFI\xfb");
+            put32(&mut h, 4, 3);
+            put32(&mut h, 20, 9);
+            put64(&mut h, 24, entries * (CLUSTER as u64 / 8) * CLUSTER as u64);
+            put32(&mut h, 36, entries as u32);
+            put64(&mut h, 40, CLUSTER as u64);
+            put32(&mut h, 100, 104);
+            if let Some(b) = backing {
+                put64(&mut h, 8, 200);
+                put32(&mut h, 16, b.len() as u32);
+                h[200..200 + b.len()].copy_from_slice(b.as_bytes());
+            }
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.write_all_at(&h, 0).unwrap();
+            f.set_len(CLUSTER as u64 + entries * 8).unwrap();
+        };
+        make("base.qcow2", None);
+        make("top.qcow2", Some("base.qcow2"));
+        assert!(Qcow2Image::open(&dir.path().join("base.qcow2")).is_ok());
+        let e = Qcow2Image::open(&dir.path().join("top.qcow2"))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, Qcow2Error::Backing { error, .. } if matches!(**error, Qcow2Error::ChainL1TooLarge)),
+            "{e}"
+        );
     }
 
     fn open_patched(f: impl FnOnce(&mut Vec<u8>)) -> Result<Qcow2Image, Qcow2Error> {

@@ -190,6 +190,12 @@ pub enum Invalid {
         value: u64,
         align: u64,
     },
+    #[error("{count} {section} entries or references (bifs validates at most {max})")]
+    TooManyEntries {
+        section: Section,
+        count: usize,
+        max: usize,
+    },
     #[error("segment {id:?}: size 0")]
     SegmentSizeZero { id: String },
     #[error("segment {id:?}: sector size {sector_size} (expected a non-zero multiple of 512)")]

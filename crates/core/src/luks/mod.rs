@@ -71,7 +71,10 @@ impl DataSegment {
             Some(size) => size,
             None => avail,
         };
-        Ok(len - len % self.sector_size as u64)
+        // Only a crypt segment's sector size is validated; a header whose first segment is of
+        // another type (which bifs then refuses to open) must not divide by zero here.
+        let sector = (self.sector_size as u64).max(1);
+        Ok(len - len % sector)
     }
 }
 
@@ -182,3 +185,28 @@ pub(crate) fn open_key_material(
 }
 
 pub use crate::keys::ct_eq;
+
+#[cfg(test)]
+mod tests {
+    use super::DataSegment;
+
+    #[test]
+    fn a_segment_without_a_sector_size_does_not_divide_by_zero() {
+        // The first segment of a header may be of a type whose sector size is never validated
+        // (a "linear" one with sector_size 0 loads in cryptsetup); its length is asked for on
+        // every lookup before the view refuses the segment.
+        let seg = DataSegment {
+            offset: 4096,
+            size: None,
+            sector_size: 0,
+            iv_tweak: 0,
+            key_len: 64,
+        };
+        assert_eq!(seg.len_in(4096 + 1000).unwrap(), 1000);
+        let crypt = DataSegment {
+            sector_size: 512,
+            ..seg
+        };
+        assert_eq!(crypt.len_in(4096 + 1000).unwrap(), 512);
+    }
+}

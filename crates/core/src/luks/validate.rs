@@ -185,6 +185,7 @@ pub fn validate(hdr: &Value, json_area_len: u64) -> Check {
     if !hdr.is_object() {
         return Err(Invalid::JsonNotObject);
     }
+    check_entry_counts(hdr)?;
     check_requirements(hdr)?;
     check_tokens(hdr)?;
     check_digests(hdr)?;
@@ -194,6 +195,43 @@ pub fn validate(hdr: &Value, json_area_len: u64) -> Check {
     check_areas(hdr)?;
     check_json_size(hdr, json_area_len)?;
     check_keyslot_types(hdr)
+}
+
+/// Entries per section (and references per digest) bifs validates at all. cryptsetup's own
+/// tables stop at 32 keyslots, tokens and segments and 8 digests (`LUKS2_*_MAX`), so no header
+/// it writes comes near; a hand-made one with tens of thousands of segments fits in the 4 MiB
+/// JSON area and would cost tens of seconds of pairwise checks on every lookup of the image.
+pub const MAX_ENTRIES: usize = 1024;
+
+fn check_entry_counts(hdr: &Value) -> Check {
+    let too_many = |section, count| {
+        (count > MAX_ENTRIES).then_some(Invalid::TooManyEntries {
+            section,
+            count,
+            max: MAX_ENTRIES,
+        })
+    };
+    for (section, key) in [
+        (Section::Keyslot, "keyslots"),
+        (Section::Token, "tokens"),
+        (Section::Segment, "segments"),
+        (Section::Digest, "digests"),
+    ] {
+        let entries = hdr.get(key).and_then(Value::as_object);
+        if let Some(e) = too_many(section, entries.map_or(0, |o| o.len())) {
+            return Err(e);
+        }
+    }
+    let digests = hdr.get("digests").and_then(Value::as_object);
+    for digest in digests.into_iter().flat_map(|d| d.values()) {
+        for key in ["keyslots", "segments"] {
+            let refs = digest.get(key).and_then(Value::as_array);
+            if let Some(e) = too_many(Section::Digest, refs.map_or(0, Vec::len)) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_requirements(hdr: &Value) -> Check {
@@ -670,4 +708,54 @@ fn check_luks2_keyslot(id: &str, ks: &Value) -> Check {
     string(area, Section::KeyslotArea, id, "offset")?;
     string(area, Section::KeyslotArea, id, "size")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_segments(n: usize) -> Value {
+        let segments: serde_json::Map<String, Value> = (0..n)
+            .map(|i| {
+                let seg = serde_json::json!({
+                    "type": "linear", "offset": (16_777_216 + 512 * i).to_string(),
+                    "size": "512"
+                });
+                (i.to_string(), seg)
+            })
+            .collect();
+        serde_json::json!({
+            "keyslots": {}, "tokens": {}, "digests": {}, "segments": segments,
+            "config": {"json_size": "12288", "keyslots_size": "16744448"}
+        })
+    }
+
+    #[test]
+    fn headers_with_thousands_of_entries_are_refused_before_any_pairwise_check() {
+        let e = validate(&with_segments(MAX_ENTRIES + 1), 12288).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Invalid::TooManyEntries {
+                    section: Section::Segment,
+                    count,
+                    ..
+                } if count == MAX_ENTRIES + 1
+            ),
+            "{e}"
+        );
+        // At the limit the count passes (the header fails later checks for other reasons).
+        let e = validate(&with_segments(MAX_ENTRIES), 12288).err();
+        assert!(!matches!(e, Some(Invalid::TooManyEntries { .. })), "{e:?}");
+        let mut refs = with_segments(1);
+        refs["digests"] = serde_json::json!({"0": {"type": "pbkdf2", "keyslots": [],
+            "segments": vec!["0"; MAX_ENTRIES + 1]}});
+        assert!(matches!(
+            validate(&refs, 12288),
+            Err(Invalid::TooManyEntries {
+                section: Section::Digest,
+                ..
+            })
+        ));
+    }
 }

@@ -34,7 +34,9 @@ impl SectorTransform {
     /// else the bytes `buf` holds (in place).
     fn crypt(&self, src: Option<&[u8]>, buf: &mut [u8], pos: u64) -> io::Result<()> {
         let (xts, sector_size) = (&self.xts, self.sector_size);
-        let iv = self.iv_tweak + pos / IV_UNIT as u64;
+        // plain64 IVs are the sector number modulo 2^64, as dm-crypt counts them: a segment's
+        // iv_tweak may be any u64 (cryptsetup accepts one near 2^64), so the sum wraps.
+        let iv = self.iv_tweak.wrapping_add(pos / IV_UNIT as u64);
         let r = match (self.direction, src) {
             (Direction::Encrypt, None) => xts.encrypt_sectors(buf, sector_size, iv),
             (Direction::Decrypt, None) => xts.decrypt_sectors(buf, sector_size, iv),
@@ -198,6 +200,23 @@ mod tests {
         let t = transform(&data, 0, 1024, 512);
         assert_eq!(read(&t, 0, 1024), expected(&data, 1024, 512));
         assert_eq!(read(&t, 990, 30), expected(&data, 1024, 512)[990..1020]);
+    }
+
+    #[test]
+    fn ivs_wrap_past_two_to_the_64() {
+        // A segment whose iv_tweak is near 2^64 (cryptsetup accepts any u64): sector k's IV is
+        // (iv_tweak + k * sector_size / 512) mod 2^64, as dm-crypt's plain64 counts.
+        let data: Vec<u8> = (0..4 * 512u32).map(|i| (i * 7) as u8).collect();
+        let mut t = transform(&data, 0, data.len() as u64, 512);
+        t.iv_tweak = u64::MAX - 1;
+        let xts = Xts::new(&KEY).unwrap();
+        let mut want = data.clone();
+        for (k, sector) in want.chunks_exact_mut(512).enumerate() {
+            xts.encrypt_sectors(sector, 512, (u64::MAX - 1).wrapping_add(k as u64))
+                .unwrap();
+        }
+        assert_eq!(read(&t, 0, data.len()), want);
+        assert_eq!(read(&t, 1500, 300), want[1500..1800]);
     }
 
     #[test]

@@ -433,9 +433,9 @@ impl Catalog {
         let file_blocks = meta.blocks();
         let (size, blocks) = match mode {
             Mode::Ignore => (meta.len(), file_blocks),
-            Mode::Raw => (self.disk_of(img, file)?.len(), file_blocks),
+            Mode::Raw => (self.disk_len(img, file)?, file_blocks),
             Mode::Encrypt => {
-                let size = DATA_OFFSET + encrypt::padded_len(self.disk_of(img, file)?.len());
+                let size = DATA_OFFSET + encrypt::padded_len(self.disk_len(img, file)?);
                 (size, size / 512)
             }
             Mode::Decrypt => {
@@ -459,6 +459,22 @@ impl Catalog {
             blocks: blocks.min(size.div_ceil(512)),
             mtime,
             identity: SourceIdentity::of(&meta),
+        })
+    }
+
+    /// The length of the disk `img` holds: a qcow2's from its header alone, so that a lookup
+    /// (every `stat`, every HEAD) never opens and reads a backing chain; opening the view
+    /// does, and fails there when the chain is broken.
+    fn disk_len(&self, img: &StoredImage, file: fs::File) -> Result<u64, CatalogError> {
+        if img.format != image::Format::Qcow2 {
+            return Ok(self.disk_of(img, file)?.len());
+        }
+        image::qcow2::declared_size(&file).map_err(|e| CatalogError::Io {
+            image: img.name.clone(),
+            error: match e {
+                image::qcow2::Qcow2Error::Io { error, .. } => error,
+                other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+            },
         })
     }
 

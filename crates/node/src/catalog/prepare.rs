@@ -602,7 +602,9 @@ impl Catalog {
         if file.metadata().map(|m| FileStamp::of(&m)).ok() != Some(ticket.stamp) {
             return failed("the stored file changed; it is prepared again".into());
         }
-        let disk = match image::virtual_disk_of(file, &img.path) {
+        // Backing files beneath the store's images too, as every view's disk opens them.
+        let opener = |p: &std::path::Path| self.store.open_image(p);
+        let disk = match image::virtual_disk_with(file, &img.path, &opener) {
             Ok(d) => d,
             Err(e) => return failed(e.to_string()),
         };

@@ -263,10 +263,13 @@ pub fn file_url_path(url: &str) -> Option<PathBuf> {
 /// info` (format probed): a qcow2's virtual size; a LUKS1 image's payload (qemu probes LUKS1
 /// as its `luks` format and reports the data after the header); else the file size (qemu has
 /// no LUKS2 driver: a LUKS2 image probes as raw).
+/// A qcow2's size is read from its header: its backing files are not opened here (their names
+/// are hostile input, and only the store's confined opener may follow them).
 pub fn virtual_size(path: &Path, file_size: u64) -> u64 {
     match image::detect(path) {
-        Ok(image::Format::Qcow2) => image::qcow2::Qcow2Image::open(path)
-            .map(|q| q.len())
+        Ok(image::Format::Qcow2) => image::open_image_file(path)
+            .ok()
+            .and_then(|f| image::qcow2::declared_size(&f).ok())
             .unwrap_or(file_size),
         Ok(image::Format::Luks1) => RawFile::open(path)
             .ok()

@@ -112,13 +112,57 @@ pub struct StoredImage {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
-    /// The root, open: every image is opened beneath it ([`confine`]).
+    /// The root, open (free space is asked of it).
     root_dir: std::sync::Arc<fs::File>,
+    /// Where every image and qcow2 backing file is opened beneath ([`confine`]).
+    images: std::sync::Arc<ImagesDir>,
     layout: Layout,
     state: StateDir,
     /// The UUID of `longhorn-disk.cfg`; empty when the store has none (a flat store, or a
     /// Longhorn disk opened read-only before any apply).
     disk_uuid: String,
+}
+
+/// The directory images are confined to: a flat store's root, or a Longhorn disk's
+/// `backing-images/`. A disk's root also holds `replicas/` (every volume's data on the node) and
+/// bifs's state, which no view may reach, not even through a qcow2 backing file name such as
+/// `../../replicas/...`.
+#[derive(Debug)]
+struct ImagesDir {
+    path: PathBuf,
+    dir: fs::File,
+}
+
+impl ImagesDir {
+    fn open(
+        root: &Path,
+        root_dir: &fs::File,
+        layout: Layout,
+    ) -> Result<std::sync::Arc<Self>, StoreError> {
+        let (path, dir) = match layout {
+            Layout::Flat => (root.to_owned(), root_dir.try_clone()),
+            // Not through a symlink: `backing-images` itself must be the disk's directory.
+            Layout::Longhorn => (
+                root.join(layout::IMAGES_DIR),
+                rustix::fs::openat(
+                    root_dir,
+                    layout::IMAGES_DIR,
+                    rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::NOFOLLOW
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map(fs::File::from)
+                .map_err(io::Error::from),
+            ),
+        };
+        let dir = dir.map_err(|error| StoreError::Open {
+            path: path.clone(),
+            error,
+        })?;
+        Ok(std::sync::Arc::new(Self { path, dir }))
+    }
 }
 
 fn open_root(root: &Path) -> Result<fs::File, StoreError> {
@@ -154,8 +198,10 @@ impl Store {
             error,
         })?;
         let disk_uuid = read_disk_uuid(&root);
+        let root_dir = open_root(&root)?;
         Ok(Self {
-            root_dir: std::sync::Arc::new(open_root(&root)?),
+            images: ImagesDir::open(&root, &root_dir, layout)?,
+            root_dir: std::sync::Arc::new(root_dir),
             root,
             layout,
             state,
@@ -173,8 +219,10 @@ impl Store {
         }
         let root = check_dir(root)?;
         let state = StateDir::at(&root.join(DEFAULT_STATE_DIR));
+        let root_dir = open_root(&root)?;
         let store = Self {
-            root_dir: std::sync::Arc::new(open_root(&root)?),
+            images: ImagesDir::open(&root, &root_dir, Layout::Flat)?,
+            root_dir: std::sync::Arc::new(root_dir),
             disk_uuid: read_disk_uuid(&root),
             root,
             layout: Layout::Flat,
@@ -198,8 +246,10 @@ impl Store {
         })?;
         let disk_cfg = root.join(layout::DISK_CFG);
         let disk = DiskCfg::ensure(&disk_cfg).map_err(io_err("disk config", &disk_cfg))?;
+        let root_dir = open_root(&root)?;
         let store = Self {
-            root_dir: std::sync::Arc::new(open_root(&root)?),
+            images: ImagesDir::open(&root, &root_dir, Layout::Longhorn)?,
+            root_dir: std::sync::Arc::new(root_dir),
             root,
             layout: Layout::Longhorn,
             state,
@@ -217,8 +267,10 @@ impl Store {
         let layout = Layout::detect(&root);
         let state = StateDir::at(&root.join(DEFAULT_STATE_DIR));
         let disk_uuid = read_disk_uuid(&root);
+        let root_dir = open_root(&root)?;
         Ok(Self {
-            root_dir: std::sync::Arc::new(open_root(&root)?),
+            images: ImagesDir::open(&root, &root_dir, layout)?,
+            root_dir: std::sync::Arc::new(root_dir),
             root,
             layout,
             state,
@@ -243,10 +295,11 @@ impl Store {
         &self.disk_uuid
     }
 
-    /// Opens a file of the store for reading, beneath its root: a symlink or qcow2 backing
-    /// file name that leads out of the store is refused ([`confine`]).
+    /// Opens an image of the store for reading, beneath the directory images live in (a flat
+    /// store's root, a Longhorn disk's `backing-images/`): a symlink or qcow2 backing file
+    /// name that leads out of it is refused ([`confine`]).
     pub fn open_image(&self, path: &Path) -> io::Result<fs::File> {
-        confine::open_beneath(&self.root, &self.root_dir, path)
+        confine::open_beneath(&self.images.path, &self.images.dir, path)
     }
 
     /// Bytes the store's file system has free for this process (`statvfs`: `f_bavail`).

@@ -11,7 +11,7 @@ const MAGIC: u32 = u32::from_be_bytes(*b"QFI\xfb");
 /// qemu's own limits; outside them no qemu-written image exists.
 const CLUSTER_BITS: std::ops::RangeInclusive<u32> = 9..=21;
 /// qemu's QCOW_MAX_L1_SIZE (32 MiB of L1 table): also bounds what a header can make us allocate.
-const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
+pub const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
 const MAX_BACKING_NAME: u32 = 1023;
 /// Subclusters are 1/32 of a cluster and at least 512 bytes.
 const MIN_EXTENDED_L2_CLUSTER_BITS: u32 = 14;
