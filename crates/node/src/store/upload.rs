@@ -272,4 +272,76 @@ mod tests {
         assert!(!store.remove_flat("new.img").unwrap());
         assert_eq!(Layout::detect(dir.path()), Layout::Flat);
     }
+
+    #[test]
+    fn an_upload_file_is_never_opened_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"victim").unwrap();
+        let store = Store::open_for_writes(dir.path(), Layout::Flat).unwrap();
+        let part = store.flat_upload_path("x.img").unwrap();
+        // A symlink: refused fresh and resumed, the target untouched.
+        std::os::unix::fs::symlink(&victim, &part).unwrap();
+        for fresh in [true, false] {
+            match store.open_upload(&part, fresh) {
+                Err(StoreError::NotRegular(p)) => assert_eq!(p, Path::new(".x.img.upload")),
+                other => panic!("fresh={fresh}: {other:?}"),
+            }
+        }
+        fs::remove_file(&part).unwrap();
+        // A hard link (a second name of a file elsewhere on the file system): refused.
+        fs::hard_link(&victim, &part)
+            .or_else(|_| fs::copy(&victim, &part).map(|_| ()))
+            .unwrap();
+        if fs::metadata(&part).unwrap().nlink() == 2 {
+            assert!(matches!(
+                store.open_upload(&part, false),
+                Err(StoreError::NotRegular(_))
+            ));
+        }
+        assert_eq!(fs::read(&victim).unwrap(), b"victim");
+        // The image directory a symlink: refused (ENOTDIR/ELOOP on the directory).
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(outside.path(), &linked).unwrap();
+        assert!(matches!(
+            store.open_upload(&linked.join("backing.tmp"), true),
+            Err(StoreError::NotRegular(_))
+        ));
+        assert!(!outside.path().join("backing.tmp").exists());
+    }
+
+    #[test]
+    fn a_ticket_is_kept_private_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_for_writes(dir.path(), Layout::Flat).unwrap();
+        assert_eq!(store.read_ticket("x.img").unwrap(), None);
+        let t = UploadTicket {
+            id: "0123456789abcdef".into(),
+            size: 1024,
+            checksum: String::new(),
+            uuid: String::new(),
+        };
+        store.write_ticket("x.img", &t).unwrap();
+        assert_eq!(store.read_ticket("x.img").unwrap(), Some(t));
+        let path = dir.path().join(".bifs/uploads/x.img.json");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        store.remove_ticket("x.img").unwrap();
+        assert_eq!(store.read_ticket("x.img").unwrap(), None);
+        assert!(store
+            .write_ticket(
+                "../x",
+                &UploadTicket {
+                    id: String::new(),
+                    size: 0,
+                    checksum: String::new(),
+                    uuid: String::new(),
+                }
+            )
+            .is_err());
+    }
 }
