@@ -525,6 +525,9 @@ def run(d, source_url):
     assert got["status"].get("checksum") == want, f"uploaded checksum {got['status'].get('checksum')} != {want}"
     spec = got["spec"]
     assert (spec["minNumberOfCopies"], spec["diskSelector"], spec["nodeSelector"]) == (1, ["hdd"], []), spec
+    # The page sent the upload's id with every part and forgot it once the image was stored.
+    ids = d.execute_script('return localStorage.getItem("bifs-upload-ids");')
+    assert ids == "{}", f"upload ids left in localStorage: {ids}"
 
     step("a failed image says why in its row, not only in a tooltip")
     main_button(d, "Create Backing Image").click()

@@ -489,6 +489,85 @@ fn f3_an_upload_into_a_flat_store_is_a_flat_file_and_the_store_stays_flat() {
     assert!(!store.join("up.img").exists());
 }
 
+#[test]
+fn f3_a_flat_upload_resumes_only_with_its_id_size_and_checksum() {
+    full_tier_only!("curl");
+    let s = Server::start_with(Options {
+        flat: true,
+        ..Default::default()
+    });
+    let store = s.store();
+    let a = s.work().join("a.bin");
+    let b = s.work().join("b.bin");
+    fs::write(&a, [b'A'; 512]).unwrap();
+    fs::write(&b, [b'B'; 512]).unwrap();
+    let mut whole = vec![b'A'; 512];
+    whole.extend([b'B'; 512]);
+    let want = sha512_of(&whole);
+
+    let (code, v) = put_file(
+        &s,
+        "mix",
+        &format!("offset=0&size=1024&checksum={want}"),
+        &a,
+    );
+    assert_eq!(code, 200, "{v}");
+    let id = v["upload"].as_str().expect("the upload's id").to_string();
+    let (_, v) = api(&s, "GET", "/api/v1/uploads/mix", None);
+    assert_eq!(v, serde_json::json!({ "offset": 512 }));
+    // Another client (no id, another id), then the right id with another size or checksum:
+    // all 409, and the partial file is the first client's bytes.
+    for query in [
+        "offset=512&size=1024".to_string(),
+        "offset=512&size=1024&upload=someone-elses-id-123".to_string(),
+        format!("offset=512&size=2048&upload={id}"),
+        format!(
+            "offset=512&size=1024&upload={id}&checksum={}",
+            "0".repeat(128)
+        ),
+    ] {
+        let (code, v) = put_file(&s, "mix", &query, &b);
+        assert_eq!(code, 409, "{query}: {v}");
+        assert!(v.get("offset").is_none(), "{query}: {v}");
+    }
+    let (_, v) = put_file(&s, "mix", "offset=512&size=1024", &b);
+    assert!(
+        message(&v).contains("an upload of mix from another client is in progress"),
+        "{v}"
+    );
+    assert_eq!(
+        fs::read(store.join(".mix.upload")).unwrap(),
+        vec![b'A'; 512]
+    );
+    assert!(!store.join("mix").exists());
+    // The id, no checksum repeated: published, verified against the start's checksum.
+    let (code, v) = put_file(&s, "mix", &format!("offset=512&size=1024&upload={id}"), &b);
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["status"]["checksum"], want.as_str());
+    assert_eq!(fs::read(store.join("mix")).unwrap(), whole);
+    assert!(!store.join(".mix.upload").exists());
+    assert!(!store.join(".bifs/uploads/mix.json").exists());
+
+    // The start's checksum is remembered: a last part without one is still verified.
+    let zeros = "0".repeat(128);
+    let (code, v) = put_file(
+        &s,
+        "bad",
+        &format!("offset=0&size=1024&checksum={zeros}"),
+        &a,
+    );
+    assert_eq!(code, 200, "{v}");
+    let id = v["upload"].as_str().expect("the upload's id").to_string();
+    let (code, v) = put_file(&s, "bad", &format!("offset=512&size=1024&upload={id}"), &b);
+    assert_eq!(code, 422, "{v}");
+    assert!(
+        message(&v).contains("doesn't match the file actual checksum"),
+        "{v}"
+    );
+    assert!(!store.join("bad").exists());
+    assert!(!store.join(".bad.upload").exists());
+}
+
 // =============================================================================================
 // 8. A full disk: 507 with what is free, nothing left behind, no second copy
 // =============================================================================================
@@ -1066,6 +1145,66 @@ fn links_store(work: &Path) -> (PathBuf, Vec<u8>) {
     ]);
     crate::support::common::assert_ok(&o, "qemu-img create");
     (store, a)
+}
+
+/// A symlink planted where an upload writes (a flat store's `.NAME.upload`, a Longhorn
+/// disk's image directory) is refused, and the file it points to stays as it was.
+#[test]
+fn f9_an_upload_never_writes_through_a_planted_symlink() {
+    full_tier_only!("curl");
+    // A flat store: `.evil.upload` -> a file outside the store.
+    let s = Server::start_with(Options {
+        flat: true,
+        ..Default::default()
+    });
+    let victim = s.work().join("victim.txt");
+    let original = b"ORIGINAL VICTIM CONTENT (outside the store)\n".to_vec();
+    fs::write(&victim, &original).unwrap();
+    std::os::unix::fs::symlink(&victim, s.store().join(".evil.upload")).unwrap();
+    let a = s.work().join("a.bin");
+    fs::write(&a, [b'A'; 512]).unwrap();
+    for query in ["offset=0&size=512", "offset=0&size=1024"] {
+        let (code, v) = put_file(&s, "evil", query, &a);
+        assert_eq!(code, 500, "{v}");
+        assert!(
+            message(&v).contains(".evil.upload in the store is a symlink"),
+            "{v}"
+        );
+        assert!(!message(&v).contains(s.work().to_str().unwrap()), "{v}");
+    }
+    assert_eq!(fs::read(&victim).unwrap(), original);
+    assert!(fs::symlink_metadata(s.store().join(".evil.upload"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(!s.store().join("evil").exists());
+    let (code, v) = api(&s, "GET", "/api/v1/uploads/evil", None);
+    assert_eq!(code, 500, "{v}");
+    drop(s);
+
+    // A Longhorn disk: the image directory of a waiting upload swapped for a link to a
+    // directory outside the store that has a backing.tmp of its own.
+    let s = Server::start();
+    let (code, v) = put_file(&s, "swap", "offset=0&size=1024", &a);
+    assert_eq!(code, 200, "{v}");
+    let id = v["upload"].as_str().unwrap().to_string();
+    let (_, rec) = api(&s, "GET", "/api/v1/backingimages/swap", None);
+    let uuid = rec["status"]["uuid"].as_str().unwrap().to_string();
+    let dir = s.store().join(format!("backing-images/swap-{uuid}"));
+    let outside = s.work().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("backing.tmp"), &original).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(&outside, &dir).unwrap();
+    let (code, v) = put_file(&s, "swap", &format!("offset=512&size=1024&upload={id}"), &a);
+    assert_eq!(code, 500, "{v}");
+    assert!(message(&v).contains("is a symlink"), "{v}");
+    // Starting again reuses the directory name: refused too, nothing emptied out there.
+    let (code, v) = put_file(&s, "swap", "offset=0&size=1024", &a);
+    assert_eq!(code, 500, "{v}");
+    assert!(message(&v).contains("is a symlink"), "{v}");
+    assert_eq!(fs::read(outside.join("backing.tmp")).unwrap(), original);
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
 }
 
 #[test]

@@ -312,11 +312,13 @@ fn uploads_whole_resumed_and_refused() {
         "{v}"
     );
 
-    // Dropped: a slow upload cut off by the client, then resumed from the server's offset.
+    // Dropped: a slow upload cut off by the client, then resumed from the server's offset
+    // with the id the client chose for it at the start (it never read an answer).
+    let id = "client-chosen-id-0001";
     let (code, _) = put(
         &s,
         "resumed",
-        &format!("offset=0&size={len}"),
+        &format!("offset=0&size={len}&upload={id}"),
         &img,
         &["--limit-rate", "512K", "--max-time", "2"],
     );
@@ -339,7 +341,7 @@ fn uploads_whole_resumed_and_refused() {
     let (code, v) = put(
         &s,
         "resumed",
-        &format!("offset={}&size={len}", have + 512),
+        &format!("offset={}&size={len}&upload={id}", have + 512),
         &rest,
         &[],
     );
@@ -348,7 +350,7 @@ fn uploads_whole_resumed_and_refused() {
     let (code, v) = put(
         &s,
         "resumed",
-        &format!("offset={have}&size={len}"),
+        &format!("offset={have}&size={len}&upload={id}"),
         &rest,
         &[],
     );
@@ -363,12 +365,14 @@ fn uploads_whole_resumed_and_refused() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["complete"], false);
     assert_eq!(v["offset"].as_u64(), Some(len as u64 / 2));
+    let id = v["upload"].as_str().expect("the upload's id").to_string();
+    assert_eq!(id.len(), 32, "{v}");
     let second = s.work().join("second.bin");
     std::fs::write(&second, &data[len / 2..]).expect("second");
     let (code, v) = put(
         &s,
         "twice",
-        &format!("offset={}&size={len}", len / 2),
+        &format!("offset={}&size={len}&upload={id}", len / 2),
         &second,
         &[],
     );
@@ -385,6 +389,181 @@ fn uploads_whole_resumed_and_refused() {
     ]);
     assert_eq!(code, 401);
     let _ = TOKEN;
+}
+
+fn message(v: &serde_json::Value) -> &str {
+    v["message"].as_str().unwrap_or("")
+}
+
+/// The bytes a Longhorn disk holds of `name`'s upload (`backing-images/NAME-UUID/backing.tmp`).
+fn partial(s: &Server, name: &str) -> Vec<u8> {
+    let (_, v) = get(s, &format!("/api/v1/backingimages/{name}"));
+    let uuid = v["status"]["uuid"].as_str().expect("the record's uuid");
+    std::fs::read(
+        s.store()
+            .join(format!("backing-images/{name}-{uuid}/backing.tmp")),
+    )
+    .expect("the partial upload")
+}
+
+#[test]
+fn an_upload_resumes_only_with_its_id_size_and_checksum() {
+    let s = Server::start();
+    let a = s.work().join("a.bin");
+    let b = s.work().join("b.bin");
+    std::fs::write(&a, [b'A'; 512]).expect("a");
+    std::fs::write(&b, [b'B'; 512]).expect("b");
+    let mut whole = vec![b'A'; 512];
+    whole.extend([b'B'; 512]);
+    let whole_path = s.work().join("ab.bin");
+    std::fs::write(&whole_path, &whole).expect("ab");
+    let want = sha512(&whole_path);
+
+    // Client 1 starts with the checksum of the whole; the id is in the answer and a header.
+    let headers = s.work().join("headers");
+    let h = format!("{}", headers.display());
+    let (code, v) = put(
+        &s,
+        "mix",
+        &format!("offset=0&size=1024&checksum={want}"),
+        &a,
+        &["-D", &h],
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["offset"], 512, "{v}");
+    let id = v["upload"].as_str().expect("the upload's id").to_string();
+    let head = std::fs::read_to_string(&headers).expect("headers");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("bifs-upload-id: {id}")),
+        "{head}"
+    );
+    // GET says where to resume, not the id; neither does the record.
+    let (code, v) = get(&s, "/api/v1/uploads/mix");
+    assert_eq!(code, 200);
+    assert_eq!(v, serde_json::json!({ "offset": 512 }));
+    let (_, rec) = get(&s, "/api/v1/backingimages/mix");
+    assert!(!rec.to_string().contains(&id), "{rec}");
+
+    // Client 2 continues at the server's offset without the id, or with another one: 409,
+    // and the partial is client 1's bytes still.
+    for query in [
+        "offset=512&size=1024".to_string(),
+        "offset=512&size=1024&upload=someone-elses-id-123".to_string(),
+    ] {
+        let (code, v) = put(&s, "mix", &query, &b, &[]);
+        assert_eq!(code, 409, "{query}: {v}");
+        assert!(
+            message(&v).contains("an upload of mix from another client is in progress"),
+            "{v}"
+        );
+        assert!(v.get("offset").is_none(), "{v}");
+    }
+    assert_eq!(partial(&s, "mix"), vec![b'A'; 512]);
+    // The right id with another size or checksum: 409 too.
+    let (code, v) = put(
+        &s,
+        "mix",
+        &format!("offset=512&size=2048&upload={id}"),
+        &b,
+        &[],
+    );
+    assert_eq!(code, 409, "{v}");
+    assert!(message(&v).contains("started with size=1024"), "{v}");
+    let zeros = "0".repeat(128);
+    let (code, v) = put(
+        &s,
+        "mix",
+        &format!("offset=512&size=1024&upload={id}&checksum={zeros}"),
+        &b,
+        &[],
+    );
+    assert_eq!(code, 409, "{v}");
+    assert!(message(&v).contains("checksum"), "{v}");
+    assert_eq!(partial(&s, "mix"), vec![b'A'; 512]);
+    // The right id, no checksum repeated: complete, verified against the start's checksum.
+    let (code, v) = put(
+        &s,
+        "mix",
+        &format!("offset=512&size=1024&upload={id}"),
+        &b,
+        &[],
+    );
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(disk_state(&v), "ready");
+    assert_eq!(v["status"]["checksum"], want.as_str());
+    assert_eq!(v["spec"]["checksum"], want.as_str());
+
+    // A start whose checksum the bytes do not match fails at the end, though the last part
+    // gave none.
+    let (code, v) = put(
+        &s,
+        "bad",
+        &format!("offset=0&size=1024&checksum={zeros}"),
+        &a,
+        &[],
+    );
+    assert_eq!(code, 200, "{v}");
+    let id = v["upload"].as_str().expect("the upload's id").to_string();
+    let (code, v) = put(
+        &s,
+        "bad",
+        &format!("offset=512&size=1024&upload={id}"),
+        &b,
+        &[],
+    );
+    assert_eq!(code, 422, "{v}");
+    assert!(
+        message(&v).contains("doesn't match the file actual checksum"),
+        "{v}"
+    );
+    assert_eq!(state(&s, "bad"), "failed");
+    // A resume of it now: nothing to resume, start at 0.
+    let (code, v) = put(
+        &s,
+        "bad",
+        &format!("offset=512&size=1024&upload={id}"),
+        &b,
+        &[],
+    );
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["offset"], 0, "{v}");
+
+    // An id the client chooses must look like one.
+    let (code, v) = put(&s, "short", "offset=0&size=512&upload=abc", &a, &[]);
+    assert_eq!(code, 422, "{v}");
+    assert!(message(&v).contains("upload id"), "{v}");
+}
+
+#[test]
+fn an_upload_never_takes_over_a_longhorn_managed_name() {
+    let s = Server::start();
+    // backing-image-manager's image: a directory and its file, no record of bifs's.
+    let dir = s.store().join("backing-images/parrot-1a2b3c4d");
+    std::fs::create_dir_all(&dir).expect("image dir");
+    let theirs = b"LONGHORN-PARROT!".repeat(4096);
+    std::fs::write(dir.join("backing"), &theirs).expect("backing");
+    let x = s.work().join("x.bin");
+    std::fs::write(&x, vec![b'X'; theirs.len()]).expect("x");
+    let (code, v) = put(
+        &s,
+        "parrot",
+        &format!("offset=0&size={}", theirs.len()),
+        &x,
+        &[],
+    );
+    assert_eq!(code, 409, "{v}");
+    assert!(
+        message(&v).contains("managed by Longhorn") && message(&v).contains("parrot"),
+        "{v}"
+    );
+    assert_eq!(std::fs::read(dir.join("backing")).expect("backing"), theirs);
+    let names: Vec<String> = std::fs::read_dir(s.store().join("backing-images"))
+        .expect("backing-images")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["parrot-1a2b3c4d"]);
+    assert!(!s.store().join(".bifs/records/parrot.json").exists());
 }
 
 /// The state on the (one) disk, where Longhorn keeps it: `status.diskFileStatusMap[<diskUUID>].state`.

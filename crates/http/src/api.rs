@@ -168,7 +168,9 @@ impl From<UploadError> for ApiError {
         match e {
             UploadError::Refused(m) | UploadError::Failed(m) => ApiError::Refused(m),
             UploadError::TooLong { .. } => ApiError::Refused(e.to_string()),
-            UploadError::Busy(_) | UploadError::Exists(_) => ApiError::Conflict(e.to_string()),
+            UploadError::Busy(_) | UploadError::Exists(_) | UploadError::Conflict(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             UploadError::Offset { given, have } => ApiError::Offset { given, have },
             UploadError::NoSpace { .. } => ApiError::NoSpace(e.to_string()),
             UploadError::Store(e) if e.is_no_space() => {
@@ -475,7 +477,8 @@ fn upload_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// How many bytes of an upload the server holds: where a dropped upload resumes.
+/// How many bytes of an upload the server holds: where a dropped upload resumes. Not the
+/// upload's id: only the client that started the upload has it.
 async fn upload_offset(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -501,6 +504,10 @@ struct UploadQuery {
     size: u64,
     #[serde(default)]
     checksum: String,
+    /// The upload's id: required to resume (offset > 0); optional at offset 0 (the client's
+    /// choice, else the server makes one).
+    #[serde(default)]
+    upload: Option<String>,
     /// The spec fields of Longhorn's create dialog, kept in the manifest as a POST keeps
     /// them (the selectors as comma-separated tags: a Kubernetes qualified name has no comma).
     #[serde(default)]
@@ -524,10 +531,15 @@ fn tag_list(tags: &Option<String>) -> Option<Vec<String>> {
     })
 }
 
-/// `PUT /api/v1/uploads/{name}?offset=O&size=N[&checksum=SHA512][&minNumberOfCopies=C]
+/// The response header that carries an upload's id (also the `upload` field of a partial
+/// answer).
+const UPLOAD_ID_HEADER: &str = "bifs-upload-id";
+
+/// `PUT /api/v1/uploads/{name}?offset=O&size=N[&upload=ID][&checksum=SHA512][&minNumberOfCopies=C]
 /// [&dataEngine=v1][&nodeSelector=a,b][&diskSelector=c]`: the body is bytes
 /// `O..` of an image of `N` bytes. Any number of requests make one upload (a dropped one
-/// resumes at `GET`'s offset); the one that completes it stores the image
+/// resumes at `GET`'s offset, presenting the id its start got: 409 otherwise); the one that
+/// completes it stores the image
 /// (`sourceType: upload`) and answers as a create does. The bytes land in place in the store
 /// (`bifs_node::longhorn::upload`): one writer per name (409), room checked first (507).
 async fn upload(
@@ -573,6 +585,7 @@ async fn upload(
         image,
         offset: q.offset,
         size: q.size,
+        upload_id: q.upload.clone(),
     };
     // Refused before any byte is taken: a bad name or checksum, a name another request
     // writes, an image that exists, an offset that does not follow, no room.
@@ -584,6 +597,12 @@ async fn upload(
         Ok(upload::begin(store, req, &longhorn::Secrets(&secrets))?)
     })
     .await?;
+    let id = up.id().to_string();
+    let id_header = (
+        axum::http::HeaderName::from_static(UPLOAD_ID_HEADER),
+        axum::http::HeaderValue::from_str(&id)
+            .map_err(|e| ApiError::internal("the upload's id".into(), &e))?,
+    );
 
     // The bytes go to a blocking writer through a short queue: at most a few chunks of this
     // request are in memory, whatever the client sends.
@@ -651,17 +670,30 @@ async fn upload(
         .map_err(|e| ApiError::internal("the upload's writer stopped".into(), &e))??;
     match finished {
         Finished::Partial { offset } => match broke {
-            Some(why) => Err(ApiError::BadRequest(format!(
-                "the upload broke off at byte {offset}: {why}; resume from GET /api/v1/uploads/{name}"
-            ))),
-            None => Ok(
-                Json(json!({ "offset": offset, "size": q.size, "complete": false }))
-                    .into_response(),
-            ),
+            Some(why) => Ok((
+                StatusCode::BAD_REQUEST,
+                [id_header],
+                Json(json!({
+                    "message": format!(
+                        "the upload broke off at byte {offset}: {why}; resume from GET \
+                         /api/v1/uploads/{name} with upload={id}"
+                    ),
+                    "offset": offset,
+                    "upload": id,
+                })),
+            )
+                .into_response()),
+            None => Ok((
+                [id_header],
+                Json(json!({ "offset": offset, "size": q.size, "complete": false, "upload": id })),
+            )
+                .into_response()),
         },
         Finished::Complete(rec) => {
             let text = one_json(std::slice::from_ref(&*rec), true)?;
-            Ok(json_text(StatusCode::CREATED, text))
+            let mut resp = json_text(StatusCode::CREATED, text);
+            resp.headers_mut().insert(id_header.0, id_header.1);
+            Ok(resp)
         }
     }
 }

@@ -822,20 +822,53 @@ async function submitCreate(ev) {
   }
 }
 
-// Resumable: asks the server how much it holds, sends the rest in chunks. The spec fields
-// travel in the query (the bytes are the body).
+// Resumable: the upload's id is kept per file (image name, file name, size, last change);
+// with it the upload resumes at the offset the server holds, without it it starts at 0 (the
+// server refuses to continue another client's upload). The spec fields travel in the query
+// (the bytes are the body).
+const UPLOAD_IDS = "bifs-upload-ids";
+
+function uploadKey(name, file) {
+  return JSON.stringify([name, file.name, file.size, file.lastModified]);
+}
+
+function uploadIds() {
+  try { return JSON.parse(localStorage.getItem(UPLOAD_IDS) || "{}") || {}; } catch (_) { return {}; }
+}
+
+function keepUploadId(key, id) {
+  const ids = uploadIds();
+  if (id) ids[key] = id; else delete ids[key];
+  try { localStorage.setItem(UPLOAD_IDS, JSON.stringify(ids)); } catch (_) { /* private mode */ }
+}
+
+// 32 hex digits: crypto.randomUUID needs a secure context, the page may be plain http.
+function newUploadId() {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
 async function upload(name, file, spec) {
   const bar = $("#upload-progress");
   const text = $("#upload-text");
   bar.hidden = false;
   const path = `${API}/uploads/${encodeURIComponent(name)}`;
-  let { offset } = await call(path);
-  if (offset > file.size) offset = 0;
+  const key = uploadKey(name, file);
+  let id = uploadIds()[key];
+  let offset = 0;
+  if (id) {
+    ({ offset } = await call(path));
+    if (offset > file.size) offset = 0;
+  }
+  // Chosen before the first byte (and kept), so a first request that breaks off resumes too.
+  if (offset === 0) id = newUploadId();
+  keepUploadId(key, id);
   for (;;) {
     bar.value = file.size ? Math.floor((offset * 100) / file.size) : 0;
     text.textContent = `${human(offset)} of ${human(file.size)}`;
     const end = Math.min(offset + UPLOAD_CHUNK, file.size);
-    const q = new URLSearchParams({ offset, size: file.size });
+    const q = new URLSearchParams({ offset, size: file.size, upload: id });
     if (spec.checksum) q.set("checksum", spec.checksum);
     if (spec.minNumberOfCopies) q.set("minNumberOfCopies", spec.minNumberOfCopies);
     q.set("dataEngine", spec.dataEngine);
@@ -846,9 +879,12 @@ async function upload(name, file, spec) {
       r = await call(`${path}?${q}`, { method: "PUT", body: file.slice(offset, end) });
     } catch (e) {
       if (e.status === 409 && e.body && typeof e.body.offset === "number") { offset = e.body.offset; continue; }
+      // Another client's upload, or this one is gone: the next attempt starts again at 0.
+      if (e.status === 409 || e.status === 422) keepUploadId(key, null);
       throw e;
     }
     if (r && r.complete === false) { offset = r.offset; continue; }
+    keepUploadId(key, null);
     bar.value = 100;
     text.textContent = `${human(file.size)} uploaded`;
     return r;

@@ -347,11 +347,7 @@ fn apply_one(
         .is_none()
         && status::longhorn_managed(store, image.name()).is_some()
     {
-        return Ok(Outcome::Refused(format!(
-            "metadata.name: backing image {} is on this disk already, managed by Longhorn \
-             (backing-image-manager's files, which bifs never changes); pick another name",
-            image.name()
-        )));
+        return Ok(Outcome::Refused(longhorn_managed_message(image.name())));
     }
     let admitted = match admit(store, image, &source, secrets, opts) {
         Ok(a) => a,
@@ -361,6 +357,14 @@ fn apply_one(
 }
 
 /// The message of a name another writer holds.
+/// Why a name backing-image-manager's files hold is refused (to an apply and an upload).
+pub(crate) fn longhorn_managed_message(name: &str) -> String {
+    format!(
+        "metadata.name: backing image {name} is on this disk already, managed by Longhorn \
+         (backing-image-manager's files, which bifs never changes); pick another name"
+    )
+}
+
 pub fn busy(name: &str) -> String {
     format!(
         "backing image {name} is being written by another request (an upload, apply or \

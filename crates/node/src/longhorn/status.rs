@@ -453,6 +453,7 @@ pub fn delete(store: &Store, name: &str) -> Result<(), StatusError> {
         store.remove_dir(name, uuid)?;
     }
     store.remove_record(name)?;
+    store.remove_ticket(name)?;
     Ok(())
 }
 

@@ -8,6 +8,12 @@
 //!   `backing.tmp`, finished as an apply finishes (`backing.cfg`, rename to `backing`); a flat
 //!   store in `DIR/.<name>.upload`, renamed to `DIR/<name>` (never over an existing file). A
 //!   flat store stays flat.
+//! - **One client per upload.** The request that starts an upload (offset 0) gets an id
+//!   (its own `upload=ID` when it gives one, else a new one); the store keeps it with the
+//!   announced size and checksum ([`UploadTicket`]). Every resume must present that id and
+//!   may not change the size or the checksum ([`UploadError::Conflict`]): two clients never
+//!   merge their bytes into one image, and the checksum given at the start is verified at
+//!   the end even when the last part does not repeat it.
 //! - **Space first.** The bytes still to come must fit in the store's free space before any is
 //!   taken ([`UploadError::NoSpace`], with what is free).
 //! - **A failure leaves nothing.** A write error (the disk filled up after all), more bytes
@@ -27,6 +33,7 @@ use bifs_k8s::SecretRef;
 use super::apply::{new_uuid, node_name, set_state, Secrets};
 use super::source::virtual_size;
 use super::status;
+use crate::store::upload::UploadTicket;
 use crate::store::{allocated, BackingCfg, Layout, Lock, LockMode, Store, StoreError};
 
 /// How often the record's progress is written while bytes arrive.
@@ -39,6 +46,9 @@ pub struct UploadRequest {
     pub image: BackingImage,
     pub offset: u64,
     pub size: u64,
+    /// The upload's id: required to resume (offset > 0); at offset 0 the client's choice of
+    /// id (else one is made).
+    pub upload_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +61,10 @@ pub enum UploadError {
     Busy(String),
     #[error("backing image {0} already exists; delete it first")]
     Exists(String),
+    /// The request does not belong to the upload under way (another client's id, a
+    /// different size or checksum), or the name is Longhorn's; nothing was written.
+    #[error("{0}")]
+    Conflict(String),
     #[error("upload offset {given} does not follow the {have} bytes received so far")]
     Offset { given: u64, have: u64 },
     #[error(
@@ -90,6 +104,8 @@ pub struct Upload {
     store: Store,
     _lock: Lock,
     name: String,
+    /// The id a resume presents.
+    id: String,
     file: File,
     path: PathBuf,
     at: u64,
@@ -146,16 +162,95 @@ pub fn begin(
     req: UploadRequest,
     secrets: &Secrets<'_>,
 ) -> Result<Upload, UploadError> {
+    let mut req = req;
     validate(&req.image)?;
     let name = req.image.name().to_string();
     let Some(lock) = store.lock(&name, LockMode::Exclusive, false)? else {
         return Err(UploadError::Busy(name));
     };
+    let ticket = if req.offset > 0 {
+        resume_ticket(&store, &name, &mut req)?
+    } else {
+        UploadTicket {
+            id: start_id(req.upload_id.as_deref())?,
+            size: req.size,
+            checksum: req.image.spec.checksum.trim().to_string(),
+            uuid: String::new(),
+        }
+    };
     let expected = req.image.expected_checksum();
     match store.layout() {
-        Layout::Longhorn => begin_disk(store, lock, req, secrets, name, expected),
-        Layout::Flat => begin_flat(store, lock, req, name, expected),
+        Layout::Longhorn => begin_disk(store, lock, req, secrets, name, expected, ticket),
+        Layout::Flat => begin_flat(store, lock, req, name, expected, ticket),
     }
+}
+
+/// The shortest and longest id a client may choose for its upload.
+const ID_LEN: std::ops::RangeInclusive<usize> = 16..=64;
+
+/// The id of an upload that starts: the client's (checked), else a new random one.
+fn start_id(given: Option<&str>) -> Result<String, UploadError> {
+    match given.map(str::trim).filter(|g| !g.is_empty()) {
+        None => Ok(uuid::Uuid::new_v4().simple().to_string()),
+        Some(id)
+            if ID_LEN.contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Ok(id.to_string())
+        }
+        Some(_) => Err(UploadError::Refused(format!(
+            "upload: an upload id is {} to {} letters, digits, '-' or '_'",
+            ID_LEN.start(),
+            ID_LEN.end()
+        ))),
+    }
+}
+
+/// The upload a resume continues: it must present the id its start got, and announce the
+/// same size and checksum (a resume that gives no checksum gets the start's, verified at
+/// the end).
+fn resume_ticket(
+    store: &Store,
+    name: &str,
+    req: &mut UploadRequest,
+) -> Result<UploadTicket, UploadError> {
+    let Some(ticket) = store.read_ticket(name)? else {
+        // No upload of the name is under way: start at 0.
+        return Err(UploadError::Offset {
+            given: req.offset,
+            have: 0,
+        });
+    };
+    if req.upload_id.as_deref().map(str::trim) != Some(ticket.id.as_str()) {
+        return Err(UploadError::Conflict(format!(
+            "an upload of {name} from another client is in progress; resume with its id \
+             (upload=ID, as its first answer gave it), or start again at offset 0"
+        )));
+    }
+    if req.size != ticket.size {
+        return Err(UploadError::Conflict(format!(
+            "size: the upload of {name} started with size={}, not {}; resume with the same \
+             size, or start again at offset 0",
+            ticket.size, req.size
+        )));
+    }
+    let given = req.image.spec.checksum.trim().to_ascii_lowercase();
+    if given.is_empty() {
+        req.image.spec.checksum = ticket.checksum.clone();
+    } else if given != ticket.checksum.to_ascii_lowercase() {
+        let started = if ticket.checksum.is_empty() {
+            "without a checksum".to_string()
+        } else {
+            format!("with checksum={}", ticket.checksum)
+        };
+        return Err(UploadError::Conflict(format!(
+            "checksum: the upload of {name} started {started}; resume with the same \
+             checksum (or none), or start again at offset 0"
+        )));
+    }
+    Ok(ticket)
 }
 
 fn check_space(store: &Store, need: u64) -> Result<(), UploadError> {
@@ -199,6 +294,7 @@ fn begin_disk(
     secrets: &Secrets<'_>,
     name: String,
     expected: Option<String>,
+    mut ticket: UploadTicket,
 ) -> Result<Upload, UploadError> {
     let disk = store.disk_uuid().to_string();
     let existing = status::read(&store, &name).map_err(|e| match e {
@@ -212,6 +308,11 @@ fn begin_disk(
         if matches!(st, Some(State::Ready) | Some(State::Unknown)) {
             return Err(UploadError::Exists(name));
         }
+    } else if status::longhorn_managed(&store, &name).is_some() {
+        // backing-image-manager's image of that name: never taken over.
+        return Err(UploadError::Conflict(
+            super::apply::longhorn_managed_message(&name),
+        ));
     }
     let spec = req.image.mutated_spec(None, &disk);
     if !spec.secret.is_empty() {
@@ -223,21 +324,27 @@ fn begin_disk(
             UploadError::Refused(FieldError::new("spec.secret", e.message).to_string())
         })?;
     }
-    let resumable = existing.as_ref().and_then(|r| {
-        let st = r.status.as_ref()?;
-        (r.spec.source_type == "upload"
-            && !st.uuid.is_empty()
-            && st.size == req.size
-            && r.spec == spec)
-            .then(|| st.uuid.clone())
-    });
     if req.offset > 0 {
-        let Some(uuid) = resumable else {
+        // The record of the upload the ticket names (the same directory, size and spec).
+        let resumable = existing.as_ref().and_then(|r| {
+            let st = r.status.as_ref()?;
+            (r.spec.source_type == "upload" && st.uuid == ticket.uuid && st.size == req.size)
+                .then_some(r)
+        });
+        let Some(rec) = resumable else {
             return Err(UploadError::Offset {
                 given: req.offset,
                 have: 0,
             });
         };
+        if rec.spec != spec {
+            return Err(UploadError::Conflict(format!(
+                "the upload of {name} started with other spec fields (minNumberOfCopies, \
+                 dataEngine, nodeSelector, diskSelector); resume with the same ones, or start \
+                 again at offset 0"
+            )));
+        }
+        let uuid = ticket.uuid.clone();
         let tmp = store.upload_tmp(&name, &uuid);
         let (file, _) = resume_at(&store, &tmp, req.offset)?;
         check_space(&store, req.size - req.offset)?;
@@ -255,6 +362,7 @@ fn begin_disk(
             store,
             _lock: lock,
             name,
+            id: ticket.id,
             file,
             path: tmp,
             at: req.offset,
@@ -293,11 +401,14 @@ fn begin_disk(
     store.write_record(&name, &rec)?;
     let dir = store.prepare_dir(&name, &uuid)?;
     let (file, tmp) = store.create_tmp(&dir)?;
+    ticket.uuid = uuid.clone();
+    store.write_ticket(&name, &ticket)?;
     tracing::info!(backing_image = ?name, size = req.size, "upload started");
     Ok(Upload {
         store,
         _lock: lock,
         name,
+        id: ticket.id,
         file,
         path: tmp,
         at: 0,
@@ -324,6 +435,7 @@ fn begin_flat(
     req: UploadRequest,
     name: String,
     expected: Option<String>,
+    ticket: UploadTicket,
 ) -> Result<Upload, UploadError> {
     if store.flat_exists(&name)? {
         return Err(UploadError::Exists(name));
@@ -336,6 +448,7 @@ fn begin_flat(
         let file = store
             .open_upload(&partial, true)?
             .ok_or_else(|| UploadError::Failed("the upload file vanished".into()))?;
+        store.write_ticket(&name, &ticket)?;
         (file, Some(new_hasher()?))
     };
     if req.offset > 0 {
@@ -345,6 +458,7 @@ fn begin_flat(
         store,
         _lock: lock,
         name,
+        id: ticket.id,
         file,
         path: partial,
         at: req.offset,
@@ -374,6 +488,11 @@ impl Upload {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The upload's id, which a resume presents (`upload=ID`).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Appends the next bytes. An all-zero chunk is not written (the file is extended over a
@@ -454,7 +573,12 @@ impl Upload {
                 .finish()
                 .map(hex::encode)
                 .map_err(|e| io::Error::other(e.to_string())),
-            None => crate::checksum::sha512_file(&self.path),
+            // Hashed from the open file (never again by its path).
+            None => self
+                .file
+                .try_clone()
+                .and_then(bifs_core::image::raw::RawFile::from_file)
+                .and_then(|f| crate::checksum::sha512_hex(&f, |_| {})),
         };
         let checksum = match checksum {
             Ok(c) => c,
@@ -536,6 +660,9 @@ impl Upload {
         if matches!(self.target, Target::Disk { .. }) {
             self.store.write_record(&self.name, &rec)?;
         }
+        if let Err(e) = self.store.remove_ticket(&self.name) {
+            tracing::warn!(error = %e, "could not remove the upload's ticket");
+        }
         tracing::info!(backing_image = ?self.name, size = bytes, "upload complete");
         Ok(Finished::Complete(Box::new(rec)))
     }
@@ -569,6 +696,9 @@ impl Upload {
         // blocks, so a full disk would have no room left for the record that says why.
         let _ = self.file.set_len(0);
         tracing::warn!(backing_image = ?self.name, error = message, "upload failed; its bytes were removed");
+        if let Err(e) = self.store.remove_ticket(&self.name) {
+            tracing::warn!(error = %e, "could not remove the upload's ticket");
+        }
         match &mut self.target {
             Target::Disk { uuid, disk, rec } => {
                 self.store.discard(&self.name, uuid);
@@ -590,7 +720,8 @@ impl Upload {
 pub fn waiting_message(name: &str, offset: u64, size: u64) -> String {
     format!(
         "upload waiting for the rest: {offset} of {size} bytes received; resume with PUT \
-         /api/v1/uploads/{name}?offset={offset}&size={size}, or delete it"
+         /api/v1/uploads/{name}?offset={offset}&size={size}&upload=ID (the id the upload's \
+         first answer gave), or delete it"
     )
 }
 
@@ -614,8 +745,10 @@ pub fn received(store: &Store, name: &str) -> Result<u64, StoreError> {
             }
         }
     };
-    match std::fs::metadata(&path) {
-        Ok(m) => Ok(m.len()),
+    // Never through a symlink: a link planted at the partial file is an error, not a size.
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_file() => Ok(m.len()),
+        Ok(_) => Err(store.not_regular(&path)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(io_err("reading", &path)(e)),
     }
@@ -628,7 +761,8 @@ pub fn delete_flat(store: &Store, name: &str) -> Result<bool, UploadError> {
         return Err(UploadError::Busy(name.into()));
     };
     let partial = store.flat_upload_path(name)?;
-    let had_partial = partial.exists();
+    let had_partial = std::fs::symlink_metadata(&partial).is_ok();
     store.remove_upload(&partial)?;
+    store.remove_ticket(name)?;
     Ok(store.remove_flat(name)? || had_partial)
 }

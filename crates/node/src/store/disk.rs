@@ -180,25 +180,35 @@ impl Store {
     }
 
     /// Makes the image directory and empties it of anything an earlier attempt left
-    /// (`backing`, `backing.tmp`, `backing.cfg`): a retry starts from nothing.
+    /// (`backing`, `backing.tmp`, `backing.cfg`): a retry starts from nothing. A directory
+    /// that is a symlink is [`StoreError::NotRegular`]: never followed.
     pub fn prepare_dir(&self, name: &str, uuid: &str) -> Result<PathBuf, StoreError> {
         let dir = self.image_dir(name, uuid);
-        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        let images = self.root.join(IMAGES_DIR);
+        fs::create_dir_all(&images).map_err(io_err("creating", &images))?;
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(io_err("creating", &dir)(e))
+            }
+            _ => {}
+        }
+        let meta = fs::symlink_metadata(&dir).map_err(io_err("looking at", &dir))?;
+        if !meta.is_dir() {
+            return Err(self.not_regular(&dir));
+        }
         for f in [BACKING, BACKING_TMP, BACKING_CFG] {
             remove_if_exists(&dir.join(f))?;
         }
         Ok(dir)
     }
 
-    /// Creates `backing.tmp` (replacing a leftover), for the copier to fill.
+    /// Creates `backing.tmp` afresh (a leftover regular file is replaced), for the copier or
+    /// an upload to fill: never through a symlink ([`Store::open_upload`]).
     pub fn create_tmp(&self, dir: &Path) -> Result<(File, PathBuf), StoreError> {
         let path = dir.join(BACKING_TMP);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_err("creating", &path))?;
+        let file = self
+            .open_upload(&path, true)?
+            .ok_or_else(|| self.not_regular(&path))?;
         Ok((file, path))
     }
 

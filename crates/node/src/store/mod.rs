@@ -68,6 +68,15 @@ pub enum StoreError {
     Name(String),
     #[error("{0:?} already exists in the store")]
     Exists(String),
+    /// A file bifs writes (an upload's partial file, `backing.tmp`, an image directory) is a
+    /// symlink, a hard link or not a regular file: never followed, never written. The path is
+    /// relative to the store.
+    #[error(
+        "{} in the store is a symlink, a hard link or not a regular file: bifs does not \
+         write through it (remove it)",
+        .0.display()
+    )]
+    NotRegular(PathBuf),
 }
 
 impl StoreError {
@@ -80,7 +89,9 @@ impl StoreError {
             StoreError::State { error, .. } => format!("state directory: {error}"),
             StoreError::Io { what, error, .. } => format!("store: {what}: {error}"),
             StoreError::Record { message, .. } => format!("record: {message}"),
-            StoreError::Name(_) | StoreError::Exists(_) => self.to_string(),
+            StoreError::Name(_) | StoreError::Exists(_) | StoreError::NotRegular(_) => {
+                self.to_string()
+            }
         }
     }
 

@@ -7,14 +7,65 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::atomic::sync_dir;
+use serde::{Deserialize, Serialize};
+
+use super::atomic::{sync_dir, write_atomic};
 use super::layout::BACKING_TMP;
-use super::{io_err, valid_component, Store, StoreError};
+use super::{io_err, valid_component, Store, StoreError, DEFAULT_STATE_DIR};
 
 const FLAT_UPLOAD_SUFFIX: &str = ".upload";
+
+/// What the request that started an upload (offset 0) announced, kept in the store's state
+/// directory (`.bifs/uploads/NAME.json`, mode 0600) while the upload waits for its rest:
+/// every resume must present `id` and may not change `size` or `checksum`, so two clients
+/// never merge their bytes into one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadTicket {
+    pub id: String,
+    pub size: u64,
+    /// The expected SHA-512 the start gave (verified at the end); empty when none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub checksum: String,
+    /// A Longhorn disk's image directory uuid (`backing-images/NAME-UUID`); empty in a flat
+    /// store.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uuid: String,
+}
+
+/// Opens `path` read-write without following a symlink at it or at its directory; `fresh`
+/// creates it (`O_CREAT|O_EXCL`, mode 0644).
+fn open_no_follow(path: &Path, fresh: bool) -> io::Result<File> {
+    use rustix::fs::{openat, Mode, OFlags, CWD};
+    let (Some(parent), Some(file_name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    let dir = openat(
+        CWD,
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if fresh {
+        flags |= OFlags::CREATE | OFlags::EXCL;
+    }
+    Ok(File::from(openat(
+        &dir,
+        file_name,
+        flags,
+        Mode::from_raw_mode(0o644),
+    )?))
+}
+
+fn remove_file_if_exists(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", path)(e)),
+        _ => Ok(()),
+    }
+}
 
 impl Store {
     fn flat_name(&self, name: &str) -> Result<(), StoreError> {
@@ -41,19 +92,97 @@ impl Store {
         }
     }
 
-    /// Opens an upload's file for writing: created empty when `fresh`, else the existing one
-    /// (`None` when there is none). Mode 0644, as the copier's files.
+    /// Opens an upload's file for writing: created afresh when `fresh` (a leftover regular
+    /// file is removed first), else the existing one (`None` when there is none). Mode 0644,
+    /// as the copier's files. Never through a symlink, neither the file nor its directory
+    /// (`O_NOFOLLOW`; a fresh file is `O_CREAT|O_EXCL`), and only a regular file with one link:
+    /// anything else is [`StoreError::NotRegular`] and nothing is written.
     pub fn open_upload(&self, path: &Path, fresh: bool) -> Result<Option<File>, StoreError> {
-        let mut opts = OpenOptions::new();
-        opts.write(true).read(true).mode(0o644);
         if fresh {
-            opts.create(true).truncate(true);
+            match fs::symlink_metadata(path) {
+                Ok(m) if m.file_type().is_file() => remove_file_if_exists(path)?,
+                Ok(_) => return Err(self.not_regular(path)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("looking at", path)(e)),
+            }
         }
-        match opts.open(path) {
-            Ok(f) => Ok(Some(f)),
+        match open_no_follow(path, fresh) {
+            Ok(f) => {
+                let m = f.metadata().map_err(io_err("reading", path))?;
+                if !m.file_type().is_file() || m.nlink() != 1 {
+                    return Err(self.not_regular(path));
+                }
+                Ok(Some(f))
+            }
             Err(e) if !fresh && e.kind() == io::ErrorKind::NotFound => Ok(None),
+            // A symlink (ELOOP, or ENOTDIR for a linked directory), or one planted between
+            // the removal and the creation (EEXIST).
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::EEXIST)
+                ) =>
+            {
+                Err(self.not_regular(path))
+            }
             Err(e) => Err(io_err("opening", path)(e)),
         }
+    }
+
+    /// [`StoreError::NotRegular`] for `path`, named relative to the store.
+    pub fn not_regular(&self, path: &Path) -> StoreError {
+        StoreError::NotRegular(path.strip_prefix(&self.root).unwrap_or(path).to_path_buf())
+    }
+
+    fn tickets_dir(&self) -> PathBuf {
+        self.root.join(DEFAULT_STATE_DIR).join("uploads")
+    }
+
+    fn ticket_path(&self, name: &str) -> Result<PathBuf, StoreError> {
+        self.flat_name(name)?;
+        Ok(self.tickets_dir().join(format!("{name}.json")))
+    }
+
+    /// What the start of `name`'s upload announced, if an upload of it is under way.
+    pub fn read_ticket(&self, name: &str) -> Result<Option<UploadTicket>, StoreError> {
+        let path = self.ticket_path(name)?;
+        let text = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|mut f| {
+                let mut t = Vec::new();
+                io::Read::read_to_end(&mut f, &mut t).map(|_| t)
+            }) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("reading", &path)(e)),
+        };
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| StoreError::Record {
+                path,
+                message: e.to_string(),
+            })
+    }
+
+    /// Keeps what the start of `name`'s upload announced (mode 0600, beside the records:
+    /// never in a view or a listing), replacing an earlier upload's.
+    pub fn write_ticket(&self, name: &str, ticket: &UploadTicket) -> Result<(), StoreError> {
+        let path = self.ticket_path(name)?;
+        let dir = self.tickets_dir();
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        let json = serde_json::to_vec_pretty(ticket).map_err(|e| StoreError::Record {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&path, &json, 0o600).map_err(io_err("writing", &path))
+    }
+
+    /// Forgets `name`'s upload (it completed, failed, or the image was deleted).
+    pub fn remove_ticket(&self, name: &str) -> Result<(), StoreError> {
+        let path = self.ticket_path(name)?;
+        remove_file_if_exists(&path)
     }
 
     /// The `backing.tmp` of a Longhorn image directory, for an upload that resumes.
@@ -142,5 +271,77 @@ mod tests {
         assert!(store.remove_flat("new.img").unwrap());
         assert!(!store.remove_flat("new.img").unwrap());
         assert_eq!(Layout::detect(dir.path()), Layout::Flat);
+    }
+
+    #[test]
+    fn an_upload_file_is_never_opened_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"victim").unwrap();
+        let store = Store::open_for_writes(dir.path(), Layout::Flat).unwrap();
+        let part = store.flat_upload_path("x.img").unwrap();
+        // A symlink: refused fresh and resumed, the target untouched.
+        std::os::unix::fs::symlink(&victim, &part).unwrap();
+        for fresh in [true, false] {
+            match store.open_upload(&part, fresh) {
+                Err(StoreError::NotRegular(p)) => assert_eq!(p, Path::new(".x.img.upload")),
+                other => panic!("fresh={fresh}: {other:?}"),
+            }
+        }
+        fs::remove_file(&part).unwrap();
+        // A hard link (a second name of a file elsewhere on the file system): refused.
+        fs::hard_link(&victim, &part)
+            .or_else(|_| fs::copy(&victim, &part).map(|_| ()))
+            .unwrap();
+        if fs::metadata(&part).unwrap().nlink() == 2 {
+            assert!(matches!(
+                store.open_upload(&part, false),
+                Err(StoreError::NotRegular(_))
+            ));
+        }
+        assert_eq!(fs::read(&victim).unwrap(), b"victim");
+        // The image directory a symlink: refused (ENOTDIR/ELOOP on the directory).
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(outside.path(), &linked).unwrap();
+        assert!(matches!(
+            store.open_upload(&linked.join("backing.tmp"), true),
+            Err(StoreError::NotRegular(_))
+        ));
+        assert!(!outside.path().join("backing.tmp").exists());
+    }
+
+    #[test]
+    fn a_ticket_is_kept_private_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_for_writes(dir.path(), Layout::Flat).unwrap();
+        assert_eq!(store.read_ticket("x.img").unwrap(), None);
+        let t = UploadTicket {
+            id: "0123456789abcdef".into(),
+            size: 1024,
+            checksum: String::new(),
+            uuid: String::new(),
+        };
+        store.write_ticket("x.img", &t).unwrap();
+        assert_eq!(store.read_ticket("x.img").unwrap(), Some(t));
+        let path = dir.path().join(".bifs/uploads/x.img.json");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        store.remove_ticket("x.img").unwrap();
+        assert_eq!(store.read_ticket("x.img").unwrap(), None);
+        assert!(store
+            .write_ticket(
+                "../x",
+                &UploadTicket {
+                    id: String::new(),
+                    size: 0,
+                    checksum: String::new(),
+                    uuid: String::new(),
+                }
+            )
+            .is_err());
     }
 }
