@@ -504,7 +504,13 @@ fn no_token_refuses_foreign_hosts_origins_and_plain_text_posts() {
         code == 201 || code == 202,
         "YAML create from the page's origin: {code} {v}"
     );
-    let json = clone_json("copy", "base", "ignore");
+    let json = serde_json::json!({
+        "apiVersion": "longhorn.io/v1beta2", "kind": "BackingImage",
+        "metadata": {"name": "copy"},
+        "spec": {"sourceType": "clone", "sourceParameters": {
+            "backing-image": "base", "encryption": "ignore"}}
+    })
+    .to_string();
     wait_state_no_token(&s, "base");
     let (code, v) = curl(&[
         "-H",
