@@ -685,7 +685,7 @@ fn misspelled_secret_keys_warn_with_the_nearest_valid_name() {
         .to_string();
     let get = |path: &str| {
         let mut c = std::net::TcpStream::connect(&addr).unwrap();
-        write!(c, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        write!(c, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
         let mut resp = String::new();
         c.read_to_string(&mut resp).unwrap();
         assert!(

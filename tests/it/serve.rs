@@ -460,6 +460,116 @@ fn conditional_and_range_answers() {
     );
 }
 
+/// A rewrite that puts the mtime back (`touch -m -r`) still moves Last-Modified (the ctime
+/// cannot be put back): an If-Range with the old date gets the whole new view (200), not a
+/// range of it spliced onto the old copy; If-Modified-Since with the old date gets a 200, not
+/// a 304. An If-Range date is honoured only as a strong validator: a Last-Modified at least a
+/// second old (RFC 9110 8.8.2.2).
+#[test]
+fn date_validators_see_a_rewrite_that_restores_the_mtime() {
+    full_tier_only!("curl, wget, qemu-img, cryptsetup, python3");
+    require(&[("curl", "curl"), ("touch", "coreutils")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    fs::create_dir_all(&store).unwrap();
+    let secrets = cheap_secret(tmp.path());
+    let image = store.join("plain.img");
+    let old = noise(21, 64 * 1024);
+    fs::write(&image, &old).unwrap();
+    let reference = tmp.path().join("ref");
+    run_ok(
+        "touch",
+        &["-r", image.to_str().unwrap(), reference.to_str().unwrap()],
+    );
+    let srv = Server::start(&store, &secrets, &[]);
+    let url = srv.view("ignore/plain.img");
+    let get = |extra: &[&str]| -> (u16, String, Vec<u8>) {
+        let body = tmp.path().join("body");
+        let mut args = vec![
+            "-s",
+            "-o",
+            body.to_str().unwrap(),
+            "-D",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let o = run("curl", &args);
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let (head, code) = text.rsplit_once('\n').unwrap();
+        (
+            code.trim().parse().unwrap(),
+            head.to_string(),
+            fs::read(&body).unwrap_or_default(),
+        )
+    };
+    // A Last-Modified less than a second old is not a strong validator: no range for it.
+    let (_, head, _) = get(&["-I"]);
+    let lm = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("last-modified:")
+                .then(|| l[14..].trim().to_string())
+        })
+        .expect("a Last-Modified");
+    let if_range = format!("If-Range: {lm}");
+    let (code, _, body) = get(&["-r", "0-15", "-H", &if_range]);
+    if code == 200 {
+        assert_eq!(body, old, "a false If-Range sends the whole view");
+    }
+    // A second on, the date is strong: the range for the current Last-Modified.
+    std::thread::sleep(Duration::from_millis(2100));
+    let (code, _, body) = get(&["-r", "0-15", "-H", &if_range]);
+    assert_eq!(
+        code, 206,
+        "If-Range with the current, second-old Last-Modified"
+    );
+    assert_eq!(body, &old[..16]);
+    assert_eq!(get(&["-H", &format!("If-Modified-Since: {lm}")]).0, 304);
+
+    // The first 16 bytes rewritten in place, the mtime put back.
+    let mut new = old.clone();
+    new[..16].copy_from_slice(b"CHANGED!CHANGED!");
+    {
+        use std::io::{Seek, Write};
+        let mut f = fs::OpenOptions::new().write(true).open(&image).unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(&new[..16]).unwrap();
+    }
+    run_ok(
+        "touch",
+        &[
+            "-m",
+            "-r",
+            reference.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ],
+    );
+    let (code, head, body) = get(&["-r", "0-15", "-H", &if_range]);
+    assert_eq!(
+        code, 200,
+        "If-Range with the old date after a rewrite: {head}"
+    );
+    assert_eq!(body, new, "the whole new view, not a range of it");
+    let (code, head, _) = get(&["-H", &format!("If-Modified-Since: {lm}")]);
+    assert_eq!(
+        code, 200,
+        "If-Modified-Since with the old date after a rewrite: {head}"
+    );
+    let lm2 = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("last-modified:")
+                .then(|| l[14..].trim().to_string())
+        })
+        .unwrap();
+    assert_ne!(lm2, lm, "Last-Modified moves with the ctime");
+}
+
 #[test]
 fn traversal_is_refused() {
     full_tier_only!("curl, wget, qemu-img, cryptsetup, python3");

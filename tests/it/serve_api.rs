@@ -575,3 +575,150 @@ fn disk_state(v: &serde_json::Value) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+/// Without `--token-file` (loopback only, every local request allowed) web pages in the user's
+/// browser must not drive the server: a foreign `Host` (DNS rebinding) is 421, a foreign
+/// `Origin` (a cross-site request) 403, a manifest POSTed as `text/plain` or as a form (no
+/// preflight) 415; none of them creates anything. Loopback names, a same-origin page, a JSON or
+/// YAML manifest and an upload body are served as before.
+#[test]
+fn no_token_refuses_foreign_hosts_origins_and_plain_text_posts() {
+    let mut s = Server::start_with(crate::support::server::Options {
+        no_token: true,
+        ..Default::default()
+    });
+    let src = s.work().join("plain.img");
+    image_file(&src, 1 << 20, 3);
+    let yaml = s.download_yaml("base", &src);
+    let api = format!("{}/api/v1/backingimages", s.url);
+    let port = s.url.rsplit(':').next().unwrap().to_string();
+    let own_origin = format!("Origin: http://127.0.0.1:{port}");
+    let record = s.store().join(".bifs/records/base.json");
+
+    // The reviewer's request: a cross-site text/plain POST through a rebound name.
+    let (code, body) = curl(&[
+        "-H",
+        "Host: attacker.example",
+        "-H",
+        "Origin: http://attacker.example",
+        "-H",
+        "Content-Type: text/plain",
+        "--data-binary",
+        &yaml,
+        &api,
+    ]);
+    assert_eq!(code, 421, "{body}");
+    assert!(
+        body.contains("\"attacker.example\"") && body.contains("loopback"),
+        "{body}"
+    );
+    for path in [
+        "/api/v1/backingimages",
+        "/views/ignore/base",
+        "/",
+        "/readyz",
+    ] {
+        let (code, body) = curl(&[
+            "-H",
+            "Host: attacker.example:80",
+            &format!("{}{path}", s.url),
+        ]);
+        assert_eq!(code, 421, "GET {path} with a foreign Host: {body}");
+    }
+    // Foreign or opaque origins.
+    for origin in [
+        "http://attacker.example",
+        "null",
+        "http://127.0.0.1.attacker.example",
+    ] {
+        let (code, body) = curl(&[
+            "-H",
+            &format!("Origin: {origin}"),
+            "-H",
+            "Content-Type: application/yaml",
+            "--data-binary",
+            &yaml,
+            &api,
+        ]);
+        assert_eq!(code, 403, "Origin {origin}: {body}");
+        assert!(body.contains("cross-site"), "{body}");
+    }
+    // Types a browser sends cross-site without a preflight; curl's default is a form.
+    for ct in [
+        &["-H", "Content-Type: text/plain"][..],
+        &["-H", "Content-Type: multipart/form-data; boundary=x"][..],
+        &[][..],
+    ] {
+        let mut args = ct.to_vec();
+        args.extend(["--data-binary", yaml.as_str(), api.as_str()]);
+        let (code, body) = curl(&args);
+        assert_eq!(code, 415, "{ct:?}: {body}");
+        assert!(body.contains("application/json"), "{body}");
+    }
+    assert!(!record.exists(), "a refused create left a record");
+
+    // Allowed: loopback names with any port, the page's own origin, JSON or YAML.
+    for host in [
+        "localhost",
+        "LocalHost:9",
+        "127.0.0.1",
+        "127.1.2.3:80",
+        "[::1]:8080",
+    ] {
+        let (code, _) = curl(&["-H", &format!("Host: {host}"), &api]);
+        assert_eq!(code, 200, "Host {host}");
+    }
+    let (code, page) = curl(&["-H", &own_origin, &format!("{}/", s.url)]);
+    assert_eq!(code, 200, "the page: {page}");
+    let (code, v) = curl(&[
+        "-H",
+        &own_origin,
+        "-H",
+        "Content-Type: application/yaml",
+        "--data-binary",
+        &yaml,
+        &api,
+    ]);
+    assert!(
+        code == 201 || code == 202,
+        "YAML create from the page's origin: {code} {v}"
+    );
+    let json = serde_json::json!({
+        "apiVersion": "longhorn.io/v1beta2", "kind": "BackingImage",
+        "metadata": {"name": "copy"},
+        "spec": {"sourceType": "clone", "sourceParameters": {
+            "backing-image": "base", "encryption": "ignore"}}
+    })
+    .to_string();
+    wait_state_no_token(&s, "base");
+    let (code, v) = curl(&[
+        "-H",
+        "Content-Type: application/json; charset=utf-8",
+        "--data-binary",
+        &json,
+        &api,
+    ]);
+    assert!(code == 201 || code == 202, "JSON create: {code} {v}");
+    // An upload's body is bytes (curl -T sends no type): not a manifest, not concerned.
+    let part = s.work().join("part");
+    std::fs::write(&part, vec![7u8; 512]).unwrap();
+    let (code, v) = curl(&[
+        "-T",
+        part.to_str().unwrap(),
+        &format!("{}/api/v1/uploads/up?offset=0&size=512", s.url),
+    ]);
+    assert_eq!(code, 201, "upload: {v}");
+}
+
+fn wait_state_no_token(s: &Server, name: &str) {
+    let start = Instant::now();
+    loop {
+        let (_, body) = curl(&[&format!("{}/api/v1/backingimages/{name}", s.url)]);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if disk_state(&v) == "ready" {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{name}: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

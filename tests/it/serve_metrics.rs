@@ -188,3 +188,50 @@ fn metrics_count_headers_unlock_failures_applies_and_states() {
         assert!(!scrape.contains(never), "{never:?} in /metrics:\n{scrape}");
     }
 }
+
+/// `/readyz` without the token says how much is left, as counts; which Secret is over the
+/// limits (and any path) only to a request that may read, and in the log.
+#[test]
+fn readyz_shows_details_only_to_readers() {
+    // An Argon2 Secret asking 64 MiB on a server capped at 32 MiB: its encrypt views can never
+    // be made, a warning naming it.
+    let argon =
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: greedy-secret\n  namespace: tenant-ns\n\
+                 type: Opaque\nstringData:\n  CRYPTO_KEY_VALUE: \"x\"\n  CRYPTO_PBKDF: argon2id\n\
+                 \x20 CRYPTO_PBKDF_MEMORY: \"65536\"\n  CRYPTO_PBKDF_FORCE_ITERATIONS: \"4\"\n";
+    let img = vec![5u8; 1 << 20];
+    let s = Server::start_with(crate::support::server::Options {
+        flat: true,
+        files: &[("disk.img", img.as_slice())],
+        extra_secret: Some(argon),
+        args: &["--max-kdf-memory", "32768"],
+        ..Default::default()
+    });
+    let url = format!("{}/readyz", s.url);
+    let start = Instant::now();
+    let mut anon = (0, String::new());
+    while start.elapsed() < Duration::from_secs(30) {
+        anon = curl(&url, false, &[]);
+        if anon.1.contains("WARNING") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(anon.0, 503, "{}", anon.1);
+    assert!(anon.1.contains("WARNING: 1 problems"), "{}", anon.1);
+    assert!(anon.1.contains("encrypt views:"), "counts stay: {}", anon.1);
+    for secret in ["greedy-secret", "tenant-ns", SECRET_NAME, "/"] {
+        assert!(
+            !anon.1.contains(secret),
+            "{secret:?} without the token: {}",
+            anon.1
+        );
+    }
+    let (code, full) = curl(&url, true, &[]);
+    assert_eq!(code, 503);
+    assert!(
+        full.contains("WARNING: ") && full.contains("greedy-secret"),
+        "{full}"
+    );
+    assert!(s.log().contains("greedy-secret"), "the log has the details");
+}

@@ -300,6 +300,9 @@ async fn create(
     body: String,
 ) -> Result<Response, ApiError> {
     authorize(&s, &headers, Access::Write)?;
+    s.policy
+        .check_manifest_type(&headers)
+        .map_err(|e| ApiError::Denied(e.into()))?;
     let mut images = parse_backing_images(&body, FsPath::new("request body"))
         .map_err(|e| ApiError::Refused(e.to_string()))?;
     if images.len() != 1 {

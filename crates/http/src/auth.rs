@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use zeroize::Zeroizing;
 
 use super::HttpError;
@@ -103,6 +103,149 @@ impl Policy {
     }
 }
 
+/// Why a request is refused while the server runs without a token (loopback only, where every
+/// request is otherwise allowed): what stops a web page in the user's browser from driving the
+/// server, by a cross-site request or through DNS rebinding.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LocalOnly {
+    /// The request names another host (`Host`, or HTTP/2's `:authority`): a DNS-rebinding
+    /// page's requests name the page's own host.
+    #[error(
+        "Host {0:?} is not this server: without --token-file it answers only requests addressed \
+         to a loopback name (localhost, 127.0.0.1, [::1], any port)"
+    )]
+    Host(String),
+    /// A page of another origin sent it (browsers add `Origin` to cross-site requests).
+    #[error(
+        "Origin {0:?} is not this server's: without --token-file it answers only pages of a \
+         loopback origin (localhost, 127.0.0.1, [::1]); cross-site requests are refused"
+    )]
+    Origin(String),
+    /// A manifest not sent as JSON or YAML: a cross-site form or `text/plain` request needs
+    /// no preflight, so the body must carry a type a browser sends only after one.
+    #[error(
+        "Content-Type {0:?}: without --token-file a manifest must be sent as application/json \
+         or application/yaml (a type a browser only sends to another site after a CORS \
+         preflight, which this server never grants)"
+    )]
+    ContentType(String),
+}
+
+impl From<LocalOnly> for HttpError {
+    fn from(e: LocalOnly) -> Self {
+        let status = match e {
+            LocalOnly::Host(_) => StatusCode::MISDIRECTED_REQUEST,
+            LocalOnly::Origin(_) => StatusCode::FORBIDDEN,
+            LocalOnly::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        };
+        HttpError::new(status, e.to_string())
+    }
+}
+
+/// Whether `authority` (`host[:port]`) names this machine's loopback: `localhost`, an address
+/// of 127.0.0.0/8 or `[::1]`, with any port.
+pub fn loopback_authority(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        let Some((ip, port)) = rest.split_once(']') else {
+            return false;
+        };
+        if !port_part(port) {
+            return false;
+        }
+        return ip
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) if port_part(&format!(":{port}")) => host,
+            Some(_) => return false,
+            None => authority,
+        }
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `""` or `:` and digits.
+fn port_part(s: &str) -> bool {
+    s.is_empty()
+        || s.strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether an `Origin` value is a loopback origin: `http(s)://` and a loopback authority.
+fn loopback_origin(origin: &str) -> bool {
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(loopback_authority)
+}
+
+impl Policy {
+    /// Without a token: the request must name a loopback host and, when a browser says which
+    /// page sent it, come from a loopback origin. With a token: nothing to check here (a
+    /// token travels only in a header, which no page of another site can make a browser
+    /// send without a preflight).
+    pub fn check_local(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), LocalOnly> {
+        if self.token.is_some() {
+            return Ok(());
+        }
+        // HTTP/2 carries the host in the URI (`:authority`), HTTP/1.1 in `Host`. A request
+        // without either (HTTP/1.0) comes from no browser.
+        let host = match uri.authority() {
+            Some(a) => Some(a.as_str().to_owned()),
+            None => headers
+                .get(header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()),
+        };
+        if let Some(h) = host {
+            if !loopback_authority(h.trim()) {
+                return Err(LocalOnly::Host(h));
+            }
+        }
+        if let Some(o) = headers.get(header::ORIGIN) {
+            let o = String::from_utf8_lossy(o.as_bytes()).into_owned();
+            if !loopback_origin(o.trim()) {
+                return Err(LocalOnly::Origin(o));
+            }
+        }
+        Ok(())
+    }
+
+    /// Without a token, a manifest's body must say it is JSON or YAML (`application/json`,
+    /// `application/yaml`, `application/x-yaml`, `text/yaml`, with or without parameters).
+    pub fn check_manifest_type(&self, headers: &HeaderMap) -> Result<(), LocalOnly> {
+        if self.token.is_some() {
+            return Ok(());
+        }
+        let value = headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let essence = value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if MANIFEST_TYPES.contains(&essence.as_str()) {
+            Ok(())
+        } else {
+            Err(LocalOnly::ContentType(value))
+        }
+    }
+}
+
+/// The media types of a manifest's body (docs/serve.md).
+pub const MANIFEST_TYPES: [&str; 4] = [
+    "application/json",
+    "application/yaml",
+    "application/x-yaml",
+    "text/yaml",
+];
+
 /// The credentials of `Bearer <token>` (scheme case-insensitive, RFC 6750).
 fn bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(7)?;
@@ -155,6 +298,97 @@ mod tests {
                 assert_eq!(anon.is_ok(), public_read && a == Access::Read, "{a:?}");
             }
         }
+    }
+
+    #[test]
+    fn loopback_names() {
+        for ok in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.3.4.5:1",
+            "[::1]",
+            "[::1]:443",
+        ] {
+            assert!(loopback_authority(ok), "{ok}");
+        }
+        for bad in [
+            "attacker.example",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io",
+            "10.0.0.1:80",
+            "[::2]:80",
+            "[::1]x",
+            "localhost:",
+            "localhost:80:80",
+            "",
+        ] {
+            assert!(!loopback_authority(bad), "{bad}");
+        }
+        assert!(loopback_origin("http://127.0.0.1:9000"));
+        assert!(!loopback_origin("null"));
+        assert!(!loopback_origin("http://attacker.example"));
+        assert!(!loopback_origin("file://127.0.0.1"));
+    }
+
+    #[test]
+    fn local_only_without_a_token() {
+        let open = Policy {
+            token: None,
+            public_read: false,
+        };
+        let req = |fields: &[(header::HeaderName, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in fields {
+                h.insert(k.clone(), v.parse().unwrap());
+            }
+            h
+        };
+        let uri: Uri = "/api/v1/backingimages".parse().unwrap();
+        let local = req(&[(header::HOST, "127.0.0.1:8080")]);
+        assert_eq!(open.check_local(&uri, &local), Ok(()));
+        assert_eq!(open.check_local(&uri, &HeaderMap::new()), Ok(()));
+        let foreign = req(&[(header::HOST, "attacker.example")]);
+        assert!(matches!(
+            open.check_local(&uri, &foreign),
+            Err(LocalOnly::Host(_))
+        ));
+        let h2: Uri = "http://attacker.example/x".parse().unwrap();
+        assert!(matches!(
+            open.check_local(&h2, &local),
+            Err(LocalOnly::Host(_))
+        ));
+        let cross = req(&[
+            (header::HOST, "localhost:1"),
+            (header::ORIGIN, "http://attacker.example"),
+        ]);
+        assert!(matches!(
+            open.check_local(&uri, &cross),
+            Err(LocalOnly::Origin(_))
+        ));
+        let same = req(&[
+            (header::HOST, "localhost:1"),
+            (header::ORIGIN, "http://localhost:1"),
+        ]);
+        assert_eq!(open.check_local(&uri, &same), Ok(()));
+        for (ct, ok) in [
+            ("application/json", true),
+            ("application/yaml; charset=utf-8", true),
+            ("Application/JSON", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+        ] {
+            let h = req(&[(header::CONTENT_TYPE, ct)]);
+            assert_eq!(open.check_manifest_type(&h).is_ok(), ok, "{ct}");
+        }
+        assert!(open.check_manifest_type(&HeaderMap::new()).is_err());
+        // With a token none of this applies (the token is what guards).
+        let guarded = Policy {
+            token: Some(Token::new("0123456789abcdefXYZ").unwrap()),
+            public_read: false,
+        };
+        assert_eq!(guarded.check_local(&uri, &foreign), Ok(()));
+        assert_eq!(guarded.check_manifest_type(&HeaderMap::new()), Ok(()));
     }
 
     #[test]

@@ -22,7 +22,10 @@
 //!   one is set, unless `--public-read`.
 //!
 //! Without a token (`--token-file` absent) the server only listens on loopback (enforced at
-//! bind) and every request is allowed: a local tool. The token travels only in
+//! bind) and every request is allowed: a local tool. Web pages in the user's browser are kept
+//! out: a request must name a loopback host (no DNS rebinding), a browser's `Origin` must be a
+//! loopback one (no cross-site requests), and a manifest must be sent as JSON or YAML (no
+//! preflight-free `text/plain` or form POST); see [`auth::LocalOnly`]. The token travels only in
 //! `Authorization: Bearer <token>` (no cookies, so no CSRF), is compared in constant time and
 //! is never logged. A refusal is a 401 with `WWW-Authenticate: Bearer`.
 
@@ -237,7 +240,25 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes())
         .merge(page::routes())
         .merge(metrics::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            local_only,
+        ))
         .with_state(state)
+}
+
+/// Without a token, before any route: the request must be addressed to a loopback name and,
+/// when a browser sent it, come from a page of a loopback origin ([`Policy::check_local`]).
+async fn local_only(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(e) = state.policy.check_local(request.uri(), request.headers()) {
+        tracing::warn!(refused = %e, path = %request.uri().path(), "request refused (loopback-only server)");
+        return HttpError::from(e).into_response();
+    }
+    next.run(request).await
 }
 
 /// An error answer: a status and a one-line plain-text message (never a key or passphrase:

@@ -269,29 +269,52 @@ pub fn routes() -> Router<AppState> {
 
 /// Ready when the store lists, bifs can read all of it, and every view it must serve is
 /// prepared: the encrypt views (stable headers) and the unlocks of LUKS images under their
-/// own Secret. The body says what is missing. Answered from what the background pass found
-/// last (at most a second old): never waits for a derivation, never blocks behind one.
-async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+/// own Secret. The body says what is missing: as counts to anyone (a probe sends no token),
+/// with the details (the store's error, the warnings, which name paths and Secrets) only to a
+/// request that may read ([`Access::Read`]); the log has them too. Answered from what the
+/// background pass found last (at most a second old): never waits for a derivation, never
+/// blocks behind one.
+async fn ready(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     let r = state.catalog.readiness();
     let code = if r.ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, readiness_text(&r))
+    let details = state.authorize(&headers, Access::Read).is_ok();
+    (code, readiness_text(&r, details))
 }
 
-fn readiness_text(r: &bifs_node::catalog::Readiness) -> String {
+/// What the details of an unauthorized /readyz become.
+const DETAILS_HIDDEN: &str =
+    "details need the bearer token (Authorization: Bearer ...); the server log has them";
+
+fn readiness_text(r: &bifs_node::catalog::Readiness, details: bool) -> String {
     let mut out = String::new();
     if !r.checked {
         out.push_str("starting: the first look at the store is under way\n");
         return out;
     }
-    if let Some(e) = &r.store_error {
-        let _ = writeln!(out, "store not readable: {e}");
-        for w in &r.warnings {
-            let _ = writeln!(out, "WARNING: {w}");
+    let warnings = |out: &mut String| {
+        if details {
+            for w in &r.warnings {
+                let _ = writeln!(out, "WARNING: {w}");
+            }
+        } else if !r.warnings.is_empty() {
+            let _ = writeln!(
+                out,
+                "WARNING: {} problems ({DETAILS_HIDDEN})",
+                r.warnings.len()
+            );
         }
+    };
+    if let Some(e) = &r.store_error {
+        if details {
+            let _ = writeln!(out, "store not readable: {e}");
+        } else {
+            let _ = writeln!(out, "store not readable ({DETAILS_HIDDEN})");
+        }
+        warnings(&mut out);
         return out;
     }
     let _ = writeln!(
@@ -330,9 +353,7 @@ fn readiness_text(r: &bifs_node::catalog::Readiness) -> String {
         "key derivations: {} running of {} at once, {} requests and {} background jobs waiting, {} image digests waiting",
         r.pool.running, r.pool.jobs, r.pool.queued_request, r.pool.queued_background, r.digests_pending
     );
-    for w in &r.warnings {
-        let _ = writeln!(out, "WARNING: {w}");
-    }
+    warnings(&mut out);
     out
 }
 

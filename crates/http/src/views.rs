@@ -119,7 +119,7 @@ const PREPARE_WAIT: Duration = Duration::from_secs(50);
 /// Secret does, never derived from its values), the stored file's version and the view's
 /// length. Known from the file's metadata alone: a HEAD needs no key derivation.
 ///
-/// Last-Modified: the stored file's mtime; for an encrypt view, whose bytes also change with
+/// Last-Modified: the stored file's mtime or ctime, the later ([`modified_of`]); for an encrypt view, whose bytes also change with
 /// the Secret, the later of that and the time this server first saw the Secret's version (so an
 /// `If-Modified-Since` from before a Secret change gets the new bytes). Never later than now
 /// (RFC 9110 8.8.2.1).
@@ -170,11 +170,14 @@ fn identity_bytes(h: &mut sha2::Sha256, id: &SourceIdentity) {
     h.update(id.ctime_ns.to_le_bytes());
 }
 
+/// The stored file's Last-Modified: the later of its mtime and its change time. A writer can
+/// put the mtime back (`touch -m -r`), never the ctime, so a rewrite always moves the date (as
+/// it moves the ETag): If-Modified-Since and an If-Range date see it.
 fn modified_of(id: &SourceIdentity) -> SystemTime {
-    if id.mtime_ns >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(id.mtime_ns as u64)
-    } else {
-        SystemTime::UNIX_EPOCH
+    let ns = id.mtime_ns.max(id.ctime_ns);
+    match u64::try_from(ns) {
+        Ok(ns) => SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
+        Err(_) => SystemTime::UNIX_EPOCH,
     }
 }
 
@@ -475,10 +478,18 @@ fn respond(state: &AppState, o: Opened, headers: &HeaderMap) -> Response {
 
 /// `If-Range`: the range applies only if the client's copy is this one (RFC 9110 13.1.5): an
 /// entity tag by strong comparison (`headers`' `ETag`); a date only if it is exactly the
-/// Last-Modified, and never for encrypt views, whose header may be remade without the source's
-/// mtime changing. (The `headers` crate's `IfRange` takes any date not before Last-Modified,
-/// which the RFC does not: so the date is compared here.)
+/// Last-Modified and a strong validator, and never for encrypt views, whose header may be
+/// remade without the source's mtime changing. (The `headers` crate's `IfRange` takes any date
+/// not before Last-Modified, which the RFC does not: so the date is compared here.)
+///
+/// A date is strong only when the Last-Modified is at least one second before the response's
+/// Date (RFC 9110 8.8.2.2): within its own second the file may change again without the
+/// (whole-second) date moving. Otherwise the condition is false: the whole view is sent.
 fn if_range_holds(value: Option<&HeaderValue>, o: &Opened) -> bool {
+    if_range_holds_at(value, o, SystemTime::now())
+}
+
+fn if_range_holds_at(value: Option<&HeaderValue>, o: &Opened, now: SystemTime) -> bool {
     let Some(v) = value.and_then(|v| v.to_str().ok()).map(str::trim) else {
         return true;
     };
@@ -495,9 +506,16 @@ fn if_range_holds(value: Option<&HeaderValue>, o: &Opened) -> bool {
         return false;
     }
     match httpdate::parse_http_date(v) {
-        Ok(d) => d == trunc_secs(o.modified),
+        Ok(d) => d == trunc_secs(o.modified) && date_is_strong(o.modified, now),
         Err(_) => false,
     }
+}
+
+/// Whether a Last-Modified of `modified` is a strong validator in a response dated `now`
+/// (RFC 9110 8.8.2.2): the Date's whole second at least one second after it. The Date
+/// header is `now` truncated to the second.
+fn date_is_strong(modified: SystemTime, now: SystemTime) -> bool {
+    modified + Duration::from_secs(1) <= trunc_secs(now)
 }
 
 fn trunc_secs(t: SystemTime) -> SystemTime {
@@ -878,6 +896,20 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn if_range_dates_are_strong_one_second_on() {
+        let t = |s: u64, ms: u64| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(s) + Duration::from_millis(ms)
+        };
+        // Modified at 100.0: strong in a response dated 101 or later, not within second 100.
+        assert!(!date_is_strong(t(100, 0), t(100, 999)));
+        assert!(date_is_strong(t(100, 0), t(101, 0)));
+        // Modified at 100.5: its header says 100, but a response dated 101 may still share
+        // its second with a change; only from 102 (Date >= Last-Modified + 1 s) is it strong.
+        assert!(!date_is_strong(t(100, 500), t(101, 400)));
+        assert!(date_is_strong(t(100, 500), t(102, 0)));
     }
 
     #[test]

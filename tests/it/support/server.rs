@@ -37,6 +37,10 @@ pub struct Options<'a> {
     pub files: &'a [(&'a str, &'a [u8])],
     /// The store directory (made if needed), instead of one in the server's work directory.
     pub store: Option<&'a Path>,
+    /// No `--token-file`: the loopback-only server where every local request is allowed.
+    pub no_token: bool,
+    /// A second Secret (YAML), beside the cheap one.
+    pub extra_secret: Option<&'a str>,
 }
 
 impl Server {
@@ -74,14 +78,19 @@ impl Server {
             ),
         )
         .expect("secret");
+        if let Some(yaml) = opts.extra_secret {
+            std::fs::write(secrets.join("extra.yaml"), yaml).expect("extra secret");
+        }
         let token = dir.path().join("token");
         std::fs::write(&token, TOKEN).expect("token");
         let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "--store".into()];
         args.push(store.clone().into());
         args.push("--secrets".into());
         args.push(secrets.into());
-        args.push("--token-file".into());
-        args.push(token.into());
+        if !opts.no_token {
+            args.push("--token-file".into());
+            args.push(token.into());
+        }
         args.extend(["--listen".into(), "127.0.0.1:0".into()]);
         if !opts.no_loopback_downloads {
             // The tests' download source is a local HTTP server; a real server refuses it.

@@ -758,12 +758,30 @@ impl Catalog {
             .spawn(move || loop {
                 let r = cat.pass();
                 let ready = r.ready();
-                let was = {
+                let (was, news) = {
                     let mut cur = cat.readiness.lock().unwrap_or_else(|e| e.into_inner());
                     let was = cur.ready();
+                    // Each problem once, when it appears: the log has the details an
+                    // unauthorized /readyz leaves out (paths, Secret names).
+                    let mut news: Vec<String> = r
+                        .warnings
+                        .iter()
+                        .filter(|w| !cur.warnings.contains(w))
+                        .cloned()
+                        .collect();
+                    if let Some(e) = r
+                        .store_error
+                        .as_ref()
+                        .filter(|e| cur.store_error.as_ref() != Some(*e))
+                    {
+                        news.push(format!("store not readable: {e}"));
+                    }
                     *cur = r;
-                    was
+                    (was, news)
                 };
+                for w in news {
+                    tracing::warn!(problem = %w, "not ready");
+                }
                 if ready && !was {
                     tracing::info!("every view is prepared (ready)");
                 }
