@@ -168,11 +168,20 @@ fn identity_bytes(h: &mut sha2::Sha256, id: &SourceIdentity) {
     // The change time too: a rewrite that puts the mtime back must not keep the ETag
     // (If-Range would then splice two versions, and the cached SHA-512 would be stale).
     h.update(id.ctime_ns.to_le_bytes());
+    // A qcow2 image's backing files, for a view that reads them: a backing file rewritten
+    // must change the ETag as the top file would. Nothing for a view of one file, whose
+    // ETags (and the sums cached under them) stay what they were.
+    if id.chain != 0 {
+        h.update(b"\0chain\0");
+        h.update(id.chain.to_le_bytes());
+    }
 }
 
+/// The latest mtime of the stored file and of the backing files the view reads.
 fn modified_of(id: &SourceIdentity) -> SystemTime {
-    if id.mtime_ns >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(id.mtime_ns as u64)
+    let ns = id.latest_mtime_ns();
+    if ns >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
     } else {
         SystemTime::UNIX_EPOCH
     }
