@@ -156,6 +156,7 @@ mod tests {
             version: Version { source, header },
             path: "/s/a.img".into(),
             qcow2: false,
+            chain: Vec::new(),
             attr: FileAttr {
                 ino: fuser::INodeNo(5),
                 size,

@@ -486,15 +486,24 @@ impl Catalog {
         file: fs::File,
     ) -> Result<(Arc<dyn ReadAt>, Vec<ChainFile>), CatalogError> {
         // A qcow2's backing files are opened beneath the store's root too.
-        let chain = std::cell::RefCell::new(Vec::new());
+        let chain = std::cell::RefCell::new(Vec::<ChainFile>::new());
         let opener = |p: &std::path::Path| -> io::Result<fs::File> {
             let f = self.store.open_image(p)?;
             let identity = SourceIdentity::of(&f.metadata()?);
-            chain.borrow_mut().push(ChainFile {
-                file: f.try_clone()?,
-                path: lexically_normal(p),
-                identity,
-            });
+            let path = lexically_normal(p);
+            let mut chain = chain.borrow_mut();
+            // A backing file without a format is opened twice (to detect it, then to read
+            // it): one check of the same file is enough.
+            let again = chain
+                .last()
+                .is_some_and(|c| c.path == path && c.identity == identity);
+            if !again {
+                chain.push(ChainFile {
+                    file: f.try_clone()?,
+                    path,
+                    identity,
+                });
+            }
             Ok(f)
         };
         let disk = image::virtual_disk_with(file, &img.path, &opener);
