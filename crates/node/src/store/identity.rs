@@ -273,6 +273,34 @@ mod tests {
     }
 
     #[test]
+    fn a_backing_file_written_fails_reads_and_changes_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (top, base) = (dir.path().join("top"), dir.path().join("base"));
+        std::fs::write(&top, vec![1u8; 8192]).unwrap();
+        std::fs::write(&base, vec![1u8; 8192]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let (bfile, bid) = Watched::open(&base).unwrap();
+        let top_id = SourceIdentity::of_path(&top).unwrap();
+        let id = top_id.with_chain(&[bid]);
+        assert_ne!(id, top_id);
+        assert_eq!(id.top(), top_id);
+        assert_eq!(top_id.with_chain(&[]), top_id);
+        let view = watched(&top).with_chain(vec![ChainFile {
+            file: bfile,
+            path: base.clone(),
+            identity: bid,
+        }]);
+        let mut buf = [0u8; 512];
+        view.read_at(0, &mut buf).unwrap();
+        let f = OpenOptions::new().write(true).open(&base).unwrap();
+        f.write_all_at(&[2u8; 512], 0).unwrap();
+        let e = view.read_at(0, &mut buf).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        let now = top_id.with_chain(&[SourceIdentity::of_path(&base).unwrap()]);
+        assert_ne!(now, id, "a backing file written keeps the identity");
+    }
+
+    #[test]
     fn a_new_link_or_a_rename_over_it_is_not_a_change() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.img");
