@@ -683,3 +683,121 @@ fn a_secret_rotation_drops_the_encrypt_views_cached_pages() {
     let log = fx.m.log_text();
     assert!(!log.contains("pass one") && !log.contains("pass rotated"));
 }
+
+/// A store holding `base.raw` (4 MiB of 0x11, in `backing_dir` under the store: "" for
+/// beside the image) and
+/// `overlay.qcow2` on it (`qemu-img create -b`), mounted with the default page cache.
+struct Chain {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    base: PathBuf,
+    m: Mounted,
+}
+
+impl Chain {
+    fn mount(backing_dir: &str) -> Self {
+        require_tools(&["fusermount3", "qemu-img"]);
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let store = root.join("store");
+        fs::create_dir_all(store.join(backing_dir)).unwrap();
+        let rel = Path::new(backing_dir).join("base.raw");
+        let base = store.join(&rel);
+        fs::write(&base, vec![0x11u8; 4 * MIB]).unwrap();
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&rel)
+            .arg("overlay.qcow2")
+            .current_dir(&store));
+        let secrets = root.join("secrets.yaml");
+        fs::write(&secrets, SECRETS).unwrap();
+        let m = Mounted::start(&store, &secrets, None, &root.join("mnt"), &[]);
+        Chain {
+            _dir: dir,
+            root,
+            base,
+            m,
+        }
+    }
+
+    /// Rewrites the backing file in place (same inode) with `byte`.
+    fn write_base_in_place(&self, byte: u8) {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&self.base)
+            .unwrap()
+            .write_all_at(&vec![byte; 4 * MIB], 0)
+            .unwrap();
+    }
+
+    /// Replaces the backing file by a rename.
+    fn replace_base(&self, byte: u8) {
+        let tmp = self.root.join("store/.base.tmp");
+        fs::write(&tmp, vec![byte; 4 * MIB]).unwrap();
+        fs::rename(&tmp, &self.base).unwrap();
+    }
+}
+
+/// A qcow2 view reads its backing file too, and the promise holds for it as for the top
+/// file: the backing file rewritten in place under an open handle of raw/overlay.qcow2 fails
+/// the handle's next reads with EIO (cached page or not), never serves the new bytes; a new
+/// open reads the new version whole.
+#[test]
+fn a_backing_file_written_under_an_open_handle_fails_its_reads() {
+    full_tier_only!("root, /dev/fuse, fusermount3 and qemu-img");
+    let fx = Chain::mount("");
+    let view = fx.m.path("raw/overlay.qcow2");
+    let h = fs::File::open(&view).unwrap();
+    let mut buf = vec![0u8; MIB];
+    h.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|&b| b == 0x11));
+    fx.write_base_in_place(0x22);
+    // MiB 2 was never read (no page of it cached), MiB 0 was.
+    let old = vec![0x11u8; 4096];
+    fails_soon_with_eio(&h, 2 * MIB as u64, &old);
+    fails_soon_with_eio(&h, 0, &old);
+    drop(h);
+    let now = fs::read(&view).unwrap();
+    assert_eq!(now.len(), 4 * MIB);
+    assert!(now.iter().all(|&b| b == 0x22), "a new open after the write");
+    let log = fx.m.log_text();
+    assert!(log.contains("source image changed"), "{log}");
+}
+
+/// With the page cache kept across opens, a backing file (here in a subdirectory of the
+/// store, which the store watch did not cover) changed between two opens: the second open
+/// reads only the new version, never a page cached from the old one beside new bytes,
+/// however soon after the change it comes; in place or by rename.
+#[test]
+fn a_backing_file_changed_between_opens_never_mixes_cached_pages() {
+    full_tier_only!("root, /dev/fuse, fusermount3 and qemu-img");
+    let fx = Chain::mount("sub");
+    let view = fx.m.path("raw/overlay.qcow2");
+    let read_mib = |off: usize| {
+        let h = fs::File::open(&view).unwrap();
+        let mut buf = vec![0u8; MIB];
+        h.read_exact_at(&mut buf, off as u64).unwrap();
+        buf
+    };
+    assert!(read_mib(0).iter().all(|&b| b == 0x11));
+    for (k, byte) in [0x22u8, 0x33, 0x44, 0x55, 0x66, 0x77]
+        .into_iter()
+        .enumerate()
+    {
+        // MiB 0 of the old version is cached now.
+        assert!(read_mib(0).iter().all(|&b| b == byte - 0x11));
+        if k % 2 == 0 {
+            fx.write_base_in_place(byte);
+        } else {
+            fx.replace_base(byte);
+        }
+        let whole = fs::read(&view).unwrap();
+        assert_eq!(whole.len(), 4 * MIB);
+        for (i, mib) in whole.chunks(MIB).enumerate() {
+            assert!(
+                mib.iter().all(|&b| b == byte),
+                "change {k}: MiB {i} of a new open is not all {byte:#x}"
+            );
+        }
+    }
+}

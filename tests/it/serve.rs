@@ -925,3 +925,77 @@ fn two_nodes_second_store_downloads_the_encrypt_view() {
     assert!(cryptsetup_opens(&got, PASSPHRASE));
     assert!(decrypt_file(&f, &got) == padded(&f.disk));
 }
+
+/// A qcow2 view's validators cover its backing file: after `base.raw` under
+/// `overlay.qcow2` is rewritten in place, raw/overlay.qcow2 has a new ETag (the old one no
+/// longer answers If-None-Match with 304), its `.sha512` is computed again, and an If-Range
+/// resume with the old ETag gets the whole new view (200), not a range spliced onto the old.
+#[test]
+fn a_backing_file_change_changes_the_qcow2_views_validators() {
+    use std::os::unix::fs::FileExt;
+    full_tier_only!("curl, wget, qemu-img, cryptsetup, python3");
+    require(&[("curl", "curl"), ("qemu-img", "qemu-utils")]);
+    let f = fixture(MIB);
+    let len = 4 * MIB;
+    fs::write(f.store.join("base.raw"), vec![0x11u8; len]).unwrap();
+    let o = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "base.raw"])
+        .arg("overlay.qcow2")
+        .current_dir(&f.store)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let srv = Server::start(&f.store, &f.secrets, &[]);
+    let url = srv.view("raw/overlay.qcow2");
+    let get = |extra: &[&str]| {
+        let mut args = vec!["-sfS"];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        run_ok("curl", &args).stdout
+    };
+    let sum_of =
+        || String::from_utf8(run_ok("curl", &["-sfS", &format!("{url}.sha512")]).stdout).unwrap();
+
+    let (code, head) = status(&url, &["-I"]);
+    assert_eq!(code, 200);
+    let etag = header(&head, "etag").unwrap().to_string();
+    assert_eq!(get(&[]), vec![0x11u8; len]);
+    let sum = sum_of();
+    assert!(sum.contains(&sha512_hex(&vec![0x11u8; len])), "{sum}");
+
+    std::thread::sleep(Duration::from_millis(20));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(f.store.join("base.raw"))
+        .unwrap()
+        .write_all_at(&vec![0x22u8; len], 0)
+        .unwrap();
+
+    let (code, head) = status(&url, &["-I"]);
+    assert_eq!(code, 200);
+    let etag2 = header(&head, "etag").unwrap().to_string();
+    assert_ne!(etag, etag2, "the backing file changed, the ETag did not");
+    assert_eq!(
+        status(&url, &["-H", &format!("If-None-Match: {etag}")]).0,
+        200
+    );
+    let sum2 = sum_of();
+    assert!(sum2.contains(&sha512_hex(&vec![0x22u8; len])), "{sum2}");
+    // A resume of the old version: the whole new view, not a 206 of new bytes.
+    let (code, head) = status(
+        &url,
+        &["-r", "1048576-", "-H", &format!("If-Range: {etag}")],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        header(&head, "content-length"),
+        Some(len.to_string().as_str())
+    );
+    let body = get(&["-r", "1048576-", "-H", &format!("If-Range: {etag}")]);
+    assert_eq!(body, vec![0x22u8; len]);
+    // The current ETag resumes.
+    assert_eq!(
+        status(&url, &["-r", "0-9", "-H", &format!("If-Range: {etag2}")]).0,
+        206
+    );
+}

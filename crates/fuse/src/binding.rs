@@ -20,7 +20,8 @@ use fuser::FileAttr;
 /// The version of a view's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
-    /// The stored file the view reads.
+    /// The stored file the view reads, with every backing file it reads
+    /// ([`SourceIdentity::with_chain`]).
     pub source: SourceIdentity,
     /// A fingerprint of an encrypt view's first 4 KiB (the LUKS2 binary header: a fresh
     /// UUID and the checksum of its metadata, so a new header, after a Secret rotation, is a
@@ -36,6 +37,9 @@ pub struct Bound {
     pub path: PathBuf,
     /// A qcow2 image reads its backing files too: a change beside it drops its pages.
     pub qcow2: bool,
+    /// The backing files the view reads besides `path` (a qcow2 image's chain under raw/ and
+    /// encrypt/): a write to any of them is a write to this view's source.
+    pub chain: Vec<PathBuf>,
     /// Size, blocks and mtime of the bound version.
     pub attr: FileAttr,
 }
@@ -152,6 +156,7 @@ mod tests {
             version: Version { source, header },
             path: "/s/a.img".into(),
             qcow2: false,
+            chain: Vec::new(),
             attr: FileAttr {
                 ino: fuser::INodeNo(5),
                 size,

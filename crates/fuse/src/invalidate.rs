@@ -85,6 +85,20 @@ impl Changes {
         }
     }
 
+    /// Watches the directories of the backing files `chain` (a view's qcow2 chain), those
+    /// the store watch does not cover already.
+    pub(crate) fn watch_chain(&self, chain: &[std::path::PathBuf]) {
+        if chain.is_empty() {
+            return;
+        }
+        let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = watch.as_mut() {
+            for dir in chain.iter().filter_map(|p| p.parent()) {
+                w.watch_dir(dir);
+            }
+        }
+    }
+
     fn push(&self, inos: Vec<u64>) {
         self.pending
             .lock()
@@ -238,12 +252,13 @@ fn touched_by(inodes: &Inodes, store: &Store, changes: &[Change]) -> Vec<u64> {
         for change in changes {
             match change {
                 Change::Lost => hit = true,
-                Change::Written(p) if *p == bound.path => {
+                Change::Written(p) if *p == bound.path || bound.chain.contains(p) => {
                     hit = true;
                     written = true;
                 }
                 Change::Written(p) | Change::Replaced(p) => {
                     hit |= bound.path.starts_with(p)
+                        || bound.chain.iter().any(|c| c.starts_with(p))
                         || image_dir_of(images_dir.as_deref(), p, name)
                         || (bound.qcow2 && p.parent() == bound.path.parent());
                 }

@@ -277,7 +277,7 @@ impl BifsFs {
             return;
         };
         let same = bound.path == img.path
-            && SourceIdentity::of_path(&img.path).is_ok_and(|now| now == bound.version.source);
+            && current(&bound).is_some_and(|now| now == bound.version.source);
         if !same {
             binding.mark_stale();
         }
@@ -291,9 +291,9 @@ impl BifsFs {
     fn bound_attr(&self, ino: u64, bound: &Bound) -> FileAttr {
         let mut attr = bound.attr;
         attr.ino = INodeNo(ino);
-        if let Ok(meta) = std::fs::metadata(&bound.path) {
-            if SourceIdentity::of(&meta) != bound.version.source {
-                attr.mtime = meta.modified().unwrap_or(attr.mtime);
+        if let Some(now) = current(bound) {
+            if now != bound.version.source {
+                attr.mtime = mtime_of(&now);
                 attr.ctime = attr.mtime;
             }
         }
@@ -362,12 +362,19 @@ impl BifsFs {
         };
         let size = view.len();
         let info = self.catalog().info(*mode, img).ok();
-        let mtime = info.map_or_else(|| mtime_of(&source), |i| i.mtime);
-        let blocks = info.map_or(size.div_ceil(512), |i| i.blocks.min(size.div_ceil(512)));
+        let mtime = info.as_ref().map_or_else(|| mtime_of(&source), |i| i.mtime);
+        let blocks = info
+            .as_ref()
+            .map_or(size.div_ceil(512), |i| i.blocks.min(size.div_ceil(512)));
+        let chain = info.map(|i| i.chain).unwrap_or_default();
+        // A backing file outside the directories the store watch covers (a subdirectory of
+        // a flat store) is watched from now on.
+        self.shared.changes.watch_chain(&chain);
         let bound = Bound {
             version: Version { source, header },
             path: img.path.clone(),
             qcow2: img.format == bifs_core::image::Format::Qcow2,
+            chain,
             attr: self.attr(ino, FileType::RegularFile, 0o440, size, blocks, mtime),
         };
         match binding.bind(bound) {
@@ -392,8 +399,25 @@ fn fingerprint(view: &dyn ReadAt) -> std::io::Result<u64> {
     Ok(BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(&buf))
 }
 
+/// The identity the files of `bound` have now, by path (the stored file and its backing
+/// chain), or `None` when one of them is gone.
+fn current(bound: &Bound) -> Option<SourceIdentity> {
+    let top = SourceIdentity::of_path(&bound.path).ok()?;
+    if bound.chain.is_empty() {
+        return Some(top);
+    }
+    let chain = bound
+        .chain
+        .iter()
+        .map(|p| SourceIdentity::of_path(p))
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    Some(top.with_chain(&chain))
+}
+
+/// The latest modification time of the files `id` covers.
 fn mtime_of(id: &SourceIdentity) -> SystemTime {
-    let ns = u64::try_from(id.mtime_ns).unwrap_or(0);
+    let ns = u64::try_from(id.latest_mtime_ns()).unwrap_or(0);
     SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
 }
 

@@ -168,13 +168,21 @@ fn identity_bytes(h: &mut sha2::Sha256, id: &SourceIdentity) {
     // The change time too: a rewrite that puts the mtime back must not keep the ETag
     // (If-Range would then splice two versions, and the cached SHA-512 would be stale).
     h.update(id.ctime_ns.to_le_bytes());
+    // A qcow2 image's backing files, for a view that reads them: a backing file rewritten
+    // must change the ETag as the top file would. Nothing for a view of one file, whose
+    // ETags (and the sums cached under them) stay what they were.
+    if id.chain != 0 {
+        h.update(b"\0chain\0");
+        h.update(id.chain.to_le_bytes());
+    }
 }
 
-/// The stored file's Last-Modified: the later of its mtime and its change time. A writer can
-/// put the mtime back (`touch -m -r`), never the ctime, so a rewrite always moves the date (as
-/// it moves the ETag): If-Modified-Since and an If-Range date see it.
+/// The view's Last-Modified: the latest of the stored file's mtime and change time and the
+/// mtimes of the backing files it reads. A writer can put an mtime back (`touch -m -r`), never
+/// the ctime, so a rewrite always moves the date (as it moves the ETag): If-Modified-Since and
+/// an If-Range date see it.
 fn modified_of(id: &SourceIdentity) -> SystemTime {
-    let ns = id.mtime_ns.max(id.ctime_ns);
+    let ns = id.latest_mtime_ns().max(id.ctime_ns);
     match u64::try_from(ns) {
         Ok(ns) => SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
         Err(_) => SystemTime::UNIX_EPOCH,

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::kdfpool::{Busy, Class};
 use crate::store::digests::FileStamp;
-use crate::store::{SourceIdentity, Store, StoredImage, Watched};
+use crate::store::{ChainFile, SourceIdentity, Store, StoredImage, Watched};
 use bifs_core::image::{self, raw::RawFile, ReadAt};
 use bifs_core::kdf::KdfLimits;
 use bifs_core::luks::{LuksError, LuksHeader, DATA_OFFSET};
@@ -139,14 +139,19 @@ impl CatalogError {
 }
 
 /// Size, allocation and time of a file in the mount.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FileInfo {
     pub size: u64,
     /// 512-byte blocks: what `cp --sparse=auto` uses to decide whether to look for holes.
     pub blocks: u64,
+    /// The latest modification time of the files the view reads.
     pub mtime: SystemTime,
-    /// The stored file's version the sizes are of.
+    /// The stored file's version the sizes are of (with its backing chain's, for a view
+    /// that reads one).
     pub identity: SourceIdentity,
+    /// The backing files the view reads besides the stored file (a qcow2 image's chain,
+    /// raw/ and encrypt/ only), in chain order.
+    pub chain: Vec<std::path::PathBuf>,
 }
 
 /// A view opened, or the hold of a request on its preparation.
@@ -429,13 +434,19 @@ impl Catalog {
         // one file's size with another's content.
         let file = self.store.open_image(&img.path).map_err(io_err)?;
         let meta = file.metadata().map_err(io_err)?;
-        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         let file_blocks = meta.blocks();
+        let mut chain = Vec::new();
         let (size, blocks) = match mode {
             Mode::Ignore => (meta.len(), file_blocks),
-            Mode::Raw => (self.disk_len(img, file)?, file_blocks),
+            Mode::Raw => {
+                let (disk, c) = self.disk_of(img, file)?;
+                chain = c;
+                (disk.len(), file_blocks)
+            }
             Mode::Encrypt => {
-                let size = DATA_OFFSET + encrypt::padded_len(self.disk_len(img, file)?);
+                let (disk, c) = self.disk_of(img, file)?;
+                chain = c;
+                let size = DATA_OFFSET + encrypt::padded_len(disk.len());
                 (size, size / 512)
             }
             Mode::Decrypt => {
@@ -454,35 +465,50 @@ impl Catalog {
                 )
             }
         };
+        let ids: Vec<SourceIdentity> = chain.iter().map(|c| c.identity).collect();
+        let identity = SourceIdentity::of(&meta).with_chain(&ids);
+        let mtime_ns = u64::try_from(identity.latest_mtime_ns()).unwrap_or(0);
         Ok(FileInfo {
             size,
             blocks: blocks.min(size.div_ceil(512)),
-            mtime,
-            identity: SourceIdentity::of(&meta),
+            mtime: SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(mtime_ns),
+            identity,
+            chain: chain.into_iter().map(|c| c.path).collect(),
         })
     }
 
-    /// The length of the disk `img` holds: a qcow2's from its header alone, so that a lookup
-    /// (every `stat`, every HEAD) never opens and reads a backing chain; opening the view
-    /// does, and fails there when the chain is broken.
-    fn disk_len(&self, img: &StoredImage, file: fs::File) -> Result<u64, CatalogError> {
-        if img.format != image::Format::Qcow2 {
-            return Ok(self.disk_of(img, file)?.len());
-        }
-        image::qcow2::declared_size(&file).map_err(|e| CatalogError::Io {
-            image: img.name.clone(),
-            error: match e {
-                image::qcow2::Qcow2Error::Io { error, .. } => error,
-                other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
-            },
-        })
-    }
-
-    /// The disk `img` holds, read through `file` (a descriptor of `img.path`).
-    fn disk_of(&self, img: &StoredImage, file: fs::File) -> Result<Arc<dyn ReadAt>, CatalogError> {
+    /// The disk `img` holds, read through `file` (a descriptor of `img.path`), and the
+    /// backing files it reads too (a qcow2 image's chain, each with the identity it had when
+    /// opened: the view is of those versions).
+    fn disk_of(
+        &self,
+        img: &StoredImage,
+        file: fs::File,
+    ) -> Result<(Arc<dyn ReadAt>, Vec<ChainFile>), CatalogError> {
         // A qcow2's backing files are opened beneath the store's root too.
-        let opener = |p: &std::path::Path| self.store.open_image(p);
-        image::virtual_disk_with(file, &img.path, &opener).map_err(|e| match e {
+        let chain = std::cell::RefCell::new(Vec::<ChainFile>::new());
+        let opener = |p: &std::path::Path| -> io::Result<fs::File> {
+            let f = self.store.open_image(p)?;
+            let identity = SourceIdentity::of(&f.metadata()?);
+            let path = lexically_normal(p);
+            let mut chain = chain.borrow_mut();
+            // A backing file without a format is opened twice (to detect it, then to read
+            // it): one check of the same file is enough.
+            let again = chain
+                .last()
+                .is_some_and(|c| c.path == path && c.identity == identity);
+            if !again {
+                chain.push(ChainFile {
+                    file: f.try_clone()?,
+                    path,
+                    identity,
+                });
+            }
+            Ok(f)
+        };
+        let disk = image::virtual_disk_with(file, &img.path, &opener);
+        let chain = chain.into_inner();
+        disk.map(|d| (d, chain)).map_err(|e| match e {
             image::OpenError::Io { error, .. } => CatalogError::Io {
                 image: img.name.clone(),
                 error,
@@ -551,9 +577,16 @@ impl Catalog {
         let stored = || -> Result<Arc<dyn ReadAt>, CatalogError> {
             Ok(Arc::new(RawFile::from_file(dup()?).map_err(io_err)?))
         };
+        // The backing files a raw or encrypt view of a qcow2 image reads besides `file`.
+        let chain = std::cell::RefCell::new(Vec::new());
+        let disk = || -> Result<Arc<dyn ReadAt>, CatalogError> {
+            let (d, c) = self.disk_of(img, dup()?)?;
+            *chain.borrow_mut() = c;
+            Ok(d)
+        };
         let view: Arc<dyn ReadAt> = match (mode, secret) {
             (Mode::Ignore, _) => stored()?,
-            (Mode::Raw, _) => self.disk_of(img, dup()?)?,
+            (Mode::Raw, _) => disk()?,
             (Mode::Encrypt | Mode::Decrypt, Some(secret)) => {
                 self.check_secret(secret)?;
                 let key = (mode, img.name.clone(), secret.clone());
@@ -563,7 +596,7 @@ impl Catalog {
                     match st.current(&stamp) {
                         Some(v) => Some(self.view_of(img, secret, v, &|| {
                             if mode == Mode::Encrypt {
-                                self.disk_of(img, dup()?)
+                                disk()
                             } else {
                                 stored()
                             }
@@ -586,9 +619,11 @@ impl Catalog {
             }
             (_, None) => return Err(CatalogError::NoImage(img.name.clone())),
         };
+        let chain = chain.into_inner();
+        let ids: Vec<SourceIdentity> = chain.iter().map(|c| c.identity).collect();
         Ok(Opening::Ready(
-            Arc::new(Watched::new(view, file, img.path.clone(), identity)),
-            identity,
+            Arc::new(Watched::new(view, file, img.path.clone(), identity).with_chain(chain)),
+            identity.with_chain(&ids),
         ))
     }
 
@@ -658,6 +693,25 @@ impl Catalog {
             }),
         }
     }
+}
+
+/// `p` with `.` and `..` taken out by name (`dir/sub/../b` is `dir/b`): a backing file's
+/// path as the store watch names it. The file itself was opened beneath the store's root.
+fn lexically_normal(p: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Never called: a refusal builds no view.

@@ -28,6 +28,13 @@ pub struct SourceIdentity {
     pub ctime_ns: i128,
     pub dev: u64,
     pub ino: u64,
+    /// For a view that reads a qcow2 image's backing files too (raw/, encrypt/), a digest of
+    /// every backing file's identity ([`Self::with_chain`]); 0 for a view of one file.
+    #[serde(default)]
+    pub chain: u64,
+    /// The latest modification time among the backing files (0 without a chain).
+    #[serde(default)]
+    pub chain_mtime_ns: i128,
 }
 
 impl SourceIdentity {
@@ -38,7 +45,49 @@ impl SourceIdentity {
             ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
             dev: meta.dev(),
             ino: meta.ino(),
+            chain: 0,
+            chain_mtime_ns: 0,
         }
+    }
+
+    /// This identity of a top file, covering the backing files `chain` (their own
+    /// identities, in chain order) too: a change of any of them changes it. Unchanged without
+    /// a chain.
+    pub fn with_chain(self, chain: &[SourceIdentity]) -> Self {
+        use sha2::Digest;
+        if chain.is_empty() {
+            return self;
+        }
+        let mut h = sha2::Sha256::new();
+        for id in chain {
+            h.update(id.dev.to_le_bytes());
+            h.update(id.ino.to_le_bytes());
+            h.update(id.size.to_le_bytes());
+            h.update(id.mtime_ns.to_le_bytes());
+            h.update(id.ctime_ns.to_le_bytes());
+        }
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&h.finalize()[..8]);
+        Self {
+            // Never 0, which means "no chain".
+            chain: u64::from_le_bytes(first) | 1,
+            chain_mtime_ns: chain.iter().map(|c| c.mtime_ns).max().unwrap_or(0),
+            ..self
+        }
+    }
+
+    /// The identity of the top file alone.
+    pub fn top(&self) -> Self {
+        Self {
+            chain: 0,
+            chain_mtime_ns: 0,
+            ..*self
+        }
+    }
+
+    /// The latest modification time of the files this identity covers.
+    pub fn latest_mtime_ns(&self) -> i128 {
+        self.mtime_ns.max(self.chain_mtime_ns)
     }
 
     pub fn of_path(path: &Path) -> io::Result<Self> {
@@ -54,13 +103,63 @@ impl SourceIdentity {
 /// A change of the link count (the file renamed over, unlinked, or hard-linked) moves the
 /// change time without touching the bytes: when the link count moved and only the change time
 /// with it, the view goes on from the new change time.
+///
+/// A view of a qcow2 image also reads its backing files: those are checked the same way
+/// ([`Self::with_chain`]), so a backing file written in place fails the reads as the top
+/// file would. A view without a chain pays one `fstat` per read, as before.
 pub struct Watched {
     inner: Arc<dyn ReadAt>,
+    top: Pin,
+    chain: Vec<Pin>,
+    reported: AtomicBool,
+}
+
+/// A file of a qcow2 image's backing chain, as opened for a view: its own descriptor (the
+/// one the view reads), its path (normalized: what the store watch reports changes by) and
+/// its identity at that open.
+#[derive(Debug)]
+pub struct ChainFile {
+    pub file: File,
+    pub path: PathBuf,
+    pub identity: SourceIdentity,
+}
+
+/// One watched file.
+struct Pin {
     file: File,
     path: PathBuf,
     /// The identity reads are checked against, and the link count that goes with it.
     baseline: Mutex<(SourceIdentity, u64)>,
-    reported: AtomicBool,
+}
+
+impl Pin {
+    fn new(file: File, path: PathBuf, identity: SourceIdentity) -> Self {
+        let nlink = file.metadata().map(|m| m.nlink()).unwrap_or(0);
+        Self {
+            file,
+            path,
+            baseline: Mutex::new((identity, nlink)),
+        }
+    }
+
+    /// `Err((opened size, size now))` once the file changed.
+    fn check(&self) -> io::Result<Result<(), (u64, u64)>> {
+        let meta = self.file.metadata()?;
+        let now = SourceIdentity::of(&meta);
+        let mut base = self.baseline.lock().unwrap_or_else(|e| e.into_inner());
+        if now == base.0 {
+            return Ok(Ok(()));
+        }
+        let only_ctime = SourceIdentity {
+            ctime_ns: base.0.ctime_ns,
+            ..now
+        } == base.0;
+        if only_ctime && meta.nlink() != base.1 {
+            *base = (now, meta.nlink());
+            return Ok(Ok(()));
+        }
+        Ok(Err((base.0.size, now.size)))
+    }
 }
 
 impl Watched {
@@ -83,42 +182,39 @@ impl Watched {
         path: PathBuf,
         identity: SourceIdentity,
     ) -> Self {
-        let nlink = file.metadata().map(|m| m.nlink()).unwrap_or(0);
         Self {
             inner,
-            file,
-            path,
-            baseline: Mutex::new((identity, nlink)),
+            top: Pin::new(file, path, identity.top()),
+            chain: Vec::new(),
             reported: AtomicBool::new(false),
         }
     }
 
+    /// Also fails the reads once any of the backing files `chain` changes.
+    pub fn with_chain(mut self, chain: Vec<ChainFile>) -> Self {
+        self.chain = chain
+            .into_iter()
+            .map(|c| Pin::new(c.file, c.path, c.identity))
+            .collect();
+        self
+    }
+
     fn check(&self) -> io::Result<()> {
-        let meta = self.file.metadata()?;
-        let now = SourceIdentity::of(&meta);
-        let mut base = self.baseline.lock().unwrap_or_else(|e| e.into_inner());
-        if now == base.0 {
-            return Ok(());
+        for pin in std::iter::once(&self.top).chain(&self.chain) {
+            if let Err((opened_size, size)) = pin.check()? {
+                if !self.reported.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        source = ?self.top.path,
+                        changed = ?pin.path,
+                        opened_size, size,
+                        "source image changed while a view of it was open; failing its reads \
+                         with EIO (close and reopen the file to read the new content)"
+                    );
+                }
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
         }
-        let only_ctime = SourceIdentity {
-            ctime_ns: base.0.ctime_ns,
-            ..now
-        } == base.0;
-        if only_ctime && meta.nlink() != base.1 {
-            *base = (now, meta.nlink());
-            return Ok(());
-        }
-        let opened_size = base.0.size;
-        drop(base);
-        if !self.reported.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                source = ?self.path,
-                opened_size, size = now.size,
-                "source image changed while a view of it was open; failing its reads with EIO \
-                 (close and reopen the file to read the new content)"
-            );
-        }
-        Err(io::Error::from_raw_os_error(libc::EIO))
+        Ok(())
     }
 }
 
@@ -174,6 +270,34 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
         let e = view.read_at(0, &mut buf).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    }
+
+    #[test]
+    fn a_backing_file_written_fails_reads_and_changes_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (top, base) = (dir.path().join("top"), dir.path().join("base"));
+        std::fs::write(&top, vec![1u8; 8192]).unwrap();
+        std::fs::write(&base, vec![1u8; 8192]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let (bfile, bid) = Watched::open(&base).unwrap();
+        let top_id = SourceIdentity::of_path(&top).unwrap();
+        let id = top_id.with_chain(&[bid]);
+        assert_ne!(id, top_id);
+        assert_eq!(id.top(), top_id);
+        assert_eq!(top_id.with_chain(&[]), top_id);
+        let view = watched(&top).with_chain(vec![ChainFile {
+            file: bfile,
+            path: base.clone(),
+            identity: bid,
+        }]);
+        let mut buf = [0u8; 512];
+        view.read_at(0, &mut buf).unwrap();
+        let f = OpenOptions::new().write(true).open(&base).unwrap();
+        f.write_all_at(&[2u8; 512], 0).unwrap();
+        let e = view.read_at(0, &mut buf).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        let now = top_id.with_chain(&[SourceIdentity::of_path(&base).unwrap()]);
+        assert_ne!(now, id, "a backing file written keeps the identity");
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub mod watch;
 pub use atomic::write_atomic;
 pub use cfg::{BackingCfg, DiskCfg};
 pub use disk::{allocated, Lock, LockMode};
-pub use identity::{SourceIdentity, Watched};
+pub use identity::{ChainFile, SourceIdentity, Watched};
 pub use layout::{DiskImage, Layout};
 pub use state::{HeaderRecord, StateDir};
 pub use watch::{Change, StoreWatch};

@@ -171,6 +171,8 @@ mod tests {
                 ctime_ns: 5,
                 dev: 3,
                 ino: 4,
+                chain: 0,
+                chain_mtime_ns: 0,
             },
             padded_len: 512,
             source_sha512: None,

@@ -100,6 +100,14 @@ impl StoreWatch {
         }
     }
 
+    /// Watches `dir` too (the directory of a view's qcow2 backing file), unless it is
+    /// already.
+    pub fn watch_dir(&mut self, dir: &Path) {
+        if !self.dirs.values().any(|d| d == dir) {
+            self.add_or_warn(dir);
+        }
+    }
+
     /// How many directories are watched.
     pub fn watched(&self) -> usize {
         self.dirs.len()
