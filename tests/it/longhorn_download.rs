@@ -4,7 +4,7 @@
 //! 4 s HEAD deadline and 4 s idle limit, the exact SHA-512 string compare with `spec.checksum`,
 //! the file renamed into `DISK/backing-images/NAME-UUID/backing` with BIM's `backing.cfg`).
 //!
-//! The servers run as on a node: `--token-file` and `--public-read` (encrypt/ and ignore/ open,
+//! The servers run as on a node: `--token-file` and `--public-read` (encrypt/ and LUKS ignore/ open,
 //! raw/ and decrypt/ behind the token, reachable by Longhorn through signed URLs).
 //!
 //! Needs `go` (golang-go) for the client; the tests with `full_tier_only!` also need curl (a
@@ -179,7 +179,7 @@ impl Node {
     }
 }
 
-/// A running `bifs serve` as on a node (token, public encrypt/ and ignore/), killed on drop.
+/// A running `bifs serve` as on a node (token, public encrypt/ and LUKS ignore/), killed on drop.
 /// Its log is kept and printed when it stops (libtest shows it for a failing test only).
 struct Server {
     child: Child,
@@ -258,7 +258,8 @@ fn ignore_view_downloads_as_longhorn_does() {
     let client = longhorn_client_or_skip!();
     let node = Node::new(false);
     let srv = node.serve(None);
-    let url = srv.view("ignore/disk.img");
+    // Signed: ignore/ of an image that is not LUKS is plaintext (the token, or a signed URL).
+    let url = signed_url(&node, &srv.view("ignore/disk.img"), None);
     let want = sha512_hex(&node.image);
     let disk = node.disk("disk");
     let target = Target {
@@ -559,11 +560,19 @@ fn a_disk_longhorn_filled_is_served_to_another_node() {
             name: "parrot",
             uuid: "3c4d5e6f",
         };
-        let d = client.download(&srv.view("ignore/disk.img"), Some(&want), Some(&target));
+        let d = client.download(
+            &signed_url(&node, &srv.view("ignore/disk.img"), None),
+            Some(&want),
+            Some(&target),
+        );
         assert!(d.ready, "{}", d.message());
     }
     let srv = Server::start(&disk, &node.secrets, &node.token, None);
-    let d = client.download(&srv.view("ignore/parrot"), Some(&want), None);
+    let d = client.download(
+        &signed_url(&node, &srv.view("ignore/parrot"), None),
+        Some(&want),
+        None,
+    );
     eprintln!("ignore/ of a Longhorn-filled disk: {}", d.summary());
     assert!(d.ready, "{}", d.message());
 }
@@ -582,7 +591,11 @@ fn bifs_get_lists_the_disk_a_download_filled() {
         name: "parrot",
         uuid: "4d5e6f7a",
     };
-    let d = client.download(&srv.view("ignore/disk.img"), Some(&want), Some(&target));
+    let d = client.download(
+        &signed_url(&node, &srv.view("ignore/disk.img"), None),
+        Some(&want),
+        Some(&target),
+    );
     assert!(d.ready, "{}", d.message());
     let disk_s = disk.to_str().expect("path");
 

@@ -120,14 +120,17 @@ fn no_warn_or_bad_note_on_any_answer() {
     });
     let keyed = format!("{SECRET_NS}/{SECRET_NAME}");
     let mut paths = Vec::new();
+    // Public under --public-read: ciphertext (ignore/ of a LUKS image, encrypt/).
     for view in [
-        "/views/ignore/disk.img".to_string(),
+        "/views/ignore/disk.luks".to_string(),
         format!("/views/encrypt/{keyed}/disk.img"),
     ] {
         paths.push(format!("{view}.sha512"));
         paths.push(view);
     }
+    // Plaintext, by signed URL: ignore/ of a plain image, raw/, decrypt/.
     for view in [
+        "/views/ignore/disk.img".to_string(),
         "/views/raw/disk.img".to_string(),
         format!("/views/decrypt/{keyed}/disk.luks"),
     ] {

@@ -647,13 +647,51 @@ fn who_may_do_what() {
     assert_eq!(status(&srv.view("ignore/none.img"), &[]).0, 401);
     drop(srv);
 
-    // --public-read: encrypt/ and ignore/ without the token; plaintext still needs it.
+    // --public-read: encrypt/ and ignore/ of a LUKS image (ciphertext) without the token;
+    // plaintext still needs it, ignore/ of a plain image included. A plain image's ignore/ and
+    // a missing image's get the same answer as any plaintext view: no probing for names.
     let srv = Server::start(
         &f.store,
         &f.secrets,
         &["--token-file", token.to_str().unwrap(), "--public-read"],
     );
-    assert_eq!(status(&srv.view("ignore/disk.img"), &[]).0, 200);
+    assert_eq!(status(&srv.view("ignore/luks.img"), &[]).0, 200);
+    assert_eq!(status(&srv.view("ignore/luks.img"), &["-I"]).0, 200);
+    let body = |view: &str, extra: &[&str]| {
+        let mut args = vec!["-s", "-w", "\n%{http_code}"];
+        args.extend_from_slice(extra);
+        let url = srv.view(view);
+        args.push(&url);
+        String::from_utf8_lossy(&run("curl", &args).stdout).to_string()
+    };
+    let plain = body("ignore/disk.img", &[]);
+    assert!(
+        plain.ends_with("\n401"),
+        "ignore/ of a plain image: {plain}"
+    );
+    assert_eq!(
+        body("ignore/none.img", &[]),
+        plain,
+        "a missing image answers alike"
+    );
+    assert_eq!(body("raw/disk.img", &[]), plain, "as raw/ does");
+    assert_eq!(body("ignore/disk.img.sha512", &[]), plain);
+    assert_eq!(status(&srv.view("ignore/disk.img"), &["-I"]).0, 401);
+    assert_eq!(
+        status(&srv.view("ignore/disk.img"), &["-H", &bearer]).0,
+        200
+    );
+    // A signed URL opens it (what the page hands Longhorn under --public-read).
+    let signed = ok(&[
+        "url",
+        "--token-file",
+        token.to_str().unwrap(),
+        &srv.view("ignore/disk.img"),
+    ]);
+    let signed = signed.lines().last().unwrap().trim().to_string();
+    let got = run("curl", &["-sf", &signed]);
+    assert!(got.status.success(), "signed ignore/ of a plain image");
+    assert_eq!(got.stdout, f.disk);
     assert_eq!(status(&srv.view(ENC), &[]).0, 200);
     assert_eq!(status(&srv.view(&format!("{ENC}.sha512")), &[]).0, 200);
     assert_eq!(status(&srv.view(DEC), &[]).0, 401);

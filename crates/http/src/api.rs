@@ -56,14 +56,15 @@ pub fn routes() -> Router<AppState> {
 /// Who this server is and how its views are reached: the base URL for Longhorn (its
 /// `--advertise-url`, else the URL the request came in on), the node, and which views need a
 /// signed URL (those that need the token: plaintext ones, and all of them without
-/// `--public-read`).
+/// `--public-read`). `ignore/` is signed under `--public-read` too: it is public only for a
+/// LUKS image, and a signed URL works for any.
 async fn node(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&s, &headers, Access::Read)?;
     let token = s.policy.token.is_some();
     Ok(Json(json!({
         "node": s.node.name,
         "advertiseUrl": s.node.advertise_url,
-        "signedViews": if !token { vec![] } else if s.policy.public_read { vec!["raw", "decrypt"] } else { vec!["ignore", "raw", "encrypt", "decrypt"] },
+        "signedViews": if !token { vec![] } else if s.policy.public_read { vec!["ignore", "raw", "decrypt"] } else { vec!["ignore", "raw", "encrypt", "decrypt"] },
         "defaultExpirySeconds": super::signed::DEFAULT_EXPIRY.as_secs(),
     }))
     .into_response())

@@ -12,9 +12,10 @@ use super::HttpError;
 /// What a request wants to do (see the module doc of [`crate`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// `encrypt/` and `ignore/` views, listings, status.
+    /// `encrypt/` views, `ignore/` views of LUKS images (ciphertext), listings, status.
     Read,
-    /// `decrypt/` and `raw/` views: the plaintext of a disk.
+    /// `decrypt/` and `raw/` views, and `ignore/` views of images that are not LUKS: the
+    /// plaintext of a disk.
     Plaintext,
     /// Create, delete, upload.
     Write,
@@ -66,6 +67,9 @@ impl Token {
     }
 }
 
+/// The refusal of a plaintext view without the token.
+pub const PLAINTEXT_NEEDS_TOKEN: &str = "plaintext views (decrypt/, raw/, and ignore/ of an image that is not LUKS) need the bearer token (Authorization: Bearer ...)";
+
 /// Who may do what.
 #[derive(Debug)]
 pub struct Policy {
@@ -95,7 +99,7 @@ impl Policy {
                 StatusCode::UNAUTHORIZED,
                 match access {
                     Access::Read => "reading needs the bearer token (Authorization: Bearer ...); the server was not started with --public-read",
-                    Access::Plaintext => "plaintext views (decrypt/, raw/) need the bearer token (Authorization: Bearer ...)",
+                    Access::Plaintext => PLAINTEXT_NEEDS_TOKEN,
                     Access::Write => "changes need the bearer token (Authorization: Bearer ...)",
                 },
             )),

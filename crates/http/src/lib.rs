@@ -16,10 +16,10 @@
 //! # Who may do what (checked per request, by the handler, before any work)
 //! Every handler calls [`AppState::authorize`] with the [`Access`] it needs, first thing:
 //! - [`Access::Write`]: create, delete, upload. Needs the bearer token when one is set.
-//! - [`Access::Plaintext`]: `decrypt/` and `raw/` views (plaintext of a disk). Needs the token
-//!   when one is set.
-//! - [`Access::Read`]: `encrypt/` and `ignore/` views, listings, status. Needs the token when
-//!   one is set, unless `--public-read`.
+//! - [`Access::Plaintext`]: `decrypt/` and `raw/` views, and `ignore/` of an image that is not
+//!   LUKS (its stored bytes are plaintext). Needs the token when one is set.
+//! - [`Access::Read`]: `encrypt/` views, `ignore/` of LUKS images (ciphertext), listings,
+//!   status. Needs the token when one is set, unless `--public-read`.
 //!
 //! Without a token (`--token-file` absent) the server only listens on loopback (enforced at
 //! bind) and every request is allowed: a local tool. Web pages in the user's browser are kept

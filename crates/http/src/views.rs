@@ -192,20 +192,34 @@ fn modified_of(id: &SourceIdentity) -> SystemTime {
 /// Opens the view, waiting (up to [`PREPARE_WAIT`]) while it is being prepared. The wait
 /// holds no thread; a client that goes away drops it, and with it its claim on the job (an
 /// unlock nobody else wants stops before its next keyslot).
-async fn open(state: &AppState, vp: ViewPath) -> Result<Opened, HttpError> {
+async fn open(
+    state: &AppState,
+    vp: ViewPath,
+    ciphertext_only: Option<HttpError>,
+) -> Result<Opened, HttpError> {
     let deadline = tokio::time::Instant::now() + PREPARE_WAIT;
     let vp = Arc::new(vp);
+    let only = ciphertext_only.is_some();
     loop {
         let catalog = state.catalog.clone();
         let v = vp.clone();
         let opening = tokio::task::spawn_blocking(move || {
             let img = catalog.image(v.mode, v.secret.as_ref(), &v.image)?;
+            if only && !img.format.is_luks() {
+                return Ok(None);
+            }
             let o = catalog.open_now(v.mode, v.secret.as_ref(), &img)?;
-            Ok::<_, CatalogError>((img, o))
+            Ok::<_, CatalogError>(Some((img, o)))
         })
         .await
         .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("open: {e}")))?;
-        let (img, opening) = opening.map_err(|e| not_here(state, e))?;
+        let (img, opening) = match opening {
+            Ok(Some(found)) => found,
+            // Not ciphertext, or not there: the answer a missing token gets, whichever.
+            _ if only => return Err(ciphertext_only.unwrap_or_else(denied_plaintext)),
+            Err(e) => return Err(not_here(state, e)),
+            Ok(None) => return Err(denied_plaintext()),
+        };
         let pending = match opening {
             Opening::Ready(view, id) => return opened(state, &vp, img.name, view, id).await,
             Opening::Pending(p) => p,
@@ -282,6 +296,12 @@ async fn sum_key(o: &Opened) -> Result<String, HttpError> {
     Ok(format!("\"{}\"", hex::encode(&h.finalize()[..16])))
 }
 
+/// The refusal of a plaintext view to a request without the token; only reached when the
+/// policy refused it already (a ciphertext-only open always carries that refusal).
+fn denied_plaintext() -> HttpError {
+    HttpError::new(StatusCode::UNAUTHORIZED, crate::auth::PLAINTEXT_NEEDS_TOKEN)
+}
+
 /// A catalog error as the answer; an image this node does not hold is a 404 that names the
 /// node (each node serves the images of its own disks).
 ///
@@ -327,17 +347,32 @@ fn without_server_paths(message: &str, root: &std::path::Path, state: &std::path
 /// derivation), so a client's HEAD deadline (4 s in Longhorn v1.7) is met whether or not the
 /// view is prepared yet. A refusal already known for this version of the file (a wrong
 /// passphrase) is answered as the GET would.
-async fn head(state: &AppState, vp: ViewPath, headers: &HeaderMap) -> Result<Response, HttpError> {
+async fn head(
+    state: &AppState,
+    vp: ViewPath,
+    headers: &HeaderMap,
+    ciphertext_only: Option<HttpError>,
+) -> Result<Response, HttpError> {
     let catalog = state.catalog.clone();
-    let (vp, info) = tokio::task::spawn_blocking(move || {
+    let only = ciphertext_only.is_some();
+    let found = tokio::task::spawn_blocking(move || {
         let img = catalog.image(vp.mode, vp.secret.as_ref(), &vp.image)?;
+        if only && !img.format.is_luks() {
+            return Ok(None);
+        }
         catalog.known_refusal(vp.mode, vp.secret.as_ref(), &img)?;
         let info = catalog.info(vp.mode, &img)?;
-        Ok::<_, CatalogError>((vp, info))
+        Ok::<_, CatalogError>(Some((vp, info)))
     })
     .await
-    .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("head: {e}")))?
-    .map_err(|e| not_here(state, e))?;
+    .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("head: {e}")))?;
+    let (vp, info) = match found {
+        Ok(Some(found)) => found,
+        // As in `open`: not ciphertext, or not there, is what a missing token gets.
+        _ if only => return Err(ciphertext_only.unwrap_or_else(denied_plaintext)),
+        Err(e) => return Err(not_here(state, e)),
+        Ok(None) => return Err(denied_plaintext()),
+    };
     let (etag, modified) = validators(
         state,
         vp.mode,
@@ -406,6 +441,13 @@ async fn serve_view(
     if !signed {
         state.authorize(headers, access)?;
     }
+    // `ignore/` is the stored bytes: ciphertext for a LUKS image, plaintext otherwise. A reader
+    // who may not read plaintext (`--public-read` without the token) gets it only for a LUKS
+    // file; for any other, or no file at all, the same answer as a missing token (no probing).
+    let ciphertext_only = match (vp.mode, signed) {
+        (Mode::Ignore, false) => state.authorize(headers, Access::Plaintext).err(),
+        _ => None,
+    };
     // `<image>.sha512` is the checksum, unless an image is really named so.
     let (vp, sum) = match vp.image.strip_suffix(SUM_SUFFIX) {
         Some(base)
@@ -418,9 +460,9 @@ async fn serve_view(
         _ => (vp, false),
     };
     if *method == Method::HEAD && !sum {
-        return head(state, vp, headers).await;
+        return head(state, vp, headers, ciphertext_only).await;
     }
-    let opened = open(state, vp).await?;
+    let opened = open(state, vp, ciphertext_only).await?;
     if sum {
         return checksum(state, opened, headers).await;
     }
