@@ -342,18 +342,6 @@ impl From<CatalogError> for HttpError {
                     error.kind()
                 )
             }
-            // Why a view could not be made names files (a qcow2's backing file, the store's):
-            // the log has it, and `bifs get` on the node.
-            CatalogError::Failed {
-                image,
-                over_budget: false,
-                ..
-            } => {
-                tracing::error!(image = ?image, error = %e, "a view could not be prepared");
-                format!(
-                    "image {image:?}: its view could not be prepared; the server log (or `bifs get` on the node) says why"
-                )
-            }
             _ => e.to_string(),
         };
         Self::new(status, message)

@@ -317,6 +317,14 @@ fn not_here(state: &AppState, e: CatalogError) -> HttpError {
         tracing::warn!(error = %err.message, "a view could not be opened");
         err.message = scrubbed;
     }
+    // Any other absolute path (a qcow2's backing file named outside the store, say): the
+    // image's name only; the log has the rest, and `bifs get` on the node.
+    if names_an_absolute_path(&err.message) {
+        err.message = format!(
+            "{}: its view could not be made; the server log (or `bifs get` on the node) says why",
+            err.message.split(':').next().unwrap_or("the image")
+        );
+    }
     if no_image {
         err.message = format!(
             "{} on {}: each node serves the images of its own disks; ask the node that holds it",
@@ -325,6 +333,13 @@ fn not_here(state: &AppState, e: CatalogError) -> HttpError {
         );
     }
     err
+}
+
+/// Whether `message` holds a word that is an absolute path.
+fn names_an_absolute_path(message: &str) -> bool {
+    message
+        .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '(' | '`'))
+        .any(|w| w.len() > 1 && w.starts_with('/'))
 }
 
 /// `message` with the store's root and its state directory written as `<store>` and
@@ -910,6 +925,12 @@ mod tests {
             "<store>/backing-images/p-1a2b3c4d/backing: backing file /x: gone; header <state>/h"
         );
         assert_eq!(without_server_paths("no path", root, state), "no path");
+        assert!(names_an_absolute_path("x: backing file /tmp/a: gone"));
+        assert!(names_an_absolute_path("x (\"/etc/hostname\")"));
+        assert!(!names_an_absolute_path(
+            "Secret ns/s: <store>/a.img is truncated"
+        ));
+        assert!(!names_an_absolute_path("a / b"));
         let outside = std::path::Path::new("/var/lib/bifs");
         assert_eq!(
             without_server_paths("/var/lib/bifs/a and /var/lib/longhorn/b", root, outside),
