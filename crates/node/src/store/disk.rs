@@ -92,12 +92,7 @@ impl Store {
 
     /// Replaces the record atomically: readers never see a half-written record.
     pub fn write_record<T: Serialize>(&self, name: &str, record: &T) -> Result<(), StoreError> {
-        let path = self.record_path(name)?;
-        let json = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Record {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        write_atomic(&path, &json, 0o600).map_err(io_err("writing", &path))
+        write_private_json(&self.record_path(name)?, record)
     }
 
     pub fn remove_record(&self, name: &str) -> Result<(), StoreError> {
@@ -257,6 +252,16 @@ impl Store {
 /// `GetFileRealSize` counts them.
 pub fn allocated(path: &Path) -> io::Result<u64> {
     Ok(fs::metadata(path)?.blocks() * 512)
+}
+
+/// `value` as JSON at `path`, replaced atomically, readable by this user only (records and
+/// upload tickets: what a reader of the store must not see half-written).
+pub(super) fn write_private_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Record {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    write_atomic(path, &json, 0o600).map_err(io_err("writing", path))
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), StoreError> {

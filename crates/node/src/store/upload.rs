@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::{sync_dir, write_atomic};
+use super::atomic::sync_dir;
 use super::layout::BACKING_TMP;
 use super::{io_err, valid_component, Store, StoreError, DEFAULT_STATE_DIR};
 
@@ -172,11 +172,7 @@ impl Store {
         let path = self.ticket_path(name)?;
         let dir = self.tickets_dir();
         fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-        let json = serde_json::to_vec_pretty(ticket).map_err(|e| StoreError::Record {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        write_atomic(&path, &json, 0o600).map_err(io_err("writing", &path))
+        super::disk::write_private_json(&path, ticket)
     }
 
     /// Forgets `name`'s upload (it completed, failed, or the image was deleted).
