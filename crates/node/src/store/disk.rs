@@ -67,17 +67,8 @@ impl Store {
     /// The record of `name` as JSON (its shape is the caller's business), if there is one.
     pub fn read_record(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
         let path = self.record_path(name)?;
-        let text = match fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("reading", &path)(e)),
-        };
-        serde_json::from_slice(&text)
-            .map(Some)
-            .map_err(|e| StoreError::Record {
-                path,
-                message: e.to_string(),
-            })
+        let text = fs::read(&path);
+        parse_json_if_any(path, text)
     }
 
     /// The uuid a record gives its image (`status.uuid`), used to pick the ready copy.
@@ -252,6 +243,24 @@ impl Store {
 /// `GetFileRealSize` counts them.
 pub fn allocated(path: &Path) -> io::Result<u64> {
     Ok(fs::metadata(path)?.blocks() * 512)
+}
+
+/// The JSON that `read` (a read of `path`) found, or `None` when there was no file.
+pub(super) fn parse_json_if_any<T: serde::de::DeserializeOwned>(
+    path: PathBuf,
+    read: io::Result<Vec<u8>>,
+) -> Result<Option<T>, StoreError> {
+    let text = match read {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("reading", &path)(e)),
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| StoreError::Record {
+            path,
+            message: e.to_string(),
+        })
 }
 
 /// `value` as JSON at `path`, replaced atomically, readable by this user only (records and

@@ -146,24 +146,15 @@ impl Store {
     /// What the start of `name`'s upload announced, if an upload of it is under way.
     pub fn read_ticket(&self, name: &str) -> Result<Option<UploadTicket>, StoreError> {
         let path = self.ticket_path(name)?;
-        let text = match OpenOptions::new()
+        let text = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .and_then(|mut f| {
                 let mut t = Vec::new();
                 io::Read::read_to_end(&mut f, &mut t).map(|_| t)
-            }) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("reading", &path)(e)),
-        };
-        serde_json::from_slice(&text)
-            .map(Some)
-            .map_err(|e| StoreError::Record {
-                path,
-                message: e.to_string(),
-            })
+            });
+        super::disk::parse_json_if_any(path, text)
     }
 
     /// Keeps what the start of `name`'s upload announced (mode 0600, beside the records:
